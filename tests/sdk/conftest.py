@@ -74,3 +74,26 @@ def sbx(runtime):
     from e2b import Sandbox
 
     return Sandbox.create()
+
+
+@pytest.fixture()
+def fresh_runtime():
+    """A runtime of its own, for tests that change its global settings."""
+    rt = RuntimeProcess(PORT + 200)
+    yield rt
+    rt.stop()
+
+
+def runtime_pid(port: int) -> int:
+    """The host pid of the runtime serving `port`."""
+    out = subprocess.run(["pgrep", "-f", f"paddock-runtime --listen 127.0.0.1:{port}"], capture_output=True, text=True)
+    pids = [int(p) for p in out.stdout.split()]
+    # The shell wrapper's command line names the binary too; the runtime is
+    # the process whose executable is the runtime.
+    for pid in pids:
+        try:
+            if os.readlink(f"/proc/{pid}/exe").endswith("paddock-runtime"):
+                return pid
+        except OSError:
+            continue
+    raise RuntimeError(f"no runtime process for port {port}")

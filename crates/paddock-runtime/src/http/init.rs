@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 use crate::errors::HttpError;
 use crate::state::Runtime;
+use crate::users::UserError;
 
 /// The fields Paddock acts on; others (volume mounts, CA bundles, …) are
 /// accepted and ignored so newer orchestrators keep working.
@@ -58,7 +59,10 @@ fn apply(rt: &Runtime, body: &[u8]) -> Result<(), HttpError> {
     if let Some(user) = req.default_user.as_deref().filter(|u| !u.is_empty()) {
         // Creating the account is the one step that can fail: do it before
         // changing anything else, so a failed /init changes nothing.
-        rt.users.ensure(user)?;
+        rt.users.ensure(user).map_err(|e| match e {
+            UserError::BadName(_) => HttpError::bad_request(e.to_string()),
+            other => HttpError::from(other),
+        })?;
     }
     let workdir = req
         .default_workdir
