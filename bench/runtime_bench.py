@@ -33,7 +33,7 @@ def pct(values, p):
 
 
 def row(name, samples_ms):
-    return f"| {name:<44} | {pct(samples_ms, 50):>9.2f} | {pct(samples_ms, 99):>9.2f} | {statistics.mean(samples_ms):>9.2f} |"
+    return f"| {name:<46} | {pct(samples_ms, 50):>9.2f} | {pct(samples_ms, 99):>9.2f} | {statistics.mean(samples_ms):>9.2f} |"
 
 
 def timed(fn, runs):
@@ -67,8 +67,8 @@ def main():
             # What the SDK actually asks for: a login bash (reads /etc/profile).
             login += timed(lambda: subprocess.run(["bash", "-l", "-c", "true"], env=clean_env, check=True), 1)
         print(f"\n## commands.run(\"true\") round trip, {args.runs} runs (ms)\n")
-        print(f"| {'case':<44} | {'p50':>9} | {'p99':>9} | {'mean':>9} |")
-        print(f"|{'-' * 46}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
+        print(f"| {'case':<46} | {'p50':>9} | {'p99':>9} | {'mean':>9} |")
+        print(f"|{'-' * 48}|{'-' * 11}|{'-' * 11}|{'-' * 11}|")
         print(row("SDK commands.run('true') via paddock-runtime", sdk))
         print(row("local subprocess sh -c true (floor)", floor))
         print(row("local subprocess bash -l -c true (same shell)", login))
@@ -96,11 +96,11 @@ def main():
         os.unlink(local)
         mb = size / 1e6
         print(f"\n## {args.mib} MiB transfer, median of 3 (MB/s)\n")
-        print(f"| {'case':<44} | {'MB/s':>9} |")
-        print(f"|{'-' * 46}|{'-' * 11}|")
-        print(f"| {'upload   files.write (octet-stream)':<44} | {mb / statistics.median(up):>9.0f} |")
-        print(f"| {'download files.read':<44} | {mb / statistics.median(down):>9.0f} |")
-        print(f"| {'cat FILE > /dev/null (floor)':<44} | {mb / statistics.median(cat):>9.0f} |")
+        print(f"| {'case':<46} | {'MB/s':>9} |")
+        print(f"|{'-' * 48}|{'-' * 11}|")
+        print(f"| {'upload   files.write (octet-stream)':<46} | {mb / statistics.median(up):>9.0f} |")
+        print(f"| {'download files.read':<46} | {mb / statistics.median(down):>9.0f} |")
+        print(f"| {'cat FILE > /dev/null (floor)':<46} | {mb / statistics.median(cat):>9.0f} |")
     finally:
         rt.stop()
 

@@ -28,6 +28,36 @@ where
     .map_err(|e| io::Error::other(format!("file operation failed: {e}")))?
 }
 
+/// Makes `cmd` start in a session of its own (so a signal to its process
+/// group reaches the whole tree), optionally with its stdin as controlling
+/// terminal, and with `user`'s credentials when the runtime runs as root.
+pub fn exec_as(cmd: &mut tokio::process::Command, user: &User, with_tty: bool) {
+    let switch_user = rustix::process::geteuid().is_root();
+    let (uid, gid, groups) = (user.uid, user.gid, user.groups.clone());
+    // SAFETY: the closure runs in the forked child before exec and only
+    // makes raw syscalls (no allocation, no locks), which is what pre_exec
+    // requires. The child is single-threaded, so per-thread credential
+    // syscalls apply to the whole process.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if with_tty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if switch_user
+                && (libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
+                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
+                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0)
+            {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Switches the current thread's filesystem identity and restores root's on drop.
 struct IdentityGuard {
     active: bool,

@@ -284,8 +284,8 @@ impl Process for ProcessService {
         let req = request.to_owned_message();
         let proc = self.find_running(&req.process)?;
         let signal = match req.signal {
-            buffa::EnumValue::Known(Signal::SIGNAL_SIGKILL) => libc::SIGKILL,
-            buffa::EnumValue::Known(Signal::SIGNAL_SIGTERM) => libc::SIGTERM,
+            buffa::EnumValue::Known(Signal::SIGNAL_SIGKILL) => rustix::process::Signal::KILL,
+            buffa::EnumValue::Known(Signal::SIGNAL_SIGTERM) => rustix::process::Signal::TERM,
             other => {
                 return Err(ConnectError::invalid_argument(format!(
                     "unsupported signal {other:?}: use SIGNAL_SIGTERM or SIGNAL_SIGKILL"

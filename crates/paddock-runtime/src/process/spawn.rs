@@ -1,5 +1,4 @@
 //! Starting a process as a given user, with pipes or a terminal.
-#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -8,6 +7,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use rustix::process::Signal;
 use tokio::io::AsyncReadExt;
 
 use super::handle::{Attached, Exit, Input, Output, Proc};
@@ -64,32 +64,7 @@ pub fn spawn(table: &ProcessTable, spec: SpawnSpec) -> io::Result<(Arc<Proc>, At
         }
     };
 
-    let with_tty = pty_master.is_some();
-    let switch_user = rustix::process::geteuid().is_root();
-    let (uid, gid, groups) = (spec.user.uid, spec.user.gid, spec.user.groups.clone());
-    // SAFETY: the closure runs in the forked child before exec and only
-    // makes raw syscalls (no allocation, no locks), which is what pre_exec
-    // requires. The child is single-threaded, so per-thread credential
-    // syscalls apply to the whole process.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Own session (and process group), so a signal reaches the whole tree.
-            if libc::setsid() < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if with_tty && libc::ioctl(0, libc::TIOCSCTTY as _, 0) < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if switch_user
-                && (libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0
-                    || libc::syscall(libc::SYS_setresgid, gid, gid, gid) != 0
-                    || libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0)
-            {
-                return Err(io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    crate::identity::exec_as(&mut cmd, &spec.user, pty_master.is_some());
 
     let mut child = cmd.spawn()?;
     // Close our copies of the terminal's slave side, or reading the master
@@ -130,7 +105,7 @@ pub fn spawn(table: &ProcessTable, spec: SpawnSpec) -> io::Result<(Arc<Proc>, At
             tokio::time::sleep_until(deadline.into()).await;
             if p.exit().is_none() {
                 tracing::info!(pid = p.pid, "process exceeded its timeout; killing it");
-                kill_group(p.pid, libc::SIGKILL);
+                kill_group(p.pid, Signal::KILL);
             }
         });
     }
@@ -225,17 +200,15 @@ pub fn resize(master: &impl std::os::fd::AsFd, cols: u16, rows: u16) -> io::Resu
 }
 
 /// Sends `signal` to the process group led by `pid` (every process started
-/// here leads its own session).
-pub fn kill_group(pid: u32, signal: i32) -> bool {
-    let Ok(pid) = i32::try_from(pid) else {
+/// here leads its own session), or to the process alone when it no longer
+/// leads a group. False when there is no such process.
+pub fn kill_group(pid: u32, signal: Signal) -> bool {
+    let Some(pid) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
         return false;
     };
-    // SAFETY: kill takes plain integers.
-    let rc = unsafe { libc::kill(-pid, signal) };
-    if rc != 0 {
-        // Not a group leader any more (it called setsid itself): signal it alone.
-        // SAFETY: as above.
-        return unsafe { libc::kill(pid, signal) } == 0;
-    }
-    true
+    rustix::process::kill_process_group(pid, signal).is_ok()
+        || rustix::process::kill_process(pid, signal).is_ok()
 }
