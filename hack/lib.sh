@@ -41,6 +41,19 @@ ensure_python_sdk() {
   fi
 }
 
+# The Python the runtime's code interpreter starts kernels with in tests:
+# Debian's python3 (readable by the sandbox user, unlike a pyenv under
+# /root) with ipykernel, bash_kernel and the data-science stack.
+ensure_kernel_venv() {
+  local venv="$PADDOCK_ROOT/.kernel-venv"
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ipykernel, bash_kernel, numpy, pandas, matplotlib' 2>/dev/null; then
+    apt_install python3 python3-venv
+    log "creating $venv (Jupyter kernels for the code interpreter tests)"
+    /usr/bin/python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/sdk/kernel-requirements.txt"
+  fi
+}
+
 ensure_js_sdk() {
   if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ]; then
     log "installing the E2B JS SDK"

@@ -13,6 +13,9 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DEFAULT_BIN = ROOT / "target/x86_64-unknown-linux-musl/release/paddock-runtime"
 PORT = 49983
+# The code interpreter listens 16 ports above envd (49983 -> 49999, as the SDK expects).
+INTERPRETER_OFFSET = 16
+DEFAULT_KERNEL_PYTHON = ROOT / ".kernel-venv/bin/python"
 
 
 def runtime_bin() -> pathlib.Path:
@@ -26,9 +29,20 @@ class RuntimeProcess:
     def __init__(self, port: int, *flags: str):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.interpreter_url = f"http://127.0.0.1:{port + INTERPRETER_OFFSET}"
         log = open(f"/tmp/paddock-runtime-{port}.log", "w")
         self.proc = subprocess.Popen(
-            [str(ROOT / "hack/scratch-runtime"), str(runtime_bin()), "--listen", f"127.0.0.1:{port}", *flags],
+            [
+                str(ROOT / "hack/scratch-runtime"),
+                str(runtime_bin()),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--code-interpreter-listen",
+                f"127.0.0.1:{port + INTERPRETER_OFFSET}",
+                "--kernel-python",
+                os.environ.get("PADDOCK_KERNEL_PYTHON", str(DEFAULT_KERNEL_PYTHON)),
+                *flags,
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -97,3 +111,11 @@ def runtime_pid(port: int) -> int:
         except OSError:
             continue
     raise RuntimeError(f"no runtime process for port {port}")
+
+
+@pytest.fixture()
+def ci(runtime):
+    """A code-interpreter sandbox handle (the SDK's debug mode: localhost:49999)."""
+    from e2b_code_interpreter import Sandbox
+
+    return Sandbox.create()

@@ -67,6 +67,28 @@ pub async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: N
     HttpError::new(StatusCode::UNAUTHORIZED, message).into_response()
 }
 
+/// Middleware for the code interpreter: only `/execute` carries the token
+/// (the SDKs send none on `/contexts`).
+pub async fn require_token_for_execute(
+    State(rt): State<Arc<Runtime>>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match rt.access_token() {
+        Some(expected)
+            if req.uri().path() == "/execute" && !token_matches(req.headers(), &expected) =>
+        {
+            tracing::warn!("rejected /execute without a valid access token");
+            (
+                StatusCode::UNAUTHORIZED,
+                "unauthorized access, invalid or missing X-Access-Token",
+            )
+                .into_response()
+        }
+        _ => next.run(req).await,
+    }
+}
+
 /// The user named by `Authorization: Basic base64("<user>:")`, if any.
 pub fn basic_auth_user(headers: &HeaderMap) -> Result<Option<String>, String> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {

@@ -17,13 +17,14 @@ mod errors;
 mod filesystem;
 mod http;
 mod identity;
+pub mod interpreter;
 mod paths;
 mod process;
 mod server;
 mod state;
 mod users;
 
-pub use server::{app, serve};
+pub use server::{app, interpreter_app, serve};
 pub use state::{Runtime, RuntimeOptions};
 
 /// The envd version whose behaviour this runtime implements. The manager

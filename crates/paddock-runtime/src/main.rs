@@ -26,6 +26,19 @@ struct Args {
     /// Working directory for processes that name none (default: the user's home).
     #[arg(long)]
     default_workdir: Option<PathBuf>,
+    /// Address of the code interpreter (`/execute`, `/contexts`).
+    #[arg(
+        long,
+        default_value = "0.0.0.0:49999",
+        env = "PADDOCK_CODE_INTERPRETER_LISTEN"
+    )]
+    code_interpreter_listen: SocketAddr,
+    /// Do not serve the code interpreter.
+    #[arg(long)]
+    no_code_interpreter: bool,
+    /// Python interpreter with ipykernel for code contexts.
+    #[arg(long, default_value = "python3", env = "PADDOCK_KERNEL_PYTHON")]
+    kernel_python: String,
     /// Log filter, e.g. `info` or `paddock_runtime=debug`.
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
@@ -50,16 +63,49 @@ async fn main() -> anyhow::Result<()> {
     let rt = Runtime::new(opts);
     rt.prepare().context("preparing the default user")?;
 
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
-    };
-    paddock_runtime::serve(rt, args.listen, shutdown)
+        let _ = stop_tx.send(true);
+    });
+
+    let envd = paddock_runtime::serve(paddock_runtime::app(rt.clone()), args.listen, stopped());
+    let interpreter = async {
+        if args.no_code_interpreter {
+            return Ok(());
+        }
+        let config = paddock_runtime::interpreter::KernelConfig {
+            python: args.kernel_python.clone(),
+        };
+        paddock_runtime::serve(
+            paddock_runtime::interpreter_app(rt.clone(), config),
+            args.code_interpreter_listen,
+            stopped(),
+        )
         .await
-        .with_context(|| format!("serving on {}", args.listen))
+        .with_context(|| {
+            format!(
+                "serving the code interpreter on {}",
+                args.code_interpreter_listen
+            )
+        })
+    };
+    let envd = async {
+        envd.await
+            .with_context(|| format!("serving on {}", args.listen))
+    };
+    tokio::try_join!(envd, interpreter)?;
+    Ok(())
 }

@@ -14,6 +14,11 @@ use crate::http::{files, info, init};
 use crate::process::ProcessService;
 use crate::state::Runtime;
 
+/// The code interpreter's HTTP surface (port 49999).
+pub fn interpreter_app(rt: Arc<Runtime>, config: crate::interpreter::KernelConfig) -> Router {
+    crate::interpreter::router(rt, config).layer(TraceLayer::new_for_http())
+}
+
 /// The runtime's whole HTTP surface: Connect services plus envd's routes.
 pub fn app(rt: Arc<Runtime>) -> Router {
     let connect = connectrpc::Router::new()
@@ -39,20 +44,20 @@ pub fn app(rt: Arc<Runtime>) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Serves `app` on `addr` (HTTP/1.1 and h2c) until `shutdown` resolves.
+/// Serves `router` on `addr` (HTTP/1.1 and h2c) until `shutdown` resolves.
 pub async fn serve(
-    rt: Arc<Runtime>,
+    router: Router,
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(addr = %listener.local_addr()?, "paddock-runtime listening");
+    tracing::info!(addr = %listener.local_addr()?, "listening");
     // Small responses must not wait for delayed ACKs (see DESIGN.md).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, app(rt))
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await
 }

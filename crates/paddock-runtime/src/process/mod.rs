@@ -7,6 +7,7 @@ mod spawn;
 mod stream;
 mod table;
 
+pub use service::DEFAULT_PATH;
 pub use service::ProcessService;
 pub use stream::keepalive_interval;
 pub use table::ProcessTable;

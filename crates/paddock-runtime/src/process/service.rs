@@ -19,7 +19,7 @@ use crate::proto::process::__buffa::oneof::stream_input_request::Event as InputE
 use crate::proto::process::*;
 use crate::state::Runtime;
 
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 pub struct ProcessService {
     rt: Arc<Runtime>,

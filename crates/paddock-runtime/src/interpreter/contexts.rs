@@ -1,0 +1,308 @@
+//! Code contexts: each one a kernel of its own, with its own state.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+
+use super::kernel::{Kernel, KernelError, Launch};
+use crate::state::Runtime;
+
+/// Languages a context can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Language {
+    Python,
+    Bash,
+}
+
+impl Language {
+    pub fn name(self) -> &'static str {
+        match self {
+            Language::Python => "python",
+            Language::Bash => "bash",
+        }
+    }
+}
+
+/// How the runtime finds kernels.
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    /// Python interpreter that has `ipykernel` (and runs `bash_kernel`).
+    pub python: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContextError {
+    #[error("language '{requested}' is not supported in this sandbox; available: {available}")]
+    Unsupported {
+        requested: String,
+        available: String,
+    },
+    #[error("context '{0}' not found")]
+    NotFound(String),
+    #[error("cwd '{0}' does not exist")]
+    BadCwd(String),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("{0}")]
+    User(#[from] crate::users::UserError),
+}
+
+/// A context as the SDKs see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContextInfo {
+    pub id: String,
+    pub language: String,
+    pub cwd: String,
+}
+
+pub struct Context {
+    pub info: ContextInfo,
+    pub language: Language,
+    kernel: tokio::sync::Mutex<Option<Arc<Kernel>>>,
+    /// Held for the whole of an execution: a kernel runs one cell at a time.
+    pub exec_lock: tokio::sync::Mutex<()>,
+    /// The global environment this kernel has been given so far.
+    pub applied_env: Mutex<BTreeMap<String, String>>,
+}
+
+pub struct Contexts {
+    rt: Arc<Runtime>,
+    config: KernelConfig,
+    map: Mutex<HashMap<String, Arc<Context>>>,
+    defaults: tokio::sync::Mutex<HashMap<Language, String>>,
+    /// Which kernels are installed: probed once, it does not change.
+    available: tokio::sync::OnceCell<Vec<Language>>,
+}
+
+fn python_has_module(python: &str, module: &str) -> bool {
+    std::process::Command::new(python)
+        .args(["-c", &format!("import importlib.util,sys; sys.exit(0 if importlib.util.find_spec('{module}') else 1)")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Which kernels `python` can start.
+async fn probe(python: String) -> Vec<Language> {
+    tokio::task::spawn_blocking(move || {
+        let mut langs = Vec::new();
+        if python_has_module(&python, "ipykernel") {
+            langs.push(Language::Python);
+        }
+        if python_has_module(&python, "bash_kernel") {
+            langs.push(Language::Bash);
+        }
+        langs
+    })
+    .await
+    .unwrap_or_default()
+}
+
+impl Contexts {
+    pub fn new(rt: Arc<Runtime>, config: KernelConfig) -> Self {
+        Self {
+            rt,
+            config,
+            map: Mutex::new(HashMap::new()),
+            defaults: tokio::sync::Mutex::new(HashMap::new()),
+            available: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Context>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Languages whose kernels are installed here.
+    pub async fn available(&self) -> Vec<Language> {
+        let python = self.config.python.clone();
+        self.available.get_or_init(|| probe(python)).await.clone()
+    }
+
+    /// Maps what a client sent to a language this sandbox can run.
+    pub async fn language(&self, requested: Option<&str>) -> Result<Language, ContextError> {
+        let wanted = requested
+            .map(str::trim)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        let lang = match wanted.as_str() {
+            "" | "python" | "python3" | "py" => Some(Language::Python),
+            "bash" | "sh" | "shell" => Some(Language::Bash),
+            _ => None,
+        };
+        let available = self.available().await;
+        match lang {
+            Some(l) if available.contains(&l) => Ok(l),
+            _ => Err(ContextError::Unsupported {
+                requested: if wanted.is_empty() {
+                    "python".into()
+                } else {
+                    wanted
+                },
+                available: if available.is_empty() {
+                    "none (no Jupyter kernel is installed)".into()
+                } else {
+                    available
+                        .iter()
+                        .map(|l| l.name())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+            }),
+        }
+    }
+
+    fn launch(&self, language: Language, cwd: &Path) -> Result<Launch, ContextError> {
+        let settings = self.rt.settings();
+        let user = self.rt.users.lookup(&settings.default_user)?;
+        let module = match language {
+            Language::Python => "ipykernel_launcher",
+            Language::Bash => "bash_kernel",
+        };
+        let mut env: Vec<(String, String)> = vec![
+            ("PATH".into(), crate::process::DEFAULT_PATH.into()),
+            ("HOME".into(), user.home.display().to_string()),
+            ("USER".into(), user.name.clone()),
+            ("LOGNAME".into(), user.name.clone()),
+            // Plots render to PNG without a display.
+            (
+                "MPLBACKEND".into(),
+                "module://matplotlib_inline.backend_inline".into(),
+            ),
+            ("PYDEVD_DISABLE_FILE_VALIDATION".into(), "1".into()),
+        ];
+        env.extend(settings.env);
+        let mut argv = vec![
+            self.config.python.clone(),
+            "-m".into(),
+            module.into(),
+            "-f".into(),
+            "{connection_file}".into(),
+        ];
+        if language == Language::Python {
+            // Tracebacks go to the SDKs as text: no terminal colour codes.
+            argv.push("--InteractiveShell.colors=nocolor".into());
+        }
+        Ok(Launch {
+            language: language.name().into(),
+            argv,
+            cwd: cwd.to_path_buf(),
+            env,
+            user,
+        })
+    }
+
+    /// Creates a context with a freshly started kernel.
+    pub async fn create(
+        &self,
+        language: Language,
+        cwd: Option<&str>,
+    ) -> Result<Arc<Context>, ContextError> {
+        let cwd = match cwd.filter(|c| !c.is_empty()) {
+            Some(c) => PathBuf::from(c),
+            None => {
+                let settings = self.rt.settings();
+                match settings.default_workdir {
+                    Some(w) => w,
+                    None => self.rt.users.lookup(&settings.default_user)?.home,
+                }
+            }
+        };
+        if !cwd.is_dir() {
+            return Err(ContextError::BadCwd(cwd.display().to_string()));
+        }
+        let launch = self.launch(language, &cwd)?;
+        let env_at_start: BTreeMap<_, _> = self.rt.settings().env;
+        let kernel = Kernel::start(launch).await?;
+        let id = random_id();
+        let ctx = Arc::new(Context {
+            info: ContextInfo {
+                id: id.clone(),
+                language: language.name().into(),
+                cwd: cwd.display().to_string(),
+            },
+            language,
+            kernel: tokio::sync::Mutex::new(Some(kernel)),
+            exec_lock: tokio::sync::Mutex::new(()),
+            applied_env: Mutex::new(env_at_start),
+        });
+        self.map().insert(id.clone(), ctx.clone());
+        tracing::info!(context = %id, language = language.name(), "context created");
+        Ok(ctx)
+    }
+
+    /// The language's default context, created on first use.
+    pub async fn default_for(&self, language: Language) -> Result<Arc<Context>, ContextError> {
+        let mut defaults = self.defaults.lock().await;
+        if let Some(ctx) = defaults.get(&language).and_then(|id| self.get(id)) {
+            return Ok(ctx);
+        }
+        let ctx = self.create(language, None).await?;
+        defaults.insert(language, ctx.info.id.clone());
+        Ok(ctx)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Context>> {
+        self.map().get(id).cloned()
+    }
+
+    pub fn list(&self) -> Vec<ContextInfo> {
+        let mut list: Vec<_> = self.map().values().map(|c| c.info.clone()).collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<(), ContextError> {
+        let ctx = self
+            .map()
+            .remove(id)
+            .ok_or_else(|| ContextError::NotFound(id.into()))?;
+        // Dropping the kernel kills its process.
+        ctx.kernel.lock().await.take();
+        Ok(())
+    }
+
+    /// Replaces the context's kernel with a fresh one (state is lost).
+    pub async fn restart(&self, ctx: &Context) -> Result<(), ContextError> {
+        let mut slot = ctx.kernel.lock().await;
+        slot.take();
+        let launch = self.launch(ctx.language, Path::new(&ctx.info.cwd))?;
+        let env_at_start = self.rt.settings().env;
+        *slot = Some(Kernel::start(launch).await?);
+        *ctx.applied_env.lock().unwrap_or_else(|p| p.into_inner()) = env_at_start;
+        tracing::info!(context = %ctx.info.id, "context restarted");
+        Ok(())
+    }
+
+    /// The context's kernel, restarted first if it died.
+    pub async fn kernel(&self, ctx: &Context) -> Result<Arc<Kernel>, ContextError> {
+        {
+            let slot = ctx.kernel.lock().await;
+            if let Some(k) = slot.as_ref().filter(|k| k.death().is_none()) {
+                return Ok(k.clone());
+            }
+        }
+        self.restart(ctx).await?;
+        ctx.kernel
+            .lock()
+            .await
+            .clone()
+            .ok_or(ContextError::Kernel(KernelError::Dead))
+    }
+
+    /// The runtime's global environment, for diffing against a context's.
+    pub fn global_env(&self) -> BTreeMap<String, String> {
+        self.rt.settings().env
+    }
+}
+
+fn random_id() -> String {
+    let mut buf = [0u8; 16];
+    let _ = getrandom::fill(&mut buf);
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
