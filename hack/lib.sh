@@ -3,7 +3,10 @@
 
 PADDOCK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 RUNTIME_TARGET=x86_64-unknown-linux-musl
-RUNTIME_BIN="$PADDOCK_ROOT/target/$RUNTIME_TARGET/release/paddock-runtime"
+# Builds are cached on the machine, not in the checkout, so a fresh clone
+# (CI) reuses what an earlier build compiled.
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/paddock/target}
+RUNTIME_BIN="$CARGO_TARGET_DIR/$RUNTIME_TARGET/release/paddock-runtime"
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 

@@ -6,11 +6,13 @@ import { spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
+import os from 'node:os'
 import { Sandbox, CommandExitError } from 'e2b'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
+const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/paddock/target')
 const bin = process.env.PADDOCK_RUNTIME_BIN ??
-  path.join(root, 'target/x86_64-unknown-linux-musl/release/paddock-runtime')
+  path.join(targetDir, 'x86_64-unknown-linux-musl/release/paddock-runtime')
 let runtime
 
 before(async () => {

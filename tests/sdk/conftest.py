@@ -11,7 +11,11 @@ import httpx
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-DEFAULT_BIN = ROOT / "target/x86_64-unknown-linux-musl/release/paddock-runtime"
+# Where hack/test builds the static runtime.
+DEFAULT_BIN = (
+    pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/paddock/target"))
+    / "x86_64-unknown-linux-musl/release/paddock-runtime"
+)
 PORT = 49983
 # The code interpreter listens 16 ports above envd (49983 -> 49999, as the SDK expects).
 INTERPRETER_OFFSET = 16
