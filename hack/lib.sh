@@ -58,7 +58,7 @@ ensure_kernel_venv() {
 }
 
 ensure_js_sdk() {
-  if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ]; then
+  if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ] || [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/@e2b/code-interpreter" ]; then
     log "installing the E2B JS SDK"
     (cd "$PADDOCK_ROOT/tests/js" && npm install --no-audit --no-fund --loglevel=error)
   fi

@@ -132,3 +132,12 @@ def test_a_dying_kernel_gives_a_clear_error_and_other_contexts_keep_working(ci):
     after = ci.run_code("'state' in dir()", context=victim)
     assert after.text == "False", "the context came back with fresh state"
     assert ci.run_code("alive", context=bystander).text == "1"
+
+
+def test_execute_needs_the_token_but_contexts_do_not(secured_runtime):
+    url = secured_runtime.interpreter_url
+    r = httpx.post(f"{url}/execute", json={"code": "1+1"})
+    assert r.status_code == 401
+    r = httpx.post(f"{url}/execute", json={"code": "1+1"}, headers={"X-Access-Token": "s3cret-token"}, timeout=60)
+    assert r.status_code == 200 and '"text":"2"' in r.text.replace(" ", "")
+    assert httpx.get(f"{url}/contexts").status_code == 200
