@@ -144,7 +144,7 @@ impl Filesystem for FilesystemService {
                 if let Some(parent) = dst.parent() {
                     std::fs::create_dir_all(parent)?;
                 }
-                std::fs::rename(&source, &dst)?;
+                move_path(&source, &dst)?;
                 entry_info(&dst, &mut Names::new(db))
             })
             .await?;
@@ -306,4 +306,60 @@ fn watch_stream(
         }
     });
     start.chain(rest)
+}
+
+/// `rename`, falling back to copy-then-delete where the kernel refuses to
+/// rename across filesystems (and overlayfs refuses for directories that
+/// come from a lower layer).
+fn move_path(source: &Path, dst: &Path) -> std::io::Result<()> {
+    match std::fs::rename(source, dst) {
+        Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+            copy_tree(source, dst)?;
+            let meta = std::fs::symlink_metadata(source)?;
+            if meta.is_dir() {
+                std::fs::remove_dir_all(source)
+            } else {
+                std::fs::remove_file(source)
+            }
+        }
+        other => other,
+    }
+}
+
+fn copy_tree(source: &Path, dst: &Path) -> std::io::Result<()> {
+    let meta = std::fs::symlink_metadata(source)?;
+    if meta.file_type().is_symlink() {
+        std::os::unix::fs::symlink(std::fs::read_link(source)?, dst)
+    } else if meta.is_dir() {
+        std::fs::create_dir(dst)?;
+        std::fs::set_permissions(dst, meta.permissions())?;
+        for item in std::fs::read_dir(source)? {
+            let item = item?;
+            copy_tree(&item.path(), &dst.join(item.file_name()))?;
+        }
+        Ok(())
+    } else {
+        std::fs::copy(source, dst).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_tree_copies_files_dirs_and_links() {
+        let d = tempfile::tempdir().unwrap();
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), "data").unwrap();
+        std::os::unix::fs::symlink("sub/f", src.join("link")).unwrap();
+        let dst = d.path().join("dst");
+        copy_tree(&src, &dst).unwrap();
+        assert_eq!(std::fs::read_to_string(dst.join("sub/f")).unwrap(), "data");
+        assert_eq!(
+            std::fs::read_link(dst.join("link")).unwrap(),
+            Path::new("sub/f")
+        );
+    }
 }
