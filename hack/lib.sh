@@ -46,9 +46,13 @@ ensure_python_sdk() {
 
 # The Python the runtime's code interpreter starts kernels with in tests:
 # Debian's python3 (readable by the sandbox user, unlike a pyenv under
-# /root) with ipykernel, bash_kernel and the data-science stack.
+# /root) with ipykernel, bash_kernel and the data-science stack. It lives
+# outside the checkout: the test runtime gets a private /tmp, and a checkout
+# under /tmp would be hidden from its kernels.
+export PADDOCK_KERNEL_VENV=${PADDOCK_KERNEL_VENV:-/var/cache/paddock/kernel-venv}
+export PADDOCK_KERNEL_PYTHON="$PADDOCK_KERNEL_VENV/bin/python"
 ensure_kernel_venv() {
-  local venv="$PADDOCK_ROOT/.kernel-venv"
+  local venv="$PADDOCK_KERNEL_VENV"
   if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ipykernel, bash_kernel, numpy, pandas, matplotlib' 2>/dev/null; then
     apt_install python3 python3-venv
     log "creating $venv (Jupyter kernels for the code interpreter tests)"

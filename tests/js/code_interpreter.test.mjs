@@ -13,7 +13,8 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/paddock/target')
 const bin = process.env.PADDOCK_RUNTIME_BIN ??
   path.join(targetDir, 'x86_64-unknown-linux-musl/release/paddock-runtime')
-const kernelPython = process.env.PADDOCK_KERNEL_PYTHON ?? path.join(root, '.kernel-venv/bin/python')
+const kernelPython = process.env.PADDOCK_KERNEL_PYTHON ??
+  path.join(process.env.PADDOCK_KERNEL_VENV ?? '/var/cache/paddock/kernel-venv', 'bin/python')
 let runtime
 
 before(async () => {

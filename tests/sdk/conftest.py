@@ -19,7 +19,7 @@ DEFAULT_BIN = (
 PORT = 49983
 # The code interpreter listens 16 ports above envd (49983 -> 49999, as the SDK expects).
 INTERPRETER_OFFSET = 16
-DEFAULT_KERNEL_PYTHON = ROOT / ".kernel-venv/bin/python"
+DEFAULT_KERNEL_PYTHON = pathlib.Path(os.environ.get("PADDOCK_KERNEL_VENV", "/var/cache/paddock/kernel-venv")) / "bin/python"
 
 
 def runtime_bin() -> pathlib.Path:
