@@ -2,34 +2,12 @@
 // (the SDK then talks to localhost:49983 directly).
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
-import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-import path from 'node:path'
-import os from 'node:os'
 import { Sandbox, CommandExitError } from 'e2b'
+import { startRuntime } from './harness.mjs'
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
-const targetDir = process.env.CARGO_TARGET_DIR ?? path.join(os.homedir(), '.cache/paddock/target')
-const bin = process.env.PADDOCK_RUNTIME_BIN ??
-  path.join(targetDir, 'x86_64-unknown-linux-musl/release/paddock-runtime')
-let runtime
-
-before(async () => {
-  assert.ok(existsSync(bin), `${bin} missing: build it first (hack/test does)`)
-  runtime = spawn(path.join(root, 'hack/scratch-runtime'), [bin, '--listen', '127.0.0.1:49983'],
-    { stdio: 'ignore', detached: true })
-  for (let i = 0; i < 300; i++) {
-    try {
-      const r = await fetch('http://127.0.0.1:49983/health')
-      if (r.status === 204) return
-    } catch {}
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  throw new Error('runtime did not start')
-})
-
-after(() => { if (runtime) process.kill(-runtime.pid, 'SIGTERM') })
+let stop
+before(async () => { stop = await startRuntime() })
+after(() => stop?.())
 
 test('commands.run returns stdout, stderr and exit code', async () => {
   const sbx = await Sandbox.create({ debug: true })

@@ -7,7 +7,7 @@ use jupyter_protocol::{ExecuteRequest, ExecutionState, JupyterMessageContent, Re
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use super::contexts::{Context, Contexts};
+use super::contexts::{Context, ContextError, Contexts};
 use super::envcode;
 use super::kernel::KernelEvent;
 use super::result::result_line;
@@ -44,15 +44,21 @@ pub async fn run(
 ) {
     let _turn = ctx.exec_lock.lock().await;
     let mut out = Out { tx, gone: false };
-    let kernel = match contexts.kernel(&ctx).await {
-        Ok(k) => k,
-        Err(e) => {
-            out.send(error_line("KernelError", &e.to_string(), ""))
-                .await;
-            out.send(json!({"type": "end_of_execution"})).await;
-            return;
-        }
-    };
+    if let Err(e) = execute(&contexts, &ctx, code, &env_vars, &mut out).await {
+        out.send(error_line("KernelError", &e.to_string(), ""))
+            .await;
+    }
+    out.send(json!({"type": "end_of_execution"})).await;
+}
+
+async fn execute(
+    contexts: &Contexts,
+    ctx: &Context,
+    code: String,
+    env_vars: &BTreeMap<String, String>,
+    out: &mut Out,
+) -> Result<(), ContextError> {
+    let kernel = contexts.kernel(ctx).await?;
 
     // Bring the kernel's environment up to date with /init's, then the
     // request's own variables (undone after the run).
@@ -73,26 +79,13 @@ pub async fn run(
     {
         *ctx.applied_env.lock().unwrap_or_else(|p| p.into_inner()) = global;
     }
-    if !env_vars.is_empty()
-        && let Err(e) = kernel
-            .run_silent(envcode::set(ctx.language, &env_vars, true))
-            .await
-    {
-        out.send(error_line("KernelError", &e.to_string(), ""))
-            .await;
-        out.send(json!({"type": "end_of_execution"})).await;
-        return;
+    if !env_vars.is_empty() {
+        kernel
+            .run_silent(envcode::set(ctx.language, env_vars, true))
+            .await?;
     }
 
-    let (id, mut rx) = match kernel.submit(ExecuteRequest::new(code).into()).await {
-        Ok(r) => r,
-        Err(e) => {
-            out.send(error_line("KernelError", &e.to_string(), ""))
-                .await;
-            out.send(json!({"type": "end_of_execution"})).await;
-            return;
-        }
-    };
+    let (id, mut rx) = kernel.submit(ExecuteRequest::new(code).into()).await?;
     let mut state = Progress::default();
     while !(state.replied && state.idle) {
         let event = tokio::select! {
@@ -135,10 +128,10 @@ pub async fn run(
     kernel.forget(&id);
     if !env_vars.is_empty() && !state.died {
         let _ = kernel
-            .run_silent(envcode::restore(ctx.language, &env_vars))
+            .run_silent(envcode::restore(ctx.language, env_vars))
             .await;
     }
-    out.send(json!({"type": "end_of_execution"})).await;
+    Ok(())
 }
 
 /// What an execution has seen so far.
