@@ -90,23 +90,29 @@ impl Hierarchy {
 
     /// Names of the sandbox cgroups that exist now (for recovery and leak checks).
     pub fn list(&self) -> Result<Vec<String>> {
-        let dir = match self.version {
-            Version::V1 => self.root.join("pids").join(&self.base),
-            Version::V2 => self.root.join(&self.base),
+        let dirs: Vec<PathBuf> = match self.version {
+            Version::V1 => V1_CONTROLLERS
+                .iter()
+                .map(|c| self.root.join(c))
+                .chain(crate::v1::other_hierarchies(&self.root))
+                .map(|h| h.join(&self.base))
+                .collect(),
+            Version::V2 => vec![self.root.join(&self.base)],
         };
-        let mut out = Vec::new();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-            Err(source) => return Err(CgroupError::Io { path: dir, source }),
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                out.push(entry.file_name().to_string_lossy().into_owned());
+        let mut out = std::collections::BTreeSet::new();
+        for dir in dirs {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(source) => return Err(CgroupError::Io { path: dir, source }),
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    out.insert(entry.file_name().to_string_lossy().into_owned());
+                }
             }
         }
-        out.sort();
-        Ok(out)
+        Ok(out.into_iter().collect())
     }
 }
 

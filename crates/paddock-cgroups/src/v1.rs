@@ -33,6 +33,38 @@ impl V1Cgroup {
     fn file(&self, controller: &str, name: &str) -> PathBuf {
         self.dir(controller).join(name)
     }
+
+    /// The sandbox's directory in every v1 hierarchy that has one: an OCI runtime joins the
+    /// process to all mounted controllers (blkio, devices, cpuset, ...), not just ours.
+    fn all_dirs(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = V1_CONTROLLERS.iter().map(|c| self.dir(c)).collect();
+        for h in other_hierarchies(&self.root) {
+            let d = h.join(&self.rel);
+            if d.is_dir() {
+                out.push(d);
+            }
+        }
+        out
+    }
+}
+
+/// v1 hierarchies under `root` other than the ones Paddock writes to (and other than the
+/// hybrid layout's v2 mount).
+pub(crate) fn other_hierarchies(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+        .filter(|e| {
+            let n = e.file_name();
+            let n = n.to_string_lossy();
+            n != "unified" && !V1_CONTROLLERS.contains(&n.as_ref())
+        })
+        .filter(|e| !e.path().join("cgroup.controllers").exists())
+        .map(|e| e.path())
+        .collect()
 }
 
 impl Cgroup for V1Cgroup {
@@ -47,7 +79,7 @@ impl Cgroup for V1Cgroup {
     }
 
     fn exists(&self) -> bool {
-        V1_CONTROLLERS.iter().any(|c| self.dir(c).is_dir())
+        self.all_dirs().iter().any(|d| d.is_dir())
     }
 
     fn apply(&self, limits: &CgroupLimits) -> Result<()> {
@@ -131,7 +163,7 @@ impl Cgroup for V1Cgroup {
     }
 
     fn remove(&self) -> Result<()> {
-        V1_CONTROLLERS.iter().try_for_each(|c| rmdir(&self.dir(c)))
+        self.all_dirs().iter().try_for_each(|d| rmdir(d))
     }
 }
 
@@ -244,6 +276,22 @@ mod tests {
             d.path().join("memory/own/paddock").is_dir(),
             "parent is kept"
         );
+    }
+
+    #[test]
+    fn remove_also_clears_hierarchies_an_oci_runtime_joined() {
+        let (d, cg) = fake();
+        std::fs::create_dir_all(d.path().join("blkio/own/paddock/s1")).expect("mkdir");
+        std::fs::create_dir_all(d.path().join("unified/own/paddock/s1")).expect("mkdir");
+        std::fs::write(d.path().join("unified/cgroup.controllers"), "").expect("w");
+        assert!(cg.exists());
+        cg.remove().expect("remove");
+        assert!(!d.path().join("blkio/own/paddock/s1").exists());
+        assert!(
+            d.path().join("unified/own/paddock/s1").exists(),
+            "v2 mount untouched"
+        );
+        assert!(!cg.exists());
     }
 
     #[test]

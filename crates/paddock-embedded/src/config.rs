@@ -29,6 +29,10 @@ pub struct EmbeddedConfig {
     pub runtime_args: Vec<String>,
     /// Static init binary (tini) that runs as PID 1 of every sandbox.
     pub init_binary: PathBuf,
+    /// Binary that runs libcontainer in a single-threaded helper process; it must call
+    /// [`crate::container::run_helper_if_requested`] first thing in `main`. Defaults to the
+    /// current executable.
+    pub helper_binary: PathBuf,
     /// Bridge, address range and firewall names.
     pub net: NetConfig,
     /// Name of the cgroup under this process's own cgroup that holds sandbox cgroups.
@@ -58,6 +62,7 @@ impl EmbeddedConfig {
             runtime_binary,
             runtime_args: Vec::new(),
             init_binary: DEFAULT_INIT.into(),
+            helper_binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
             net: NetConfig::default(),
             cgroup_parent: "paddock".into(),
             templates: vec![TemplateSpec::base(), TemplateSpec::code_interpreter()],

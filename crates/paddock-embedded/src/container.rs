@@ -1,7 +1,11 @@
 //! Running one sandbox container with youki's `libcontainer`.
 //!
-//! Every function here forks, so call them from a blocking thread (`spawn_blocking`), never
-//! on an async worker.
+//! libcontainer clones processes that keep running Rust code (no exec) until the payload
+//! starts. In a multi-threaded process another thread may hold a lock (allocator, logger) at
+//! that moment and the clone deadlocks on it — this was observed here. So libcontainer runs only
+//! in a single-threaded *helper process*: the public functions spawn `helper_binary` with
+//! [`HELPER_ARG`], and that binary must call [`run_helper_if_requested`] first thing in `main`,
+//! before starting any thread.
 //!
 //! Lifecycle: [`create`] (init process exists, blocked before exec; namespaces made) →
 //! caller wires the network namespace → [`start`] (init execs tini, whose first child is the
@@ -30,6 +34,16 @@ pub enum ContainerError {
         /// Cause.
         #[source]
         source: Box<libcontainer::error::LibcontainerError>,
+    },
+    /// The helper process reported a failure.
+    #[error("container {id}: {op}: {message}")]
+    Helper {
+        /// Container id.
+        id: String,
+        /// What we asked for.
+        op: &'static str,
+        /// The helper's error output.
+        message: String,
     },
     /// Local file or process error.
     #[error("container {id}: {op}: {source}")]
@@ -63,9 +77,135 @@ fn io<'a>(id: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> Conta
     }
 }
 
-/// Creates the container from the bundle (with `config.json`) and returns its init pid. The
-/// init waits for [`start`]. Its output goes to `log`.
+/// The first argument that turns a binary into the container helper.
+pub const HELPER_ARG: &str = "__paddock-container";
+
+/// If this process was started as the container helper, does the job and returns the exit code
+/// for `main` to exit with. Call before anything starts a thread.
+pub fn run_helper_if_requested() -> Option<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some(HELPER_ARG) {
+        return None;
+    }
+    let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let r: Result<i32, String> = match a.as_slice() {
+        ["create", root, id, bundle, log] => {
+            create_here(Path::new(root), id, Path::new(bundle), Path::new(log))
+                .map(|pid| {
+                    println!("{pid}");
+                    0
+                })
+                .map_err(|e| e.to_string())
+        }
+        ["start", root, id] => start_here(Path::new(root), id)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
+        ["exec", root, id, cmd @ ..] => {
+            let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            exec_here(Path::new(root), id, &cmd).map_err(|e| e.to_string())
+        }
+        _ => Err(format!("bad helper arguments {a:?}")),
+    };
+    Some(match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            125
+        }
+    })
+}
+
+fn helper(
+    bin: &Path,
+    id: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<std::process::Output, ContainerError> {
+    std::process::Command::new(bin)
+        .arg(HELPER_ARG)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io(id, "run container helper"))
+}
+
+fn helper_failed(id: &str, op: &'static str, out: &std::process::Output) -> ContainerError {
+    ContainerError::Helper {
+        id: id.to_owned(),
+        op,
+        message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// Creates the container from the bundle (with `config.json`) in the helper and returns its
+/// init pid. The init waits for [`start`]; its output goes to `log`. The init is not our
+/// child (the helper exits), so watch it through `/proc`.
 pub fn create(
+    helper_bin: &Path,
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    log: &Path,
+) -> Result<i32, ContainerError> {
+    let out = helper(
+        helper_bin,
+        id,
+        &[
+            "create".as_ref(),
+            state_root.as_os_str(),
+            id.as_ref(),
+            bundle.as_os_str(),
+            log.as_os_str(),
+        ],
+    )?;
+    if !out.status.success() {
+        return Err(helper_failed(id, "create", &out));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| helper_failed(id, "create (no pid)", &out))
+}
+
+/// Lets a created container's init exec (in the helper).
+pub fn start(helper_bin: &Path, state_root: &Path, id: &str) -> Result<(), ContainerError> {
+    let out = helper(
+        helper_bin,
+        id,
+        &["start".as_ref(), state_root.as_os_str(), id.as_ref()],
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(helper_failed(id, "start", &out))
+    }
+}
+
+/// Runs `args` in the running container (through the helper) and waits for it.
+pub fn exec(
+    helper_bin: &Path,
+    state_root: &Path,
+    id: &str,
+    args: &[String],
+) -> Result<ExecOutput, ContainerError> {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["exec".as_ref(), state_root.as_os_str(), id.as_ref()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    let out = helper(helper_bin, id, &a)?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (out.status.code(), out.status.signal()) {
+        (Some(125), _) => return Err(helper_failed(id, "exec", &out)),
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => -1,
+    };
+    Ok(ExecOutput {
+        code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
+
+/// Creates the container in this process (helper side of [`create`]).
+fn create_here(
     state_root: &Path,
     id: &str,
     bundle: &Path,
@@ -100,8 +240,7 @@ pub fn create(
     Ok(pid)
 }
 
-/// Lets a created container's init exec.
-pub fn start(state_root: &Path, id: &str) -> Result<(), ContainerError> {
+fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {
     let mut c = Container::load(state_root.join(id)).map_err(rt(id, "load"))?;
     c.start().map_err(rt(id, "start"))
 }
@@ -117,45 +256,32 @@ pub struct ExecOutput {
     pub stderr: Vec<u8>,
 }
 
-/// Runs `args` inside the running container (its namespaces, cgroup, capabilities and
-/// seccomp filter) and waits for it.
-pub fn exec(
-    state_root: &Path,
-    id: &str,
-    args: &[String],
-    work: &Path,
-) -> Result<ExecOutput, ContainerError> {
-    std::fs::create_dir_all(work).map_err(io(id, "exec dir"))?;
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default();
-    let (out_path, err_path) = (work.join(format!("{n}.out")), work.join(format!("{n}.err")));
-    let out = std::fs::File::create(&out_path).map_err(io(id, "exec stdout"))?;
-    let err = std::fs::File::create(&err_path).map_err(io(id, "exec stderr"))?;
+/// Runs `args` in the container from this process, output to our own stdout/stderr (helper
+/// side of [`exec`]); returns the exit code.
+fn exec_here(state_root: &Path, id: &str, args: &[String]) -> Result<i32, ContainerError> {
+    use std::os::fd::AsFd;
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(id, "dup stdout"))?;
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(id, "dup stderr"))?;
     let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
-    let result = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(state_root)
         .map_err(rt(id, "state root"))?
         .with_stdin(OwnedFd::from(null))
-        .with_stdout(OwnedFd::from(out))
-        .with_stderr(OwnedFd::from(err))
+        .with_stdout(out)
+        .with_stderr(err)
         .as_tenant()
         .with_container_args(args.to_vec())
         .with_detach(true)
         .as_sibling(false)
         .build()
-        .map_err(rt(id, "exec"))
-        .and_then(|pid| wait_child(pid.as_raw()).map_err(io(id, "wait exec")));
-    let stdout = std::fs::read(&out_path).unwrap_or_default();
-    let stderr = std::fs::read(&err_path).unwrap_or_default();
-    let _ = std::fs::remove_file(&out_path);
-    let _ = std::fs::remove_file(&err_path);
-    Ok(ExecOutput {
-        code: result?,
-        stdout,
-        stderr,
-    })
+        .map_err(rt(id, "exec"))?;
+    wait_child(pid.as_raw()).map_err(io(id, "wait exec"))
 }
 
 /// Blocks until child `pid` exits; returns its exit code (128 + signal if killed).

@@ -47,9 +47,6 @@ impl Paths {
     fn log(&self) -> PathBuf {
         self.dir.join("runtime.log")
     }
-    fn exec_dir(&self) -> PathBuf {
-        self.dir.join("exec")
-    }
 }
 
 #[derive(Debug)]
@@ -170,6 +167,7 @@ impl EmbeddedInfra {
             }),
         };
         infra.recover().await?;
+        infra.start_monitor();
         Ok(infra)
     }
 
@@ -327,8 +325,14 @@ impl EmbeddedInfra {
                 tmp_bytes: cfg.tmp_bytes,
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
-            container::create(&state_root, id.as_str(), &paths.bundle(), &paths.log())
-                .map_err(internal)
+            container::create(
+                &cfg.helper_binary,
+                &state_root,
+                id.as_str(),
+                &paths.bundle(),
+                &paths.log(),
+            )
+            .map_err(internal)
         })
         .await??;
         rec.init_pid = pid;
@@ -338,7 +342,8 @@ impl EmbeddedInfra {
             .await
             .map_err(internal)?;
         let (root, id) = (self.state_root(), rec.id.clone());
-        blocking(move || container::start(&root, id.as_str()))
+        let helper = self.inner.cfg.helper_binary.clone();
+        blocking(move || container::start(&helper, &root, id.as_str()))
             .await?
             .map_err(internal)?;
         self.wait_ready(&rec).await?;
@@ -349,7 +354,6 @@ impl EmbeddedInfra {
             }
         })?;
         self.save(&rec)?;
-        self.watch_init(rec.id.clone(), pid, true);
         Ok(self.info(&rec))
     }
 
@@ -391,38 +395,40 @@ impl EmbeddedInfra {
         }
     }
 
-    /// Watches the sandbox's init; when it exits on its own the sandbox is marked dead and
-    /// its resources are released. `own_child` selects `waitpid` (our child) or polling
-    /// (adopted after a restart).
-    fn watch_init(&self, id: SandboxId, pid: i32, own_child: bool) {
+    /// Starts the monitor: every 100 ms it checks each live sandbox's init (by pid and start
+    /// time, so it works for adopted sandboxes that are no longer our children); when one has
+    /// exited on its own, the sandbox is marked dead and its resources are released.
+    fn start_monitor(&self) {
         let me = self.clone();
-        let handle = tokio::runtime::Handle::current();
-        let ticks = self
-            .state()
-            .sandboxes
-            .get(&id)
-            .map(|e| e.rec.init_start_ticks)
-            .unwrap_or(0);
-        let spawned = std::thread::Builder::new()
-            .name(format!("init-{}", &id.as_str()[..id.as_str().len().min(8)]))
-            .stack_size(64 * 1024)
-            .spawn(move || {
-                let code = if own_child {
-                    container::wait_child(pid).unwrap_or(-1)
-                } else {
-                    while proc::alive(pid, ticks) {
-                        std::thread::sleep(Duration::from_millis(500));
-                    }
-                    -1
+        let mut stop = self.inner.shutdown.subscribe();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = stop.changed() => return,
+                }
+                let watched: Vec<(SandboxId, i32, u64)> = {
+                    let st = me.state();
+                    st.sandboxes
+                        .values()
+                        .filter(|e| {
+                            matches!(e.rec.state, SandboxState::Running | SandboxState::Paused)
+                        })
+                        .map(|e| (e.rec.id.clone(), e.rec.init_pid, e.rec.init_start_ticks))
+                        .collect()
                 };
-                handle.spawn(async move { me.on_init_exit(id, pid, code).await });
-            });
-        if let Err(e) = spawned {
-            warn!(error = %e, "cannot start init watcher");
-        }
+                for (id, pid, ticks) in watched {
+                    if pid > 0 && !proc::alive(pid, ticks) {
+                        // Reap it if it is our child (a no-op for adopted ones).
+                        let _ = container::try_reap(pid);
+                        me.on_init_exit(id, pid).await;
+                    }
+                }
+            }
+        });
     }
 
-    async fn on_init_exit(&self, id: SandboxId, pid: i32, code: i32) {
+    async fn on_init_exit(&self, id: SandboxId, pid: i32) {
         {
             let mut st = self.state();
             let Some(e) = st.sandboxes.get_mut(&id) else {
@@ -435,12 +441,12 @@ impl EmbeddedInfra {
                 return;
             };
             e.rec.state = next;
-            e.dead_reason = Some(format!("init exited (status {code})"));
+            e.dead_reason = Some("init exited".to_string());
             for pool in st.pools.values_mut() {
                 pool.retain(|p| p != &id);
             }
         }
-        warn!(%id, code, "sandbox init died; releasing its resources");
+        warn!(%id, pid, "sandbox init died; releasing its resources");
         if let Err(e) = self.teardown(&id).await {
             warn!(%id, error = %e, "cleanup after init death");
         }
@@ -549,7 +555,6 @@ impl EmbeddedInfra {
                     );
                 }
                 adopted.insert(rec.id.as_str().to_owned());
-                self.watch_init(rec.id.clone(), rec.init_pid, false);
             } else {
                 info!(id = %rec.id, state = %rec.state, "cleaning up sandbox left behind");
                 self.state().sandboxes.insert(
@@ -721,9 +726,9 @@ impl EmbeddedInfra {
             });
         }
         let (root, idc) = (self.state_root(), id.clone());
+        let helper = self.inner.cfg.helper_binary.clone();
         let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        let work = self.paths(id).exec_dir();
-        blocking(move || container::exec(&root, idc.as_str(), &args, &work))
+        blocking(move || container::exec(&helper, &root, idc.as_str(), &args))
             .await?
             .map_err(internal)
     }

@@ -67,6 +67,7 @@ impl Env {
             .expect("tempdir");
         let mut cfg = EmbeddedConfig::from_env(runtime_binary());
         cfg.data_dir = dir.path().to_owned();
+        cfg.helper_binary = env!("CARGO_BIN_EXE_paddock-embedded").into();
         cfg.template_cache = template_cache();
         cfg.net = NetConfig {
             bridge: format!("pdktbr{n}"),
@@ -140,9 +141,9 @@ impl Env {
                 let _ = cg.kill_all();
                 let _ = cg.remove();
             }
-            // The parent directories (one per v1 controller).
-            for ctrl in ["cpu", "cpuacct", "memory", "pids", "freezer"] {
-                let _ = std::fs::remove_dir(h.root().join(ctrl).join(h.base()));
+            // The parent directories (one per v1 hierarchy an OCI runtime may have joined).
+            for e in std::fs::read_dir(h.root()).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(e.path().join(h.base()));
             }
         }
         let _ = paddock_embedded::mounts::unmount_all_under(self.dir.path());
