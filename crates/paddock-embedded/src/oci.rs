@@ -211,3 +211,76 @@ fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, String> {
     }
     Ok(data)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_mode(0o755);
+            match content {
+                Some(c) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(c.len() as u64);
+                    b.append_data(&mut h, path, c.as_bytes()).expect("append");
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, std::io::empty())
+                        .expect("append");
+                }
+            }
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_apply_to_earlier_layers_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let l1 = tar_of(&[
+            ("etc", None),
+            ("etc/a", Some("1")),
+            ("etc/b", Some("b")),
+            ("d", None),
+            ("d/x", Some("x")),
+        ]);
+        let l2 = tar_of(&[
+            ("d/y", Some("y")),
+            ("d/.wh..wh..opq", Some("")),
+            ("etc/.wh.b", Some("")),
+            ("etc/a", Some("2")),
+        ]);
+        apply_layer(&l1[..], d.path(), true)
+            .map_err(|e| format!("{e:?}"))
+            .expect("layer 1");
+        apply_layer(&l2[..], d.path(), true)
+            .map_err(|e| format!("{e:?}"))
+            .expect("layer 2");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("etc/a")).expect("a"),
+            "2"
+        );
+        assert!(!d.path().join("etc/b").exists());
+        assert!(
+            !d.path().join("d/x").exists(),
+            "opaque hides earlier content"
+        );
+        assert!(d.path().join("d/y").exists(), "but keeps this layer's own");
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        assert!(clean(Path::new("../etc/passwd")).is_err());
+        assert_eq!(
+            clean(Path::new("./a/b")).expect("clean"),
+            PathBuf::from("a/b")
+        );
+    }
+}
