@@ -1,0 +1,309 @@
+//! The `filesystem.Filesystem` RPC handlers. Every operation runs with the
+//! requesting user's permissions (see `identity`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use connectrpc::{
+    ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
+};
+use futures::StreamExt;
+
+use super::entry::{Names, entry_info, list_dir};
+use super::watch::{self, WatchSpec};
+use crate::auth::rpc_user;
+use crate::errors::{fs_error, path_error};
+use crate::identity::as_user;
+use crate::paths::resolve;
+use crate::proto::filesystem::__buffa::oneof::watch_dir_response::Event as WatchEvent;
+use crate::proto::filesystem::watch_dir_response::{KeepAlive, StartEvent};
+use crate::proto::filesystem::*;
+use crate::state::Runtime;
+use crate::users::User;
+
+pub struct FilesystemService {
+    rt: Arc<Runtime>,
+}
+
+impl FilesystemService {
+    pub fn new(rt: Arc<Runtime>) -> Self {
+        Self { rt }
+    }
+
+    fn target(&self, ctx: &RequestContext, raw: &str) -> Result<(User, PathBuf), ConnectError> {
+        let user = rpc_user(&self.rt, ctx.headers())?;
+        let path = resolve(raw, &user).map_err(path_error)?;
+        Ok((user, path))
+    }
+
+    /// Runs a blocking filesystem operation as `user`, mapping I/O errors
+    /// against `path`.
+    async fn run<T: Send + 'static>(
+        &self,
+        user: &User,
+        path: &Path,
+        op: impl FnOnce(&crate::users::UserDb) -> std::io::Result<T> + Send + 'static,
+    ) -> Result<T, ConnectError> {
+        let db = self.rt.users.clone();
+        as_user(user, move || op(&db))
+            .await
+            .map_err(|e| fs_error(&e, path))
+    }
+
+    fn check_watch_dir(
+        &self,
+        path: &Path,
+    ) -> impl FnOnce(&crate::users::UserDb) -> std::io::Result<()> + Send + 'static {
+        let path = path.to_path_buf();
+        move |_| {
+            let meta = std::fs::metadata(&path)?;
+            if !meta.is_dir() {
+                return Err(std::io::Error::from(std::io::ErrorKind::NotADirectory));
+            }
+            // Reading it proves the user may watch it.
+            std::fs::read_dir(&path).map(|_| ())
+        }
+    }
+}
+
+fn stat(
+    path: PathBuf,
+) -> impl FnOnce(&crate::users::UserDb) -> std::io::Result<EntryInfo> + Send + 'static {
+    move |db| entry_info(&path, &mut Names::new(db))
+}
+
+#[allow(refining_impl_trait)]
+impl Filesystem for FilesystemService {
+    async fn stat(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, StatRequest>,
+    ) -> ServiceResult<StatResponse> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        let entry = self.run(&user, &path, stat(path.clone())).await?;
+        Response::ok(StatResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn make_dir(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, MakeDirRequest>,
+    ) -> ServiceResult<MakeDirResponse> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        match std::fs::metadata(&path) {
+            Ok(m) if m.is_dir() => {
+                return Err(ConnectError::already_exists(format!(
+                    "directory '{}' already exists",
+                    path.display()
+                )));
+            }
+            Ok(_) => {
+                return Err(ConnectError::invalid_argument(format!(
+                    "path '{}' already exists and is not a directory",
+                    path.display()
+                )));
+            }
+            Err(_) => {}
+        }
+        let p = path.clone();
+        let entry = self
+            .run(&user, &path, move |db| {
+                std::fs::create_dir_all(&p)?;
+                entry_info(&p, &mut Names::new(db))
+            })
+            .await?;
+        Response::ok(MakeDirResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn r#move(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, MoveRequest>,
+    ) -> ServiceResult<MoveResponse> {
+        let req = request.to_owned_message();
+        let (user, source) = self.target(&ctx, &req.source)?;
+        let destination = resolve(&req.destination, &user).map_err(path_error)?;
+        if std::fs::symlink_metadata(&source).is_err() {
+            return Err(ConnectError::not_found(format!(
+                "source '{}' does not exist",
+                source.display()
+            )));
+        }
+        let dst = destination.clone();
+        let entry = self
+            .run(&user, &destination, move |db| {
+                if let Some(parent) = dst.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::rename(&source, &dst)?;
+                entry_info(&dst, &mut Names::new(db))
+            })
+            .await?;
+        Response::ok(MoveResponse {
+            entry: entry.into(),
+            ..Default::default()
+        })
+    }
+
+    async fn list_dir(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, ListDirRequest>,
+    ) -> ServiceResult<ListDirResponse> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        let p = path.clone();
+        let depth = req.depth;
+        let entries = self
+            .run(&user, &path, move |db| {
+                if !std::fs::metadata(&p)?.is_dir() {
+                    return Err(std::io::Error::from(std::io::ErrorKind::NotADirectory));
+                }
+                list_dir(&p, depth, &mut Names::new(db))
+            })
+            .await?;
+        Response::ok(ListDirResponse {
+            entries,
+            ..Default::default()
+        })
+    }
+
+    async fn remove(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, RemoveRequest>,
+    ) -> ServiceResult<RemoveResponse> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        if path == Path::new("/") {
+            return Err(ConnectError::invalid_argument("refusing to remove '/'"));
+        }
+        let p = path.clone();
+        self.run(&user, &path, move |_| {
+            let meta = std::fs::symlink_metadata(&p)?;
+            if meta.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            }
+        })
+        .await?;
+        Response::ok(RemoveResponse::default())
+    }
+
+    async fn watch_dir(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, WatchDirRequest>,
+    ) -> ServiceResult<ServiceStream<WatchDirResponse>> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        self.run(&user, &path, self.check_watch_dir(&path)).await?;
+        let keepalive = crate::process::keepalive_interval(ctx.headers());
+        let (tx, rx) = tokio::sync::mpsc::channel::<FilesystemEvent>(1024);
+        let spec = WatchSpec {
+            root: path.clone(),
+            recursive: req.recursive,
+            include_entry: req.include_entry,
+            users: self.rt.users.clone(),
+        };
+        let watcher = watch::start(spec, move |ev| {
+            // Blocks only this watch's own thread when the client is slow.
+            let _ = tx.blocking_send(ev);
+        })
+        .map_err(|e| ConnectError::internal(format!("watching '{}': {e}", path.display())))?;
+        Response::stream_ok(watch_stream(watcher, rx, keepalive))
+    }
+
+    async fn create_watcher(
+        &self,
+        ctx: RequestContext,
+        request: ServiceRequest<'_, CreateWatcherRequest>,
+    ) -> ServiceResult<CreateWatcherResponse> {
+        let req = request.to_owned_message();
+        let (user, path) = self.target(&ctx, &req.path)?;
+        self.run(&user, &path, self.check_watch_dir(&path)).await?;
+        let spec = WatchSpec {
+            root: path.clone(),
+            recursive: req.recursive,
+            include_entry: req.include_entry,
+            users: self.rt.users.clone(),
+        };
+        let id =
+            self.rt.watchers.create(spec).map_err(|e| {
+                ConnectError::internal(format!("watching '{}': {e}", path.display()))
+            })?;
+        Response::ok(CreateWatcherResponse {
+            watcher_id: id,
+            ..Default::default()
+        })
+    }
+
+    async fn get_watcher_events(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, GetWatcherEventsRequest>,
+    ) -> ServiceResult<GetWatcherEventsResponse> {
+        let req = request.to_owned_message();
+        let events = self.rt.watchers.drain(&req.watcher_id).ok_or_else(|| {
+            ConnectError::not_found(format!("watcher '{}' not found", req.watcher_id))
+        })?;
+        Response::ok(GetWatcherEventsResponse {
+            events,
+            ..Default::default()
+        })
+    }
+
+    async fn remove_watcher(
+        &self,
+        _ctx: RequestContext,
+        request: ServiceRequest<'_, RemoveWatcherRequest>,
+    ) -> ServiceResult<RemoveWatcherResponse> {
+        let req = request.to_owned_message();
+        if !self.rt.watchers.remove(&req.watcher_id) {
+            return Err(ConnectError::not_found(format!(
+                "watcher '{}' not found",
+                req.watcher_id
+            )));
+        }
+        Response::ok(RemoveWatcherResponse::default())
+    }
+}
+
+fn response(event: WatchEvent) -> WatchDirResponse {
+    WatchDirResponse {
+        event: Some(event),
+        ..Default::default()
+    }
+}
+
+/// `start`, then events and keepalives; the watch lives as long as the
+/// stream, so a client that goes away stops it.
+fn watch_stream(
+    watcher: notify::RecommendedWatcher,
+    rx: tokio::sync::mpsc::Receiver<FilesystemEvent>,
+    keepalive: Duration,
+) -> impl futures::Stream<Item = Result<WatchDirResponse, ConnectError>> + Send + 'static {
+    let start =
+        futures::stream::once(async { Ok(response(WatchEvent::from(StartEvent::default()))) });
+    let rest = futures::stream::unfold((watcher, rx), move |(watcher, mut rx)| async move {
+        match tokio::time::timeout(keepalive, rx.recv()).await {
+            Err(_) => Some((
+                Ok(response(WatchEvent::from(KeepAlive::default()))),
+                (watcher, rx),
+            )),
+            Ok(Some(ev)) => Some((Ok(response(WatchEvent::from(ev))), (watcher, rx))),
+            Ok(None) => None,
+        }
+    });
+    start.chain(rest)
+}

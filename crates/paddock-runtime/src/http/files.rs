@@ -1,0 +1,273 @@
+//! `GET /files` (download) and `POST /files` (upload, multipart or raw).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{FromRequest, Multipart, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::{Stream, StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use crate::auth::{FileAccess, check_file_access, http_user};
+use crate::errors::HttpError;
+use crate::filesystem::entry::METADATA_XATTR_PREFIX;
+use crate::identity::as_user;
+use crate::paths::resolve;
+use crate::state::Runtime;
+use crate::users::User;
+
+const METADATA_HEADER_PREFIX: &str = "x-metadata-";
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    path: Option<String>,
+    username: Option<String>,
+    signature: Option<String>,
+    signature_expiration: Option<i64>,
+}
+
+impl FileQuery {
+    fn access<'a>(&'a self, operation: &'a str) -> FileAccess<'a> {
+        FileAccess {
+            path: self.path.as_deref().unwrap_or_default(),
+            operation,
+            username: self.username.as_deref(),
+            signature: self.signature.as_deref(),
+            expiration: self.signature_expiration,
+        }
+    }
+}
+
+/// One written file, as the SDKs expect it back.
+#[derive(Debug, Serialize)]
+pub struct WriteInfo {
+    name: String,
+    path: String,
+    r#type: &'static str,
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+pub async fn download(
+    State(rt): State<Arc<Runtime>>,
+    Query(q): Query<FileQuery>,
+    headers: HeaderMap,
+) -> Result<Response, HttpError> {
+    check_file_access(&rt, &headers, q.access("read"))?;
+    let user = http_user(&rt, q.username.as_deref())?;
+    let raw = q
+        .path
+        .as_deref()
+        .ok_or_else(|| HttpError::bad_request("query parameter 'path' is required"))?;
+    let path = resolve(raw, &user)?;
+    let p = path.clone();
+    let (file, len) = as_user(&user, move || {
+        let file = std::fs::File::open(&p)?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(std::io::Error::from(std::io::ErrorKind::IsADirectory));
+        }
+        Ok((file, meta.len()))
+    })
+    .await
+    .map_err(|e| HttpError::from_io(&e, &path))?;
+
+    let mime = mime_guess::from_path(&path).first_or_octet_stream();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().replace(['"', '\\', '\r', '\n'], "_"))
+        .unwrap_or_default();
+    let stream = ReaderStream::with_capacity(tokio::fs::File::from_std(file), 64 * 1024);
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(mime.as_ref())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&format!("inline; filename=\"{name}\"")) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    Ok(resp)
+}
+
+pub async fn upload(
+    State(rt): State<Arc<Runtime>>,
+    Query(q): Query<FileQuery>,
+    req: Request,
+) -> Result<Response, HttpError> {
+    let headers = req.headers().clone();
+    check_file_access(&rt, &headers, q.access("write"))?;
+    let user = http_user(&rt, q.username.as_deref())?;
+    let metadata = metadata_headers(&headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+
+    let mut written = Vec::new();
+    if content_type.starts_with("multipart/form-data") {
+        let mut multipart = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| HttpError::bad_request(format!("invalid multipart body: {e}")))?;
+        loop {
+            let field = match multipart.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(HttpError::bad_request(format!(
+                        "invalid multipart body: {e}"
+                    )));
+                }
+            };
+            if field.name() != Some("file") {
+                continue;
+            }
+            let raw = match (q.path.as_deref(), field.file_name()) {
+                (Some(p), _) if !p.is_empty() => p.to_string(),
+                (_, Some(f)) if !f.is_empty() => f.to_string(),
+                _ => {
+                    return Err(HttpError::bad_request(
+                        "each file part needs a destination: the 'path' query parameter or the part's filename",
+                    ));
+                }
+            };
+            let path = resolve(&raw, &user)?;
+            let body = field.map_err(std::io::Error::other);
+            written.push(write_file(&user, path, body, &metadata).await?);
+        }
+        if written.is_empty() {
+            return Err(HttpError::bad_request(
+                "the multipart body has no part named 'file'",
+            ));
+        }
+    } else if content_type.starts_with("application/octet-stream") {
+        let raw = q.path.as_deref().filter(|p| !p.is_empty()).ok_or_else(|| {
+            HttpError::bad_request("query parameter 'path' is required for an octet-stream upload")
+        })?;
+        let path = resolve(raw, &user)?;
+        let gzip = headers
+            .get(header::CONTENT_ENCODING)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.trim().eq_ignore_ascii_case("gzip"))
+            .unwrap_or(false);
+        let body = req
+            .into_body()
+            .into_data_stream()
+            .map_err(std::io::Error::other);
+        let info = if gzip {
+            let reader =
+                async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(body));
+            write_file(&user, path, ReaderStream::new(reader), &metadata).await?
+        } else {
+            write_file(&user, path, body, &metadata).await?
+        };
+        written.push(info);
+    } else {
+        return Err(HttpError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!(
+                "unsupported content type '{content_type}': use multipart/form-data or application/octet-stream"
+            ),
+        ));
+    }
+    Ok((StatusCode::OK, axum::Json(written)).into_response())
+}
+
+/// `X-Metadata-<key>: <value>` headers, stored as extended attributes.
+fn metadata_headers(
+    headers: &HeaderMap,
+) -> Result<std::collections::BTreeMap<String, String>, HttpError> {
+    let mut out = std::collections::BTreeMap::new();
+    for (name, value) in headers {
+        if let Some(key) = name.as_str().strip_prefix(METADATA_HEADER_PREFIX) {
+            let value = value.to_str().map_err(|_| {
+                HttpError::bad_request(format!("metadata header '{name}' is not valid text"))
+            })?;
+            out.insert(key.to_string(), value.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Streams `body` into `path` as `user`: parent directories are created
+/// (owned by the user), the file is replaced. A failed upload of a new file
+/// leaves no partial file behind.
+async fn write_file<S, B>(
+    user: &User,
+    path: PathBuf,
+    body: S,
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<WriteInfo, HttpError>
+where
+    S: Stream<Item = std::io::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    let p = path.clone();
+    let (file, existed) = as_user(user, move || {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let existed = p.exists();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)?;
+        Ok((file, existed))
+    })
+    .await
+    .map_err(|e| HttpError::from_io(&e, &path))?;
+
+    let mut file = tokio::fs::File::from_std(file);
+    if let Err(e) = copy_stream(body, &mut file).await {
+        drop(file);
+        if !existed {
+            let _ = std::fs::remove_file(&path);
+        }
+        return Err(match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                HttpError::from_io(&e, &path)
+            }
+            _ => HttpError::bad_request(format!("upload of '{}' failed: {e}", path.display())),
+        });
+    }
+    if !metadata.is_empty() {
+        let p = path.clone();
+        let md = metadata.clone();
+        as_user(user, move || {
+            for (k, v) in &md {
+                xattr::set(&p, format!("{METADATA_XATTR_PREFIX}{k}"), v.as_bytes())?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| HttpError::from_io(&e, &path))?;
+    }
+    Ok(WriteInfo {
+        name: path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        path: path.display().to_string(),
+        r#type: "file",
+        metadata: metadata.clone(),
+    })
+}
+
+async fn copy_stream<S, B>(mut body: S, file: &mut tokio::fs::File) -> std::io::Result<()>
+where
+    S: Stream<Item = std::io::Result<B>> + Unpin,
+    B: AsRef<[u8]>,
+{
+    while let Some(chunk) = body.next().await {
+        file.write_all(chunk?.as_ref()).await?;
+    }
+    file.flush().await
+}

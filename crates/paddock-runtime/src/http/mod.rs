@@ -1,0 +1,5 @@
+//! envd's plain HTTP routes.
+
+pub mod files;
+pub mod info;
+pub mod init;

@@ -1,0 +1,110 @@
+//! Process-wide runtime settings: the ones `/init` changes at run time.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use crate::filesystem::WatcherTable;
+use crate::process::ProcessTable;
+use crate::users::UserDb;
+
+/// How the runtime starts before any `/init` call.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Access token required on every request but `/health`, if set.
+    pub access_token: Option<String>,
+    /// User that processes and file operations run as when the request names none.
+    pub default_user: String,
+    /// Working directory for processes when the request names none (else the user's home).
+    pub default_workdir: Option<PathBuf>,
+    /// Root of the user database (`/etc/passwd`, `/etc/group`); `/` outside tests.
+    pub system_root: PathBuf,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            access_token: None,
+            default_user: "user".to_string(),
+            default_workdir: None,
+            system_root: PathBuf::from("/"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub env: BTreeMap<String, String>,
+    pub access_token: Option<String>,
+    pub default_user: String,
+    pub default_workdir: Option<PathBuf>,
+}
+
+/// Shared state of one runtime instance.
+pub struct Runtime {
+    settings: RwLock<Settings>,
+    pub(crate) users: UserDb,
+    pub(crate) processes: ProcessTable,
+    pub(crate) watchers: WatcherTable,
+}
+
+impl Runtime {
+    /// Builds the runtime state from its start-up options.
+    pub fn new(opts: RuntimeOptions) -> Arc<Self> {
+        let mut env = BTreeMap::new();
+        env.insert("E2B_SANDBOX".to_string(), "true".to_string());
+        Arc::new(Self {
+            settings: RwLock::new(Settings {
+                env,
+                access_token: opts.access_token.filter(|t| !t.is_empty()),
+                default_user: opts.default_user,
+                default_workdir: opts.default_workdir,
+            }),
+            users: UserDb::new(opts.system_root),
+            processes: ProcessTable::default(),
+            watchers: WatcherTable::default(),
+        })
+    }
+
+    pub(crate) fn settings(&self) -> Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn access_token(&self) -> Option<String> {
+        self.settings
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .access_token
+            .clone()
+    }
+
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Settings)) {
+        let mut guard = self
+            .settings
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut guard);
+    }
+}
+
+impl Runtime {
+    /// Makes sure the default user exists (creating it when the runtime runs
+    /// as root), so the first request does not pay for it.
+    pub fn prepare(&self) -> Result<(), crate::users::UserError> {
+        let name = self.settings().default_user;
+        if rustix::process::geteuid().is_root() {
+            self.users.ensure(&name).map(|_| ())
+        } else {
+            match self.users.lookup(&name) {
+                Ok(_) => Ok(()),
+                Err(e) => {
+                    tracing::warn!(user = %name, error = %e, "default user missing and cannot be created without root");
+                    Ok(())
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+# Shared helpers for hack/ scripts: installing what Paddock needs on a fresh
+# Debian machine. Every step is idempotent and quiet when already done.
+
+PADDOCK_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUNTIME_TARGET=x86_64-unknown-linux-musl
+RUNTIME_BIN="$PADDOCK_ROOT/target/$RUNTIME_TARGET/release/paddock-runtime"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing Debian packages: ${missing[*]}"
+  if ! apt-get install -y -q "${missing[@]}" >/tmp/paddock-apt.log 2>&1; then
+    apt-get update -q >/dev/null 2>&1
+    apt-get install -y -q "${missing[@]}" >/tmp/paddock-apt.log 2>&1 || {
+      cat /tmp/paddock-apt.log >&2; return 1; }
+  fi
+}
+
+# Toolchain for building Paddock: protoc for the envd protos, the musl
+# target (and its C compiler) for the static runtime binary.
+ensure_build_deps() {
+  apt_install protobuf-compiler musl-tools pkg-config
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$RUNTIME_TARGET"; then
+    log "adding Rust target $RUNTIME_TARGET"
+    rustup target add "$RUNTIME_TARGET"
+  fi
+}
+
+# The unmodified E2B SDKs and pytest, in a virtualenv under the repo.
+ensure_python_sdk() {
+  local venv="$PADDOCK_ROOT/.venv"
+  if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import e2b, e2b_code_interpreter' 2>/dev/null; then
+    log "creating $venv with the E2B Python SDKs"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/sdk/requirements.txt"
+  fi
+}
+
+ensure_js_sdk() {
+  if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ]; then
+    log "installing the E2B JS SDK"
+    (cd "$PADDOCK_ROOT/tests/js" && npm install --no-audit --no-fund --loglevel=error)
+  fi
+}
+
+build_runtime() {
+  log "building the static runtime ($RUNTIME_TARGET, release)"
+  (cd "$PADDOCK_ROOT" && cargo build --release --target "$RUNTIME_TARGET" -p paddock-runtime)
+}

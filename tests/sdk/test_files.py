@@ -1,0 +1,138 @@
+"""files.* through the real Python SDK."""
+
+import hashlib
+import os
+import time
+
+import pytest
+from e2b import FileType, NotFoundException
+from e2b.sandbox.filesystem.filesystem import WriteEntry
+
+
+def test_text_and_bytes_round_trip(sbx):
+    sbx.files.write("/home/user/t.txt", "héllo")
+    assert sbx.files.read("/home/user/t.txt") == "héllo"
+    blob = bytes(range(256)) * 4
+    sbx.files.write("/home/user/b.bin", blob)
+    assert bytes(sbx.files.read("/home/user/b.bin", format="bytes")) == blob
+
+
+def test_write_creates_parents_owned_by_the_user(sbx):
+    info = sbx.files.write("/home/user/deep/er/x.txt", "x")
+    assert info.path == "/home/user/deep/er/x.txt"
+    assert sbx.files.get_info("/home/user/deep").owner == "user"
+    assert sbx.files.get_info("/home/user/deep/er/x.txt").owner == "user"
+
+
+def test_relative_paths_resolve_under_home(sbx):
+    sbx.files.write("rel.txt", "r")
+    assert sbx.files.read("/home/user/rel.txt") == "r"
+
+
+def test_twenty_mib_round_trip_with_checksum(sbx):
+    data = os.urandom(20 * 1024 * 1024)
+    sbx.files.write("/tmp/big.bin", data)
+    back = bytes(sbx.files.read("/tmp/big.bin", format="bytes"))
+    assert hashlib.sha256(back).hexdigest() == hashlib.sha256(data).hexdigest()
+    out = sbx.commands.run("sha256sum /tmp/big.bin").stdout.split()[0]
+    assert out == hashlib.sha256(data).hexdigest()
+
+
+def test_octet_stream_and_gzip_uploads(sbx):
+    sbx.files.write("/tmp/oct.txt", "octet", use_octet_stream=True)
+    assert sbx.files.read("/tmp/oct.txt") == "octet"
+    sbx.files.write("/tmp/gz.txt", "zipped" * 1000, gzip=True)
+    assert sbx.files.read("/tmp/gz.txt") == "zipped" * 1000
+
+
+def test_metadata_on_write(sbx):
+    sbx.files.write("/home/user/m.txt", "m", metadata={"owner": "agent-7"})
+    assert sbx.files.get_info("/home/user/m.txt").metadata == {"owner": "agent-7"}
+
+
+def test_write_files(sbx):
+    infos = sbx.files.write_files(
+        [WriteEntry(path="/home/user/w/a.txt", data="A"), WriteEntry(path="/home/user/w/b.txt", data=b"B")]
+    )
+    assert sorted(i.path for i in infos) == ["/home/user/w/a.txt", "/home/user/w/b.txt"]
+    assert sbx.files.read("/home/user/w/a.txt") == "A"
+    assert sbx.files.read("/home/user/w/b.txt") == "B"
+
+
+def test_list_with_depth(sbx):
+    sbx.files.make_dir("/tmp/tree/a/b")
+    sbx.files.write("/tmp/tree/a/b/f.txt", "f")
+    sbx.files.write("/tmp/tree/top.txt", "t")
+    names1 = sorted(e.path for e in sbx.files.list("/tmp/tree"))
+    assert names1 == ["/tmp/tree/a", "/tmp/tree/top.txt"]
+    names3 = sorted(e.path for e in sbx.files.list("/tmp/tree", depth=3))
+    assert names3 == ["/tmp/tree/a", "/tmp/tree/a/b", "/tmp/tree/a/b/f.txt", "/tmp/tree/top.txt"]
+    types = {e.name: e.type for e in sbx.files.list("/tmp/tree", depth=3)}
+    assert types["a"] == FileType.DIR and types["top.txt"] == FileType.FILE
+
+
+def test_exists_get_info_make_dir(sbx):
+    assert sbx.files.exists("/nope/nothing") is False
+    assert sbx.files.make_dir("/tmp/md") is True
+    assert sbx.files.make_dir("/tmp/md") is False, "an existing directory is reported, not an error"
+    info = sbx.files.get_info("/tmp/md")
+    assert info.type == FileType.DIR and info.name == "md"
+    assert sbx.files.exists("/tmp/md")
+
+
+def test_rename_and_remove(sbx):
+    sbx.files.write("/tmp/r1.txt", "move me")
+    moved = sbx.files.rename("/tmp/r1.txt", "/tmp/sub/r2.txt")
+    assert moved.path == "/tmp/sub/r2.txt"
+    assert not sbx.files.exists("/tmp/r1.txt")
+    assert sbx.files.read("/tmp/sub/r2.txt") == "move me"
+    sbx.files.remove("/tmp/sub")
+    assert not sbx.files.exists("/tmp/sub")
+
+
+def test_not_found_errors(sbx):
+    with pytest.raises(NotFoundException):
+        sbx.files.read("/no/such/file")
+    with pytest.raises(NotFoundException):
+        sbx.files.get_info("/no/such/file")
+    with pytest.raises(NotFoundException):
+        sbx.files.list("/no/such/dir")
+    with pytest.raises(NotFoundException):
+        sbx.files.rename("/no/such/file", "/tmp/x")
+
+
+def test_permissions_follow_the_user(sbx):
+    sbx.commands.run("echo secret > /root/secret.txt && chmod 600 /root/secret.txt", user="root")
+    with pytest.raises(Exception) as exc:
+        sbx.files.read("/root/secret.txt")
+    assert "permission" in str(exc.value).lower() or "403" in str(exc.value)
+    assert sbx.files.read("/root/secret.txt", user="root") == "secret\n"
+    with pytest.raises(Exception):
+        sbx.files.write("/etc/paddock-denied", "x")
+    assert not sbx.files.exists("/etc/paddock-denied", user="root")
+
+
+def test_watch_dir_events(sbx):
+    sbx.files.make_dir("/tmp/watched")
+    handle = sbx.files.watch_dir("/tmp/watched", include_entry=True)
+    try:
+        sbx.files.write("/tmp/watched/new.txt", "1")
+        sbx.files.remove("/tmp/watched/new.txt")
+        events = []
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            events += handle.get_new_events()
+            kinds = {(e.name, e.type.name) for e in events}
+            if ("new.txt", "CREATE") in kinds and ("new.txt", "REMOVE") in kinds:
+                break
+            time.sleep(0.1)
+        kinds = {(e.name, e.type.name) for e in events}
+        assert ("new.txt", "CREATE") in kinds
+        assert ("new.txt", "REMOVE") in kinds
+    finally:
+        handle.stop()
+
+
+def test_watch_dir_on_missing_path(sbx):
+    with pytest.raises(NotFoundException):
+        sbx.files.watch_dir("/tmp/never-created")
