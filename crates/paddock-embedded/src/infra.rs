@@ -32,11 +32,15 @@ impl Paths {
             dir: data.join("sandboxes").join(id.as_str()),
         }
     }
+    /// Holds the writable layer; a size-limited tmpfs when the sandbox has a disk limit.
+    fn disk(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
     fn upper(&self) -> PathBuf {
-        self.dir.join("upper")
+        self.disk().join("upper")
     }
     fn work(&self) -> PathBuf {
-        self.dir.join("work")
+        self.disk().join("work")
     }
     fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
@@ -305,6 +309,12 @@ impl EmbeddedInfra {
         let (id, limits) = (rec.id.clone(), rec.limits.clone());
         let user = parse_user(tspec.user.as_deref())?;
         let pid = blocking(move || -> InfraResult<i32> {
+            if let Some(bytes) = limits.disk_bytes {
+                // The data dir's file system (ext4 here) has no per-directory quota, so a disk
+                // limit puts the writable layer on a tmpfs of that size. Its pages are charged
+                // to the sandbox's memory cgroup as well.
+                mounts::mount_tmpfs(&paths.disk(), bytes).map_err(internal)?;
+            }
             for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
                 std::fs::create_dir_all(&d).map_err(internal)?;
             }

@@ -52,6 +52,24 @@ pub fn mount_overlay(
     .map_err(err("mount overlay on", target))
 }
 
+/// Mounts a tmpfs of `bytes` at `target` (created if missing).
+pub fn mount_tmpfs(target: &Path, bytes: u64) -> Result<(), MountError> {
+    std::fs::create_dir_all(target).map_err(|e| MountError {
+        op: "mkdir",
+        target: target.to_owned(),
+        source: e,
+    })?;
+    let opts = format!("size={bytes},mode=0755");
+    mount(
+        Some("tmpfs"),
+        target,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(err("mount tmpfs on", target))
+}
+
 /// Mounts a fresh procfs at `target`.
 pub fn mount_proc(target: &Path) -> Result<(), MountError> {
     std::fs::create_dir_all(target).map_err(|e| MountError {

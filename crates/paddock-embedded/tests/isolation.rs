@@ -134,13 +134,34 @@ async fn sandboxes_see_neither_the_host_nor_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_fails_writes_not_the_sandbox() {
+    support::with_infra(13, |infra, env| async move {
+        let limits = Limits {
+            disk_bytes: Some(8 << 20),
+            ..Limits::default()
+        };
+        let s = infra.create(req(Some(limits))).await.expect("create");
+        let (code, _, err) = sh(&infra, &s.id, "dd if=/dev/zero of=/root/big bs=1M count=32").await;
+        assert_ne!(code, 0, "writing past the disk limit must fail");
+        assert!(err.contains("No space left"), "{err}");
+        let m = infra.metrics(&s.id).await.expect("metrics");
+        assert!(m.disk_bytes >= 4 << 20 && m.disk_bytes <= 8 << 20, "{m:?}");
+        let (code, out, _) = sh(&infra, &s.id, "rm /root/big && echo ok").await;
+        assert_eq!((code, out.trim()), (0, "ok"), "the sandbox keeps working");
+        infra.kill(&s.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pause_stops_a_counter_and_resume_continues_it() {
     support::with_infra(12, |infra, env| async move {
         let s = infra.create(req(None)).await.expect("create");
         let (code, _, err) =
             sh(&infra, &s.id, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/c; sleep 0.02; done' >/dev/null 2>&1 &").await;
         assert_eq!(code, 0, "{err}");
-        let counter = env.dir.path().join("sandboxes").join(s.id.as_str()).join("upper/root/c");
+        let counter = env.dir.path().join("sandboxes").join(s.id.as_str()).join("disk/upper/root/c");
         let read = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
         while read() < 5 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -131,3 +131,122 @@ async fn run() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+fn percentiles(name: &str, mut ms: Vec<f64>) {
+    ms.sort_by(f64::total_cmp);
+    let at = |p: f64| ms[((ms.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "{name:34} n={:<4} p50={:8.2} ms  p99={:8.2} ms  min={:8.2} ms  max={:8.2} ms",
+        ms.len(),
+        at(0.5),
+        at(0.99),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
+
+fn mem_available_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// Cold create, warm claim and idle memory, next to `unshare` + `/bin/true`.
+async fn bench(mut cfg: EmbeddedConfig, n: usize, idle: usize) -> anyhow::Result<()> {
+    use std::time::Instant;
+    let req = || CreateSandbox {
+        template: "base".into(),
+        ..Default::default()
+    };
+    // Floor: namespaces alone.
+    let mut floor = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        let st = std::process::Command::new("unshare")
+            .args([
+                "--pid",
+                "--fork",
+                "--mount",
+                "--net",
+                "--uts",
+                "--ipc",
+                "--cgroup",
+                "/bin/true",
+            ])
+            .status()?;
+        anyhow::ensure!(st.success(), "unshare failed");
+        floor.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    for t in &mut cfg.templates {
+        t.pool_size = 0;
+    }
+    let infra = EmbeddedInfra::start(cfg.clone()).await?;
+    infra.build_template("base").await?;
+    // Warm-up (page cache, first overlay mount).
+    let s = infra.create(req()).await?;
+    infra.kill(&s.id).await?;
+    let (mut cold, mut kill) = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let t = Instant::now();
+        let s = infra.create(req()).await?;
+        cold.push(t.elapsed().as_secs_f64() * 1e3);
+        let t = Instant::now();
+        infra.kill(&s.id).await?;
+        kill.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    infra.shutdown();
+    drop(infra);
+    // Warm pool: claim, then wait for the refill before the next claim.
+    let mut pcfg = cfg.clone();
+    for t in &mut pcfg.templates {
+        t.pool_size = if t.name == "base" { 2 } else { 0 };
+    }
+    let infra = EmbeddedInfra::start(pcfg).await?;
+    infra.start_pools();
+    let mut claim = Vec::new();
+    let mut claimed = Vec::new();
+    for _ in 0..n {
+        while infra.pool_len("base") < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let t = Instant::now();
+        let s = infra.create(req()).await?;
+        claim.push(t.elapsed().as_secs_f64() * 1e3);
+        claimed.push(s.id);
+    }
+    infra.kill_all().await?;
+    drop(infra);
+    // Idle memory.
+    let net = cfg.net.clone();
+    let infra = EmbeddedInfra::start(cfg).await?;
+    let before = mem_available_kib();
+    let mut ids = Vec::new();
+    for _ in 0..idle {
+        ids.push(infra.create(req()).await?.id);
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let after = mem_available_kib();
+    let mut cg_total = 0u64;
+    for id in &ids {
+        cg_total += infra.metrics(id).await?.memory_bytes;
+    }
+    infra.kill_all().await?;
+    paddock_embedded::network::teardown_host(&net).await?;
+
+    println!("--- embedded sandbox benchmark ({n} runs; debug/release = build of this binary) ---");
+    percentiles("floor: unshare + /bin/true", floor);
+    percentiles("cold create -> /health ready", cold);
+    percentiles("kill (teardown, leak-free)", kill);
+    percentiles("warm pool claim -> ready", claim);
+    println!(
+        "idle memory, {idle} sandboxes: {:.1} MiB per sandbox by host MemAvailable, {:.1} MiB per sandbox charged to cgroups",
+        before.saturating_sub(after) as f64 / 1024.0 / idle as f64,
+        cg_total as f64 / (1 << 20) as f64 / idle as f64
+    );
+    Ok(())
+}

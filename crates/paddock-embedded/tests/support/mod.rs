@@ -15,13 +15,26 @@ pub fn template_cache() -> PathBuf {
         .unwrap_or_else(|| "/var/tmp/paddock-test-templates".into())
 }
 
-/// The runtime binary: `PADDOCK_RUNTIME_BIN` if set, else a static stand-in compiled once.
+/// The runtime binary: `PADDOCK_RUNTIME_BIN` if set, else the workspace's static release
+/// build of `paddock-runtime` if present (`cargo build --release --target
+/// x86_64-unknown-linux-musl -p paddock-runtime`), else a static stand-in.
 pub fn runtime_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PADDOCK_RUNTIME_BIN") {
+        return p.into();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-musl/release/paddock-runtime");
+    if built.is_file() {
+        return built;
+    }
+    standin_binary()
+}
+
+/// A static stand-in for the runtime (answers 204 to everything on :49983), compiled once.
+/// Works in any root filesystem, even an empty one.
+pub fn standin_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        if let Some(p) = std::env::var_os("PADDOCK_RUNTIME_BIN") {
-            return p.into();
-        }
         let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("paddock-runtime-standin");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/standin.rs");
         let status = std::process::Command::new("rustc")
