@@ -125,8 +125,20 @@ async fn run() -> anyhow::Result<()> {
             tokio::signal::ctrl_c().await?;
             infra.shutdown();
         }
+        Some("bench") => {
+            let n: usize = flag(&args, "--n")
+                .map(|c| c.parse())
+                .transpose()?
+                .unwrap_or(30);
+            let idle: usize = flag(&args, "--idle")
+                .map(|c| c.parse())
+                .transpose()?
+                .unwrap_or(100);
+            bench(cfg, n, idle).await?;
+        }
         _ => bail!(
-            "usage: paddock-embedded template list|build NAME | up --runtime BIN [--count N] ..."
+            "usage: paddock-embedded template list|build NAME | up --runtime BIN [--count N] ... \
+             | bench --runtime BIN [--n N] [--idle N]"
         ),
     }
     Ok(())
