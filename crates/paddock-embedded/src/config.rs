@@ -1,0 +1,74 @@
+//! Configuration of the embedded infrastructure.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::network::NetConfig;
+use crate::template::TemplateSpec;
+
+/// Environment variable overriding the data dir (default `/var/lib/paddock`).
+pub const DATA_DIR_ENV: &str = "PADDOCK_DATA_DIR";
+/// Environment variable overriding where templates are cached (default `<data dir>/templates`);
+/// lets test runs share one cache.
+pub const TEMPLATE_CACHE_ENV: &str = "PADDOCK_TEMPLATE_CACHE";
+/// Default data dir.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/paddock";
+/// Default init binary, from Debian's `tini` package.
+pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
+
+/// Everything [`crate::EmbeddedInfra`] needs to know.
+#[derive(Clone, Debug)]
+pub struct EmbeddedConfig {
+    /// Root of Paddock's state: `sandboxes/`, `containers/`, `paddock.redb`.
+    pub data_dir: PathBuf,
+    /// Template build cache.
+    pub template_cache: PathBuf,
+    /// Static runtime binary bind-mounted into every sandbox.
+    pub runtime_binary: PathBuf,
+    /// Arguments for the runtime.
+    pub runtime_args: Vec<String>,
+    /// Static init binary (tini) that runs as PID 1 of every sandbox.
+    pub init_binary: PathBuf,
+    /// Binary that runs libcontainer in a single-threaded helper process; it must call
+    /// [`crate::container::run_helper_if_requested`] first thing in `main`. Defaults to the
+    /// current executable.
+    pub helper_binary: PathBuf,
+    /// Bridge, address range and firewall names.
+    pub net: NetConfig,
+    /// Name of the cgroup under this process's own cgroup that holds sandbox cgroups.
+    pub cgroup_parent: String,
+    /// Templates offered.
+    pub templates: Vec<TemplateSpec>,
+    /// How long a new sandbox may take to answer `/health`.
+    pub ready_timeout: Duration,
+    /// Size of each sandbox's `/tmp` tmpfs (counts against its memory limit).
+    pub tmp_bytes: u64,
+    /// Host file bind-mounted as the sandboxes' `/etc/resolv.conf`.
+    pub resolv_conf: Option<PathBuf>,
+}
+
+impl EmbeddedConfig {
+    /// Defaults, with the data dir and template cache taken from the environment when set.
+    pub fn from_env(runtime_binary: PathBuf) -> Self {
+        let data_dir: PathBuf = std::env::var_os(DATA_DIR_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
+        let template_cache = std::env::var_os(TEMPLATE_CACHE_ENV)
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data_dir.join("templates"));
+        Self {
+            data_dir,
+            template_cache,
+            runtime_binary,
+            runtime_args: Vec::new(),
+            init_binary: DEFAULT_INIT.into(),
+            helper_binary: std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into()),
+            net: NetConfig::default(),
+            cgroup_parent: "paddock".into(),
+            templates: vec![TemplateSpec::base(), TemplateSpec::code_interpreter()],
+            ready_timeout: Duration::from_secs(30),
+            tmp_bytes: 256 << 20,
+            resolv_conf: Some("/etc/resolv.conf".into()),
+        }
+    }
+}

@@ -1,0 +1,322 @@
+//! Running one sandbox container with youki's `libcontainer`.
+//!
+//! libcontainer clones processes that keep running Rust code (no exec) until the payload
+//! starts. In a multi-threaded process another thread may hold a lock (allocator, logger) at
+//! that moment and the clone deadlocks on it — this was observed here. So libcontainer runs only
+//! in a single-threaded *helper process*: the public functions spawn `helper_binary` with
+//! [`HELPER_ARG`], and that binary must call [`run_helper_if_requested`] first thing in `main`,
+//! before starting any thread.
+//!
+//! Lifecycle: [`create`] (init process exists, blocked before exec; namespaces made) →
+//! caller wires the network namespace → [`start`] (init execs tini, whose first child is the
+//! runtime) → ... → caller kills the processes through the cgroup → [`forget`] drops
+//! libcontainer's state.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::Container;
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+/// A libcontainer call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// libcontainer refused or failed.
+    #[error("container {id}: {op}: {source}")]
+    Runtime {
+        /// Container id.
+        id: String,
+        /// What we asked for.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: Box<libcontainer::error::LibcontainerError>,
+    },
+    /// The helper process reported a failure.
+    #[error("container {id}: {op}: {message}")]
+    Helper {
+        /// Container id.
+        id: String,
+        /// What we asked for.
+        op: &'static str,
+        /// The helper's error output.
+        message: String,
+    },
+    /// Local file or process error.
+    #[error("container {id}: {op}: {source}")]
+    Io {
+        /// Container id.
+        id: String,
+        /// What we did.
+        op: &'static str,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn rt<'a>(
+    id: &'a str,
+    op: &'static str,
+) -> impl FnOnce(libcontainer::error::LibcontainerError) -> ContainerError + 'a {
+    move |source| ContainerError::Runtime {
+        id: id.to_owned(),
+        op,
+        source: Box::new(source),
+    }
+}
+
+fn io<'a>(id: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+    move |source| ContainerError::Io {
+        id: id.to_owned(),
+        op,
+        source,
+    }
+}
+
+/// The first argument that turns a binary into the container helper.
+pub const HELPER_ARG: &str = "__paddock-container";
+
+/// If this process was started as the container helper, does the job and returns the exit code
+/// for `main` to exit with. Call before anything starts a thread.
+pub fn run_helper_if_requested() -> Option<i32> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some(HELPER_ARG) {
+        return None;
+    }
+    let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let r: Result<i32, String> = match a.as_slice() {
+        ["create", root, id, bundle, log] => {
+            create_here(Path::new(root), id, Path::new(bundle), Path::new(log))
+                .map(|pid| {
+                    println!("{pid}");
+                    0
+                })
+                .map_err(|e| e.to_string())
+        }
+        ["start", root, id] => start_here(Path::new(root), id)
+            .map(|()| 0)
+            .map_err(|e| e.to_string()),
+        ["exec", root, id, cmd @ ..] => {
+            let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+            exec_here(Path::new(root), id, &cmd).map_err(|e| e.to_string())
+        }
+        _ => Err(format!("bad helper arguments {a:?}")),
+    };
+    Some(match r {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{e}");
+            125
+        }
+    })
+}
+
+fn helper(
+    bin: &Path,
+    id: &str,
+    args: &[&std::ffi::OsStr],
+) -> Result<std::process::Output, ContainerError> {
+    std::process::Command::new(bin)
+        .arg(HELPER_ARG)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(io(id, "run container helper"))
+}
+
+fn helper_failed(id: &str, op: &'static str, out: &std::process::Output) -> ContainerError {
+    ContainerError::Helper {
+        id: id.to_owned(),
+        op,
+        message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+    }
+}
+
+/// Creates the container from the bundle (with `config.json`) in the helper and returns its
+/// init pid. The init waits for [`start`]; its output goes to `log`. The init is not our
+/// child (the helper exits), so watch it through `/proc`.
+pub fn create(
+    helper_bin: &Path,
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    log: &Path,
+) -> Result<i32, ContainerError> {
+    let out = helper(
+        helper_bin,
+        id,
+        &[
+            "create".as_ref(),
+            state_root.as_os_str(),
+            id.as_ref(),
+            bundle.as_os_str(),
+            log.as_os_str(),
+        ],
+    )?;
+    if !out.status.success() {
+        return Err(helper_failed(id, "create", &out));
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .map_err(|_| helper_failed(id, "create (no pid)", &out))
+}
+
+/// Lets a created container's init exec (in the helper).
+pub fn start(helper_bin: &Path, state_root: &Path, id: &str) -> Result<(), ContainerError> {
+    let out = helper(
+        helper_bin,
+        id,
+        &["start".as_ref(), state_root.as_os_str(), id.as_ref()],
+    )?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(helper_failed(id, "start", &out))
+    }
+}
+
+/// Runs `args` in the running container (through the helper) and waits for it.
+pub fn exec(
+    helper_bin: &Path,
+    state_root: &Path,
+    id: &str,
+    args: &[String],
+) -> Result<ExecOutput, ContainerError> {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["exec".as_ref(), state_root.as_os_str(), id.as_ref()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    let out = helper(helper_bin, id, &a)?;
+    use std::os::unix::process::ExitStatusExt;
+    let code = match (out.status.code(), out.status.signal()) {
+        (Some(125), _) => return Err(helper_failed(id, "exec", &out)),
+        (Some(c), _) => c,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => -1,
+    };
+    Ok(ExecOutput {
+        code,
+        stdout: out.stdout,
+        stderr: out.stderr,
+    })
+}
+
+/// Creates the container in this process (helper side of [`create`]).
+fn create_here(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    log: &Path,
+) -> Result<i32, ContainerError> {
+    std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(id, "open log"))?;
+    let err = out.try_clone().map_err(io(id, "open log"))?;
+    let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
+    let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(rt(id, "state root"))?
+        .with_stdin(OwnedFd::from(null))
+        .with_stdout(OwnedFd::from(out))
+        .with_stderr(OwnedFd::from(err))
+        .validate_id()
+        .map_err(rt(id, "validate id"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        // Not a sibling: libcontainer's intermediate process is our child and clones the init
+        // with CLONE_PARENT, so the init becomes *our* child (no exit signal: wait with __WALL).
+        // `as_sibling(true)` would hand it to our parent instead.
+        .as_sibling(false)
+        .build()
+        .map_err(rt(id, "create"))?;
+    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    Ok(pid)
+}
+
+fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {
+    let mut c = Container::load(state_root.join(id)).map_err(rt(id, "load"))?;
+    c.start().map_err(rt(id, "start"))
+}
+
+/// Output of [`exec`].
+#[derive(Debug)]
+pub struct ExecOutput {
+    /// Exit code (128 + signal number if killed by a signal).
+    pub code: i32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+/// Runs `args` in the container from this process, output to our own stdout/stderr (helper
+/// side of [`exec`]); returns the exit code.
+fn exec_here(state_root: &Path, id: &str, args: &[String]) -> Result<i32, ContainerError> {
+    use std::os::fd::AsFd;
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(id, "dup stdout"))?;
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(id, "dup stderr"))?;
+    let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
+    let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(rt(id, "state root"))?
+        .with_stdin(OwnedFd::from(null))
+        .with_stdout(out)
+        .with_stderr(err)
+        .as_tenant()
+        .with_container_args(args.to_vec())
+        .with_detach(true)
+        .as_sibling(false)
+        .build()
+        .map_err(rt(id, "exec"))?;
+    wait_child(pid.as_raw()).map_err(io(id, "wait exec"))
+}
+
+/// Blocks until child `pid` exits; returns its exit code (128 + signal if killed).
+/// `__WALL` because libcontainer clones siblings without an exit signal.
+pub fn wait_child(pid: i32) -> std::io::Result<i32> {
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+            Ok(_) => continue,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps child `pid` if it has exited, without blocking. `true` if it is gone (reaped now, or
+/// not our child any more).
+pub fn try_reap(pid: i32) -> bool {
+    match waitpid(
+        Pid::from_raw(pid),
+        Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+    ) {
+        Ok(WaitStatus::StillAlive) => false,
+        Ok(_) => true,
+        Err(_) => true,
+    }
+}
+
+/// Drops libcontainer's state for `id` (after its processes are gone).
+pub fn forget(state_root: &Path, id: &str) {
+    let dir: PathBuf = state_root.join(id);
+    if let Err(e) = std::fs::remove_dir_all(&dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(id, error = %e, "cannot remove container state");
+    }
+}

@@ -1,0 +1,25 @@
+//! Embedded-mode sandbox infrastructure: each sandbox is a Linux container on this host.
+//!
+//! [`EmbeddedInfra`] implements [`paddock_infra::Infra`]. A sandbox is: an overlayfs root
+//! (read-only template layers + a writable upper under the data dir), a youki `libcontainer`
+//! container (pid, mount, uts, ipc, net and cgroup namespaces; Docker's default capabilities;
+//! a seccomp filter; `no_new_privs`; masked and read-only kernel paths), a cgroup nested under
+//! ours with CPU, memory and pids limits, and a veth on the Paddock bridge. Its PID 1 is tini,
+//! whose first child is the static `paddock-runtime`; the sandbox is ready when the runtime
+//! answers `GET /health`.
+
+pub mod config;
+pub mod container;
+mod infra;
+pub mod mounts;
+pub mod network;
+pub mod oci;
+pub mod proc;
+pub mod spec;
+pub mod store;
+pub mod template;
+
+pub use config::{DATA_DIR_ENV, EmbeddedConfig, TEMPLATE_CACHE_ENV};
+pub use container::ExecOutput;
+pub use infra::EmbeddedInfra;
+pub use template::{TemplateError, TemplateSource, TemplateSpec, Templates};

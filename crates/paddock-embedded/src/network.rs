@@ -1,0 +1,564 @@
+//! Sandbox networking: a Paddock bridge on the host, one veth pair per sandbox, addresses from
+//! a private CIDR, and nftables rules.
+//!
+//! Policy (table `inet <table>`):
+//! * sandboxes cannot open connections to the host at all (its loopback services and its other
+//!   addresses included): `input` drops new traffic from the bridge; replies to connections
+//!   the host opened (manager/gateway → sandbox) pass;
+//! * sandboxes cannot reach each other: bridge ports are isolated (no L2 path) and `forward`
+//!   drops bridge → bridge routing;
+//! * egress to the internet only from addresses in the `egress` set (NAT by masquerade);
+//!   everything else from the bridge is dropped.
+//!
+//! The sandbox's side of the veth lives in the container's network namespace, so it vanishes
+//! with the container; the host side is deleted explicitly when still present.
+
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+
+use futures_util::TryStreamExt;
+use rtnetlink::packet_route::link::InfoBridgePort;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+/// Network errors.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A netlink request failed.
+    #[error("netlink {op}: {source}")]
+    Netlink {
+        /// What we asked for.
+        op: String,
+        /// Cause.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// `nft` failed.
+    #[error("nft: {0}")]
+    Nft(String),
+    /// Other IO (netlink socket, namespace file, sysctl).
+    #[error("network io {op}: {source}")]
+    Io {
+        /// What we did.
+        op: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Bad configuration.
+    #[error("network config: {0}")]
+    Config(String),
+    /// Every address of the CIDR is in use.
+    #[error("no free address in {0}")]
+    Exhausted(String),
+}
+
+fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
+    let op = op.into();
+    move |source| NetError::Netlink { op, source }
+}
+
+/// An IPv4 network given as `a.b.c.d/len`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl std::str::FromStr for Cidr {
+    type Err = NetError;
+    fn from_str(s: &str) -> Result<Self, NetError> {
+        let bad = || NetError::Config(format!("bad CIDR {s:?}"));
+        let (a, p) = s.split_once('/').ok_or_else(bad)?;
+        let addr: Ipv4Addr = a.parse().map_err(|_| bad())?;
+        let prefix: u8 = p.parse().map_err(|_| bad())?;
+        if !(8..=29).contains(&prefix) {
+            return Err(NetError::Config(format!("CIDR {s}: prefix must be 8..=29")));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Self {
+            addr: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
+    }
+}
+
+impl std::fmt::Display for Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Cidr {
+    /// The gateway (host side of the bridge): the first address.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) + 1)
+    }
+
+    /// The `n`-th sandbox address (n = 0 is the one after the gateway).
+    pub fn host(&self, n: u32) -> Option<Ipv4Addr> {
+        let size = 1u32 << (32 - self.prefix);
+        // Skip network, gateway and broadcast.
+        (n < size.saturating_sub(3)).then(|| Ipv4Addr::from(u32::from(self.addr) + 2 + n))
+    }
+
+    /// Index of a sandbox address, inverse of [`Cidr::host`].
+    pub fn index_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        let off = u32::from(ip).checked_sub(u32::from(self.addr) + 2)?;
+        (self.host(off) == Some(ip)).then_some(off)
+    }
+
+    /// The lowest sandbox address not in `used`.
+    pub fn allocate(
+        &self,
+        used: &std::collections::BTreeSet<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, NetError> {
+        (0..)
+            .map_while(|n| self.host(n))
+            .find(|ip| !used.contains(ip))
+            .ok_or_else(|| NetError::Exhausted(self.to_string()))
+    }
+}
+
+/// Network configuration.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Bridge name (≤ 15 bytes).
+    pub bridge: String,
+    /// Address range of the bridge and its sandboxes.
+    pub cidr: Cidr,
+    /// nftables table name (family `inet`).
+    pub nft_table: String,
+    /// Prefix of host-side veth names (≤ 7 bytes; an 8-digit hex index follows).
+    pub veth_prefix: String,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            bridge: "pdkbr0".into(),
+            cidr: Cidr {
+                addr: Ipv4Addr::new(10, 213, 0, 0),
+                prefix: 16,
+            },
+            nft_table: "paddock".into(),
+            veth_prefix: "pdk".into(),
+        }
+    }
+}
+
+impl NetConfig {
+    /// Host-side veth name of a sandbox address.
+    pub fn veth_name(&self, ip: Ipv4Addr) -> String {
+        format!(
+            "{}{:08x}",
+            self.veth_prefix,
+            self.cidr.index_of(ip).unwrap_or(u32::MAX)
+        )
+    }
+
+    fn ruleset(&self) -> String {
+        let (t, br, cidr) = (&self.nft_table, &self.bridge, self.cidr);
+        // One statement per line: `nft -f` is picky about one-line rulesets.
+        format!(
+            "table inet {t} {{\n\
+             \tset egress {{\n\t\ttype ipv4_addr\n\t}}\n\
+             \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
+             \t\tiifname \"{br}\" ct state established,related accept\n\
+             \t\tiifname \"{br}\" drop\n\t}}\n\
+             \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
+             \t\tiifname \"{br}\" oifname \"{br}\" drop\n\
+             \t\toifname \"{br}\" ct state established,related accept\n\
+             \t\toifname \"{br}\" drop\n\
+             \t\tiifname \"{br}\" ip saddr @egress accept\n\
+             \t\tiifname \"{br}\" drop\n\t}}\n\
+             \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
+             \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\t}}\n\
+             }}\n"
+        )
+    }
+}
+
+fn nft(script: &str) -> Result<(), NetError> {
+    use std::io::Write;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| NetError::Nft(e.to_string()))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| NetError::Nft(e.to_string()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(NetError::Nft(format!(
+            "{}\n--- script ---\n{script}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+async fn connect() -> Result<Handle, NetError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|source| NetError::Io {
+        op: "netlink socket".into(),
+        source,
+    })?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(l) => Ok(l.map(|l| l.header.index)),
+        // ENODEV when the link does not exist.
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+        Err(e) => Err(nl(format!("get link {name}"))(e)),
+    }
+}
+
+/// Creates the bridge, its address, the nftables table and turns on forwarding. Idempotent;
+/// the egress set starts empty (callers re-add live sandboxes).
+pub async fn setup_host(cfg: &NetConfig) -> Result<(), NetError> {
+    let h = connect().await?;
+    let idx = match link_index(&h, &cfg.bridge).await? {
+        Some(i) => i,
+        None => {
+            h.link()
+                .add(LinkBridge::new(&cfg.bridge).build())
+                .execute()
+                .await
+                .map_err(nl("add bridge"))?;
+            link_index(&h, &cfg.bridge)
+                .await?
+                .ok_or_else(|| NetError::Config("bridge vanished".into()))?
+        }
+    };
+    let gw = cfg.cidr.gateway();
+    let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+    let mut has = false;
+    while let Some(a) = addrs.try_next().await.map_err(nl("get addresses"))? {
+        has |= a.attributes.iter().any(|attr| {
+            matches!(attr, rtnetlink::packet_route::address::AddressAttribute::Address(ip) if *ip == std::net::IpAddr::V4(gw))
+        });
+    }
+    if !has {
+        h.address()
+            .add(idx, gw.into(), cfg.cidr.prefix)
+            .execute()
+            .await
+            .map_err(nl("add bridge address"))?;
+    }
+    h.link()
+        .set(LinkUnspec::new_with_index(idx).up().build())
+        .execute()
+        .await
+        .map_err(nl("bridge up"))?;
+    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+        op: "enable ip_forward".into(),
+        source,
+    })?;
+    nft(&format!(
+        "table inet {t}\ndelete table inet {t}\n{rules}",
+        t = cfg.nft_table,
+        rules = cfg.ruleset()
+    ))
+}
+
+/// Removes the bridge and the nftables table (tests and uninstall).
+pub async fn teardown_host(cfg: &NetConfig) -> Result<(), NetError> {
+    let h = connect().await?;
+    if let Some(idx) = link_index(&h, &cfg.bridge).await? {
+        h.link()
+            .del(idx)
+            .execute()
+            .await
+            .map_err(nl("delete bridge"))?;
+    }
+    nft(&format!(
+        "table inet {t}\ndelete table inet {t}\n",
+        t = cfg.nft_table
+    ))
+}
+
+/// Wires a sandbox: veth pair, host side on the bridge (isolated port), sandbox side renamed
+/// `eth0` in the network namespace of `pid` with `ip`, default route via the gateway.
+pub async fn attach(
+    cfg: &NetConfig,
+    pid: i32,
+    ip: Ipv4Addr,
+    allow_internet: bool,
+) -> Result<(), NetError> {
+    let h = connect().await?;
+    let host_if = cfg.veth_name(ip);
+    let peer_if = format!("{}p", &host_if[..host_if.len().min(14)]);
+    // Leftover from a crash with the same address: remove it first.
+    if let Some(old) = link_index(&h, &host_if).await? {
+        let _ = h.link().del(old).execute().await;
+    }
+    h.link()
+        .add(LinkVeth::new(&host_if, &peer_if).build())
+        .execute()
+        .await
+        .map_err(nl("add veth"))?;
+    let result = async {
+        let br = link_index(&h, &cfg.bridge)
+            .await?
+            .ok_or_else(|| NetError::Config("bridge missing".into()))?;
+        let host_idx = link_index(&h, &host_if)
+            .await?
+            .ok_or_else(|| NetError::Config("veth vanished".into()))?;
+        let peer_idx = link_index(&h, &peer_if)
+            .await?
+            .ok_or_else(|| NetError::Config("veth peer vanished".into()))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
+            .execute()
+            .await
+            .map_err(nl("attach veth to bridge"))?;
+        h.link()
+            .set_port(
+                LinkBridgePort::new(host_idx)
+                    .append_info_data(InfoBridgePort::Isolated(true))
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("isolate bridge port"))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(host_idx).up().build())
+            .execute()
+            .await
+            .map_err(nl("veth up"))?;
+        let pid_u = u32::try_from(pid).map_err(|_| NetError::Config(format!("bad pid {pid}")))?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(peer_idx)
+                    .setns_by_pid(pid_u)
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("move veth into sandbox"))?;
+        configure_inside(
+            pid,
+            peer_if.clone(),
+            ip,
+            cfg.cidr.prefix,
+            cfg.cidr.gateway(),
+        )
+        .await?;
+        if allow_internet {
+            allow_egress(cfg, ip)?;
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_err()
+        && let Ok(Some(i)) = link_index(&h, &host_if).await
+    {
+        let _ = h.link().del(i).execute().await;
+    }
+    result
+}
+
+/// Releases what [`attach`] made on the host: the host veth (if the namespace did not take it
+/// down already) and the egress set element.
+pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    let h = connect().await?;
+    if let Some(i) = link_index(&h, &cfg.veth_name(ip)).await? {
+        match h.link().del(i).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {}
+            Err(e) => return Err(nl("delete veth")(e)),
+        }
+    }
+    // `delete element` fails if absent; `destroy` needs a newer nft, so ignore that error.
+    let _ = nft(&format!(
+        "delete element inet {} egress {{ {ip} }}\n",
+        cfg.nft_table
+    ));
+    Ok(())
+}
+
+/// Lets `ip` open connections to the internet (adds it to the egress set).
+pub fn allow_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    nft(&format!(
+        "add element inet {} egress {{ {ip} }}\n",
+        cfg.nft_table
+    ))
+}
+
+/// Deletes a link by name if it exists.
+pub async fn delete_link(name: &str) -> Result<(), NetError> {
+    let h = connect().await?;
+    if let Some(i) = link_index(&h, name).await? {
+        match h.link().del(i).execute().await {
+            Ok(()) => {}
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {}
+            Err(e) => return Err(nl(format!("delete {name}"))(e)),
+        }
+    }
+    Ok(())
+}
+
+/// Host-side veths that exist now (leak checks and recovery).
+pub async fn host_veths(cfg: &NetConfig) -> Result<Vec<String>, NetError> {
+    let h = connect().await?;
+    let mut links = h.link().get().execute();
+    let mut out = Vec::new();
+    while let Some(l) = links.try_next().await.map_err(nl("list links"))? {
+        for a in &l.attributes {
+            if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = a
+                && n.starts_with(&cfg.veth_prefix)
+                && n.len() == cfg.veth_prefix.len() + 8
+            {
+                out.push(n.clone());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Runs the in-namespace part on a thread that has joined the sandbox's network namespace
+/// (namespace membership is per thread, so the async workers are untouched).
+async fn configure_inside(
+    pid: i32,
+    peer: String,
+    ip: Ipv4Addr,
+    prefix: u8,
+    gw: Ipv4Addr,
+) -> Result<(), NetError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("netns-setup".into())
+        .spawn(move || {
+            let r = (|| {
+                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
+                    NetError::Io {
+                        op: "open netns".into(),
+                        source,
+                    }
+                })?;
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |e| NetError::Io {
+                        op: "setns".into(),
+                        source: e.into(),
+                    },
+                )?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|source| NetError::Io {
+                        op: "runtime".into(),
+                        source,
+                    })?;
+                rt.block_on(async {
+                    let h = connect().await?;
+                    let lo = link_index(&h, "lo")
+                        .await?
+                        .ok_or_else(|| NetError::Config("no lo".into()))?;
+                    h.link()
+                        .set(LinkUnspec::new_with_index(lo).up().build())
+                        .execute()
+                        .await
+                        .map_err(nl("lo up"))?;
+                    let idx = link_index(&h, &peer)
+                        .await?
+                        .ok_or_else(|| NetError::Config("peer missing in netns".into()))?;
+                    h.link()
+                        .set(LinkUnspec::new_with_index(idx).name("eth0").build())
+                        .execute()
+                        .await
+                        .map_err(nl("rename eth0"))?;
+                    h.address()
+                        .add(idx, ip.into(), prefix)
+                        .execute()
+                        .await
+                        .map_err(nl("add address"))?;
+                    h.link()
+                        .set(LinkUnspec::new_with_index(idx).up().build())
+                        .execute()
+                        .await
+                        .map_err(nl("eth0 up"))?;
+                    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build();
+                    h.route()
+                        .add(route)
+                        .execute()
+                        .await
+                        .map_err(nl("default route"))?;
+                    Ok(())
+                })
+            })();
+            let _ = tx.send(r);
+        })
+        .map_err(|source| NetError::Io {
+            op: "spawn netns thread".into(),
+            source,
+        })?;
+    rx.await
+        .map_err(|_| NetError::Config("netns thread died".into()))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parses_and_allocates_lowest_free() {
+        let c: Cidr = "10.213.7.9/24".parse().expect("parse");
+        assert_eq!(c.to_string(), "10.213.7.0/24");
+        assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 7, 1));
+        let mut used = std::collections::BTreeSet::new();
+        assert_eq!(c.allocate(&used).expect("a"), Ipv4Addr::new(10, 213, 7, 2));
+        used.insert(Ipv4Addr::new(10, 213, 7, 2));
+        used.insert(Ipv4Addr::new(10, 213, 7, 4));
+        assert_eq!(c.allocate(&used).expect("a"), Ipv4Addr::new(10, 213, 7, 3));
+        assert_eq!(c.index_of(Ipv4Addr::new(10, 213, 7, 4)), Some(2));
+        assert_eq!(c.index_of(Ipv4Addr::new(10, 213, 8, 4)), None);
+    }
+
+    #[test]
+    fn small_cidr_runs_out() {
+        let c: Cidr = "192.168.5.0/29".parse().expect("parse");
+        let used: std::collections::BTreeSet<_> = (0..5).filter_map(|n| c.host(n)).collect();
+        assert_eq!(
+            used.len(),
+            5,
+            "8 addresses minus network, gateway, broadcast"
+        );
+        assert!(matches!(c.allocate(&used), Err(NetError::Exhausted(_))));
+    }
+
+    #[test]
+    fn bad_cidrs_are_rejected() {
+        for bad in ["10.0.0.0", "10.0.0.0/33", "10.0.0.0/30", "x/16"] {
+            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn veth_names_fit_ifnamsiz() {
+        let cfg = NetConfig::default();
+        let n = cfg.veth_name(Ipv4Addr::new(10, 213, 255, 254));
+        assert!(n.len() <= 15, "{n}");
+        assert_eq!(cfg.veth_name(Ipv4Addr::new(10, 213, 0, 2)), "pdk00000000");
+    }
+
+    #[test]
+    fn ruleset_names_the_bridge_and_cidr() {
+        let r = NetConfig::default().ruleset();
+        assert!(r.contains("iifname \"pdkbr0\" drop"));
+        assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"pdkbr0\" masquerade"));
+    }
+}

@@ -1,0 +1,286 @@
+//! Unpacking root filesystems: plain/gzipped tarballs and images in a local OCI image layout
+//! (layers applied in order, whiteouts honoured).
+
+use std::collections::HashSet;
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageManifest, MediaType};
+use sha2::{Digest, Sha256};
+
+use crate::template::{TemplateError, io};
+
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const WHITEOUT: &str = ".wh.";
+const OPAQUE: &str = ".wh..wh..opq";
+
+/// Unpacks a tarball (gzip detected by magic) into `dest`.
+pub fn unpack_tar_file(path: &Path, dest: &Path) -> Result<(), TemplateError> {
+    let f = std::fs::File::open(path).map_err(io(path))?;
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
+    apply_layer(open_maybe_gzip(f).map_err(io(path))?, dest, false).map_err(io(path))
+}
+
+fn open_maybe_gzip(f: std::fs::File) -> std::io::Result<Box<dyn Read>> {
+    let mut r = BufReader::new(f);
+    let magic = std::io::BufRead::fill_buf(&mut r)?;
+    if magic.starts_with(&[0x1f, 0x8b]) {
+        Ok(Box::new(flate2::read::GzDecoder::new(r)))
+    } else {
+        Ok(Box::new(r))
+    }
+}
+
+/// Applies one layer tarball on top of `dest`. With `whiteouts`, `.wh.NAME` entries delete
+/// `NAME` from earlier layers and `.wh..wh..opq` empties its directory of earlier content.
+fn apply_layer(r: impl Read, dest: &Path, whiteouts: bool) -> std::io::Result<()> {
+    let mut archive = tar::Archive::new(r);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(true);
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(false);
+    let mut this_layer: HashSet<PathBuf> = HashSet::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let rel = clean(&entry.path()?)?;
+        let name = rel
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let parent = rel.parent().unwrap_or(Path::new("")).to_owned();
+        if whiteouts && name == OPAQUE {
+            let dir = dest.join(&parent);
+            if let Ok(children) = std::fs::read_dir(&dir) {
+                for c in children.flatten() {
+                    let child_rel = parent.join(c.file_name());
+                    if !this_layer.contains(&child_rel) {
+                        remove_any(&c.path())?;
+                    }
+                }
+            }
+            continue;
+        }
+        if whiteouts && let Some(hidden) = name.strip_prefix(WHITEOUT) {
+            remove_any(&dest.join(&parent).join(hidden))?;
+            continue;
+        }
+        // A later layer may replace a directory with a file or the reverse.
+        let target = dest.join(&rel);
+        if let Ok(meta) = std::fs::symlink_metadata(&target) {
+            let is_dir_entry = entry.header().entry_type().is_dir();
+            if meta.is_dir() != is_dir_entry || meta.file_type().is_symlink() {
+                remove_any(&target)?;
+            }
+        }
+        entry.unpack_in(dest)?;
+        this_layer.insert(rel);
+    }
+    Ok(())
+}
+
+/// A relative, normalised entry path; rejects `..` escapes.
+fn clean(p: &Path) -> std::io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(n) => out.push(n),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("tar entry escapes the root: {}", p.display()),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn remove_any(p: &Path) -> std::io::Result<()> {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p),
+        Ok(_) => std::fs::remove_file(p),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Unpacks the image `reference` (or the first manifest) of the OCI layout at `layout` into
+/// `dest`.
+pub fn unpack_layout(
+    layout: &Path,
+    reference: Option<&str>,
+    dest: &Path,
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), TemplateError> {
+    let bad = |detail: String| TemplateError::Oci {
+        path: layout.to_owned(),
+        detail,
+    };
+    if !layout.join("oci-layout").is_file() {
+        return Err(bad("no oci-layout file".into()));
+    }
+    let index = ImageIndex::from_file(layout.join("index.json"))
+        .map_err(|e| bad(format!("index.json: {e}")))?;
+    let manifest_desc = pick_manifest(layout, &index, reference).map_err(bad)?;
+    let manifest: ImageManifest =
+        serde_json::from_slice(&read_blob(layout, &manifest_desc).map_err(bad)?)
+            .map_err(|e| bad(format!("manifest: {e}")))?;
+    std::fs::create_dir_all(dest).map_err(io(dest))?;
+    for (i, layer) in manifest.layers().iter().enumerate() {
+        progress(&format!(
+            "layer {}/{}: {}",
+            i + 1,
+            manifest.layers().len(),
+            layer.digest()
+        ));
+        let blob = read_blob(layout, layer).map_err(bad)?;
+        let reader: Box<dyn Read> = match layer.media_type() {
+            MediaType::ImageLayer | MediaType::ImageLayerNonDistributable => Box::new(&blob[..]),
+            MediaType::ImageLayerGzip | MediaType::ImageLayerNonDistributableGzip => {
+                Box::new(flate2::read::GzDecoder::new(&blob[..]))
+            }
+            MediaType::Other(s) if s.ends_with("tar") => Box::new(&blob[..]),
+            MediaType::Other(s) if s.ends_with("tar.gzip") || s.ends_with("tar+gzip") => {
+                Box::new(flate2::read::GzDecoder::new(&blob[..]))
+            }
+            other => return Err(bad(format!("unsupported layer media type {other}"))),
+        };
+        apply_layer(reader, dest, true)
+            .map_err(|e| bad(format!("layer {}: {e}", layer.digest())))?;
+    }
+    Ok(())
+}
+
+fn pick_manifest(
+    layout: &Path,
+    index: &ImageIndex,
+    reference: Option<&str>,
+) -> Result<Descriptor, String> {
+    let matches = |d: &Descriptor| match reference {
+        None => true,
+        Some(r) => d
+            .annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME))
+            .is_some_and(|n| n == r),
+    };
+    let desc = index
+        .manifests()
+        .iter()
+        .find(|d| matches(d))
+        .ok_or_else(|| format!("no manifest for reference {reference:?}"))?;
+    if *desc.media_type() == MediaType::ImageIndex {
+        // A nested index (multi-platform image): take its linux/amd64 (or first) manifest.
+        let nested: ImageIndex = serde_json::from_slice(&read_blob(layout, desc)?)
+            .map_err(|e| format!("nested index: {e}"))?;
+        let pick = nested
+            .manifests()
+            .iter()
+            .find(|d| {
+                d.platform().as_ref().is_some_and(|p| {
+                    p.architecture().to_string() == "amd64" && p.os().to_string() == "linux"
+                })
+            })
+            .or_else(|| nested.manifests().first())
+            .ok_or("nested index has no manifests")?;
+        return Ok(pick.clone());
+    }
+    Ok(desc.clone())
+}
+
+/// Reads a blob and checks its sha256 digest and size.
+fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, String> {
+    let digest = desc.digest();
+    let algo = digest.algorithm().to_string();
+    if algo != "sha256" {
+        return Err(format!("unsupported digest algorithm {algo}"));
+    }
+    let hex_digest = digest.digest();
+    if hex_digest.len() != 64 || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("malformed digest {digest}"));
+    }
+    let path = layout.join("blobs/sha256").join(hex_digest);
+    let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if data.len() as u64 != desc.size() {
+        return Err(format!("{digest}: size {} != {}", data.len(), desc.size()));
+    }
+    let got = hex::encode(Sha256::digest(&data));
+    if got != hex_digest {
+        return Err(format!("{digest}: content hash is {got}"));
+    }
+    Ok(data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tar_of(entries: &[(&str, Option<&str>)]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, content) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_mode(0o755);
+            match content {
+                Some(c) => {
+                    h.set_entry_type(tar::EntryType::Regular);
+                    h.set_size(c.len() as u64);
+                    b.append_data(&mut h, path, c.as_bytes()).expect("append");
+                }
+                None => {
+                    h.set_entry_type(tar::EntryType::Directory);
+                    h.set_size(0);
+                    b.append_data(&mut h, path, std::io::empty())
+                        .expect("append");
+                }
+            }
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_dirs_apply_to_earlier_layers_only() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let l1 = tar_of(&[
+            ("etc", None),
+            ("etc/a", Some("1")),
+            ("etc/b", Some("b")),
+            ("d", None),
+            ("d/x", Some("x")),
+        ]);
+        let l2 = tar_of(&[
+            ("d/y", Some("y")),
+            ("d/.wh..wh..opq", Some("")),
+            ("etc/.wh.b", Some("")),
+            ("etc/a", Some("2")),
+        ]);
+        apply_layer(&l1[..], d.path(), true)
+            .map_err(|e| format!("{e:?}"))
+            .expect("layer 1");
+        apply_layer(&l2[..], d.path(), true)
+            .map_err(|e| format!("{e:?}"))
+            .expect("layer 2");
+        assert_eq!(
+            std::fs::read_to_string(d.path().join("etc/a")).expect("a"),
+            "2"
+        );
+        assert!(!d.path().join("etc/b").exists());
+        assert!(
+            !d.path().join("d/x").exists(),
+            "opaque hides earlier content"
+        );
+        assert!(d.path().join("d/y").exists(), "but keeps this layer's own");
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        assert!(clean(Path::new("../etc/passwd")).is_err());
+        assert_eq!(
+            clean(Path::new("./a/b")).expect("clean"),
+            PathBuf::from("a/b")
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! Sandbox records on disk (redb), so a restarted Paddock can find what it made.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use paddock_infra::{Limits, SandboxId, SandboxState};
+use redb::{Database, ReadableTable, TableDefinition};
+
+const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
+
+/// What is persisted about one sandbox. Written before any resource is made, updated after
+/// each lifecycle transition, deleted when everything is released.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxRecord {
+    /// Id.
+    pub id: SandboxId,
+    /// Template name.
+    pub template: String,
+    /// Lifecycle state.
+    pub state: SandboxState,
+    /// Address on the Paddock bridge.
+    pub ip: Ipv4Addr,
+    /// Host pid of the container's init (0 before it exists).
+    pub init_pid: i32,
+    /// Start time of the init (field 22 of `/proc/<pid>/stat`), to tell a recycled pid apart.
+    pub init_start_ticks: u64,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Internet access allowed.
+    pub allow_internet: bool,
+    /// Labels.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Creation time (ms since epoch).
+    pub created_at_ms: u64,
+    /// Waiting in a warm pool (not yet handed out).
+    pub pooled: bool,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database failed.
+    #[error("store: {0}")]
+    Db(String),
+    /// A record could not be (de)serialised.
+    #[error("store record: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+fn db<E: std::fmt::Display>(e: E) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The sandbox record store.
+pub struct Store {
+    db: Database,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store file.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let database = Database::create(path).map_err(db)?;
+        let tx = database.begin_write().map_err(db)?;
+        tx.open_table(SANDBOXES).map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(Self { db: database })
+    }
+
+    /// Inserts or replaces a record.
+    pub fn put(&self, r: &SandboxRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(r)?;
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = tx.open_table(SANDBOXES).map_err(db)?;
+            t.insert(r.id.as_str(), bytes.as_slice()).map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Deletes a record (absent is fine).
+    pub fn delete(&self, id: &SandboxId) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db)?;
+        {
+            let mut t = tx.open_table(SANDBOXES).map_err(db)?;
+            t.remove(id.as_str()).map_err(db)?;
+        }
+        tx.commit().map_err(db)
+    }
+
+    /// Every record.
+    pub fn all(&self) -> Result<Vec<SandboxRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db)?;
+        let t = tx.open_table(SANDBOXES).map_err(db)?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: &str) -> SandboxRecord {
+        SandboxRecord {
+            id: SandboxId::new(id).expect("id"),
+            template: "base".into(),
+            state: SandboxState::Creating,
+            ip: Ipv4Addr::new(10, 213, 0, 2),
+            init_pid: 0,
+            init_start_ticks: 0,
+            limits: Limits::default(),
+            allow_internet: false,
+            metadata: Default::default(),
+            created_at_ms: 1,
+            pooled: false,
+        }
+    }
+
+    #[test]
+    fn records_survive_reopening() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = d.path().join("db");
+        {
+            let s = Store::open(&path).expect("open");
+            s.put(&rec("a")).expect("put");
+            let mut b = rec("b");
+            b.state = SandboxState::Running;
+            s.put(&b).expect("put");
+            s.delete(&SandboxId::new("a").expect("id")).expect("delete");
+            s.delete(&SandboxId::new("zz").expect("id"))
+                .expect("delete absent");
+        }
+        let s = Store::open(&path).expect("reopen");
+        let all = s.all().expect("all");
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, SandboxState::Running);
+    }
+}

@@ -1,0 +1,587 @@
+//! Templates: recipes for root filesystems, built once and cached under the data dir.
+//!
+//! A built template is a list of read-only layer directories (topmost first) that sandboxes use
+//! as overlayfs lower layers. Layer `k` of template `t` lives at
+//! `<data>/templates/<t>/<recipe hash>/layer`; the hash covers the recipe and the parent's
+//! hash, so changing a recipe (or its parent's) rebuilds it, and nothing else does.
+//! A build writes to `<hash>.tmp` and renames it into place only when complete, so a build that
+//! fails half way leaves nothing that looks built.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use paddock_infra::Limits;
+use sha2::{Digest, Sha256};
+
+use crate::mounts;
+
+/// Debian suite and mirror used by the built-in templates.
+pub const DEBIAN_SUITE: &str = "bookworm";
+/// Debian mirror used by the built-in templates.
+pub const DEBIAN_MIRROR: &str = "http://deb.debian.org/debian";
+
+/// Where a template's root filesystem comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TemplateSource {
+    /// `debootstrap --variant=minbase --include=<packages>`.
+    Debootstrap {
+        /// Debian suite.
+        suite: String,
+        /// Debian mirror URL.
+        mirror: String,
+        /// Extra packages.
+        packages: Vec<String>,
+    },
+    /// Another template plus packages installed with apt (and pip for what Debian lacks).
+    Layer {
+        /// Template built on.
+        parent: String,
+        /// Debian packages to install.
+        apt: Vec<String>,
+        /// Python packages to install with pip (`--break-system-packages`).
+        pip: Vec<String>,
+    },
+    /// A root filesystem directory on this host, used in place (never written to).
+    RootfsDir(PathBuf),
+    /// A tarball (optionally gzipped) of a root filesystem, unpacked once.
+    Tarball(PathBuf),
+    /// An image in a local OCI image layout directory; `reference` picks a manifest by its
+    /// `org.opencontainers.image.ref.name` annotation (the first manifest if `None`).
+    OciLayout {
+        /// The layout directory (holds `oci-layout` and `index.json`).
+        path: PathBuf,
+        /// Tag to pick.
+        reference: Option<String>,
+    },
+}
+
+/// A template: where its rootfs comes from and how its sandboxes run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSpec {
+    /// Name (`base`, `code-interpreter-v1`, ...).
+    pub name: String,
+    /// Root filesystem recipe.
+    pub source: TemplateSource,
+    /// Default limits of its sandboxes.
+    pub limits: Limits,
+    /// Environment given to the sandbox's runtime.
+    pub env: BTreeMap<String, String>,
+    /// `uid[:gid]` the runtime runs as (root if `None`).
+    pub user: Option<String>,
+    /// Warm pool size.
+    pub pool_size: usize,
+}
+
+impl TemplateSpec {
+    /// The built-in `base` template.
+    pub fn base() -> Self {
+        Self {
+            name: "base".into(),
+            source: TemplateSource::Debootstrap {
+                suite: DEBIAN_SUITE.into(),
+                mirror: DEBIAN_MIRROR.into(),
+                packages: [
+                    "bash",
+                    "coreutils",
+                    "procps",
+                    "python3",
+                    "curl",
+                    "ca-certificates",
+                ]
+                .map(String::from)
+                .to_vec(),
+            },
+            limits: Limits::default(),
+            env: BTreeMap::new(),
+            user: None,
+            pool_size: 2,
+        }
+    }
+
+    /// The built-in `code-interpreter-v1` template: `base` plus a Jupyter kernel and the usual
+    /// data libraries, all from Debian.
+    pub fn code_interpreter() -> Self {
+        Self {
+            name: "code-interpreter-v1".into(),
+            source: TemplateSource::Layer {
+                parent: "base".into(),
+                apt: [
+                    "python3-ipykernel",
+                    "python3-jupyter-client",
+                    "python3-numpy",
+                    "python3-pandas",
+                    "python3-matplotlib",
+                ]
+                .map(String::from)
+                .to_vec(),
+                pip: Vec::new(),
+            },
+            ..Self::base()
+        }
+    }
+
+    fn recipe(&self) -> String {
+        // Debug output of the source is stable for a given recipe; bump the prefix to force
+        // rebuilds when the build procedure itself changes.
+        format!("paddock-template-v1\n{:?}", self.source)
+    }
+}
+
+/// Errors of template lookups and builds.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// No template of that name.
+    #[error("unknown template {0:?}")]
+    Unknown(String),
+    /// A template's parent chain loops.
+    #[error("template {0:?} has a cyclic parent chain")]
+    Cycle(String),
+    /// A build step failed; the partial build was removed.
+    #[error("building template {template:?} failed at {step}: {detail}")]
+    Build {
+        /// Which template.
+        template: String,
+        /// Which step.
+        step: String,
+        /// What went wrong (the last lines of the tool's output).
+        detail: String,
+    },
+    /// The OCI image layout is malformed.
+    #[error("OCI layout {path}: {detail}")]
+    Oci {
+        /// The layout directory.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+    /// File system error.
+    #[error("template io on {path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TemplateError + '_ {
+    move |source| TemplateError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The template catalogue and its build cache.
+#[derive(Debug)]
+pub struct Templates {
+    dir: PathBuf,
+    specs: BTreeMap<String, TemplateSpec>,
+    build_lock: std::sync::Mutex<()>,
+}
+
+impl Templates {
+    /// A catalogue caching builds under `dir` (normally `<data>/templates`).
+    pub fn new(dir: PathBuf, specs: impl IntoIterator<Item = TemplateSpec>) -> Self {
+        let specs = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        Self {
+            dir,
+            specs,
+            build_lock: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Adds or replaces a template.
+    pub fn insert(&mut self, spec: TemplateSpec) {
+        self.specs.insert(spec.name.clone(), spec);
+    }
+
+    /// Looks a template up.
+    pub fn get(&self, name: &str) -> Result<&TemplateSpec, TemplateError> {
+        self.specs
+            .get(name)
+            .ok_or_else(|| TemplateError::Unknown(name.to_owned()))
+    }
+
+    /// All templates, by name.
+    pub fn specs(&self) -> impl Iterator<Item = &TemplateSpec> {
+        self.specs.values()
+    }
+
+    /// The recipe hash of a template (covers its parents).
+    pub fn hash(&self, name: &str) -> Result<String, TemplateError> {
+        let mut chain = Vec::new();
+        let mut cur = name;
+        loop {
+            if chain.len() > 16 {
+                return Err(TemplateError::Cycle(name.to_owned()));
+            }
+            let spec = self.get(cur)?;
+            chain.push(spec.recipe());
+            match &spec.source {
+                TemplateSource::Layer { parent, .. } => cur = parent,
+                _ => break,
+            }
+        }
+        let mut h = Sha256::new();
+        for r in chain.iter().rev() {
+            h.update(r.as_bytes());
+            h.update([0]);
+        }
+        Ok(hex::encode(&h.finalize()[..8]))
+    }
+
+    fn layer_dir(&self, name: &str, hash: &str) -> PathBuf {
+        self.dir.join(name).join(hash)
+    }
+
+    /// The lower layers (topmost first) if the template is built.
+    pub fn layers(&self, name: &str) -> Result<Option<Vec<PathBuf>>, TemplateError> {
+        let spec = self.get(name)?;
+        let own = match &spec.source {
+            TemplateSource::RootfsDir(p) => p.clone(),
+            _ => {
+                let d = self.layer_dir(name, &self.hash(name)?).join("layer");
+                if !d.is_dir() {
+                    return Ok(None);
+                }
+                d
+            }
+        };
+        let mut out = vec![own];
+        if let TemplateSource::Layer { parent, .. } = &spec.source {
+            match self.layers(parent)? {
+                Some(p) => out.extend(p),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(out))
+    }
+
+    /// Builds a template (and its parents) unless cached; returns its layers.
+    /// `progress` receives one line per step and tool output line.
+    pub fn build(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<PathBuf>, TemplateError> {
+        // One build at a time: builds are IO-heavy and share parents.
+        let _guard = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.build_locked(name, progress)
+    }
+
+    fn build_locked(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<PathBuf>, TemplateError> {
+        if let Some(layers) = self.layers(name)? {
+            return Ok(layers);
+        }
+        let spec = self.get(name)?.clone();
+        let parent_layers = match &spec.source {
+            TemplateSource::Layer { parent, .. } => self.build_locked(parent, progress)?,
+            _ => Vec::new(),
+        };
+        let hash = self.hash(name)?;
+        let final_dir = self.layer_dir(name, &hash);
+        let tmp = final_dir.with_extension("tmp");
+        remove_tree(&tmp)?;
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        progress(&format!("building template {name} ({hash})"));
+        let _span = tracing::info_span!("template_build", template = name, %hash).entered();
+        let result = build_into(&spec, &tmp, &parent_layers, progress);
+        if let Err(e) = result {
+            // Leave nothing half-made behind; the error says what failed.
+            let _ = mounts::unmount_all_under(&tmp);
+            let _ = remove_tree(&tmp);
+            return Err(e);
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+        // Drop builds of older recipes of this template.
+        if let Ok(entries) = std::fs::read_dir(self.dir.join(name)) {
+            for e in entries.flatten() {
+                if e.path() != final_dir {
+                    let _ = remove_tree(&e.path());
+                }
+            }
+        }
+        progress(&format!("template {name} built"));
+        self.layers(name)?.ok_or_else(|| TemplateError::Build {
+            template: name.into(),
+            step: "finish".into(),
+            detail: "layer missing after build".into(),
+        })
+    }
+}
+
+fn build_into(
+    spec: &TemplateSpec,
+    tmp: &Path,
+    parent_layers: &[PathBuf],
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<(), TemplateError> {
+    let layer = tmp.join("layer");
+    let fail = |step: &str, detail: String| TemplateError::Build {
+        template: spec.name.clone(),
+        step: step.into(),
+        detail,
+    };
+    match &spec.source {
+        TemplateSource::RootfsDir(_) => Ok(()),
+        TemplateSource::Debootstrap {
+            suite,
+            mirror,
+            packages,
+        } => {
+            let mut cmd = Command::new("debootstrap");
+            cmd.arg("--variant=minbase");
+            if !packages.is_empty() {
+                cmd.arg(format!("--include={}", packages.join(",")));
+            }
+            cmd.arg(suite).arg(&layer).arg(mirror);
+            run(&mut cmd, progress).map_err(|d| fail("debootstrap", d))?;
+            for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
+                clear_dir_files(&layer.join(junk));
+            }
+            Ok(())
+        }
+        TemplateSource::Layer { apt, pip, .. } => {
+            std::fs::create_dir_all(&layer).map_err(io(&layer))?;
+            let merged = tmp.join("merged");
+            let work = tmp.join("work");
+            for d in [&merged, &work] {
+                std::fs::create_dir_all(d).map_err(io(d))?;
+            }
+            mounts::mount_overlay(parent_layers, &layer, &work, &merged)
+                .map_err(|e| fail("overlay", e.to_string()))?;
+            let r = (|| {
+                mounts::mount_proc(&merged.join("proc"))
+                    .map_err(|e| fail("proc", e.to_string()))?;
+                let _ = std::fs::copy("/etc/resolv.conf", merged.join("etc/resolv.conf"));
+                let chroot = |args: &[&str]| {
+                    let mut c = Command::new("chroot");
+                    c.arg(&merged)
+                        .args(args)
+                        .env("DEBIAN_FRONTEND", "noninteractive");
+                    c
+                };
+                run(&mut chroot(&["apt-get", "update", "-q"]), progress)
+                    .map_err(|d| fail("apt-get update", d))?;
+                if !apt.is_empty() {
+                    let mut args =
+                        vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
+                    args.extend(apt.iter().map(String::as_str));
+                    run(&mut chroot(&args), progress).map_err(|d| fail("apt-get install", d))?;
+                }
+                if !pip.is_empty() {
+                    let mut args =
+                        vec!["python3", "-m", "pip", "install", "--break-system-packages"];
+                    args.extend(pip.iter().map(String::as_str));
+                    run(&mut chroot(&args), progress).map_err(|d| fail("pip install", d))?;
+                }
+                run(&mut chroot(&["apt-get", "clean"]), progress)
+                    .map_err(|d| fail("apt-get clean", d))?;
+                clear_dir_files(&merged.join("var/lib/apt/lists"));
+                Ok(())
+            })();
+            let u = mounts::unmount_all_under(tmp);
+            r?;
+            u.map_err(|e| fail("unmount", e.to_string()))?;
+            remove_tree(&work)?;
+            remove_tree(&merged)?;
+            Ok(())
+        }
+        TemplateSource::Tarball(path) => {
+            progress(&format!("unpacking {}", path.display()));
+            crate::oci::unpack_tar_file(path, &layer).map_err(|e| fail("unpack", e.to_string()))
+        }
+        TemplateSource::OciLayout { path, reference } => {
+            progress(&format!("unpacking OCI layout {}", path.display()));
+            crate::oci::unpack_layout(path, reference.as_deref(), &layer, progress)
+        }
+    }
+}
+
+/// Runs a build tool, streaming its merged output to `progress`; on failure returns its last
+/// lines.
+fn run(cmd: &mut Command, progress: &(dyn Fn(&str) + Sync)) -> Result<(), String> {
+    let (reader, writer) = std::io::pipe().map_err(|e| e.to_string())?;
+    let writer2 = writer.try_clone().map_err(|e| e.to_string())?;
+    cmd.stdout(writer)
+        .stderr(writer2)
+        .stdin(std::process::Stdio::null());
+    progress(&format!("$ {cmd:?}"));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    // The Command still holds the write ends; drop them so EOF arrives when the child exits.
+    cmd.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut tail: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { break };
+        progress(&line);
+        if tail.len() == 20 {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+    let status = child.wait().map_err(|e| e.to_string())?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{status}; last output:\n{}",
+            Vec::from(tail).join("\n")
+        ))
+    }
+}
+
+fn clear_dir_files(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().map(|t| t.is_file()).unwrap_or(false) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+/// `rm -rf` that tolerates a missing path.
+pub(crate) fn remove_tree(p: &Path) -> Result<(), TemplateError> {
+    match std::fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(TemplateError::Io {
+            path: p.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn templates(dir: &Path) -> Templates {
+        Templates::new(
+            dir.to_owned(),
+            [TemplateSpec::base(), TemplateSpec::code_interpreter()],
+        )
+    }
+
+    #[test]
+    fn hash_changes_with_the_recipe_and_the_parent() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(d.path());
+        let (b, ci) = (
+            t.hash("base").expect("h"),
+            t.hash("code-interpreter-v1").expect("h"),
+        );
+        assert_ne!(b, ci);
+        let mut base = TemplateSpec::base();
+        if let TemplateSource::Debootstrap { packages, .. } = &mut base.source {
+            packages.push("vim".into());
+        }
+        t.insert(base);
+        assert_ne!(t.hash("base").expect("h"), b);
+        assert_ne!(
+            t.hash("code-interpreter-v1").expect("h"),
+            ci,
+            "child follows its parent"
+        );
+    }
+
+    #[test]
+    fn unknown_and_cyclic_templates_are_errors() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(d.path());
+        assert!(matches!(t.get("nope"), Err(TemplateError::Unknown(_))));
+        t.insert(TemplateSpec {
+            name: "loop".into(),
+            source: TemplateSource::Layer {
+                parent: "loop".into(),
+                apt: vec![],
+                pip: vec![],
+            },
+            ..TemplateSpec::base()
+        });
+        assert!(matches!(t.hash("loop"), Err(TemplateError::Cycle(_))));
+    }
+
+    #[test]
+    fn rootfs_dir_templates_are_used_in_place() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(d.path());
+        t.insert(TemplateSpec {
+            name: "dir".into(),
+            source: TemplateSource::RootfsDir(d.path().join("r")),
+            ..TemplateSpec::base()
+        });
+        assert_eq!(
+            t.layers("dir").expect("layers"),
+            Some(vec![d.path().join("r")])
+        );
+        assert_eq!(t.layers("base").expect("layers"), None, "not built yet");
+    }
+
+    #[test]
+    fn a_failing_build_leaves_nothing_behind() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(d.path());
+        t.insert(TemplateSpec {
+            name: "bad".into(),
+            source: TemplateSource::Tarball(d.path().join("missing.tar")),
+            ..TemplateSpec::base()
+        });
+        let err = t.build("bad", &|_| {}).expect_err("must fail");
+        assert!(
+            matches!(err, TemplateError::Build { ref step, .. } if step == "unpack"),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path().join("bad"))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        assert_eq!(t.layers("bad").expect("layers"), None);
+    }
+
+    #[test]
+    fn tarball_templates_unpack_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::write(src.join("etc/hello"), "hi").expect("write");
+        let tarball = d.path().join("r.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
+        b.append_dir_all(".", &src).expect("append");
+        b.finish().expect("finish");
+        drop(b);
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "tb".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        });
+        let lines = std::sync::Mutex::new(Vec::<String>::new());
+        let layers = t
+            .build("tb", &|l| lines.lock().expect("lock").push(l.into()))
+            .expect("build");
+        assert_eq!(
+            std::fs::read_to_string(layers[0].join("etc/hello")).expect("read"),
+            "hi"
+        );
+        assert!(
+            lines
+                .lock()
+                .expect("lock")
+                .iter()
+                .any(|l| l.contains("built"))
+        );
+        let again = t.build("tb", &|l| panic!("rebuilt: {l}")).expect("cached");
+        assert_eq!(again, layers);
+    }
+}

@@ -1,0 +1,188 @@
+//! Root-only tests of limits, isolation and pause against real kernel features.
+
+mod support;
+
+use std::time::Duration;
+
+use paddock_embedded::EmbeddedInfra;
+use paddock_infra::{CreateSandbox, Infra, Limits, SandboxId, SandboxState};
+
+fn req(limits: Option<Limits>) -> CreateSandbox {
+    CreateSandbox {
+        template: "base".into(),
+        limits,
+        ..Default::default()
+    }
+}
+
+async fn sh(infra: &EmbeddedInfra, id: &SandboxId, script: &str) -> (i32, String, String) {
+    let out = infra
+        .exec(id, &["/bin/sh", "-c", script])
+        .await
+        .expect("exec");
+    (
+        out.code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_enforced_inside_the_sandbox() {
+    support::with_infra(10, |infra, env| async move {
+        let limits = Limits { cpu_millis: 200, memory_bytes: 96 << 20, pids: 48, disk_bytes: None };
+        let sbx = infra.create(req(Some(limits))).await.expect("create");
+
+        // Fork bomb: stops at the pids limit, the host is unaffected.
+        let bomb = "import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n            time.sleep(30)\n            os._exit(0)\n        n += 1\nexcept OSError as e:\n    print('stopped', n, e.errno)\n";
+        let (code, out, err) = sh(&infra, &sbx.id, &format!("python3 -c \"{bomb}\"")).await;
+        assert_eq!(code, 0, "{err}");
+        let n: u32 = out.split_whitespace().nth(1).and_then(|n| n.parse().ok()).expect("count");
+        assert!(out.starts_with("stopped") && n < 48, "fork bomb must stop below the limit: {out}");
+        let m = infra.metrics(&sbx.id).await.expect("metrics");
+        assert!(m.pids <= 48, "{m:?}");
+        // Forks work again on the host.
+        assert!(std::process::Command::new("true").status().expect("host fork").success());
+        let (code, _, _) = sh(&infra, &sbx.id, "pkill python3; true").await;
+        assert_eq!(code, 0);
+
+        // Memory hog: OOM-killed inside the sandbox; the sandbox survives and reports it.
+        let (code, _, _) = sh(&infra, &sbx.id, "python3 -c 'b = bytearray(300 * 1024 * 1024); print(len(b))'").await;
+        assert_eq!(code, 137, "the hog is SIGKILLed");
+        let m = infra.metrics(&sbx.id).await.expect("metrics");
+        assert!(m.oom_kills >= 1, "oom kill is reported: {m:?}");
+        assert_eq!(infra.get(&sbx.id).await.expect("get").state, SandboxState::Running);
+        let (code, out, _) = sh(&infra, &sbx.id, "echo alive").await;
+        assert_eq!((code, out.trim()), (0, "alive"));
+
+        // CPU: a busy loop gets at most ~0.2 CPU.
+        let before = infra.metrics(&sbx.id).await.expect("metrics").cpu_usage_ns;
+        let start = std::time::Instant::now();
+        let (code, _, _) = sh(&infra, &sbx.id, "timeout 2 sh -c 'while :; do :; done'; true").await;
+        assert_eq!(code, 0);
+        let wall = start.elapsed().as_nanos() as f64;
+        let used = (infra.metrics(&sbx.id).await.expect("metrics").cpu_usage_ns - before) as f64;
+        assert!(used / wall < 0.4, "cpu share {:.2} exceeds the 0.2 CPU limit", used / wall);
+        assert!(used / wall > 0.05, "the loop did run ({:.2})", used / wall);
+
+        infra.kill(&sbx.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandboxes_see_neither_the_host_nor_each_other() {
+    // A file on the host outside the data dir.
+    let secret = tempfile::Builder::new()
+        .prefix("paddock-secret")
+        .tempfile_in("/var/tmp")
+        .expect("secret");
+    // Listeners on the host: loopback only, and all addresses.
+    let lo = std::net::TcpListener::bind("127.0.0.1:0").expect("bind lo");
+    let any = std::net::TcpListener::bind("0.0.0.0:0").expect("bind any");
+    let (lo_port, any_port) = (
+        lo.local_addr().expect("addr").port(),
+        any.local_addr().expect("addr").port(),
+    );
+    let secret_path = secret.path().to_owned();
+    support::with_infra(11, move |infra, env| async move {
+        let a = infra.create(req(None)).await.expect("create a");
+        let b = infra.create(req(None)).await.expect("create b");
+        let gw = env.cfg.net.cidr.gateway();
+
+        let (code, _, _) = sh(&infra, &a.id, &format!("test -e {}", secret_path.display())).await;
+        assert_ne!(code, 0, "host file must be invisible");
+        let (_, out, _) = sh(&infra, &a.id, "ls /var/tmp | wc -l").await;
+        assert_eq!(out.trim(), "0", "the sandbox's /var/tmp is its own");
+
+        let curl = |target: String| {
+            format!(
+                "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 {target}; echo \" rc=$?\""
+            )
+        };
+        // Sanity: the sandbox reaches its own runtime, the host reaches both.
+        let (_, out, _) = sh(&infra, &a.id, &curl(format!("http://{}/health", a.address))).await;
+        assert!(out.starts_with("204"), "own runtime: {out}");
+        let (_, out, _) = sh(
+            &infra,
+            &a.id,
+            &curl(format!("http://127.0.0.1:{}/health", a.address.port())),
+        )
+        .await;
+        assert!(out.starts_with("204"), "own loopback: {out}");
+        // A cannot reach B.
+        let (_, out, _) = sh(&infra, &a.id, &curl(format!("http://{}/health", b.address))).await;
+        assert!(!out.starts_with("204"), "a reached b: {out}");
+        // Nor the host's services, on loopback or via the gateway address.
+        for target in [
+            format!("http://127.0.0.1:{lo_port}/"),
+            format!("http://{gw}:{any_port}/"),
+            format!("http://{gw}:{lo_port}/"),
+        ] {
+            let (_, out, _) = sh(&infra, &a.id, &curl(target.clone())).await;
+            assert!(out.starts_with("000"), "{target} reachable: {out}");
+        }
+
+        for id in [&a.id, &b.id] {
+            infra.kill(id).await.expect("kill");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+    drop((lo, any));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_fails_writes_not_the_sandbox() {
+    support::with_infra(13, |infra, env| async move {
+        let limits = Limits {
+            disk_bytes: Some(8 << 20),
+            ..Limits::default()
+        };
+        let s = infra.create(req(Some(limits))).await.expect("create");
+        let (code, _, err) = sh(&infra, &s.id, "dd if=/dev/zero of=/root/big bs=1M count=32").await;
+        assert_ne!(code, 0, "writing past the disk limit must fail");
+        assert!(err.contains("No space left"), "{err}");
+        let m = infra.metrics(&s.id).await.expect("metrics");
+        assert!(m.disk_bytes >= 4 << 20 && m.disk_bytes <= 8 << 20, "{m:?}");
+        let (code, out, _) = sh(&infra, &s.id, "rm /root/big && echo ok").await;
+        assert_eq!((code, out.trim()), (0, "ok"), "the sandbox keeps working");
+        infra.kill(&s.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_a_counter_and_resume_continues_it() {
+    support::with_infra(12, |infra, env| async move {
+        let s = infra.create(req(None)).await.expect("create");
+        let (code, _, err) =
+            sh(&infra, &s.id, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/c; sleep 0.02; done' >/dev/null 2>&1 &").await;
+        assert_eq!(code, 0, "{err}");
+        let counter = env.dir.path().join("sandboxes").join(s.id.as_str()).join("disk/upper/root/c");
+        let read = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
+        while read() < 5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let p = infra.pause(&s.id).await.expect("pause");
+        assert_eq!(p.state, SandboxState::Paused);
+        let frozen_at = read();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(read(), frozen_at, "counter moved while paused");
+        assert!(infra.pause(&s.id).await.is_err(), "pausing twice is illegal");
+        let mem = infra.metrics(&s.id).await.expect("metrics while paused").memory_bytes;
+        assert!(mem > 0, "memory is kept");
+        infra.resume(&s.id).await.expect("resume");
+        while read() <= frozen_at {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(infra.resume(&s.id).await.is_err(), "resuming a running sandbox is illegal");
+        // Kill works on a paused sandbox too.
+        infra.pause(&s.id).await.expect("pause again");
+        infra.kill(&s.id).await.expect("kill paused");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}

@@ -1,0 +1,238 @@
+//! Root-only lifecycle tests: leak checks, init death, restart recovery, warm pools.
+
+mod support;
+
+use std::io::BufRead;
+use std::time::{Duration, Instant};
+
+use paddock_embedded::EmbeddedInfra;
+use paddock_infra::{CreateSandbox, Infra, InfraError, SandboxId, SandboxState};
+
+fn req() -> CreateSandbox {
+    CreateSandbox {
+        template: "base".into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_create_pause_kill_cycles_leak_nothing() {
+    support::with_infra(20, |infra, env| async move {
+        for i in 0..50 {
+            let s = infra.create(req()).await.expect("create");
+            if i % 3 == 0 {
+                infra.pause(&s.id).await.expect("pause");
+            }
+            if i % 6 == 0 {
+                infra.resume(&s.id).await.expect("resume");
+            }
+            infra.kill(&s.id).await.expect("kill");
+        }
+        assert_eq!(infra.list().await.expect("list"), vec![]);
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
+    support::with_infra(21, |infra, env| async move {
+        let s = infra.create(req()).await.expect("create");
+        // Kill the runtime (PID 2, tini's only child): tini exits, so the sandbox dies.
+        let out = infra
+            .exec(&s.id, &["/bin/kill", "-9", "2"])
+            .await
+            .expect("exec");
+        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while infra.get(&s.id).await.expect("get").state != SandboxState::Dead {
+            assert!(Instant::now() < deadline, "death not noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reason = infra.dead_reason(&s.id).expect("reason");
+        assert!(reason.contains("init exited"), "{reason}");
+        let e = infra
+            .pause(&s.id)
+            .await
+            .expect_err("pausing a dead sandbox");
+        assert!(matches!(e, InfraError::IllegalTransition { .. }), "{e}");
+        // Everything but the tombstone is gone; kill forgets the tombstone.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !env.leaks().await.is_empty() {
+            assert!(Instant::now() < deadline, "leaks: {:?}", env.leaks().await);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        infra.kill(&s.id).await.expect("kill dead");
+        assert!(matches!(
+            infra.get(&s.id).await,
+            Err(InfraError::NotFound(_))
+        ));
+        // And creation keeps working.
+        let t = infra.create(req()).await.expect("create after death");
+        infra.kill(&t.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+/// Starts the `paddock-embedded up` binary on `env`, waits for `count` sandboxes.
+fn spawn_agent(
+    env: &support::Env,
+    count: usize,
+    pool: usize,
+) -> (std::process::Child, Vec<(SandboxId, String)>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_paddock-embedded"))
+        .arg("up")
+        .args(["--runtime", &support::runtime_binary().to_string_lossy()])
+        .args(["--data", &env.cfg.data_dir.to_string_lossy()])
+        .args(["--bridge", &env.cfg.net.bridge])
+        .args(["--cidr", &env.cfg.net.cidr.to_string()])
+        .args(["--nft-table", &env.cfg.net.nft_table])
+        .args(["--veth-prefix", &env.cfg.net.veth_prefix])
+        .args(["--cgroup-parent", &env.cfg.cgroup_parent])
+        .args(["--count", &count.to_string(), "--pool", &pool.to_string()])
+        .env(
+            paddock_embedded::TEMPLATE_CACHE_ENV,
+            &env.cfg.template_cache,
+        )
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn agent");
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    let mut ready = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if line == "up" {
+            break;
+        }
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if parts.first() == Some(&"ready") {
+            ready.push((SandboxId::new(parts[1]).expect("id"), parts[2].to_string()));
+        }
+    }
+    assert_eq!(ready.len(), count, "agent did not create its sandboxes");
+    (child, ready)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest() {
+    let env = std::sync::Arc::new(support::Env::new(22));
+    let (mut agent, ready) = spawn_agent(&env, 3, 0);
+    // Pause one before the crash: it must come back paused.
+    let paused = ready[0].0.clone();
+    {
+        let h = paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent).expect("cgroups");
+        assert_eq!(h.list().expect("list").len(), 3);
+    }
+    agent.kill().expect("kill -9");
+    agent.wait().expect("reap agent");
+    // Leave a half-made sandbox behind as a crash mid-create would: a directory and a cgroup.
+    let half = "halfmade0000000000000";
+    std::fs::create_dir_all(env.dir.path().join("sandboxes").join(half).join("upper"))
+        .expect("mkdir");
+    paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent)
+        .expect("cgroups")
+        .sandbox(half)
+        .create()
+        .expect("cg");
+
+    let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        let infra: EmbeddedInfra = env.start().await;
+        let listed = infra.list().await.expect("list");
+        assert_eq!(listed.len(), 3, "all three adopted: {listed:?}");
+        // Adopted sandboxes work: exec, pause, resume, metrics.
+        infra.pause(&paused).await.expect("pause adopted");
+        infra.resume(&paused).await.expect("resume adopted");
+        let out = infra
+            .exec(&ready[1].0, &["/bin/hostname"])
+            .await
+            .expect("exec adopted");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            ready[1].0.as_str()
+        );
+        assert!(
+            infra
+                .metrics(&ready[2].0)
+                .await
+                .expect("metrics")
+                .memory_bytes
+                > 0
+        );
+        // The half-made one is gone.
+        let leaks = env.leaks().await;
+        assert!(!leaks.iter().any(|l| l.contains(half)), "{leaks:?}");
+        // An adopted sandbox that dies (no longer our child) is still noticed.
+        infra
+            .exec(&ready[2].0, &["/bin/kill", "-9", "2"])
+            .await
+            .expect("exec");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while infra.get(&ready[2].0).await.expect("get").state != SandboxState::Dead {
+            assert!(
+                Instant::now() < deadline,
+                "death of adopted sandbox not noticed"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for (id, _) in &ready {
+            infra.kill(id).await.expect("kill adopted");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+        infra
+    }))
+    .await;
+    let infra = r.as_ref().ok().cloned();
+    env.cleanup(infra.as_ref()).await;
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warm_pool_claims_are_ready_sandboxes_and_refill() {
+    let mut env = support::Env::new(23);
+    env.cfg.templates[0].pool_size = 2;
+    let env = std::sync::Arc::new(env);
+    let infra = env.start().await;
+    let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        infra.start_pools();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while infra.pool_len("base") < 2 {
+            assert!(Instant::now() < deadline, "pool never filled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            infra.list().await.expect("list"),
+            vec![],
+            "pooled sandboxes are not listed"
+        );
+        let claimed = infra
+            .create(CreateSandbox {
+                metadata: [("k".to_string(), "v".to_string())].into(),
+                ..req()
+            })
+            .await
+            .expect("claim");
+        assert_eq!(infra.pool_len("base"), 1, "claimed from the pool");
+        assert_eq!(claimed.metadata.get("k").map(String::as_str), Some("v"));
+        let out = infra
+            .exec(&claimed.id, &["/bin/true"])
+            .await
+            .expect("exec in claimed");
+        assert_eq!(out.code, 0);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while infra.pool_len("base") < 2 {
+            assert!(Instant::now() < deadline, "pool never refilled");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(infra.list().await.expect("list").len(), 1);
+        infra.kill_all().await.expect("kill all");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    }))
+    .await;
+    env.cleanup(Some(&infra)).await;
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -1,0 +1,184 @@
+//! Shared fixtures of the root-only integration tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use paddock_embedded::network::{Cidr, NetConfig};
+use paddock_embedded::{EmbeddedConfig, EmbeddedInfra, TemplateSpec};
+
+/// Template cache shared by all tests (and CI runs): `PADDOCK_TEMPLATE_CACHE` or
+/// `/var/tmp/paddock-test-templates`.
+pub fn template_cache() -> PathBuf {
+    std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/tmp/paddock-test-templates".into())
+}
+
+/// The runtime binary: `PADDOCK_RUNTIME_BIN` if set, else the workspace's static release
+/// build of `paddock-runtime` if present (`cargo build --release --target
+/// x86_64-unknown-linux-musl -p paddock-runtime`), else a static stand-in.
+pub fn runtime_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("PADDOCK_RUNTIME_BIN") {
+        return p.into();
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/x86_64-unknown-linux-musl/release/paddock-runtime");
+    if built.is_file() {
+        return built;
+    }
+    standin_binary()
+}
+
+/// A static stand-in for the runtime (answers 204 to everything on :49983), compiled once.
+/// Works in any root filesystem, even an empty one.
+pub fn standin_binary() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("paddock-runtime-standin");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/standin.rs");
+        let status = std::process::Command::new("rustc")
+            .args([
+                "--edition",
+                "2021",
+                "-O",
+                "--target",
+                "x86_64-unknown-linux-musl",
+                "-o",
+            ])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("run rustc");
+        assert!(status.success(), "building the runtime stand-in failed");
+        out
+    })
+    .clone()
+}
+
+/// A test environment: its own data dir, bridge, CIDR, nft table and cgroup parent, so tests
+/// can run in parallel; the template cache is shared.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub cfg: EmbeddedConfig,
+}
+
+impl Env {
+    /// `n` picks the bridge/CIDR (must be unique per concurrently running test).
+    pub fn new(n: u8) -> Self {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                    "paddock_embedded=info,libcontainer=warn,libcgroups=warn".into()
+                }),
+            )
+            .with_test_writer()
+            .try_init();
+        let dir = tempfile::Builder::new()
+            .prefix("paddock-test")
+            .tempdir_in("/var/tmp")
+            .expect("tempdir");
+        let mut cfg = EmbeddedConfig::from_env(runtime_binary());
+        cfg.data_dir = dir.path().to_owned();
+        cfg.helper_binary = env!("CARGO_BIN_EXE_paddock-embedded").into();
+        cfg.template_cache = template_cache();
+        cfg.net = NetConfig {
+            bridge: format!("pdktbr{n}"),
+            cidr: format!("10.214.{n}.0/24").parse::<Cidr>().expect("cidr"),
+            nft_table: format!("paddock_test{n}"),
+            veth_prefix: format!("pdt{n:02x}"),
+        };
+        cfg.cgroup_parent = format!("paddock-test{n}");
+        let mut base = TemplateSpec::base();
+        base.pool_size = 0;
+        let mut ci = TemplateSpec::code_interpreter();
+        ci.pool_size = 0;
+        cfg.templates = vec![base, ci];
+        Self { dir, cfg }
+    }
+
+    pub async fn start(&self) -> EmbeddedInfra {
+        EmbeddedInfra::start(self.cfg.clone())
+            .await
+            .expect("start infra")
+    }
+
+    /// Everything this environment could have left behind; empty when clean.
+    pub async fn leaks(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let data = self.dir.path().to_string_lossy().into_owned();
+        for m in paddock_embedded::mounts::mounts_under(self.dir.path()) {
+            out.push(format!("mount {}", m.display()));
+        }
+        let h = paddock_cgroups::Hierarchy::detect(&self.cfg.cgroup_parent).expect("cgroups");
+        for c in h.list().expect("list cgroups") {
+            out.push(format!("cgroup {c}"));
+        }
+        for v in paddock_embedded::network::host_veths(&self.cfg.net)
+            .await
+            .expect("veths")
+        {
+            out.push(format!("veth {v}"));
+        }
+        for sub in ["sandboxes", "containers"] {
+            if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
+                for e in rd.flatten() {
+                    out.push(format!(
+                        "dir {}/{sub}/{}",
+                        data,
+                        e.file_name().to_string_lossy()
+                    ));
+                }
+            }
+        }
+        let set = std::process::Command::new("nft")
+            .args(["list", "set", "inet", &self.cfg.net.nft_table, "egress"])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&set.stdout);
+        if text.contains("elements") {
+            out.push(format!("nft egress elements: {text}"));
+        }
+        out
+    }
+
+    /// Removes the host-level network pieces of this environment.
+    pub async fn cleanup(&self, infra: Option<&EmbeddedInfra>) {
+        if let Some(i) = infra {
+            let _ = i.kill_all().await;
+        }
+        let _ = paddock_embedded::network::teardown_host(&self.cfg.net).await;
+        if let Ok(h) = paddock_cgroups::Hierarchy::detect(&self.cfg.cgroup_parent) {
+            for c in h.list().unwrap_or_default() {
+                let cg = h.sandbox(&c);
+                let _ = cg.kill_all();
+                let _ = cg.remove();
+            }
+            // The parent directories (one per v1 hierarchy an OCI runtime may have joined).
+            for e in std::fs::read_dir(h.root()).into_iter().flatten().flatten() {
+                let _ = std::fs::remove_dir(e.path().join(h.base()));
+            }
+        }
+        let _ = paddock_embedded::mounts::unmount_all_under(self.dir.path());
+    }
+}
+
+/// Runs `f` with a started infra and always cleans the environment afterwards, even when
+/// `f` panics.
+pub async fn with_infra<F, Fut>(n: u8, f: F)
+where
+    F: FnOnce(EmbeddedInfra, std::sync::Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let env = std::sync::Arc::new(Env::new(n));
+    let infra = env.start().await;
+    let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(f(
+        infra.clone(),
+        env.clone(),
+    )))
+    .await;
+    env.cleanup(Some(&infra)).await;
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -1,0 +1,44 @@
+//! The `Infra` trait: what the manager needs from whatever runs sandboxes.
+//!
+//! This crate holds only types (requests, responses, errors, the lifecycle state machine) and
+//! the trait itself; it does no IO. `paddock-embedded` implements it with Linux containers on
+//! this host; the Kubernetes implementation writes custom resources.
+
+mod error;
+mod id;
+mod state;
+mod types;
+
+use std::future::Future;
+
+pub use error::{InfraError, InfraResult};
+pub use id::{InvalidSandboxId, SandboxId};
+pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
+pub use types::{CreateSandbox, Limits, LimitsError, SandboxInfo, SandboxMetrics, TemplateInfo};
+
+/// Runs sandboxes. Implementations must be cheap to share (`Arc` inside) and safe to call from
+/// many tasks at once.
+///
+/// # Guarantees expected from implementations
+/// * `create` returns only when the sandbox's runtime answers `/health` at `info.address`.
+/// * Every call that fails leaves nothing behind for the failed sandbox.
+/// * An illegal lifecycle call (pause a paused sandbox, ...) fails with
+///   [`InfraError::IllegalTransition`] and changes nothing.
+pub trait Infra: Send + Sync + 'static {
+    /// Creates (or claims from a warm pool) a sandbox from a template and waits until it is ready.
+    fn create(&self, req: CreateSandbox) -> impl Future<Output = InfraResult<SandboxInfo>> + Send;
+    /// Looks a sandbox up.
+    fn get(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxInfo>> + Send;
+    /// Lists every sandbox this infrastructure knows (pool members excluded).
+    fn list(&self) -> impl Future<Output = InfraResult<Vec<SandboxInfo>>> + Send;
+    /// Stops every process of the sandbox, keeping its memory.
+    fn pause(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxInfo>> + Send;
+    /// Continues a paused sandbox.
+    fn resume(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxInfo>> + Send;
+    /// Kills the sandbox and releases everything it held. Killing an unknown id is `NotFound`.
+    fn kill(&self, id: &SandboxId) -> impl Future<Output = InfraResult<()>> + Send;
+    /// Resource usage read from the kernel.
+    fn metrics(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxMetrics>> + Send;
+    /// Templates this infrastructure can create sandboxes from.
+    fn templates(&self) -> impl Future<Output = InfraResult<Vec<TemplateInfo>>> + Send;
+}

@@ -1,0 +1,187 @@
+//! Requests and responses of the [`crate::Infra`] trait.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use crate::{SandboxId, SandboxState};
+
+/// Resource limits of one sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// CPU limit in thousandths of a CPU (2000 = two CPUs).
+    pub cpu_millis: u32,
+    /// Memory limit in bytes (RAM; no swap).
+    pub memory_bytes: u64,
+    /// Maximum number of processes and threads.
+    pub pids: u32,
+    /// Size limit of the sandbox's writable layer in bytes, where the filesystem can enforce it.
+    pub disk_bytes: Option<u64>,
+}
+
+/// Limits that can never be applied.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// Less than 1/100 of a CPU, or more than 1024 CPUs.
+    #[error("cpu limit {0} millicpus is outside 10..=1024000")]
+    Cpu(u32),
+    /// Less than 16 MiB (nothing useful starts) or more than 1 TiB.
+    #[error("memory limit {0} bytes is outside 16 MiB..=1 TiB")]
+    Memory(u64),
+    /// Fewer than 8 processes (init + runtime + a shell) or more than 4 194 304.
+    #[error("pids limit {0} is outside 8..=4194304")]
+    Pids(u32),
+    /// A disk limit under 1 MiB.
+    #[error("disk limit {0} bytes is under 1 MiB")]
+    Disk(u64),
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            cpu_millis: 2000,
+            memory_bytes: 512 << 20,
+            pids: 1024,
+            disk_bytes: None,
+        }
+    }
+}
+
+impl Limits {
+    /// Rejects limits that are impossible to apply or to run anything under.
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if !(10..=1_024_000).contains(&self.cpu_millis) {
+            return Err(LimitsError::Cpu(self.cpu_millis));
+        }
+        if !((16 << 20)..=(1 << 40)).contains(&self.memory_bytes) {
+            return Err(LimitsError::Memory(self.memory_bytes));
+        }
+        if !(8..=4_194_304).contains(&self.pids) {
+            return Err(LimitsError::Pids(self.pids));
+        }
+        match self.disk_bytes {
+            Some(d) if d < (1 << 20) => Err(LimitsError::Disk(d)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A request to create a sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct CreateSandbox {
+    /// Template name, e.g. `base`.
+    pub template: String,
+    /// Overrides of the template's limits; `None` keeps the template's.
+    pub limits: Option<Limits>,
+    /// Extra environment for the sandbox's runtime (merged over the template's).
+    pub env: BTreeMap<String, String>,
+    /// Whether the sandbox may open connections to the internet.
+    pub allow_internet_access: bool,
+    /// Free-form labels kept with the sandbox.
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// What the infrastructure knows about one sandbox.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxInfo {
+    /// The sandbox id (also its hostname).
+    pub id: SandboxId,
+    /// Template it was created from.
+    pub template: String,
+    /// Lifecycle state.
+    pub state: SandboxState,
+    /// Where the sandbox's runtime listens (`ip:49983`); other ports live on the same ip.
+    pub address: SocketAddr,
+    /// Limits in force.
+    pub limits: Limits,
+    /// Whether outbound internet access is allowed.
+    pub allow_internet_access: bool,
+    /// Labels given at creation.
+    pub metadata: BTreeMap<String, String>,
+    /// Creation time, milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+}
+
+/// Resource usage of one sandbox, read from the kernel.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxMetrics {
+    /// CPU time used since creation, nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// CPU use in percent of one CPU since the previous metrics call (0 on the first call).
+    pub cpu_percent: f64,
+    /// Memory in use now, bytes.
+    pub memory_bytes: u64,
+    /// Memory limit, bytes.
+    pub memory_limit_bytes: u64,
+    /// Number of processes and threads now.
+    pub pids: u64,
+    /// Bytes written to the sandbox's writable layer.
+    pub disk_bytes: u64,
+    /// How many times a process in the sandbox was killed for lack of memory.
+    pub oom_kills: u64,
+}
+
+/// One template as listed.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TemplateInfo {
+    /// Template name.
+    pub name: String,
+    /// Whether its root filesystem is built and cached.
+    pub built: bool,
+    /// Default limits of sandboxes made from it.
+    pub limits: Limits,
+    /// Warm pool size.
+    pub pool_size: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_issue() {
+        let l = Limits::default();
+        assert_eq!(
+            (l.cpu_millis, l.memory_bytes, l.pids),
+            (2000, 512 * 1024 * 1024, 1024)
+        );
+        assert_eq!(l.validate(), Ok(()));
+    }
+
+    #[test]
+    fn impossible_limits_are_rejected() {
+        let base = Limits::default();
+        assert_eq!(
+            Limits {
+                cpu_millis: 0,
+                ..base.clone()
+            }
+            .validate(),
+            Err(LimitsError::Cpu(0))
+        );
+        assert_eq!(
+            Limits {
+                memory_bytes: 1,
+                ..base.clone()
+            }
+            .validate(),
+            Err(LimitsError::Memory(1))
+        );
+        assert_eq!(
+            Limits {
+                pids: 1,
+                ..base.clone()
+            }
+            .validate(),
+            Err(LimitsError::Pids(1))
+        );
+        assert_eq!(
+            Limits {
+                disk_bytes: Some(5),
+                ..base
+            }
+            .validate(),
+            Err(LimitsError::Disk(5))
+        );
+    }
+}
