@@ -1,0 +1,172 @@
+//! API keys: the admin key and per-team keys, stored as salted hashes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// Who a request acts for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Team {
+    /// The admin key: every team's sandboxes, and key management.
+    Admin,
+    Named(String),
+}
+
+impl Team {
+    /// The team name sandboxes are filed under.
+    pub fn name(&self) -> &str {
+        match self {
+            Team::Admin => "admin",
+            Team::Named(n) => n,
+        }
+    }
+    pub fn sees(&self, owner: &str) -> bool {
+        matches!(self, Team::Admin) || self.name() == owner
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredKey {
+    pub id: String,
+    pub team: String,
+    pub name: String,
+    pub salt: String,
+    pub hash: String,
+    pub created_at: String,
+    /// Most sandboxes this key's team may run at once.
+    #[serde(default)]
+    pub max_sandboxes: Option<u32>,
+}
+
+pub struct KeyStore {
+    path: PathBuf,
+    admin_hash: String,
+    keys: Mutex<BTreeMap<String, StoredKey>>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn random_hex(n: usize) -> String {
+    let mut buf = vec![0u8; n];
+    let _ = getrandom::fill(&mut buf);
+    hex(&buf)
+}
+
+fn hash(salt: &str, key: &str) -> String {
+    hex(&Sha256::digest(format!("{salt}:{key}").as_bytes()))
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl KeyStore {
+    pub fn open(data_dir: &Path, admin_key: &str) -> std::io::Result<Self> {
+        std::fs::create_dir_all(data_dir)?;
+        let path = data_dir.join("api-keys.json");
+        let keys = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            admin_hash: hash("admin", admin_key),
+            keys: Mutex::new(keys),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredKey>> {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn save(&self, keys: &BTreeMap<String, StoredKey>) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("json.tmp");
+        std::fs::write(
+            &tmp,
+            serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?,
+        )?;
+        std::fs::rename(tmp, &self.path)
+    }
+
+    /// The team a presented key belongs to.
+    pub fn authenticate(&self, key: &str) -> Option<(Team, Option<StoredKey>)> {
+        if same(&hash("admin", key), &self.admin_hash) {
+            return Some((Team::Admin, None));
+        }
+        self.lock()
+            .values()
+            .find(|k| same(&hash(&k.salt, key), &k.hash))
+            .map(|k| (Team::Named(k.team.clone()), Some(k.clone())))
+    }
+
+    /// Creates a key for `team`; the secret is returned once and never stored.
+    pub fn create(
+        &self,
+        team: &str,
+        name: &str,
+        max_sandboxes: Option<u32>,
+    ) -> std::io::Result<(StoredKey, String)> {
+        let secret = format!("e2b_{}", random_hex(20));
+        let salt = random_hex(16);
+        let key = StoredKey {
+            id: random_hex(8),
+            team: team.to_string(),
+            name: name.to_string(),
+            hash: hash(&salt, &secret),
+            salt,
+            created_at: crate::records::rfc3339(std::time::SystemTime::now()),
+            max_sandboxes,
+        };
+        let mut keys = self.lock();
+        keys.insert(key.id.clone(), key.clone());
+        self.save(&keys)?;
+        Ok((key, secret))
+    }
+
+    pub fn list(&self) -> Vec<StoredKey> {
+        self.lock().values().cloned().collect()
+    }
+
+    pub fn delete(&self, id: &str) -> std::io::Result<bool> {
+        let mut keys = self.lock();
+        let found = keys.remove(id).is_some();
+        if found {
+            self.save(&keys)?;
+        }
+        Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_stored_hashed_and_authenticate_their_team() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::open(dir.path(), "e2b_admin").unwrap();
+        assert_eq!(store.authenticate("e2b_admin").unwrap().0, Team::Admin);
+        let (k, secret) = store.create("blue", "ci", Some(3)).unwrap();
+        assert!(secret.starts_with("e2b_"));
+        let on_disk = std::fs::read_to_string(dir.path().join("api-keys.json")).unwrap();
+        assert!(!on_disk.contains(&secret), "the secret must not be stored");
+        let reopened = KeyStore::open(dir.path(), "e2b_admin").unwrap();
+        assert_eq!(
+            reopened.authenticate(&secret).unwrap().0,
+            Team::Named("blue".into())
+        );
+        assert!(reopened.authenticate("e2b_wrong").is_none());
+        assert!(reopened.delete(&k.id).unwrap());
+        assert!(reopened.authenticate(&secret).is_none());
+    }
+}

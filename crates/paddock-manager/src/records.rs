@@ -1,0 +1,209 @@
+//! What the manager remembers about each sandbox, and the views of it that
+//! the API returns and the data plane routes by.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use paddock_infra::SandboxId;
+use serde_json::{Value, json};
+
+/// What happens when a sandbox's timeout passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnTimeout {
+    Kill,
+    Pause,
+}
+
+/// The two states the E2B API exposes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiState {
+    Running,
+    Paused,
+}
+
+impl ApiState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiState::Running => "running",
+            ApiState::Paused => "paused",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxRecord {
+    pub id: SandboxId,
+    pub team: String,
+    pub template: String,
+    pub metadata: BTreeMap<String, String>,
+    pub started_at: SystemTime,
+    pub end_at: SystemTime,
+    pub state: ApiState,
+    pub access_token: String,
+    /// The runtime's address; other ports live on the same ip.
+    pub address: SocketAddr,
+    pub cpu_count: u32,
+    pub memory_mb: u64,
+    pub disk_mb: u64,
+    pub on_timeout: OnTimeout,
+    pub auto_resume: bool,
+    pub allow_internet_access: bool,
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+impl SandboxRecord {
+    /// The `Sandbox` body of create/connect responses.
+    pub fn sandbox_json(&self, envd_version: &str) -> Value {
+        json!({
+            "templateID": self.template,
+            "sandboxID": self.id.as_str(),
+            "clientID": "paddock",
+            "envdVersion": envd_version,
+            "envdAccessToken": self.access_token,
+            "trafficAccessToken": null,
+            "domain": null,
+            "alias": self.template,
+        })
+    }
+
+    /// `ListedSandbox` (and, with more fields, `SandboxDetail`).
+    pub fn listed_json(&self, envd_version: &str) -> Value {
+        json!({
+            "templateID": self.template,
+            "alias": self.template,
+            "sandboxID": self.id.as_str(),
+            "clientID": "paddock",
+            "startedAt": rfc3339(self.started_at),
+            "endAt": rfc3339(self.end_at),
+            "cpuCount": self.cpu_count,
+            "memoryMB": self.memory_mb,
+            "diskSizeMB": self.disk_mb,
+            "state": self.state.as_str(),
+            "envdVersion": envd_version,
+            "metadata": self.metadata,
+        })
+    }
+
+    pub fn detail_json(&self, envd_version: &str) -> Value {
+        let mut v = self.listed_json(envd_version);
+        let o = v.as_object_mut().expect("listed_json is an object");
+        o.insert("envdAccessToken".into(), json!(self.access_token));
+        o.insert("domain".into(), Value::Null);
+        o.insert(
+            "allowInternetAccess".into(),
+            json!(self.allow_internet_access),
+        );
+        o.insert(
+            "lifecycle".into(),
+            json!({
+                "autoResume": self.auto_resume,
+                "onTimeout": if self.on_timeout == OnTimeout::Pause { "pause" } else { "kill" },
+            }),
+        );
+        v
+    }
+
+    pub fn extend_to(&mut self, timeout: Duration) {
+        let wanted = SystemTime::now() + timeout;
+        if wanted > self.end_at {
+            self.end_at = wanted;
+        }
+    }
+}
+
+/// Where the data plane sends a sandbox's traffic.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub ip: std::net::IpAddr,
+    pub access_token: String,
+    pub paused: bool,
+}
+
+/// Read access to the sandboxes for the data plane.
+#[derive(Clone)]
+pub struct RouteTable {
+    inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
+}
+
+impl RouteTable {
+    pub fn get(&self, id: &str) -> Option<Route> {
+        let id = SandboxId::new(id).ok()?;
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).map(|r| Route {
+            ip: r.address.ip(),
+            access_token: r.access_token.clone(),
+            paused: r.state == ApiState::Paused,
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Records {
+    inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
+}
+
+impl Records {
+    pub fn route_table(&self) -> RouteTable {
+        RouteTable {
+            inner: self.inner.clone(),
+        }
+    }
+
+    pub fn insert(&self, r: SandboxRecord) {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(r.id.clone(), r);
+    }
+
+    pub fn remove(&self, id: &SandboxId) -> Option<SandboxRecord> {
+        self.inner
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id)
+    }
+
+    /// The record, if `team` may see it.
+    pub fn get(&self, id: &str, team: &crate::Team) -> Option<SandboxRecord> {
+        let id = SandboxId::new(id).ok()?;
+        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        map.get(&id).filter(|r| team.sees(&r.team)).cloned()
+    }
+
+    /// Changes a record in place; false if it is gone.
+    pub fn update(&self, id: &SandboxId, f: impl FnOnce(&mut SandboxRecord)) -> bool {
+        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        match map.get_mut(id) {
+            Some(r) => {
+                f(r);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn all(&self) -> Vec<SandboxRecord> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub fn count_for(&self, team: &str) -> usize {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|r| r.team == team)
+            .count()
+    }
+}

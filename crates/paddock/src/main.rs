@@ -1,0 +1,216 @@
+//! `paddock`: the one binary. `paddock up` runs the embedded product —
+//! manager, gateway and sandbox infrastructure — in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use clap::{Parser, Subcommand};
+use paddock_embedded::{EmbeddedConfig, EmbeddedInfra};
+use paddock_gateway::Gateway;
+use paddock_infra::Infra;
+use paddock_manager::{Manager, ManagerConfig, RouteTable};
+use tower::ServiceExt;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "paddock",
+    version,
+    about = "Sandboxes for AI agents, spoken to with the E2B SDKs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run manager, gateway and embedded sandboxes on this host.
+    Up(UpArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct UpArgs {
+    /// Address for both the API and the data plane.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: SocketAddr,
+    /// Where Paddock keeps its state.
+    #[arg(long, env = "PADDOCK_DATA_DIR", default_value = "/var/lib/paddock")]
+    data_dir: PathBuf,
+    /// Domain for host-routed data-plane traffic (`<port>-<id>.<domain>`).
+    #[arg(long, default_value = "localhost")]
+    domain: String,
+    /// The admin API key; generated (and kept in the data dir) when absent.
+    #[arg(long, env = "PADDOCK_ADMIN_API_KEY", hide_env_values = true)]
+    admin_api_key: Option<String>,
+    /// The static runtime injected into sandboxes.
+    #[arg(long, env = "PADDOCK_RUNTIME_BIN")]
+    runtime: Option<PathBuf>,
+    /// Longest sandbox timeout, seconds.
+    #[arg(long, default_value_t = 2_592_000)]
+    max_timeout: u64,
+    /// Warm sandboxes kept ready per template.
+    #[arg(long, default_value_t = 2)]
+    pool_size: usize,
+}
+
+/// The manager's routes, as the gateway wants them.
+struct Routes(RouteTable);
+
+impl paddock_gateway::Routes for Routes {
+    fn lookup(&self, id: &str) -> Option<(std::net::IpAddr, bool)> {
+        self.0.get(id).map(|r| (r.ip, r.paused))
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // The container helper re-executes this binary; it must run before any thread exists.
+    if let Some(code) = paddock_embedded::container::run_helper_if_requested() {
+        std::process::exit(code);
+    }
+    let cli = Cli::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(async move {
+            match cli.command {
+                Command::Up(args) => up(args).await,
+            }
+        })
+}
+
+fn admin_key(args: &UpArgs) -> anyhow::Result<String> {
+    if let Some(k) = args.admin_api_key.clone().filter(|k| !k.is_empty()) {
+        return Ok(k);
+    }
+    let path = args.data_dir.join("admin-api-key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_string());
+    }
+    let mut buf = [0u8; 20];
+    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let key = format!(
+        "e2b_{}",
+        buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    );
+    std::fs::create_dir_all(&args.data_dir)?;
+    std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
+}
+
+fn runtime_binary(args: &UpArgs) -> anyhow::Result<PathBuf> {
+    if let Some(p) = &args.runtime {
+        return Ok(p.clone());
+    }
+    let beside = std::env::current_exe()?.with_file_name("paddock-runtime");
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    bail!(
+        "no paddock-runtime binary: pass --runtime PATH (a static build of crates/paddock-runtime)"
+    )
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                "info,libcontainer=error,libcgroups=error,tower_http=warn".into()
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let key = admin_key(&args)?;
+    let runtime = runtime_binary(&args)?;
+    anyhow::ensure!(
+        runtime.is_file(),
+        "runtime binary {} not found",
+        runtime.display()
+    );
+
+    tracing::info!(data_dir = %args.data_dir.display(), "starting embedded infrastructure");
+    let infra = EmbeddedInfra::start(infra_config(&args, runtime))
+        .await
+        .context("starting the embedded infrastructure")?;
+    // Sandbox records are not persisted yet: sandboxes left by an earlier
+    // run have no owner or token, so they do not survive a restart.
+    for orphan in infra.list().await? {
+        tracing::info!(sandbox = %orphan.id, "removing a sandbox of an earlier run");
+        infra.kill(&orphan.id).await?;
+    }
+    for t in ["base", "code-interpreter-v1"] {
+        tracing::info!(template = t, "preparing template (built once, then cached)");
+        infra
+            .build_template(t)
+            .await
+            .with_context(|| format!("building template {t}"))?;
+    }
+    infra.start_pools();
+    let infra = Arc::new(infra);
+
+    let manager = Manager::start(
+        infra.clone(),
+        ManagerConfig {
+            admin_api_key: key.clone(),
+            max_timeout_secs: args.max_timeout,
+            data_dir: args.data_dir.clone(),
+            envd_version: paddock_runtime::ENVD_VERSION.into(),
+        },
+    )?;
+    let gateway = Gateway::new(Arc::new(Routes(manager.routes())));
+    let api = paddock_manager::router(manager.clone());
+    let app = Router::new().fallback(move |req: Request| {
+        let gateway = gateway.clone();
+        let api = api.clone();
+        async move {
+            if gateway.claims(&req) {
+                gateway.forward(req).await
+            } else {
+                api.oneshot(req).await.into_response()
+            }
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    let url = format!("http://{}", listener.local_addr()?);
+    println!("Paddock is up. Point the E2B SDKs at it:");
+    println!("export E2B_API_URL={url}");
+    println!("export E2B_SANDBOX_URL={url}");
+    println!("export E2B_API_KEY={key}");
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let stop = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await?;
+    tracing::info!("shutting down: killing sandboxes");
+    infra.kill_all().await?;
+    Ok(())
+}
+
+fn infra_config(args: &UpArgs, runtime: PathBuf) -> EmbeddedConfig {
+    let mut cfg = EmbeddedConfig::from_env(runtime);
+    cfg.data_dir = args.data_dir.join("embedded");
+    if std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV).is_none() {
+        cfg.template_cache = args.data_dir.join("templates");
+    }
+    for t in &mut cfg.templates {
+        t.pool_size = args.pool_size;
+    }
+    cfg
+}
