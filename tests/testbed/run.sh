@@ -72,11 +72,19 @@ poll() {
 
 # ------------------------------------------------------------------ steps ----
 
+host_sysctls() {
+  local k
+  for k in net/ipv4/ip_forward vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops; do
+    echo "$k $(cat "/proc/sys/$k")"
+  done
+}
+
 snapshot_host() {
   # what the host looks like before `up`, to compare after `down`
   {
     echo "veth $(ip -o link show type veth 2>/dev/null | wc -l)"
     echo "netns $(ls /run/netns 2>/dev/null | wc -l)"
+    host_sysctls
   } >"$WORK/host.before"
 }
 
@@ -323,8 +331,9 @@ t_no_leftovers() {
   {
     echo "veth $(ip -o link show type veth 2>/dev/null | wc -l)"
     echo "netns $(ls /run/netns 2>/dev/null | wc -l)"
+    host_sysctls
   } >"$WORK/host.after"
-  diff "$WORK/host.before" "$WORK/host.after" || { say "veth/netns counts differ (before vs after)"; bad=1; }
+  diff "$WORK/host.before" "$WORK/host.after" || { say "veth/netns counts or sysctls differ (before vs after)"; bad=1; }
   n=$(ls -d /sys/fs/cgroup/*/paddock-testbed 2>/dev/null | wc -l)
   say "test bed cgroups: $n"; ((n == 0)) || bad=1
   n=$(iptables-save 2>/dev/null | grep -c 'KUBE-' || true)
