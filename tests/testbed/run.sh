@@ -325,9 +325,8 @@ t_no_leftovers() {
   say "mounts under $TB_STATE or $TB_RUN: $n"; ((n == 0)) || bad=1
   n=$(testbed_pids | wc -w)
   say "test bed processes: $n"; ((n == 0)) || { bad=1; for p in $(testbed_pids); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done; }
-  for n in pdktb0 pdktb-node; do
-    if ip link show "$n" >/dev/null 2>&1; then say "link $n still exists"; bad=1; fi
-  done
+  if ip link show pdktb0 >/dev/null 2>&1; then say "bridge pdktb0 still exists"; bad=1; fi
+  if ip -o addr | grep -qF " $TB_NODE_IP/"; then say "node IP $TB_NODE_IP still assigned"; bad=1; fi
   {
     echo "veth $(ip -o link show type veth 2>/dev/null | wc -l)"
     echo "netns $(ls /run/netns 2>/dev/null | wc -l)"
