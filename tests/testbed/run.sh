@@ -301,7 +301,6 @@ t_delete_namespace() {
 }
 
 t_down() {
-  TORN_DOWN=1
   "$TESTBED" down
 }
 
@@ -333,10 +332,10 @@ t_no_leftovers() {
     host_sysctls
   } >"$WORK/host.after"
   diff "$WORK/host.before" "$WORK/host.after" || { say "veth/netns counts or sysctls differ (before vs after)"; bad=1; }
-  n=$(ls -d /sys/fs/cgroup/*/paddock-testbed 2>/dev/null | wc -l)
+  n=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name paddock-testbed | wc -l)
   say "test bed cgroups: $n"; ((n == 0)) || bad=1
-  n=$(iptables-save 2>/dev/null | grep -c 'KUBE-' || true)
-  say "iptables KUBE-* lines: $n"; ((n == 0)) || bad=1
+  n=$( (iptables-save; ip6tables-save) 2>/dev/null | grep -c 'KUBE-' || true)
+  say "iptables/ip6tables KUBE-* lines: $n"; ((n == 0)) || bad=1
   [[ ! -e $TB_STATE && ! -e $TB_RUN ]] || { say "state dirs remain"; bad=1; }
   ((bad == 0))
 }
@@ -385,6 +384,7 @@ if ((FAILED == 0)); then
 fi
 
 if ((EXTERNAL == 0)); then
+  TORN_DOWN=1
   step "testbed down" t_down
   step "nothing left behind (mounts, processes, links, netns, cgroups, iptables)" t_no_leftovers
 fi
