@@ -72,6 +72,13 @@ poll() {
 
 # ------------------------------------------------------------------ steps ----
 
+# CNI-made veths (veth<hex>) and netns (cni-<uuid>); other projects on this
+# host create their own veths and netns at the same time, under other names
+host_ifaces() {
+  ip -o link show type veth 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^veth' | sed 's/^/link /' || true
+  find /run/netns -maxdepth 1 -name 'cni-*' 2>/dev/null | sed 's/^/netns /' || true
+}
+
 host_sysctls() {
   local k
   for k in net/ipv4/ip_forward vm/overcommit_memory vm/panic_on_oom kernel/panic kernel/panic_on_oops; do
@@ -82,8 +89,7 @@ host_sysctls() {
 snapshot_host() {
   # what the host looks like before `up`, to compare after `down`
   {
-    echo "veth $(ip -o link show type veth 2>/dev/null | wc -l)"
-    echo "netns $(ls /run/netns 2>/dev/null | wc -l)"
+    host_ifaces
     host_sysctls
   } >"$WORK/host.before"
 }
@@ -169,7 +175,7 @@ t_port_forward() {
 
 t_exec_logs() {
   [[ $(kubectl -n "$NS" exec deployment/web -- python3 -c 'print(6*7)') == 42 ]]
-  kubectl -n "$NS" logs deployment/web | grep -q 'GET /hostname'
+  kubectl -n "$NS" logs deployment/web | grep -F 'GET /hostname' >/dev/null
 }
 
 t_webhooks() {
@@ -289,7 +295,7 @@ EOF
 t_helm() {
   helm version
   helm install tbchart "$HERE/chart" -n "$NS" --set image="$IMAGE" --wait --timeout 2m
-  helm list -n "$NS" | grep -q tbchart
+  helm list -n "$NS" | grep tbchart >/dev/null
   [[ $(kubectl -n "$NS" get configmap tbchart-config -o jsonpath='{.data.message}') == "hello from helm" ]]
   [[ $(kubectl -n "$NS" exec deployment/tbchart-sleeper -- printenv MESSAGE) == "hello from helm" ]]
   helm uninstall tbchart -n "$NS" --wait
@@ -325,13 +331,12 @@ t_no_leftovers() {
   n=$(testbed_pids | wc -w)
   say "test bed processes: $n"; ((n == 0)) || { bad=1; for p in $(testbed_pids); do tr '\0' ' ' <"/proc/$p/cmdline"; echo; done; }
   if ip link show pdktb0 >/dev/null 2>&1; then say "bridge pdktb0 still exists"; bad=1; fi
-  if ip -o addr | grep -qF " $TB_NODE_IP/"; then say "node IP $TB_NODE_IP still assigned"; bad=1; fi
+  if ip -o addr | grep -F " $TB_NODE_IP/" >/dev/null; then say "node IP $TB_NODE_IP still assigned"; bad=1; fi
   {
-    echo "veth $(ip -o link show type veth 2>/dev/null | wc -l)"
-    echo "netns $(ls /run/netns 2>/dev/null | wc -l)"
+    host_ifaces
     host_sysctls
   } >"$WORK/host.after"
-  diff "$WORK/host.before" "$WORK/host.after" || { say "veth/netns counts or sysctls differ (before vs after)"; bad=1; }
+  diff "$WORK/host.before" "$WORK/host.after" || { say "CNI veths/netns or sysctls differ (before vs after)"; bad=1; }
   n=$(find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -name paddock-testbed | wc -l)
   say "test bed cgroups: $n"; ((n == 0)) || bad=1
   n=$( (iptables-save; ip6tables-save) 2>/dev/null | grep -c 'KUBE-' || true)
