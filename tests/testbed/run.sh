@@ -181,9 +181,9 @@ t_exec_logs() {
 t_webhooks() {
   local svc=tb-webhook ca_b64
   # a CA and a serving certificate for the webhook's Service DNS name
-  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/wh-ca.key" -out "$WORK/wh-ca.crt" -days 1 \
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/wh-ca.key" -out "$WORK/wh-ca.crt" -days 1 \
     -subj "/CN=paddock-testbed-webhook-ca" 2>/dev/null
-  openssl req -newkey rsa:2048 -nodes -keyout "$WORK/wh.key" -out "$WORK/wh.csr" -subj "/CN=$svc.$NS.svc" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$WORK/wh.key" -out "$WORK/wh.csr" -subj "/CN=$svc.$NS.svc" 2>/dev/null
   printf 'subjectAltName=DNS:%s.%s.svc\nextendedKeyUsage=serverAuth\n' "$svc" "$NS" >"$WORK/wh.ext"
   openssl x509 -req -in "$WORK/wh.csr" -CA "$WORK/wh-ca.crt" -CAkey "$WORK/wh-ca.key" -CAcreateserial \
     -days 1 -extfile "$WORK/wh.ext" -out "$WORK/wh.crt" 2>/dev/null
@@ -355,6 +355,14 @@ finish() {
   fi
   rm -rf "$WORK"
   if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
+  if ((FAILED > 0 && EXTERNAL == 0)); then
+    local f
+    for f in "$TB_LOGS"/{kube-apiserver,kubelet,containerd,kube-controller-manager,kube-scheduler,kube-proxy,etcd}.log; do
+      [[ -f $f ]] || continue
+      echo "---- last lines of $f"
+      grep -E '^[EF][0-9]{4} |level=(error|fatal)' "$f" | tail -n 8 || true
+    done
+  fi
   echo "$PASSED passed, $FAILED failed"
   ((FAILED == 0)) || exit 1
 }
