@@ -292,6 +292,55 @@ EOF
   kubectl delete validatingwebhookconfiguration "$NS-validate"
 }
 
+# A webhook served by a process on the host (as when a controller under
+# development runs outside the cluster), registered by URL on the node IP.
+t_host_webhook() {
+  local port=18443 pid rc=0 d=$WORK/host-wh
+  mkdir -p "$d"
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/ca.key" \
+    -out "$d/ca.crt" -days 1 -subj "/CN=paddock-testbed-host-webhook-ca" 2>/dev/null
+  openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$d/tls.key" \
+    -out "$d/tls.csr" -subj "/CN=$TB_NODE_IP" 2>/dev/null
+  printf 'subjectAltName=IP:%s\nextendedKeyUsage=serverAuth\n' "$TB_NODE_IP" >"$d/ext"
+  openssl x509 -req -in "$d/tls.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" \
+    -CAcreateserial -days 1 -extfile "$d/ext" -out "$d/tls.crt" 2>/dev/null
+  sed -e "s#/tls/#$d/#g" -e "s#(\"0.0.0.0\", 8443)#(\"$TB_NODE_IP\", $port)#" "$HERE/webhook.py" >"$d/webhook.py"
+  python3 "$d/webhook.py" >"$d/log" 2>&1 &
+  pid=$!
+  kubectl apply -f - <<EOF
+apiVersion: admissionregistration.k8s.io/v1
+kind: ValidatingWebhookConfiguration
+metadata:
+  name: $NS-host-url
+webhooks:
+  - name: host-url.testbed.paddock.dev
+    admissionReviewVersions: [v1]
+    sideEffects: None
+    failurePolicy: Fail
+    timeoutSeconds: 10
+    clientConfig:
+      caBundle: $(base64 -w0 <"$d/ca.crt")
+      url: https://$TB_NODE_IP:$port/validate
+    namespaceSelector:
+      matchLabels: {kubernetes.io/metadata.name: $NS}
+    objectSelector:
+      matchLabels: {testbed-host-webhook: "1"}
+    rules:
+      - {apiGroups: [""], apiVersions: [v1], operations: [CREATE], resources: [configmaps]}
+EOF
+  denied() {
+    ! kubectl -n "$NS" create configmap host-bad --from-literal=forbidden=1 --dry-run=client -o yaml |
+      kubectl label --local -f - testbed-host-webhook=1 -o yaml | kubectl -n "$NS" create -f - 2>"$d/deny.txt" &&
+      grep -F 'key "forbidden" is not allowed' "$d/deny.txt" >/dev/null
+  }
+  poll 30 denied || rc=1
+  kubectl delete validatingwebhookconfiguration "$NS-host-url" || rc=1
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  ((rc == 0)) || { cat "$d/log" "$d/deny.txt"; return 1; }
+  say "host URL webhook rejected host-bad: $(cat "$d/deny.txt")"
+}
+
 t_helm() {
   helm version
   helm install tbchart "$HERE/chart" -n "$NS" --set image="$IMAGE" --wait --timeout 2m
@@ -392,6 +441,11 @@ if ((FAILED == 0)); then
   step "kubectl port-forward" t_port_forward
   step "kubectl exec and logs" t_exec_logs
   step "mutating + validating admission webhooks behind a Service" t_webhooks
+  if ((EXTERNAL)); then
+    skip "URL webhook served on the host" "external cluster"
+  else
+    step "validating webhook served on the host by URL" t_host_webhook
+  fi
   step "helm install/uninstall of a local chart" t_helm
   step "delete namespace $NS" t_delete_namespace
 fi
