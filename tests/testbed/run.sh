@@ -173,6 +173,20 @@ t_port_forward() {
   say "port-forward GET /hostname -> $(cat "$WORK/body")"
 }
 
+t_dns() {
+  local ip got
+  ip=$(kubectl -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')
+  resolve() {
+    got=$(kubectl -n "$NS" exec deployment/web -- python3 -c 'import socket, sys; print(socket.gethostbyname(sys.argv[1]))' "$1" 2>&1) &&
+      [[ $got == "$2" ]]
+  }
+  poll 30 resolve web "$ip" || { say "web -> $got (want $ip)"; return 1; }
+  resolve "web.$NS.svc.cluster.local" "$ip" || { say "web.$NS.svc.cluster.local -> $got"; return 1; }
+  resolve kubernetes.default "$(kubectl get service kubernetes -o jsonpath='{.spec.clusterIP}')" ||
+    { say "kubernetes.default -> $got"; return 1; }
+  say "in-pod DNS: web, web.$NS.svc.cluster.local -> $ip; kubernetes.default -> $got"
+}
+
 t_exec_logs() {
   [[ $(kubectl -n "$NS" exec deployment/web -- python3 -c 'print(6*7)') == 42 ]]
   kubectl -n "$NS" logs deployment/web | grep -F 'GET /hostname' >/dev/null
@@ -440,6 +454,7 @@ if ((FAILED == 0)); then
   fi
   step "kubectl port-forward" t_port_forward
   step "kubectl exec and logs" t_exec_logs
+  step "cluster DNS resolves Service names in pods" t_dns
   step "mutating + validating admission webhooks behind a Service" t_webhooks
   if ((EXTERNAL)); then
     skip "URL webhook served on the host" "external cluster"
