@@ -3,12 +3,15 @@
 #
 # Brings the local cluster up, runs a Deployment of the sandbox base image, reaches
 # it from the host over HTTP (pod IP, Service ClusterIP, kubectl port-forward),
-# exercises mutating and validating admission webhooks served from a pod behind a
-# Service, installs a trivial Helm chart, tears everything down and checks that
-# nothing was left behind. Prints `N passed, M failed` last; exits non-zero on failure.
+# checks exec/logs and cluster DNS, exercises mutating and validating admission
+# webhooks (served from a pod behind a Service, and from the host by URL), installs
+# a trivial Helm chart, tears everything down and checks that nothing was left
+# behind. Prints `N passed, M failed` last; exits non-zero on failure.
 #
-# With PADDOCK_TEST_KUBECONFIG=/path/to/kubeconfig the test uses that cluster
-# instead (kind, k3s, a cloud) and never runs `hack/testbed up/down`; see hack/testbed.md.
+# If the test bed is already running, the test uses it and leaves it running (no
+# down, no leak check). With PADDOCK_TEST_KUBECONFIG=/path/to/kubeconfig the test
+# uses that cluster instead (kind, k3s, a cloud) and never runs `hack/testbed
+# up/down`; see hack/testbed.md.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -34,6 +37,7 @@ PASSED=0
 FAILED=0
 CLUSTER_UP=0
 TORN_DOWN=0
+REUSED=0
 T0=$(date +%s)
 
 say() { printf '[run.sh %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
@@ -413,7 +417,7 @@ finish() {
   if ((EXTERNAL == 0 && TORN_DOWN == 0 && CLUSTER_UP == 1)); then
     say "tearing down after an early exit"
     "$TESTBED" down || true
-  elif ((EXTERNAL == 1)); then
+  elif ((EXTERNAL == 1 || REUSED == 1)); then
     kubectl delete namespace "$NS" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   fi
   rm -rf "$WORK"
@@ -437,8 +441,13 @@ if ((EXTERNAL)); then
   say "using the external cluster in PADDOCK_TEST_KUBECONFIG=$KUBECONFIG (image $IMAGE)"
 else
   [[ $(id -u) == 0 ]] || { say "must run as root"; exit 1; }
-  snapshot_host
-  CLUSTER_UP=1
+  if "$TESTBED" status >/dev/null 2>&1; then
+    REUSED=1
+    say "the test bed is already running: using it and leaving it up"
+  else
+    snapshot_host
+    CLUSTER_UP=1
+  fi
   step "testbed up (logs: $TB_LOGS)" t_up
 fi
 
@@ -465,7 +474,7 @@ if ((FAILED == 0)); then
   step "delete namespace $NS" t_delete_namespace
 fi
 
-if ((EXTERNAL == 0)); then
+if ((EXTERNAL == 0 && REUSED == 0)); then
   TORN_DOWN=1
   step "testbed down" t_down
   step "nothing left behind (mounts, processes, links, netns, cgroups, iptables)" t_no_leftovers
