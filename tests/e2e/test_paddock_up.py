@@ -1,0 +1,126 @@
+"""The embedded product end to end: the unmodified E2B SDKs against
+`paddock up` (E2B_API_URL and E2B_SANDBOX_URL both point at it)."""
+
+import time
+
+import httpx
+import pytest
+from e2b import AuthenticationException, NotFoundException, Sandbox, SandboxException
+from e2b.sandbox.sandbox_api import SandboxQuery
+
+from conftest import ADMIN_KEY, URL, admin
+
+
+def test_create_run_files_kill(paddock):
+    sbx = Sandbox.create()
+    try:
+        r = sbx.commands.run("echo hi; whoami; hostname")
+        assert r.stdout.split() == ["hi", "user", sbx.sandbox_id]
+        sbx.files.write("/home/user/a.txt", "through the gateway")
+        assert sbx.files.read("/home/user/a.txt") == "through the gateway"
+        info = sbx.get_info()
+        assert info.state.value == "running" and info.template_id == "base"
+    finally:
+        assert sbx.kill() is True
+    assert Sandbox.kill(sbx.sandbox_id) is False
+    r = httpx.get(f"{URL}/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"})
+    assert r.status_code == 502 and "was not found" in r.json()["message"]
+
+
+def test_code_interpreter(paddock):
+    from e2b_code_interpreter import Sandbox as CodeSandbox
+
+    sbx = CodeSandbox.create()
+    try:
+        assert sbx.run_code("1+1", timeout=120).text == "2"
+        assert sbx.run_code("import pandas; pandas.__name__").text == "pandas"
+    finally:
+        sbx.kill()
+
+
+def test_env_vars_and_metadata_filters_and_pagination(paddock):
+    a = Sandbox.create(envs={"GREETING": "hello"}, metadata={"suite": "e2e", "n": "1"})
+    b = Sandbox.create(metadata={"suite": "e2e", "n": "2"})
+    try:
+        assert a.commands.run("echo $GREETING").stdout == "hello\n"
+        found = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2e", "n": "2"})).next_items()
+        assert [s.sandbox_id for s in found] == [b.sandbox_id]
+        pager = Sandbox.list(query=SandboxQuery(metadata={"suite": "e2e"}), limit=1)
+        ids = []
+        while pager.has_next:
+            ids += [s.sandbox_id for s in pager.next_items()]
+        assert sorted(ids) == sorted([a.sandbox_id, b.sandbox_id])
+    finally:
+        a.kill()
+        b.kill()
+
+
+def test_timeout_expires_and_set_timeout_extends(paddock):
+    short = Sandbox.create(timeout=2)
+    kept = Sandbox.create(timeout=2)
+    kept.set_timeout(60)
+    time.sleep(4)
+    with pytest.raises(NotFoundException):
+        Sandbox.connect(short.sandbox_id)
+    assert kept.is_running()
+    kept.kill()
+
+
+def test_pause_keeps_files_and_processes(paddock):
+    sbx = Sandbox.create()
+    try:
+        sbx.files.write("/home/user/keep.txt", "kept")
+        sbx.commands.run("sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done'", background=True)
+        time.sleep(0.5)
+        assert sbx.pause() is True
+        assert sbx.pause() is False, "pausing a paused sandbox is a 409"
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
+        time.sleep(0.5)
+        resumed = Sandbox.connect(sbx.sandbox_id)
+        assert resumed.files.read("/home/user/keep.txt") == "kept"
+        n1 = int(resumed.files.read("/tmp/n"))
+        time.sleep(0.5)
+        assert int(resumed.files.read("/tmp/n")) > n1, "the counter runs again after resume"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)
+
+
+def test_bad_key_and_bad_input(paddock):
+    with pytest.raises(AuthenticationException):
+        Sandbox.create(api_key="e2b_" + "00" * 20)
+    assert admin("/sandboxes", "POST", json={"templateID": "nope"}).status_code == 404
+    r = admin("/v2/sandboxes", "POST", json={"templateID": "base", "timeout": 10**9})
+    assert r.status_code == 400 and "maximum" in r.json()["message"]
+    r = admin("/v2/sandboxes", "POST", content=b"{not json")
+    assert r.status_code == 400 and r.json()["code"] == 400
+    assert admin("/no/such/route").status_code == 404
+
+
+def test_teams_are_isolated_and_quotas_hold(paddock):
+    blue = admin("/api-keys", "POST", json={"team": "blue", "maxSandboxes": 1}).json()["key"]
+    red = admin("/api-keys", "POST", json={"team": "red"}).json()["key"]
+    sbx = Sandbox.create(api_key=blue)
+    try:
+        with pytest.raises(SandboxException) as exc:
+            Sandbox.create(api_key=blue)
+        assert "quota" in str(exc.value)
+        assert sbx.sandbox_id not in [s.sandbox_id for s in Sandbox.list(api_key=red).next_items()]
+        assert sbx.sandbox_id in [s.sandbox_id for s in Sandbox.list(api_key=ADMIN_KEY).next_items()]
+        with pytest.raises(NotFoundException):
+            Sandbox.connect(sbx.sandbox_id, api_key=red)
+        assert httpx.post(f"{URL}/api-keys", headers={"X-API-Key": red}, json={"team": "x"}).status_code == 403
+    finally:
+        sbx.kill()
+
+
+def test_data_plane_requires_the_sandbox_token(paddock):
+    sbx = Sandbox.create()
+    try:
+        h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
+        r = httpx.post(f"{URL}/filesystem.Filesystem/Stat", json={"path": "/"}, headers=h)
+        assert r.status_code == 401
+        r = httpx.post(f"{URL}/filesystem.Filesystem/Stat", json={"path": "/"},
+                       headers={**h, "X-Access-Token": sbx._envd_access_token})
+        assert r.status_code == 200
+    finally:
+        sbx.kill()
