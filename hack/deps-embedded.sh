@@ -15,3 +15,7 @@ apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
   >/dev/null
 # The sandboxes' init (tini-static) is bind-mounted into every container.
 test -x /usr/bin/tini-static
+# Static binaries for inside sandboxes (the runtime, the tests' stand-in) target musl.
+if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  rustup target add x86_64-unknown-linux-musl
+fi

@@ -267,8 +267,22 @@ impl Templates {
         name: &str,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Vec<PathBuf>, TemplateError> {
-        // One build at a time: builds are IO-heavy and share parents.
+        // One build at a time: builds are IO-heavy and share parents. The file lock extends this
+        // to every process (and every `Templates`) sharing the cache, e.g. parallel tests.
         let _guard = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        std::fs::create_dir_all(&self.dir).map_err(io(&self.dir))?;
+        let lock_path = self.dir.join(".build.lock");
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io(&lock_path))?;
+        let _flock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| TemplateError::Io {
+                path: lock_path.clone(),
+                source: e.into(),
+            })?;
         self.build_locked(name, progress)
     }
 
@@ -547,6 +561,42 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         assert_eq!(t.layers("bad").expect("layers"), None);
+    }
+
+    #[test]
+    fn concurrent_builds_through_separate_catalogues_build_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::write(src.join("etc/hello"), "hi").expect("write");
+        let tarball = d.path().join("r.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
+        b.append_dir_all(".", &src).expect("append");
+        b.finish().expect("finish");
+        drop(b);
+        let builds = std::sync::atomic::AtomicUsize::new(0);
+        let spec = TemplateSpec {
+            name: "tb".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        };
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                let (cache, spec, builds) = (d.path().join("cache"), spec.clone(), &builds);
+                s.spawn(move || {
+                    let t = Templates::new(cache, [spec]);
+                    let layers = t
+                        .build("tb", &|l| {
+                            if l.starts_with("building") {
+                                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                        })
+                        .expect("build");
+                    assert!(layers[0].join("etc/hello").is_file());
+                });
+            }
+        });
+        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

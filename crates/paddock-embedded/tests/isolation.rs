@@ -186,3 +186,102 @@ async fn pause_stops_a_counter_and_resume_continues_it() {
     })
     .await;
 }
+
+/// A stand-in for "the internet": a network namespace we create, reachable from the host
+/// through a veth, with an HTTP listener. Removed on drop.
+struct FakeInternet {
+    ns: String,
+    host_if: String,
+    server: std::process::Child,
+}
+
+impl FakeInternet {
+    const ADDR: &'static str = "10.219.14.2:8080";
+
+    fn new() -> Self {
+        let (ns, host_if, peer) = ("pdktnet14".to_string(), "pdkte14a".to_string(), "pdkte14b");
+        let ip = |args: &[&str]| {
+            let st = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host_if])
+            .status();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", peer,
+        ]);
+        ip(&["link", "set", peer, "netns", &ns]);
+        ip(&["addr", "add", "10.219.14.1/24", "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["-n", &ns, "addr", "add", "10.219.14.2/24", "dev", peer]);
+        ip(&["-n", &ns, "link", "set", peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        let server = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(support::standin_binary())
+            .args(["--listen", Self::ADDR])
+            .spawn()
+            .expect("server");
+        Self {
+            ns,
+            host_if,
+            server,
+        }
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = self.server.kill();
+        let _ = self.server.wait();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn egress_only_when_internet_access_is_allowed() {
+    let net = FakeInternet::new();
+    support::with_infra(14, |infra, env| async move {
+        let closed = infra.create(req(None)).await.expect("create");
+        let open = infra
+            .create(CreateSandbox {
+                allow_internet_access: true,
+                ..req(None)
+            })
+            .await
+            .expect("create");
+        let curl = format!(
+            "curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 http://{}/; true",
+            FakeInternet::ADDR
+        );
+        // The listener may take a moment to start: wait until the open sandbox gets through.
+        let mut got = String::new();
+        for _ in 0..50 {
+            got = sh(&infra, &open.id, &curl).await.1;
+            if got == "204" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(got, "204", "allowed sandbox reaches the outside");
+        let (_, out, _) = sh(&infra, &closed.id, &curl).await;
+        assert_eq!(out, "000", "sandbox without internet access got out");
+        infra.kill(&open.id).await.expect("kill");
+        infra.kill(&closed.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+    drop(net);
+}

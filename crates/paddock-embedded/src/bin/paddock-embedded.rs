@@ -106,6 +106,7 @@ async fn run() -> anyhow::Result<()> {
             }
         }
         Some("up") => {
+            let template = flag(&args, "--template").unwrap_or_else(|| "base".into());
             let count: usize = flag(&args, "--count")
                 .map(|c| c.parse())
                 .transpose()?
@@ -115,7 +116,7 @@ async fn run() -> anyhow::Result<()> {
             for _ in 0..count {
                 let s = infra
                     .create(CreateSandbox {
-                        template: "base".into(),
+                        template: template.clone(),
                         ..Default::default()
                     })
                     .await?;
