@@ -3,16 +3,15 @@
 # root-only tests need on a Debian 12 host. Idempotent; safe to run twice.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-apt-get -o DPkg::Lock::Timeout=600 update -qq
-apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends \
-  debootstrap \
-  libseccomp-dev \
-  pkg-config \
-  nftables \
-  iproute2 \
-  tini \
-  ca-certificates \
-  >/dev/null
+pkgs=(debootstrap libseccomp-dev pkg-config nftables iproute2 tini ca-certificates)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get -o DPkg::Lock::Timeout=600 update -qq
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
 # The sandboxes' init (tini-static) is bind-mounted into every container.
 test -x /usr/bin/tini-static
 # Static binaries for inside sandboxes (the runtime, the tests' stand-in) target musl.

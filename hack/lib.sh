@@ -25,9 +25,12 @@ apt_install() {
 }
 
 # Toolchain for building Paddock: protoc for the envd protos, the musl
-# target (and its C compiler) for the static runtime binary.
+# target (and its C compiler) for the static runtime binary, and what the
+# embedded infrastructure builds and runs with (libseccomp, debootstrap,
+# nftables, tini).
 ensure_build_deps() {
   apt_install protobuf-compiler musl-tools pkg-config
+  "$PADDOCK_ROOT/hack/deps-embedded.sh"
   if ! rustup target list --installed 2>/dev/null | grep -qx "$RUNTIME_TARGET"; then
     log "adding Rust target $RUNTIME_TARGET"
     rustup target add "$RUNTIME_TARGET"
@@ -66,6 +69,12 @@ ensure_js_sdk() {
     log "installing the E2B JS SDK"
     (cd "$PADDOCK_ROOT/tests/js" && npm install --no-audit --no-fund --loglevel=error)
   fi
+}
+
+PADDOCK_BIN="$CARGO_TARGET_DIR/debug/paddock"
+build_paddock() {
+  log "building paddock"
+  (cd "$PADDOCK_ROOT" && cargo build -p paddock)
 }
 
 build_runtime() {
