@@ -31,6 +31,28 @@ struct Cli {
 enum Command {
     /// Run manager, gateway and embedded sandboxes on this host.
     Up(UpArgs),
+    /// List or build sandbox templates.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// The templates, whether each is built, and its recipe hash.
+    List(TemplateArgs),
+    /// Build a template now (it is otherwise built on first use), with progress.
+    Build {
+        name: String,
+        #[command(flatten)]
+        args: TemplateArgs,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct TemplateArgs {
+    /// Where Paddock keeps its state (templates are cached in `<data dir>/templates`).
+    #[arg(long, env = "PADDOCK_DATA_DIR", default_value = "/var/lib/paddock")]
+    data_dir: PathBuf,
 }
 
 #[derive(Debug, clap::Args)]
@@ -79,8 +101,49 @@ fn main() -> anyhow::Result<()> {
         .block_on(async move {
             match cli.command {
                 Command::Up(args) => up(args).await,
+                Command::Template(cmd) => template(cmd).await,
             }
         })
+}
+
+async fn template(cmd: TemplateCommand) -> anyhow::Result<()> {
+    let data_dir = match &cmd {
+        TemplateCommand::List(a) | TemplateCommand::Build { args: a, .. } => a.data_dir.clone(),
+    };
+    let cache = std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("templates"));
+    let templates = paddock_embedded::Templates::new(
+        cache,
+        [
+            paddock_embedded::TemplateSpec::base(),
+            paddock_embedded::TemplateSpec::code_interpreter(),
+        ],
+    );
+    match cmd {
+        TemplateCommand::List(_) => {
+            println!("{:24} {:8} RECIPE", "NAME", "STATE");
+            for spec in templates.specs() {
+                let built = templates.layers(&spec.name)?.is_some();
+                let state = if built { "built" } else { "not built" };
+                println!(
+                    "{:24} {:8} {}",
+                    spec.name,
+                    state,
+                    templates.hash(&spec.name)?
+                );
+            }
+        }
+        TemplateCommand::Build { name, .. } => {
+            templates.get(&name)?;
+            let layers = tokio::task::spawn_blocking(move || {
+                templates.build(&name, &|line| eprintln!("{line}"))
+            })
+            .await??;
+            println!("built: {} layer(s)", layers.len());
+        }
+    }
+    Ok(())
 }
 
 fn admin_key(args: &UpArgs) -> anyhow::Result<String> {
