@@ -405,11 +405,13 @@ async fn kill<I: Infra>(
     Path(id): Path<String>,
 ) -> ApiResult {
     let r = find(&m, &id, &team)?;
-    m.records.remove(&r.id);
+    // Forget the record only once the sandbox is really gone, so a failed
+    // kill can be retried instead of leaving an untracked sandbox.
     m.infra.kill(&r.id).await.or_else(|e| match e {
         paddock_infra::InfraError::NotFound(_) => Ok(()),
         e => Err(ApiError::from(e)),
     })?;
+    m.records.remove(&r.id);
     tracing::info!(sandbox = %r.id, "sandbox killed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
