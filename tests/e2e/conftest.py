@@ -65,6 +65,10 @@ def paddock():
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     shutil.rmtree(data, ignore_errors=True)
+    assert proc.returncode == 0, "paddock up must shut down cleanly; see /tmp/paddock-e2e.log"
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert "pdkbr0" not in links and " pdk" not in links, f"network devices left behind:\n{links}"
+    assert "/var/tmp/paddock-e2e-" not in open("/proc/mounts").read(), "mounts left behind"
 
 
 def admin(path, method="GET", **kw):

@@ -25,11 +25,17 @@ pub trait Routes: Send + Sync + 'static {
     fn lookup(&self, id: &str) -> Option<(std::net::IpAddr, bool)>;
 }
 
+type Upstream = Client<HttpConnector, Body>;
+
 /// Forwards requests to sandboxes.
 #[derive(Clone)]
 pub struct Gateway {
     routes: Arc<dyn Routes>,
-    client: Client<HttpConnector, Body>,
+    /// One connection pool per sandbox: addresses are reused once a sandbox
+    /// dies, and a pool keyed by address would hand a new sandbox the old
+    /// one's dead connections.
+    pools: Arc<std::sync::Mutex<std::collections::HashMap<String, Upstream>>>,
+    forwarded: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// The 502 bodies the SDKs recognise ("was not found", "port is not open").
@@ -52,13 +58,37 @@ const HOP_BY_HOP: &[&str] = &[
 
 impl Gateway {
     pub fn new(routes: Arc<dyn Routes>) -> Self {
-        let mut connector = HttpConnector::new();
-        // Small RPC frames must not wait for delayed ACKs.
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector);
-        Self { routes, client }
+        Self {
+            routes,
+            pools: Default::default(),
+            forwarded: Default::default(),
+        }
+    }
+
+    fn pools(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, Upstream>> {
+        self.pools.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The pool for `sandbox`; now and then drops pools of sandboxes that are gone.
+    fn upstream(&self, sandbox: &str) -> Upstream {
+        let n = self
+            .forwarded
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut pools = self.pools();
+        if n % 256 == 255 {
+            pools.retain(|id, _| self.routes.lookup(id).is_some());
+        }
+        pools
+            .entry(sandbox.to_string())
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                // Small RPC frames must not wait for delayed ACKs.
+                connector.set_nodelay(true);
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(std::time::Duration::from_secs(60))
+                    .build(connector)
+            })
+            .clone()
     }
 
     /// Whether this request is data-plane traffic for the gateway.
@@ -72,6 +102,7 @@ impl Gateway {
             return (StatusCode::NOT_FOUND, "no sandbox named in this request").into_response();
         };
         let Some((ip, paused)) = self.routes.lookup(&target.sandbox) else {
+            self.pools().remove(&target.sandbox);
             return bad_gateway(&target.sandbox, "The sandbox was not found".into());
         };
         if paused {
@@ -96,7 +127,7 @@ impl Gateway {
         }
         req.headers_mut().remove("e2b-sandbox-id");
         req.headers_mut().remove("e2b-sandbox-port");
-        match self.client.request(req).await {
+        match self.upstream(&target.sandbox).request(req).await {
             Ok(resp) => resp.map(Body::new),
             Err(e) => {
                 tracing::debug!(sandbox = %target.sandbox, port = target.port, error = %e, "upstream failed");

@@ -237,21 +237,41 @@ async fn post_init<I: Infra>(
     addr: std::net::SocketAddr,
     body: &Value,
 ) -> Result<(), String> {
-    let req = http::Request::post(format!("http://{addr}/init"))
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .map_err(|e| e.to_string())?;
-    let resp = tokio::time::timeout(Duration::from_secs(10), m.http.request(req))
-        .await
-        .map_err(|_| "runtime did not answer /init in 10s".to_string())?
-        .map_err(|e| e.to_string())?;
-    if resp.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!("runtime answered /init with {}", resp.status()))
+    let mut last = String::new();
+    // A sandbox that just answered /health can still refuse the very next
+    // connection for a moment; a few quick retries cover that.
+    for attempt in 0..5u32 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        let req = http::Request::post(format!("http://{addr}/init"))
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_string(),
+            )))
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(Duration::from_secs(10), m.http.request(req)).await {
+            Err(_) => last = "runtime did not answer /init in 10s".into(),
+            Ok(Err(e)) => {
+                last = error_chain(&e);
+                tracing::debug!(%addr, attempt, error = %last, "POST /init failed");
+            }
+            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
+            Ok(Ok(resp)) => return Err(format!("runtime answered /init with {}", resp.status())),
+        }
     }
+    Err(last)
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 #[derive(Debug, Default, Deserialize)]

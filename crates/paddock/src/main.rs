@@ -196,7 +196,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
 
     tracing::info!(data_dir = %args.data_dir.display(), "starting embedded infrastructure");
-    let infra = EmbeddedInfra::start(infra_config(&args, runtime))
+    let cfg = infra_config(&args, runtime);
+    let net = cfg.net.clone();
+    let infra = EmbeddedInfra::start(cfg)
         .await
         .context("starting the embedded infrastructure")?;
     // Sandbox records are not persisted yet: sandboxes left by an earlier
@@ -263,6 +265,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .await?;
     tracing::info!("shutting down: killing sandboxes");
     infra.kill_all().await?;
+    // Nothing of ours stays on the host: bridge, addresses, firewall table.
+    paddock_embedded::network::teardown_host(&net)
+        .await
+        .context("removing the sandbox network")?;
     Ok(())
 }
 
