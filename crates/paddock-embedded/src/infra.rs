@@ -66,6 +66,8 @@ struct Entry {
 struct State {
     sandboxes: HashMap<SandboxId, Entry>,
     used_ips: BTreeSet<Ipv4Addr>,
+    /// The address handed out last; allocation continues after it.
+    last_ip: Option<Ipv4Addr>,
     /// Ready pooled sandboxes per template, oldest first.
     pools: HashMap<String, VecDeque<SandboxId>>,
     /// Pool creations in flight per template.
@@ -237,9 +239,10 @@ impl EmbeddedInfra {
                 .cfg
                 .net
                 .cidr
-                .allocate(&st.used_ips)
+                .allocate(&st.used_ips, st.last_ip)
                 .map_err(|e| InfraError::Capacity(e.to_string()))?;
             st.used_ips.insert(ip);
+            st.last_ip = Some(ip);
             ip
         };
         let rec = SandboxRecord {

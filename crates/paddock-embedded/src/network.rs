@@ -110,13 +110,23 @@ impl Cidr {
         (self.host(off) == Some(ip)).then_some(off)
     }
 
-    /// The lowest sandbox address not in `used`.
+    /// The first sandbox address not in `used`, searching from just after
+    /// `after` (wrapping around). Handing out addresses in turn, instead of
+    /// always the lowest free one, keeps a just-released address (and the
+    /// host's neighbour and connection-tracking entries for it) out of use
+    /// for as long as possible.
     pub fn allocate(
         &self,
         used: &std::collections::BTreeSet<Ipv4Addr>,
+        after: Option<Ipv4Addr>,
     ) -> Result<Ipv4Addr, NetError> {
-        (0..)
-            .map_while(|n| self.host(n))
+        let start = after
+            .and_then(|ip| self.index_of(ip))
+            .map_or(0, |i| i as usize + 1);
+        let hosts = || (0..).map_while(|n| self.host(n));
+        hosts()
+            .skip(start)
+            .chain(hosts().take(start))
             .find(|ip| !used.contains(ip))
             .ok_or_else(|| NetError::Exhausted(self.to_string()))
     }
@@ -520,12 +530,32 @@ mod tests {
         assert_eq!(c.to_string(), "10.213.7.0/24");
         assert_eq!(c.gateway(), Ipv4Addr::new(10, 213, 7, 1));
         let mut used = std::collections::BTreeSet::new();
-        assert_eq!(c.allocate(&used).expect("a"), Ipv4Addr::new(10, 213, 7, 2));
+        assert_eq!(
+            c.allocate(&used, None).expect("a"),
+            Ipv4Addr::new(10, 213, 7, 2)
+        );
         used.insert(Ipv4Addr::new(10, 213, 7, 2));
         used.insert(Ipv4Addr::new(10, 213, 7, 4));
-        assert_eq!(c.allocate(&used).expect("a"), Ipv4Addr::new(10, 213, 7, 3));
+        assert_eq!(
+            c.allocate(&used, None).expect("a"),
+            Ipv4Addr::new(10, 213, 7, 3)
+        );
         assert_eq!(c.index_of(Ipv4Addr::new(10, 213, 7, 4)), Some(2));
         assert_eq!(c.index_of(Ipv4Addr::new(10, 213, 8, 4)), None);
+    }
+
+    #[test]
+    fn allocation_goes_round_instead_of_reusing_the_lowest() {
+        let c: Cidr = "192.168.5.0/29".parse().expect("parse");
+        let (a, b) = (Ipv4Addr::new(192, 168, 5, 2), Ipv4Addr::new(192, 168, 5, 3));
+        let used = std::collections::BTreeSet::new();
+        // .2 was just released: the next address after the last one wins.
+        assert_eq!(c.allocate(&used, Some(a)).expect("a"), b);
+        // From the end of the range it wraps to the start.
+        let last = Ipv4Addr::new(192, 168, 5, 6);
+        assert_eq!(c.allocate(&used, Some(last)).expect("a"), a);
+        let used: std::collections::BTreeSet<_> = [a].into();
+        assert_eq!(c.allocate(&used, Some(last)).expect("a"), b);
     }
 
     #[test]
@@ -537,7 +567,10 @@ mod tests {
             5,
             "8 addresses minus network, gateway, broadcast"
         );
-        assert!(matches!(c.allocate(&used), Err(NetError::Exhausted(_))));
+        assert!(matches!(
+            c.allocate(&used, None),
+            Err(NetError::Exhausted(_))
+        ));
     }
 
     #[test]
