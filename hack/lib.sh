@@ -64,6 +64,16 @@ ensure_kernel_venv() {
   fi
 }
 
+# A 2.45-era e2b SDK in a virtualenv of its own, for the v1-route tests.
+ensure_legacy_sdk() {
+  local venv="$PADDOCK_ROOT/.venv-e2b-2.45"
+  if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import e2b' 2>/dev/null; then
+    log "creating $venv with e2b 2.45"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/e2e_legacy/requirements.txt"
+  fi
+}
+
 ensure_js_sdk() {
   if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ] || [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/@e2b/code-interpreter" ]; then
     log "installing the E2B JS SDK"

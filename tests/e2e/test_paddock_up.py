@@ -8,7 +8,7 @@ import pytest
 from e2b import AuthenticationException, NotFoundException, Sandbox, SandboxException
 from e2b.sandbox.sandbox_api import SandboxQuery
 
-from conftest import ADMIN_KEY, URL, admin
+from fixtures import ADMIN_KEY, URL, admin
 
 
 def test_create_run_files_kill(paddock):
