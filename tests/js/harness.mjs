@@ -2,7 +2,7 @@
 // namespaces) for a test file, and stops it afterwards.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { existsSync, mkdtempSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import os from 'node:os'
@@ -28,4 +28,33 @@ export async function startRuntime ({ readyUrl = 'http://127.0.0.1:49983/health'
   }
   process.kill(-child.pid, 'SIGKILL')
   throw new Error('runtime did not start')
+}
+
+// `paddock up` on 127.0.0.1:3200 with its own data dir; returns a stop function.
+export async function startPaddock ({ adminKey }) {
+  const paddock = process.env.PADDOCK_BIN ?? path.join(targetDir, 'debug/paddock')
+  assert.ok(existsSync(paddock), `${paddock} missing: build it first (hack/test does)`)
+  const data = mkdtempSync('/var/tmp/paddock-js-')
+  const child = spawn(paddock, ['up', '--listen', '127.0.0.1:3200', '--data-dir', data,
+    '--admin-api-key', adminKey, '--runtime', bin, '--pool-size', '1'],
+  {
+    stdio: 'ignore',
+    detached: true,
+    env: { PADDOCK_TEMPLATE_CACHE: '/var/tmp/paddock-test-templates', ...process.env }
+  })
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  for (let i = 0; i < 9000; i++) {
+    try {
+      if ((await fetch('http://127.0.0.1:3200/health')).ok) {
+        return async () => {
+          process.kill(-child.pid, 'SIGTERM')
+          await exited
+          rmSync(data, { recursive: true, force: true })
+        }
+      }
+    } catch {}
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  process.kill(-child.pid, 'SIGKILL')
+  throw new Error('paddock up did not start')
 }
