@@ -37,14 +37,21 @@ ensure_build_deps() {
   fi
 }
 
+# ensure_venv DIR PYTHON REQUIREMENTS IMPORTS WHAT: a virtualenv made with
+# PYTHON from REQUIREMENTS, (re)built unless IMPORTS already import in it.
+ensure_venv() {
+  local venv=$1 python=$2 requirements=$3 imports=$4 what=$5
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import $imports" 2>/dev/null; then
+    log "creating $venv ($what)"
+    "$python" -m venv "$venv"
+    "$venv/bin/pip" install -q -r "$requirements"
+  fi
+}
+
 # The unmodified E2B SDKs and pytest, in a virtualenv under the repo.
 ensure_python_sdk() {
-  local venv="$PADDOCK_ROOT/.venv"
-  if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import e2b, e2b_code_interpreter' 2>/dev/null; then
-    log "creating $venv with the E2B Python SDKs"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/sdk/requirements.txt"
-  fi
+  ensure_venv "$PADDOCK_ROOT/.venv" python3 "$PADDOCK_ROOT/tests/sdk/requirements.txt" \
+    "e2b, e2b_code_interpreter, pytest" "the E2B Python SDKs"
 }
 
 # The Python the runtime's code interpreter starts kernels with in tests:
@@ -55,23 +62,15 @@ ensure_python_sdk() {
 export PADDOCK_KERNEL_VENV=${PADDOCK_KERNEL_VENV:-/var/cache/paddock/kernel-venv}
 export PADDOCK_KERNEL_PYTHON="$PADDOCK_KERNEL_VENV/bin/python"
 ensure_kernel_venv() {
-  local venv="$PADDOCK_KERNEL_VENV"
-  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import ipykernel, bash_kernel, numpy, pandas, matplotlib' 2>/dev/null; then
-    apt_install python3 python3-venv
-    log "creating $venv (Jupyter kernels for the code interpreter tests)"
-    /usr/bin/python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/sdk/kernel-requirements.txt"
-  fi
+  apt_install python3 python3-venv
+  ensure_venv "$PADDOCK_KERNEL_VENV" /usr/bin/python3 "$PADDOCK_ROOT/tests/sdk/kernel-requirements.txt" \
+    "ipykernel, bash_kernel, numpy, pandas, matplotlib" "Jupyter kernels for the code interpreter tests"
 }
 
 # A 2.45-era e2b SDK in a virtualenv of its own, for the v1-route tests.
 ensure_legacy_sdk() {
-  local venv="$PADDOCK_ROOT/.venv-e2b-2.45"
-  if [ ! -x "$venv/bin/pytest" ] || ! "$venv/bin/python" -c 'import e2b' 2>/dev/null; then
-    log "creating $venv with e2b 2.45"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q -r "$PADDOCK_ROOT/tests/e2e_legacy/requirements.txt"
-  fi
+  ensure_venv "$PADDOCK_ROOT/.venv-e2b-2.45" python3 "$PADDOCK_ROOT/tests/e2e_legacy/requirements.txt" \
+    "e2b, pytest" "e2b 2.45"
 }
 
 ensure_js_sdk() {
