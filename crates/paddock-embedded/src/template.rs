@@ -563,17 +563,22 @@ mod tests {
         assert_eq!(t.layers("bad").expect("layers"), None);
     }
 
-    #[test]
-    fn concurrent_builds_through_separate_catalogues_build_once() {
-        let d = tempfile::tempdir().expect("tempdir");
-        let src = d.path().join("src");
+    /// `dir/r.tar`: a root filesystem holding only `etc/hello`.
+    fn hello_tarball(dir: &Path) -> PathBuf {
+        let src = dir.join("src");
         std::fs::create_dir_all(src.join("etc")).expect("mkdir");
         std::fs::write(src.join("etc/hello"), "hi").expect("write");
-        let tarball = d.path().join("r.tar");
+        let tarball = dir.join("r.tar");
         let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
         b.append_dir_all(".", &src).expect("append");
         b.finish().expect("finish");
-        drop(b);
+        tarball
+    }
+
+    #[test]
+    fn concurrent_builds_through_separate_catalogues_build_once() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let tarball = hello_tarball(d.path());
         let builds = std::sync::atomic::AtomicUsize::new(0);
         let spec = TemplateSpec {
             name: "tb".into(),
@@ -602,14 +607,7 @@ mod tests {
     #[test]
     fn tarball_templates_unpack_once() {
         let d = tempfile::tempdir().expect("tempdir");
-        let src = d.path().join("src");
-        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
-        std::fs::write(src.join("etc/hello"), "hi").expect("write");
-        let tarball = d.path().join("r.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
-        b.append_dir_all(".", &src).expect("append");
-        b.finish().expect("finish");
-        drop(b);
+        let tarball = hello_tarball(d.path());
         let mut t = templates(&d.path().join("cache"));
         t.insert(TemplateSpec {
             name: "tb".into(),

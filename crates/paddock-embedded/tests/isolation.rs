@@ -2,10 +2,11 @@
 
 mod support;
 
+use support::sh;
+
 use std::time::Duration;
 
-use paddock_embedded::EmbeddedInfra;
-use paddock_infra::{CreateSandbox, Infra, Limits, SandboxId, SandboxState};
+use paddock_infra::{CreateSandbox, Infra, Limits, SandboxState};
 
 fn req(limits: Option<Limits>) -> CreateSandbox {
     CreateSandbox {
@@ -13,18 +14,6 @@ fn req(limits: Option<Limits>) -> CreateSandbox {
         limits,
         ..Default::default()
     }
-}
-
-async fn sh(infra: &EmbeddedInfra, id: &SandboxId, script: &str) -> (i32, String, String) {
-    let out = infra
-        .exec(id, &["/bin/sh", "-c", script])
-        .await
-        .expect("exec");
-    (
-        out.code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

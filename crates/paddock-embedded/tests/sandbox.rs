@@ -3,26 +3,15 @@
 
 mod support;
 
-use paddock_embedded::EmbeddedInfra;
-use paddock_infra::{CreateSandbox, Infra, InfraError, Limits, SandboxId, SandboxState};
+use support::sh;
+
+use paddock_infra::{CreateSandbox, Infra, InfraError, Limits, SandboxState};
 
 fn req(template: &str) -> CreateSandbox {
     CreateSandbox {
         template: template.into(),
         ..Default::default()
     }
-}
-
-async fn sh(infra: &EmbeddedInfra, id: &SandboxId, script: &str) -> (i32, String, String) {
-    let out = infra
-        .exec(id, &["/bin/sh", "-c", script])
-        .await
-        .expect("exec");
-    (
-        out.code,
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -283,11 +283,8 @@ struct ListQuery {
     next_token: Option<String>,
 }
 
-fn parse_metadata_filter(raw: &str) -> BTreeMap<String, String> {
-    url_pairs(raw)
-}
-
-fn url_pairs(raw: &str) -> BTreeMap<String, String> {
+/// The `metadata` filter: itself a URL-encoded `k=v&k2=v2` query string.
+fn query_pairs(raw: &str) -> BTreeMap<String, String> {
     raw.split('&')
         .filter(|p| !p.is_empty())
         .filter_map(|p| {
@@ -340,11 +337,7 @@ fn list_filtered<I: Infra>(
             })
             .collect::<Result<_, _>>()?,
     };
-    let filter = q
-        .metadata
-        .as_deref()
-        .map(parse_metadata_filter)
-        .unwrap_or_default();
+    let filter = q.metadata.as_deref().map(query_pairs).unwrap_or_default();
     let mut list: Vec<_> = m
         .records
         .all()

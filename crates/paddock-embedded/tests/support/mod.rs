@@ -182,3 +182,21 @@ where
         std::panic::resume_unwind(p);
     }
 }
+
+/// Runs a shell script in a sandbox: (exit code, stdout, stderr).
+#[allow(dead_code)] // not every test binary that includes this module runs scripts
+pub async fn sh(
+    infra: &EmbeddedInfra,
+    id: &paddock_infra::SandboxId,
+    script: &str,
+) -> (i32, String, String) {
+    let out = infra
+        .exec(id, &["/bin/sh", "-c", script])
+        .await
+        .expect("exec");
+    (
+        out.code,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
