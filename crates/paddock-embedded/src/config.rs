@@ -15,6 +15,8 @@ pub const TEMPLATE_CACHE_ENV: &str = "PADDOCK_TEMPLATE_CACHE";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/paddock";
 /// Default init binary, from Debian's `tini` package.
 pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
+/// Cold creations per second by default: the install guide's chart value of `maxCreateQPS`.
+pub const DEFAULT_MAX_CREATE_QPS: f64 = 200.0;
 
 /// Everything [`crate::EmbeddedInfra`] needs to know.
 #[derive(Clone, Debug)]
@@ -45,6 +47,8 @@ pub struct EmbeddedConfig {
     pub tmp_bytes: u64,
     /// Host file bind-mounted as the sandboxes' `/etc/resolv.conf`.
     pub resolv_conf: Option<PathBuf>,
+    /// Cold creations per second, pool refills included (`maxCreateQPS`); 0 = unlimited.
+    pub max_create_qps: f64,
 }
 
 impl EmbeddedConfig {
@@ -69,6 +73,7 @@ impl EmbeddedConfig {
             ready_timeout: Duration::from_secs(30),
             tmp_bytes: 256 << 20,
             resolv_conf: Some("/etc/resolv.conf".into()),
+            max_create_qps: DEFAULT_MAX_CREATE_QPS,
         }
     }
 }

@@ -81,6 +81,7 @@ struct Inner {
     store: Store,
     state: Mutex<State>,
     pool_wakeup: tokio::sync::Notify,
+    create_rate: crate::ratelimit::RateLimiter,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
 
@@ -160,6 +161,7 @@ impl EmbeddedInfra {
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
         network::setup_host(&cfg.net).await.map_err(internal)?;
         let templates = Templates::new(cfg.template_cache.clone(), cfg.templates.clone());
+        let max_create_qps = cfg.max_create_qps;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let infra = Self {
             inner: Arc::new(Inner {
@@ -169,6 +171,7 @@ impl EmbeddedInfra {
                 store,
                 state: Mutex::new(State::default()),
                 pool_wakeup: tokio::sync::Notify::new(),
+                create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
                 shutdown,
             }),
         };
@@ -199,6 +202,7 @@ impl EmbeddedInfra {
             allow_internet_access: rec.allow_internet,
             metadata: rec.metadata.clone(),
             created_at_ms: rec.created_at_ms,
+            from_pool: false,
         }
     }
 
@@ -231,6 +235,7 @@ impl EmbeddedInfra {
         pooled: bool,
     ) -> InfraResult<SandboxInfo> {
         let layers = self.build_template(template).await?;
+        self.inner.create_rate.acquire().await;
         let id = new_id()?;
         let ip = {
             let mut st = self.state();
@@ -808,7 +813,9 @@ impl Infra for EmbeddedInfra {
             rec.pooled = false;
             self.save(&rec)?;
             info!("claimed from warm pool");
-            return Ok(self.info(&rec));
+            let mut info = self.info(&rec);
+            info.from_pool = true;
+            return Ok(info);
         }
         self.cold_create(
             &req.template,
@@ -908,6 +915,39 @@ impl Infra for EmbeddedInfra {
         })
     }
 
+    async fn logs(&self, id: &SandboxId) -> InfraResult<Vec<paddock_infra::LogLine>> {
+        let rec = self.record(id)?;
+        if rec.pooled {
+            return Err(InfraError::NotFound(id.clone()));
+        }
+        let path = self.paths(id).log();
+        let created = rec.created_at_ms;
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(internal(e)),
+            };
+            let len = f.metadata().map_err(internal)?.len();
+            let skip = len.saturating_sub(crate::logs::MAX_LOG_BYTES);
+            f.seek(SeekFrom::Start(skip)).map_err(internal)?;
+            let mut buf = Vec::new();
+            f.read_to_end(&mut buf).map_err(internal)?;
+            let mut text = String::from_utf8_lossy(&buf).into_owned();
+            if skip > 0 {
+                // Drop the partial first line of a cut log.
+                text = text
+                    .split_once('\n')
+                    .map(|(_, r)| r.to_string())
+                    .unwrap_or_default();
+            }
+            Ok(crate::logs::parse(&text, created))
+        })
+        .await
+        .map_err(internal)?
+    }
+
     async fn templates(&self) -> InfraResult<Vec<TemplateInfo>> {
         let t = &self.inner.templates;
         t.specs()
@@ -917,6 +957,7 @@ impl Infra for EmbeddedInfra {
                     built: t.layers(&s.name).map_err(template_err)?.is_some(),
                     limits: s.limits.clone(),
                     pool_size: s.pool_size,
+                    pool_ready: self.pool_len(&s.name),
                 })
             })
             .collect()

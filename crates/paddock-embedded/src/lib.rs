@@ -11,10 +11,12 @@
 pub mod config;
 pub mod container;
 mod infra;
+mod logs;
 pub mod mounts;
 pub mod network;
 pub mod oci;
 pub mod proc;
+mod ratelimit;
 pub mod spec;
 pub mod store;
 pub mod template;

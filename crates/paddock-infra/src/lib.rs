@@ -14,7 +14,9 @@ use std::future::Future;
 pub use error::{InfraError, InfraResult};
 pub use id::{InvalidSandboxId, SandboxId};
 pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
-pub use types::{CreateSandbox, Limits, LimitsError, SandboxInfo, SandboxMetrics, TemplateInfo};
+pub use types::{
+    CreateSandbox, Limits, LimitsError, LogLine, SandboxInfo, SandboxMetrics, TemplateInfo,
+};
 
 /// Runs sandboxes. Implementations must be cheap to share (`Arc` inside) and safe to call from
 /// many tasks at once.
@@ -39,6 +41,9 @@ pub trait Infra: Send + Sync + 'static {
     fn kill(&self, id: &SandboxId) -> impl Future<Output = InfraResult<()>> + Send;
     /// Resource usage read from the kernel.
     fn metrics(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxMetrics>> + Send;
+    /// The sandbox's log (its runtime's output: requests, processes started and ended), oldest
+    /// first.
+    fn logs(&self, id: &SandboxId) -> impl Future<Output = InfraResult<Vec<LogLine>>> + Send;
     /// Templates this infrastructure can create sandboxes from.
     fn templates(&self) -> impl Future<Output = InfraResult<Vec<TemplateInfo>>> + Send;
 }

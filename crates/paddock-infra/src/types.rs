@@ -100,6 +100,9 @@ pub struct SandboxInfo {
     pub metadata: BTreeMap<String, String>,
     /// Creation time, milliseconds since the Unix epoch.
     pub created_at_ms: u64,
+    /// Whether `create` handed out a warm pooled sandbox (false: created cold).
+    #[serde(default)]
+    pub from_pool: bool,
 }
 
 /// Resource usage of one sandbox, read from the kernel.
@@ -132,6 +135,20 @@ pub struct TemplateInfo {
     pub limits: Limits,
     /// Warm pool size.
     pub pool_size: usize,
+    /// Sandboxes ready in the warm pool now.
+    #[serde(default)]
+    pub pool_ready: usize,
+}
+
+/// One line of a sandbox's log (its runtime's output).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogLine {
+    /// When the line was written, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The line, without its timestamp and level.
+    pub message: String,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 
 use crate::Manager;
 use crate::error::ApiError;
-use crate::keys::{StoredKey, Team, random_hex};
+use crate::keys::{Quota, StoredKey, Team, random_hex};
 use crate::records::{ApiState, OnTimeout, SandboxRecord};
 
 type M<I> = State<Arc<Manager<I>>>;
@@ -42,8 +42,15 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> 
     }
 }
 
-/// The routes, behind API-key authentication (except `/health`).
-pub fn router<I: Infra>(manager: Arc<Manager<I>>) -> Router {
+/// Encodes every metric of the process in Prometheus text format.
+pub type Exporter = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// This API's OpenAPI document.
+pub const OPENAPI: &str = include_str!("../openapi/openapi.json");
+
+/// The routes, behind API-key authentication (except `/health` and
+/// `/openapi.json`). `/metrics` (admin key) serves what `exporter` encodes.
+pub fn router<I: Infra>(manager: Arc<Manager<I>>, exporter: Exporter) -> Router {
     let api = Router::new()
         .route("/sandboxes", post(create_v1::<I>).get(list_v1::<I>))
         .route("/v2/sandboxes", post(create_v2::<I>).get(list_v2::<I>))
@@ -55,19 +62,73 @@ pub fn router<I: Infra>(manager: Arc<Manager<I>>) -> Router {
         .route("/sandboxes/{id}/refreshes", post(refresh::<I>))
         .route("/sandboxes/{id}/pause", post(pause::<I>))
         .route("/sandboxes/{id}/metrics", get(metrics::<I>))
+        .route("/sandboxes/{id}/logs", get(logs_v1::<I>))
+        .route("/v2/sandboxes/{id}/logs", get(logs_v2::<I>))
         .route("/templates", get(templates::<I>))
         .route("/templates/aliases/{alias}", get(alias::<I>))
         .route("/api-keys", post(create_key::<I>).get(list_keys::<I>))
         .route("/api-keys/{id}", delete(delete_key::<I>))
+        .route(
+            "/metrics",
+            get(move |State(m): M<I>, Extension(team): Extension<Team>| {
+                let exporter = exporter.clone();
+                async move {
+                    admin_only(&team)?;
+                    m.refresh_gauges().await;
+                    Ok::<_, ApiError>(
+                        (
+                            [(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )],
+                            exporter(),
+                        )
+                            .into_response(),
+                    )
+                }
+            }),
+        )
         .layer(axum::middleware::from_fn_with_state(
             manager.clone(),
             authenticate::<I>,
         ));
     Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
+        .route(
+            "/openapi.json",
+            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
+        )
         .merge(api)
         .fallback(|| async { ApiError::not_found("no such route") })
+        .route_layer(axum::middleware::from_fn_with_state(
+            manager.clone(),
+            observe::<I>,
+        ))
         .with_state(manager)
+}
+
+/// Counts and times every request by its route pattern.
+async fn observe<I: Infra>(State(m): M<I>, req: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = req.method().to_string();
+    let route = req
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let span = tracing::info_span!("api", %method, %route);
+    let resp = tracing::Instrument::instrument(next.run(req), span).await;
+    let labels = crate::metrics::RouteLabels {
+        method,
+        route,
+        status: resp.status().as_u16(),
+    };
+    m.metrics.requests.get_or_create(&labels).inc();
+    m.metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn authenticate<I: Infra>(State(m): M<I>, mut req: Request, next: Next) -> Response {
@@ -110,6 +171,13 @@ struct NewSandbox {
     env_vars: Option<BTreeMap<String, String>>,
     #[serde(default)]
     secure: Option<bool>,
+    network: Option<NetworkConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkConfig {
+    allow_public_traffic: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -122,18 +190,66 @@ async fn create_v1<I: Infra>(
     m: M<I>,
     team: Extension<Team>,
     key: Extension<Option<StoredKey>>,
-    Body(b): Body<NewSandbox>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> ApiResult {
-    create(m, team, key, b, 15).await
+    create_idempotent(m, team, key, headers, body, 15).await
 }
 
 async fn create_v2<I: Infra>(
     m: M<I>,
     team: Extension<Team>,
     key: Extension<Option<StoredKey>>,
-    Body(b): Body<NewSandbox>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
 ) -> ApiResult {
-    create(m, team, key, b, 300).await
+    create_idempotent(m, team, key, headers, body, 300).await
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let text = if bytes.iter().all(u8::is_ascii_whitespace) {
+        &b"{}"[..]
+    } else {
+        bytes
+    };
+    serde_json::from_slice(text)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+async fn create_idempotent<I: Infra>(
+    State(m): M<I>,
+    Extension(team): Extension<Team>,
+    Extension(key): Extension<Option<StoredKey>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+    default_timeout: u64,
+) -> ApiResult {
+    let b: NewSandbox = parse_json(&body)?;
+    let idem_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(v) => {
+            let k = v
+                .to_str()
+                .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+            crate::idempotency::validate(k)?;
+            Some(k.to_string())
+        }
+    };
+    let (status, json) = match idem_key {
+        None => create(&m, &team, key.as_ref(), b, default_timeout).await?,
+        Some(k) => {
+            // The route is part of the request: v1 and v2 defaults differ.
+            let mut fingerprint = default_timeout.to_be_bytes().to_vec();
+            fingerprint.extend_from_slice(&body);
+            m.idempotency
+                .run(team.name(), &k, &fingerprint, || {
+                    create(&m, &team, key.as_ref(), b, default_timeout)
+                })
+                .await?
+        }
+    };
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    Ok((status, Json(json)).into_response())
 }
 
 fn timeout_secs(m: &ManagerCfg, requested: Option<i64>, default: u64) -> ApiResult<Duration> {
@@ -153,32 +269,44 @@ fn timeout_secs(m: &ManagerCfg, requested: Option<i64>, default: u64) -> ApiResu
 type ManagerCfg = crate::ManagerConfig;
 
 async fn create<I: Infra>(
-    State(m): M<I>,
-    Extension(team): Extension<Team>,
-    Extension(key): Extension<Option<StoredKey>>,
+    m: &Manager<I>,
+    team: &Team,
+    key: Option<&StoredKey>,
     b: NewSandbox,
     default_timeout: u64,
-) -> ApiResult {
+) -> ApiResult<(u16, Value)> {
     let template = b
         .template_id
         .clone()
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "base".into());
     let timeout = timeout_secs(&m.config, b.timeout, default_timeout)?;
-    if let Some(max) = key.as_ref().and_then(|k| k.max_sandboxes)
-        && m.records.count_for(team.name()) >= max as usize
-    {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            format!(
-                "quota exceeded: team '{}' may run at most {max} sandboxes",
-                team.name()
-            ),
-        ));
-    }
+    let templates = m.infra.templates().await?;
+    let Some(tpl) = templates.iter().find(|t| t.name == template) else {
+        return Err(ApiError::not_found(format!(
+            "template '{template}' not found: GET /templates lists the templates"
+        )));
+    };
+    let quota = key.map(|k| k.quota).unwrap_or_default();
+    let wanted = crate::quota::Usage {
+        sandboxes: 1,
+        cpu: tpl.limits.cpu_millis.div_ceil(1000),
+        memory_mb: tpl.limits.memory_bytes >> 20,
+    };
+    let _reservation = m
+        .reservations
+        .reserve(&quota, team.name(), m.records.usage_of(team.name()), wanted)
+        .map_err(|msg| ApiError::new(StatusCode::FORBIDDEN, msg))?;
     let allow_internet_access = b.allow_internet_access.unwrap_or(true);
     let metadata = b.metadata.clone().unwrap_or_default();
-    let info = m
+    let started = std::time::Instant::now();
+    // maxClaimWorkers: a burst beyond it queues here instead of all at once.
+    let _worker = m
+        .claim_workers
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the manager is shutting down"))?;
+    let created = m
         .infra
         .create(CreateSandbox {
             template: template.clone(),
@@ -187,9 +315,25 @@ async fn create<I: Infra>(
             allow_internet_access,
             metadata: metadata.clone(),
         })
-        .await?;
+        .await;
+    let info = match created {
+        Ok(info) => info,
+        Err(e) => {
+            m.metrics
+                .claims
+                .get_or_create(&crate::metrics::ClaimLabels { source: "failed" })
+                .inc();
+            return Err(e.into());
+        }
+    };
     let _ = b.secure;
     let token = random_hex(24);
+    let traffic_token = b
+        .network
+        .as_ref()
+        .and_then(|n| n.allow_public_traffic)
+        .is_some_and(|public| !public)
+        .then(|| random_hex(24));
     // The runtime learns its env vars and access token through /init.
     let init = json!({
         "envVars": b.env_vars.clone().unwrap_or_default(),
@@ -197,7 +341,7 @@ async fn create<I: Infra>(
         "defaultUser": "user",
         "timestamp": crate::records::rfc3339(SystemTime::now()),
     });
-    if let Err(e) = post_init(&m, info.address, &init).await {
+    if let Err(e) = post_init(m, info.address, &init).await {
         let _ = m.infra.kill(&info.id).await;
         return Err(ApiError::internal(format!(
             "initialising sandbox {}: {e}",
@@ -214,6 +358,7 @@ async fn create<I: Infra>(
         end_at: now + timeout,
         state: ApiState::Running,
         access_token: token,
+        traffic_token,
         address: info.address,
         cpu_count: info.limits.cpu_millis.div_ceil(1000),
         memory_mb: info.limits.memory_bytes >> 20,
@@ -227,9 +372,16 @@ async fn create<I: Infra>(
         allow_internet_access,
     };
     let body = record.sandbox_json(&m.config.envd_version);
-    tracing::info!(sandbox = %record.id, team = %record.team, "sandbox created");
+    let source = if info.from_pool { "warm" } else { "cold" };
+    let labels = crate::metrics::ClaimLabels { source };
+    m.metrics.claims.get_or_create(&labels).inc();
+    m.metrics
+        .claim_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %record.id, team = %record.team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
     m.records.insert(record);
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    Ok((StatusCode::CREATED.as_u16(), body))
 }
 
 async fn post_init<I: Infra>(
@@ -548,6 +700,34 @@ async fn metrics<I: Infra>(
     .into_response())
 }
 
+#[derive(Debug, Default, Deserialize)]
+struct LogsV1Query {
+    start: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn logs_v1<I: Infra>(
+    State(m): M<I>,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    Query(q): Query<LogsV1Query>,
+) -> ApiResult {
+    let r = find(&m, &id, &team)?;
+    let lines = m.infra.logs(&r.id).await?;
+    Ok(Json(crate::logs::v1(&lines, q.start, q.limit)).into_response())
+}
+
+async fn logs_v2<I: Infra>(
+    State(m): M<I>,
+    Extension(team): Extension<Team>,
+    Path(id): Path<String>,
+    Query(q): Query<crate::logs::V2Query>,
+) -> ApiResult {
+    let r = find(&m, &id, &team)?;
+    let lines = m.infra.logs(&r.id).await?;
+    Ok(Json(crate::logs::v2(&lines, &q)?).into_response())
+}
+
 async fn templates<I: Infra>(State(m): M<I>) -> ApiResult {
     let list = m.infra.templates().await?;
     let now = crate::records::rfc3339(SystemTime::now());
@@ -577,7 +757,16 @@ async fn alias<I: Infra>(State(m): M<I>, Path(alias): Path<String>) -> ApiResult
 struct NewKey {
     team: Option<String>,
     name: Option<String>,
-    max_sandboxes: Option<u32>,
+    #[serde(flatten)]
+    quota: Quota,
+}
+
+fn key_json(k: &StoredKey) -> Value {
+    json!({
+        "id": k.id, "team": k.team, "name": k.name, "createdAt": k.created_at,
+        "maxSandboxes": k.quota.max_sandboxes, "maxCpu": k.quota.max_cpu,
+        "maxMemoryMB": k.quota.max_memory_mb,
+    })
 }
 
 fn admin_only(team: &Team) -> ApiResult<()> {
@@ -610,19 +799,16 @@ async fn create_key<I: Infra>(
     }
     let (k, secret) = m
         .keys
-        .create(&t, b.name.as_deref().unwrap_or("default"), b.max_sandboxes)
+        .create(&t, b.name.as_deref().unwrap_or("default"), b.quota)
         .map_err(|e| ApiError::internal(format!("storing the key: {e}")))?;
-    Ok((StatusCode::CREATED, Json(json!({"id": k.id, "team": k.team, "name": k.name, "key": secret, "createdAt": k.created_at, "maxSandboxes": k.max_sandboxes}))).into_response())
+    let mut body = key_json(&k);
+    body["key"] = json!(secret);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 async fn list_keys<I: Infra>(State(m): M<I>, Extension(team): Extension<Team>) -> ApiResult {
     admin_only(&team)?;
-    let body: Vec<Value> = m
-        .keys
-        .list()
-        .into_iter()
-        .map(|k| json!({"id": k.id, "team": k.team, "name": k.name, "createdAt": k.created_at, "maxSandboxes": k.max_sandboxes}))
-        .collect();
+    let body: Vec<Value> = m.keys.list().into_iter().map(|k| key_json(&k)).collect();
     Ok(Json(body).into_response())
 }
 

@@ -36,9 +36,23 @@ pub struct StoredKey {
     pub salt: String,
     pub hash: String,
     pub created_at: String,
-    /// Most sandboxes this key's team may run at once.
-    #[serde(default)]
+    /// Limits on what this key's team may run at once.
+    #[serde(flatten)]
+    pub quota: Quota,
+}
+
+/// Per-key ceilings on a team's running and paused sandboxes; `None` is no limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Quota {
+    #[serde(default, alias = "max_sandboxes")]
     pub max_sandboxes: Option<u32>,
+    /// vCPUs summed over the team's sandboxes.
+    #[serde(default)]
+    pub max_cpu: Option<u32>,
+    /// Memory in MiB summed over the team's sandboxes.
+    #[serde(default, rename = "maxMemoryMB")]
+    pub max_memory_mb: Option<u64>,
 }
 
 pub struct KeyStore {
@@ -114,7 +128,7 @@ impl KeyStore {
         &self,
         team: &str,
         name: &str,
-        max_sandboxes: Option<u32>,
+        quota: Quota,
     ) -> std::io::Result<(StoredKey, String)> {
         let secret = format!("e2b_{}", random_hex(20));
         let salt = random_hex(16);
@@ -125,7 +139,7 @@ impl KeyStore {
             hash: hash(&salt, &secret),
             salt,
             created_at: crate::records::rfc3339(std::time::SystemTime::now()),
-            max_sandboxes,
+            quota,
         };
         let mut keys = self.lock();
         keys.insert(key.id.clone(), key.clone());
@@ -156,7 +170,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = KeyStore::open(dir.path(), "e2b_admin").unwrap();
         assert_eq!(store.authenticate("e2b_admin").unwrap().0, Team::Admin);
-        let (k, secret) = store.create("blue", "ci", Some(3)).unwrap();
+        let (k, secret) = store
+            .create(
+                "blue",
+                "ci",
+                Quota {
+                    max_sandboxes: Some(3),
+                    ..Quota::default()
+                },
+            )
+            .unwrap();
         assert!(secret.starts_with("e2b_"));
         let on_disk = std::fs::read_to_string(dir.path().join("api-keys.json")).unwrap();
         assert!(!on_disk.contains(&secret), "the secret must not be stored");

@@ -6,16 +6,21 @@
 
 mod api;
 mod error;
+mod idempotency;
 mod keys;
 mod lifecycle;
+mod logs;
+mod metrics;
+mod quota;
 mod records;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use api::router;
+pub use api::{Exporter, OPENAPI, router};
 pub use error::ApiError;
-pub use keys::{KeyStore, Team};
+pub use keys::{KeyStore, Quota, Team};
+pub use metrics::ManagerMetrics;
 pub use records::{Records, Route, RouteTable};
 
 use paddock_infra::Infra;
@@ -31,7 +36,12 @@ pub struct ManagerConfig {
     pub data_dir: PathBuf,
     /// The envd version advertised to the SDKs.
     pub envd_version: String,
+    /// Creates in progress at once (`maxClaimWorkers`); more wait their turn.
+    pub max_claim_workers: usize,
 }
+
+/// The install guide's chart value of `maxClaimWorkers`.
+pub const DEFAULT_MAX_CLAIM_WORKERS: usize = 100;
 
 /// The manager: an [`Infra`] plus what the E2B API keeps about sandboxes.
 pub struct Manager<I: Infra> {
@@ -39,6 +49,10 @@ pub struct Manager<I: Infra> {
     pub(crate) config: ManagerConfig,
     pub(crate) keys: KeyStore,
     pub(crate) records: Records,
+    pub(crate) claim_workers: Arc<tokio::sync::Semaphore>,
+    pub(crate) reservations: quota::Reservations,
+    pub(crate) idempotency: idempotency::Idempotency,
+    pub(crate) metrics: ManagerMetrics,
     pub(crate) http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<bytes::Bytes>,
@@ -47,7 +61,11 @@ pub struct Manager<I: Infra> {
 
 impl<I: Infra> Manager<I> {
     /// Builds the manager and starts its timeout reaper.
-    pub fn start(infra: Arc<I>, config: ManagerConfig) -> std::io::Result<Arc<Self>> {
+    pub fn start(
+        infra: Arc<I>,
+        config: ManagerConfig,
+        metrics: ManagerMetrics,
+    ) -> std::io::Result<Arc<Self>> {
         let keys = KeyStore::open(&config.data_dir, &config.admin_api_key)?;
         let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
         connector.set_nodelay(true);
@@ -56,13 +74,47 @@ impl<I: Infra> Manager<I> {
                 .build(connector);
         let manager = Arc::new(Self {
             infra,
+            claim_workers: Arc::new(tokio::sync::Semaphore::new(config.max_claim_workers.max(1))),
             config,
             keys,
             records: Records::default(),
+            reservations: Default::default(),
+            idempotency: Default::default(),
+            metrics,
             http,
         });
         lifecycle::spawn_reaper(manager.clone());
         Ok(manager)
+    }
+
+    /// Brings the sandbox and pool gauges up to date (call before a scrape).
+    pub async fn refresh_gauges(&self) {
+        let all = self.records.all();
+        for state in [records::ApiState::Running, records::ApiState::Paused] {
+            let n = all.iter().filter(|r| r.state == state).count();
+            self.metrics
+                .sandboxes
+                .get_or_create(&metrics::StateLabels {
+                    state: state.as_str(),
+                })
+                .set(n as i64);
+        }
+        self.metrics.claim_workers_busy.set(
+            (self.config.max_claim_workers.max(1) - self.claim_workers.available_permits()) as i64,
+        );
+        if let Ok(templates) = self.infra.templates().await {
+            for t in templates {
+                let labels = metrics::TemplateLabels { template: t.name };
+                self.metrics
+                    .pool_ready
+                    .get_or_create(&labels)
+                    .set(t.pool_ready as i64);
+                self.metrics
+                    .pool_target
+                    .get_or_create(&labels)
+                    .set(t.pool_size as i64);
+            }
+        }
     }
 
     /// What the data plane needs to reach sandboxes.

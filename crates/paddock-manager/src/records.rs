@@ -42,6 +42,8 @@ pub struct SandboxRecord {
     pub end_at: SystemTime,
     pub state: ApiState,
     pub access_token: String,
+    /// Set when the sandbox's other ports are private (`allowPublicTraffic: false`).
+    pub traffic_token: Option<String>,
     /// The runtime's address; other ports live on the same ip.
     pub address: SocketAddr,
     pub cpu_count: u32,
@@ -67,7 +69,7 @@ impl SandboxRecord {
             "clientID": "paddock",
             "envdVersion": envd_version,
             "envdAccessToken": self.access_token,
-            "trafficAccessToken": null,
+            "trafficAccessToken": self.traffic_token,
             "domain": null,
             "alias": self.template,
         })
@@ -123,6 +125,7 @@ impl SandboxRecord {
 pub struct Route {
     pub ip: std::net::IpAddr,
     pub access_token: String,
+    pub traffic_token: Option<String>,
     pub paused: bool,
 }
 
@@ -139,6 +142,7 @@ impl RouteTable {
         map.get(&id).map(|r| Route {
             ip: r.address.ip(),
             access_token: r.access_token.clone(),
+            traffic_token: r.traffic_token.clone(),
             paused: r.state == ApiState::Paused,
         })
     }
@@ -198,12 +202,17 @@ impl Records {
             .collect()
     }
 
-    pub fn count_for(&self, team: &str) -> usize {
+    /// What `team`'s sandboxes count against its quota.
+    pub fn usage_of(&self, team: &str) -> crate::quota::Usage {
         self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .values()
             .filter(|r| r.team == team)
-            .count()
+            .fold(crate::quota::Usage::default(), |u, r| crate::quota::Usage {
+                sandboxes: u.sandboxes + 1,
+                cpu: u.cpu + r.cpu_count,
+                memory_mb: u.memory_mb + r.memory_mb,
+            })
     }
 }

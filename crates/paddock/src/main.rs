@@ -11,9 +11,9 @@ use axum::extract::Request;
 use axum::response::IntoResponse;
 use clap::{Parser, Subcommand};
 use paddock_embedded::{EmbeddedConfig, EmbeddedInfra};
-use paddock_gateway::Gateway;
+use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
 use paddock_infra::Infra;
-use paddock_manager::{Manager, ManagerConfig, RouteTable};
+use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable};
 use tower::ServiceExt;
 
 #[derive(Debug, Parser)]
@@ -78,14 +78,39 @@ struct UpArgs {
     /// Warm sandboxes kept ready per template.
     #[arg(long, default_value_t = 2)]
     pool_size: usize,
+    /// Sandbox creations in progress at once; more wait their turn.
+    #[arg(long, default_value_t = paddock_manager::DEFAULT_MAX_CLAIM_WORKERS)]
+    max_claim_workers: usize,
+    /// Cold sandbox creations per second (pool refills included); 0 = unlimited.
+    #[arg(long, default_value_t = paddock_embedded::config::DEFAULT_MAX_CREATE_QPS)]
+    max_create_qps: f64,
+    /// Gateway circuit breaker: open connections to sandboxes.
+    #[arg(long, default_value_t = Thresholds::default().max_connections)]
+    gateway_max_connections: usize,
+    /// Gateway circuit breaker: requests waiting for response headers.
+    #[arg(long, default_value_t = Thresholds::default().max_pending_requests)]
+    gateway_max_pending_requests: usize,
+    /// Gateway circuit breaker: requests in flight.
+    #[arg(long, default_value_t = Thresholds::default().max_requests)]
+    gateway_max_requests: usize,
+    /// Gateway circuit breaker: retries in flight.
+    #[arg(long, default_value_t = Thresholds::default().max_retries)]
+    gateway_max_retries: usize,
 }
 
 /// The manager's routes, as the gateway wants them.
 struct Routes(RouteTable);
 
 impl paddock_gateway::Routes for Routes {
-    fn lookup(&self, id: &str) -> Option<(std::net::IpAddr, bool)> {
-        self.0.get(id).map(|r| (r.ip, r.paused))
+    fn lookup(&self, id: &str) -> Option<RouteInfo> {
+        self.0.get(id).map(|r| RouteInfo {
+            ip: r.ip,
+            paused: r.paused,
+            tokens: Tokens {
+                access: Some(r.access_token),
+                traffic: r.traffic_token,
+            },
+        })
     }
 }
 
@@ -217,6 +242,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     infra.start_pools();
     let infra = Arc::new(infra);
 
+    let mut registry = prometheus_client::registry::Registry::default();
+    let manager_metrics = ManagerMetrics::register(&mut registry);
+    let gateway_metrics = GatewayMetrics::register(&mut registry);
     let manager = Manager::start(
         infra.clone(),
         ManagerConfig {
@@ -224,10 +252,33 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             max_timeout_secs: args.max_timeout,
             data_dir: args.data_dir.clone(),
             envd_version: paddock_runtime::ENVD_VERSION.into(),
+            max_claim_workers: args.max_claim_workers,
         },
+        manager_metrics,
     )?;
-    let gateway = Gateway::new(Arc::new(Routes(manager.routes())));
-    let api = paddock_manager::router(manager.clone());
+    let gateway = Gateway::new(
+        Arc::new(Routes(manager.routes())),
+        Thresholds {
+            max_connections: args.gateway_max_connections,
+            max_pending_requests: args.gateway_max_pending_requests,
+            max_requests: args.gateway_max_requests,
+            max_retries: args.gateway_max_retries,
+        },
+        gateway_metrics,
+    );
+    let registry = Arc::new(registry);
+    let exporter: paddock_manager::Exporter = {
+        let gateway = gateway.clone();
+        Arc::new(move || {
+            gateway.refresh_gauges();
+            let mut out = String::new();
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+                tracing::warn!(error = %e, "encoding metrics failed");
+            }
+            out
+        })
+    };
+    let api = paddock_manager::router(manager.clone(), exporter);
     let app = Router::new().fallback(move |req: Request| {
         let gateway = gateway.clone();
         let api = api.clone();
@@ -281,5 +332,6 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> EmbeddedConfig {
     for t in &mut cfg.templates {
         t.pool_size = args.pool_size;
     }
+    cfg.max_create_qps = args.max_create_qps;
     cfg
 }

@@ -1,0 +1,216 @@
+//! Which data-plane requests need which token.
+//!
+//! The runtime checks its own token as well; the gateway checks first so that
+//! a request without the sandbox's token never reaches the sandbox at all (and
+//! so that `/init`, which could reset the token, is closed to the data plane).
+
+use axum::http::{HeaderMap, Method};
+
+/// Port of the runtime (envd).
+pub const RUNTIME_PORT: u16 = 49983;
+/// Port of the code interpreter.
+pub const INTERPRETER_PORT: u16 = 49999;
+
+/// The tokens a sandbox was given at creation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    /// `envdAccessToken`: required on the runtime's and interpreter's RPCs.
+    pub access: Option<String>,
+    /// `trafficAccessToken`: required on every other port when the sandbox
+    /// was created with `allowPublicTraffic: false`.
+    pub traffic: Option<String>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    MissingAccessToken,
+    WrongAccessToken,
+    MissingTrafficToken,
+    WrongTrafficToken,
+}
+
+impl Denied {
+    pub fn message(self) -> &'static str {
+        match self {
+            Denied::MissingAccessToken => {
+                "unauthorized access: this sandbox is secured; send its envdAccessToken in X-Access-Token"
+            }
+            Denied::WrongAccessToken => "unauthorized access: invalid X-Access-Token",
+            Denied::MissingTrafficToken => {
+                "unauthorized access: this sandbox's ports are private; send its trafficAccessToken in E2B-Traffic-Access-Token"
+            }
+            Denied::WrongTrafficToken => "unauthorized access: invalid E2B-Traffic-Access-Token",
+        }
+    }
+}
+
+/// Decides whether a request may pass to `port` of a sandbox with `tokens`.
+pub fn check(
+    tokens: &Tokens,
+    port: u16,
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+) -> Result<(), Denied> {
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    match port {
+        RUNTIME_PORT => {
+            if path == "/health" && method == Method::GET {
+                return Ok(());
+            }
+            // `/files` may be authorised by a signed URL instead; the runtime
+            // verifies the signature, which needs the token we do not share.
+            if path == "/files" && has_signature(query) && !headers.contains_key("x-access-token") {
+                return Ok(());
+            }
+            need(headers, "x-access-token", tokens.access.as_deref(), true)
+        }
+        INTERPRETER_PORT => {
+            need(
+                headers,
+                "e2b-traffic-access-token",
+                tokens.traffic.as_deref(),
+                false,
+            )?;
+            // The SDKs send the access token on `/execute` only.
+            if path == "/execute" {
+                need(headers, "x-access-token", tokens.access.as_deref(), true)?;
+            }
+            Ok(())
+        }
+        _ => need(
+            headers,
+            "e2b-traffic-access-token",
+            tokens.traffic.as_deref(),
+            false,
+        ),
+    }
+}
+
+fn has_signature(query: &str) -> bool {
+    query.split('&').any(|kv| {
+        kv.split_once('=')
+            .is_some_and(|(k, v)| k == "signature" && !v.is_empty())
+    })
+}
+
+fn need(
+    headers: &HeaderMap,
+    name: &str,
+    expected: Option<&str>,
+    access: bool,
+) -> Result<(), Denied> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let (missing, wrong) = if access {
+        (Denied::MissingAccessToken, Denied::WrongAccessToken)
+    } else {
+        (Denied::MissingTrafficToken, Denied::WrongTrafficToken)
+    };
+    let got = headers.get(name).ok_or(missing)?.as_bytes();
+    if constant_time_eq(got, expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(wrong)
+    }
+}
+
+/// Compares without an early exit, so timing does not reveal a prefix.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    fn secured() -> Tokens {
+        Tokens {
+            access: Some("tok".into()),
+            traffic: None,
+        }
+    }
+
+    #[test]
+    fn runtime_routes_need_the_access_token() {
+        let t = secured();
+        let none = headers(&[]);
+        let good = headers(&[("x-access-token", "tok")]);
+        let bad = headers(&[("x-access-token", "tok2")]);
+        let rpc = "/process.Process/Start";
+        assert_eq!(
+            check(&t, RUNTIME_PORT, &Method::POST, rpc, &none),
+            Err(Denied::MissingAccessToken)
+        );
+        assert_eq!(
+            check(&t, RUNTIME_PORT, &Method::POST, rpc, &bad),
+            Err(Denied::WrongAccessToken)
+        );
+        assert_eq!(check(&t, RUNTIME_PORT, &Method::POST, rpc, &good), Ok(()));
+        assert_eq!(
+            check(&t, RUNTIME_PORT, &Method::GET, "/health", &none),
+            Ok(())
+        );
+        // /init could replace the token: never open without it.
+        assert!(check(&t, RUNTIME_PORT, &Method::POST, "/init", &none).is_err());
+    }
+
+    #[test]
+    fn signed_file_urls_pass_to_the_runtime() {
+        let t = secured();
+        let none = headers(&[]);
+        let q = "/files?path=/a&signature=v1_abc&signature_expiration=9";
+        assert_eq!(check(&t, RUNTIME_PORT, &Method::GET, q, &none), Ok(()));
+        assert!(check(&t, RUNTIME_PORT, &Method::GET, "/files?path=/a", &none).is_err());
+        assert!(check(&t, RUNTIME_PORT, &Method::GET, "/files?signature=", &none).is_err());
+    }
+
+    #[test]
+    fn interpreter_needs_the_token_on_execute_only() {
+        let t = secured();
+        let none = headers(&[]);
+        assert_eq!(
+            check(&t, INTERPRETER_PORT, &Method::GET, "/contexts", &none),
+            Ok(())
+        );
+        assert!(check(&t, INTERPRETER_PORT, &Method::POST, "/execute", &none).is_err());
+    }
+
+    #[test]
+    fn user_ports_are_public_unless_a_traffic_token_exists() {
+        let none = headers(&[]);
+        assert_eq!(check(&secured(), 8080, &Method::GET, "/", &none), Ok(()));
+        let private = Tokens {
+            access: Some("tok".into()),
+            traffic: Some("tt".into()),
+        };
+        assert_eq!(
+            check(&private, 8080, &Method::GET, "/", &none),
+            Err(Denied::MissingTrafficToken)
+        );
+        let ok = headers(&[("e2b-traffic-access-token", "tt")]);
+        assert_eq!(check(&private, 8080, &Method::GET, "/", &ok), Ok(()));
+    }
+
+    #[test]
+    fn unsecured_sandboxes_are_open() {
+        let none = headers(&[]);
+        let t = Tokens::default();
+        assert_eq!(check(&t, RUNTIME_PORT, &Method::POST, "/x", &none), Ok(()));
+    }
+}

@@ -1,0 +1,156 @@
+//! Quota checks that hold under concurrent creates: a create reserves its
+//! share before the (slow) sandbox creation starts and the reservation lasts
+//! until the sandbox is recorded or the create fails.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::keys::Quota;
+
+/// What one sandbox counts for.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub sandboxes: u32,
+    pub cpu: u32,
+    pub memory_mb: u64,
+}
+
+impl Usage {
+    fn add(self, o: Usage) -> Usage {
+        Usage {
+            sandboxes: self.sandboxes + o.sandboxes,
+            cpu: self.cpu + o.cpu,
+            memory_mb: self.memory_mb + o.memory_mb,
+        }
+    }
+    fn sub(self, o: Usage) -> Usage {
+        Usage {
+            sandboxes: self.sandboxes.saturating_sub(o.sandboxes),
+            cpu: self.cpu.saturating_sub(o.cpu),
+            memory_mb: self.memory_mb.saturating_sub(o.memory_mb),
+        }
+    }
+}
+
+/// Whether `used + wanted` fits `quota`; the message names the limit hit.
+pub fn fits(quota: &Quota, team: &str, used: Usage, wanted: Usage) -> Result<(), String> {
+    let total = used.add(wanted);
+    if let Some(max) = quota.max_sandboxes
+        && total.sandboxes > max
+    {
+        return Err(format!(
+            "quota exceeded: team '{team}' may run at most {max} sandboxes ({} running or paused)",
+            used.sandboxes
+        ));
+    }
+    if let Some(max) = quota.max_cpu
+        && total.cpu > max
+    {
+        return Err(format!(
+            "quota exceeded: team '{team}' may use at most {max} vCPUs ({} in use, {} requested)",
+            used.cpu, wanted.cpu
+        ));
+    }
+    if let Some(max) = quota.max_memory_mb
+        && total.memory_mb > max
+    {
+        return Err(format!(
+            "quota exceeded: team '{team}' may use at most {max} MiB of memory ({} MiB in use, {} MiB requested)",
+            used.memory_mb, wanted.memory_mb
+        ));
+    }
+    Ok(())
+}
+
+/// Usage promised to creates still in progress, per team.
+#[derive(Default, Clone)]
+pub struct Reservations {
+    inner: Arc<Mutex<HashMap<String, Usage>>>,
+}
+
+/// Gives its reservation back when dropped.
+pub struct Reservation {
+    owner: Reservations,
+    team: String,
+    usage: Usage,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let mut map = self.owner.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(u) = map.get_mut(&self.team) {
+            *u = u.sub(self.usage);
+            if *u == Usage::default() {
+                map.remove(&self.team);
+            }
+        }
+    }
+}
+
+impl Reservations {
+    /// Reserves `wanted` for `team` if `recorded` (its existing sandboxes)
+    /// plus what is already reserved plus `wanted` fits the quota.
+    pub fn reserve(
+        &self,
+        quota: &Quota,
+        team: &str,
+        recorded: Usage,
+        wanted: Usage,
+    ) -> Result<Reservation, String> {
+        let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let pending = map.get(team).copied().unwrap_or_default();
+        fits(quota, team, recorded.add(pending), wanted)?;
+        let e = map.entry(team.to_string()).or_default();
+        *e = e.add(wanted);
+        Ok(Reservation {
+            owner: self.clone(),
+            team: team.to_string(),
+            usage: wanted,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ONE: Usage = Usage {
+        sandboxes: 1,
+        cpu: 2,
+        memory_mb: 512,
+    };
+
+    #[test]
+    fn concurrent_creates_cannot_overshoot() {
+        let q = Quota {
+            max_sandboxes: Some(2),
+            ..Quota::default()
+        };
+        let r = Reservations::default();
+        let a = r.reserve(&q, "t", Usage::default(), ONE).unwrap();
+        let _b = r.reserve(&q, "t", Usage::default(), ONE).unwrap();
+        let err = r.reserve(&q, "t", Usage::default(), ONE).err().unwrap();
+        assert!(err.contains("at most 2 sandboxes"), "{err}");
+        // Another team is not affected.
+        assert!(r.reserve(&q, "u", Usage::default(), ONE).is_ok());
+        drop(a);
+        assert!(r.reserve(&q, "t", Usage::default(), ONE).is_ok());
+    }
+
+    #[test]
+    fn cpu_and_memory_limits_name_themselves() {
+        let q = Quota {
+            max_cpu: Some(3),
+            ..Quota::default()
+        };
+        let err = fits(&q, "t", ONE, ONE).unwrap_err();
+        assert!(err.contains("3 vCPUs"), "{err}");
+        let q = Quota {
+            max_memory_mb: Some(1000),
+            ..Quota::default()
+        };
+        let err = fits(&q, "t", ONE, ONE).unwrap_err();
+        assert!(err.contains("1000 MiB"), "{err}");
+        assert!(fits(&Quota::default(), "t", ONE, ONE).is_ok());
+    }
+}
