@@ -3,6 +3,7 @@ on 127.0.0.1:3100, driven by the unmodified E2B SDKs."""
 
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -67,9 +68,12 @@ def paddock():
     shutil.rmtree(data, ignore_errors=True)
     assert proc.returncode == 0, "paddock up must shut down cleanly; see /tmp/paddock-e2e.log"
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    assert "pdkbr0" not in links and " pdk" not in links, f"network devices left behind:\n{links}"
+    # Ours are the bridge and `pdk<8 hex>` veths (the test bed's `pdktb0` is not ours).
+    assert "pdkbr0" not in links and not re.search(r" pdk[0-9a-f]{8}[@:]", links), (
+        f"network devices left behind:\n{links}")
     assert "/var/tmp/paddock-e2e-" not in open("/proc/mounts").read(), "mounts left behind"
 
 
-def admin(path, method="GET", **kw):
-    return httpx.request(method, f"{URL}{path}", headers={"X-API-Key": ADMIN_KEY}, timeout=120, **kw)
+def admin(path, method="GET", headers=None, **kw):
+    headers = {"X-API-Key": ADMIN_KEY, **(headers or {})}
+    return httpx.request(method, f"{URL}{path}", headers=headers, timeout=120, **kw)

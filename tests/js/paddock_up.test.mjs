@@ -24,3 +24,47 @@ test('create, run, files, list, kill', async () => {
     assert.equal(await sbx.kill(), true)
   }
 })
+
+test('pause keeps files, connect resumes, timeouts, info, metrics, auth', async () => {
+  const sbx = await Sandbox.create({ ...opts, timeoutMs: 60_000 })
+  try {
+    await sbx.files.write('/home/user/keep.txt', 'kept')
+    assert.equal(await sbx.pause(), true)
+    assert.equal((await Sandbox.getInfo(sbx.sandboxId, opts)).state, 'paused')
+    assert.equal(await sbx.isRunning(), false)
+    const resumed = await Sandbox.connect(sbx.sandboxId, opts)
+    assert.equal(await resumed.files.read('/home/user/keep.txt'), 'kept')
+    await resumed.setTimeout(120_000)
+    const info = await resumed.getInfo()
+    assert.equal(info.state, 'running')
+    const left = info.endAt.getTime() - Date.now()
+    assert.ok(left > 100_000 && left <= 121_000, `timeout left: ${left} ms`)
+    const metrics = await resumed.getMetrics()
+    assert.ok(metrics.length >= 1 && metrics[0].memTotal > 0, JSON.stringify(metrics))
+    await assert.rejects(Sandbox.create({ ...opts, apiKey: 'e2b_' + '00'.repeat(20) }), /nauthori|401|invalid/i)
+    await assert.rejects(Sandbox.connect('nosuchsandbox0000000', opts), /not found|404/i)
+  } finally {
+    await Sandbox.kill(sbx.sandboxId, opts)
+  }
+})
+
+test('a server in the sandbox is reachable through the gateway', async () => {
+  const sbx = await Sandbox.create(opts)
+  try {
+    await sbx.files.write('/home/user/site/index.html', 'js-served')
+    await sbx.commands.run('cd /home/user/site && python3 -m http.server 8000', { background: true })
+    const host = sbx.getHost(8000)
+    assert.ok(host.startsWith(`8000-${sbx.sandboxId}`), host)
+    let body
+    for (let i = 0; i < 100 && body === undefined; i++) {
+      const r = await fetch('http://127.0.0.1:3200/index.html', {
+        headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '8000' }
+      })
+      if (r.ok) body = await r.text()
+      else await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+    assert.equal(body, 'js-served')
+  } finally {
+    await sbx.kill()
+  }
+})

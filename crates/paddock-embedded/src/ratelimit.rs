@@ -73,10 +73,7 @@ mod tests {
         let t2 = t0 + Duration::from_secs(2);
         assert_eq!(r.reserve_at(t2), Duration::ZERO);
         assert_eq!(r.reserve_at(t2), Duration::ZERO);
-        assert_eq!(
-            r.reserve_at(t2),
-            Duration::from_millis(500)
-        );
+        assert_eq!(r.reserve_at(t2), Duration::from_millis(500));
     }
 
     #[test]

@@ -89,6 +89,20 @@ fn bad_gateway(id: &str, message: String) -> Response {
     )
 }
 
+/// The SDKs look for the exact phrase "port is not open".
+fn port_not_open(target: &Target) -> Response {
+    json_error(
+        StatusCode::BAD_GATEWAY,
+        serde_json::json!({
+            "sandboxId": target.sandbox,
+            "message": "The sandbox is running but port is not open",
+            "port": target.port,
+            "code": 502,
+        }),
+        false,
+    )
+}
+
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -282,13 +296,7 @@ impl Gateway {
                     .inc();
                 tracing::debug!(error = %e, "upstream failed");
                 if e.is_connect() {
-                    bad_gateway(
-                        &target.sandbox,
-                        format!(
-                            "The sandbox is running but port {} is not open",
-                            target.port
-                        ),
-                    )
+                    port_not_open(&target)
                 } else {
                     bad_gateway(
                         &target.sandbox,
@@ -344,15 +352,7 @@ impl Gateway {
             Ok(s) => s,
             Err(t) => return self.overloaded(t.label()),
         };
-        let not_open = || {
-            bad_gateway(
-                &target.sandbox,
-                format!(
-                    "The sandbox is running but port {} is not open",
-                    target.port
-                ),
-            )
-        };
+        let not_open = || port_not_open(target);
         let stream = match tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(addr),

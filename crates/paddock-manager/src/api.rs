@@ -22,23 +22,27 @@ use crate::records::{ApiState, OnTimeout, SandboxRecord};
 type M<I> = State<Arc<Manager<I>>>;
 type ApiResult<T = Response> = Result<T, ApiError>;
 
+/// The raw request body; a rejection (too large: 413) follows the API's error format.
+pub struct RawBody(axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for RawBody {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(req, state)
+            .await
+            .map(RawBody)
+            .map_err(|e| ApiError::new(e.status(), e.body_text()))
+    }
+}
+
 /// A JSON body whose rejections follow the API's error format.
 pub struct Body<T>(T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for Body<T> {
     type Rejection = ApiError;
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = axum::body::Bytes::from_request(req, state)
-            .await
-            .map_err(|e| ApiError::new(e.status(), e.body_text()))?;
-        let text = if bytes.iter().all(u8::is_ascii_whitespace) {
-            &b"{}"[..]
-        } else {
-            &bytes[..]
-        };
-        serde_json::from_slice(text)
-            .map(Body)
-            .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+        let RawBody(bytes) = RawBody::from_request(req, state).await?;
+        parse_json(&bytes).map(Body)
     }
 }
 
@@ -191,7 +195,7 @@ async fn create_v1<I: Infra>(
     team: Extension<Team>,
     key: Extension<Option<StoredKey>>,
     headers: http::HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult {
     create_idempotent(m, team, key, headers, body, 15).await
 }
@@ -201,7 +205,7 @@ async fn create_v2<I: Infra>(
     team: Extension<Team>,
     key: Extension<Option<StoredKey>>,
     headers: http::HeaderMap,
-    body: axum::body::Bytes,
+    RawBody(body): RawBody,
 ) -> ApiResult {
     create_idempotent(m, team, key, headers, body, 300).await
 }
@@ -235,19 +239,28 @@ async fn create_idempotent<I: Infra>(
             Some(k.to_string())
         }
     };
-    let (status, json) = match idem_key {
-        None => create(&m, &team, key.as_ref(), b, default_timeout).await?,
-        Some(k) => {
-            // The route is part of the request: v1 and v2 defaults differ.
-            let mut fingerprint = default_timeout.to_be_bytes().to_vec();
-            fingerprint.extend_from_slice(&body);
-            m.idempotency
-                .run(team.name(), &k, &fingerprint, || {
-                    create(&m, &team, key.as_ref(), b, default_timeout)
-                })
-                .await?
+    // The create runs in its own task: a client that disconnects halfway
+    // must not cancel it between "sandbox claimed" and "sandbox recorded",
+    // which would leave a sandbox running that nothing tracks. Once
+    // recorded, the sandbox's timeout reaps it if nobody ever uses it.
+    let task = tokio::spawn(async move {
+        match idem_key {
+            None => create(&m, &team, key.as_ref(), b, default_timeout).await,
+            Some(k) => {
+                // The route is part of the request: v1 and v2 defaults differ.
+                let mut fingerprint = default_timeout.to_be_bytes().to_vec();
+                fingerprint.extend_from_slice(&body);
+                m.idempotency
+                    .run(team.name(), &k, &fingerprint, || {
+                        create(&m, &team, key.as_ref(), b, default_timeout)
+                    })
+                    .await
+            }
         }
-    };
+    });
+    let (status, json) = task
+        .await
+        .map_err(|e| ApiError::internal(format!("create task failed: {e}")))??;
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
     Ok((status, Json(json)).into_response())
 }

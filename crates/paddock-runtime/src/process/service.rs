@@ -213,7 +213,8 @@ impl Process for ProcessService {
             }
             _ => ConnectError::internal(format!("cannot start '{cmd}': {e}")),
         })?;
-        tracing::info!(pid = proc.pid, cmd = %proc.config.cmd, "process started");
+        // The command line goes to the sandbox's log, which `GET /sandboxes/{id}/logs` serves.
+        tracing::info!(pid = proc.pid, cmd = %proc.config.cmd, args = ?proc.config.args, "process started");
         let keepalive = keepalive_interval(ctx.headers());
         Response::stream_ok(events(proc.pid, attached, keepalive, start_response))
     }

@@ -1,0 +1,117 @@
+"""Gateway throughput and latency: wrk against an HTTP server inside a
+sandbox (the runtime's `GET /health` on port 49983), three ways in the same
+run with the same load: directly, through nginx (Debian's package, keepalive
+upstream), and through Paddock's gateway (header routing). Rounds alternate
+so that noise on this shared machine hits all three alike.
+
+    sudo .venv/bin/python bench/gateway_bench.py [--duration 10] [--connections 32] [--rounds 3]
+"""
+
+import argparse
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import pathlib
+
+from e2b import Sandbox
+
+from paddock_harness import Paddock
+
+NGINX_PORT = 3390
+
+
+def need(tool, package):
+    if shutil.which(tool) is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", package], check=True,
+                       env={"DEBIAN_FRONTEND": "noninteractive", "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+
+
+def nginx(upstream: str):
+    d = pathlib.Path(tempfile.mkdtemp(prefix="paddock-nginx-"))
+    (d / "nginx.conf").write_text(f"""
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream sandbox {{ server {upstream}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{NGINX_PORT};
+    location / {{
+      proxy_pass http://sandbox;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    return subprocess.Popen(["nginx", "-p", str(d), "-c", str(d / "nginx.conf"), "-g", "daemon off;"])
+
+
+def to_ms(v: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def wrk(url, headers, duration, connections):
+    cmd = ["wrk", "--latency", "-t2", f"-c{connections}", f"-d{duration}s"]
+    for h in headers:
+        cmd += ["-H", h]
+    out = subprocess.run(cmd + [url], capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: to_ms(re.search(rf"^\s+{p}%\s+(\S+)", out, re.M).group(1)) for p in ("50", "90", "99")}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return rps, lat, int(bad.group(1)) if bad else 0, errors.group(1) if errors else ""
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=3)
+    a = ap.parse_args()
+    need("wrk", "wrk")
+    need("nginx", "nginx-light")
+    p = Paddock("127.0.0.1:3302", pool_size=1)
+    ng = None
+    try:
+        sbx = Sandbox.create(timeout=3600)
+        ip = sbx.commands.run("hostname -I").stdout.split()[0]
+        ng = nginx(f"{ip}:49983")
+        ways = {
+            "direct (no proxy)": (f"http://{ip}:49983/health", []),
+            "nginx 1.22 (keepalive upstream)": (f"http://127.0.0.1:{NGINX_PORT}/health", []),
+            "paddock gateway (header routing)": (
+                f"{p.url}/health", [f"E2b-Sandbox-Id: {sbx.sandbox_id}", "E2b-Sandbox-Port: 49983"]),
+        }
+        results = {k: [] for k in ways}
+        for _ in range(a.rounds):
+            for name, (url, headers) in ways.items():
+                results[name].append(wrk(url, headers, a.duration, a.connections))
+        print(f"wrk -t2 -c{a.connections} -d{a.duration}s, {a.rounds} alternating rounds; medians over rounds")
+        print(f"{'path':36} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  vs nginx")
+        ref = statistics.median(r[0] for r in results["nginx 1.22 (keepalive upstream)"])
+        for name, rs in results.items():
+            rps = statistics.median(r[0] for r in rs)
+            med = {q: statistics.median(r[1][q] for r in rs) for q in ("50", "90", "99")}
+            bad = sum(r[2] for r in rs)
+            print(f"{name:36} {rps:9.0f} {med['50']:8.2f} {med['90']:8.2f} {med['99']:8.2f} {bad:8}  "
+                  f"{rps / ref:5.2f}x throughput")
+            for r in rs:
+                if r[3]:
+                    print(f"  socket errors: {r[3]}")
+        sbx.kill()
+    finally:
+        if ng:
+            ng.terminate()
+            ng.wait()
+        p.stop()
+
+
+if __name__ == "__main__":
+    main()
