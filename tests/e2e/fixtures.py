@@ -27,13 +27,14 @@ def binary(env: str, default: pathlib.Path) -> str:
     return str(path)
 
 
-@pytest.fixture(scope="session")
-def paddock():
-    data = tempfile.mkdtemp(prefix="paddock-e2e-", dir="/var/tmp")
+STATE = {}
+
+
+def _start(data):
     env = dict(os.environ)
     # Share the template cache with the embedded tests: built once per machine.
     env.setdefault("PADDOCK_TEMPLATE_CACHE", "/var/tmp/paddock-test-templates")
-    log = open("/tmp/paddock-e2e.log", "w")
+    log = open("/tmp/paddock-e2e.log", "a")
     proc = subprocess.Popen(
         [
             binary("PADDOCK_BIN", TARGET / "debug/paddock"),
@@ -56,9 +57,28 @@ def paddock():
         if proc.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("paddock up did not start; see /tmp/paddock-e2e.log")
         time.sleep(0.2)
+    STATE["proc"] = proc
+    return proc
+
+
+def crash_and_restart():
+    """SIGKILLs `paddock up` (no cleanup runs) and starts it again on the same data dir."""
+    proc = STATE["proc"]
+    proc.kill()
+    proc.wait()
+    _start(STATE["data"])
+
+
+@pytest.fixture(scope="session")
+def paddock():
+    data = tempfile.mkdtemp(prefix="paddock-e2e-", dir="/var/tmp")
+    STATE["data"] = data
+    open("/tmp/paddock-e2e.log", "w").close()
+    _start(data)
     os.environ.update({"E2B_API_URL": URL, "E2B_SANDBOX_URL": URL, "E2B_API_KEY": ADMIN_KEY})
     os.environ.pop("E2B_DEBUG", None)
     yield URL
+    proc = STATE["proc"]
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(60)

@@ -285,3 +285,19 @@ def test_h2c_and_grpc_through_the_gateway(paddock):
         assert out == "401", out
     finally:
         sbx.kill()
+
+
+def test_timeout_pauses_when_the_lifecycle_says_so(paddock):
+    sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
+    try:
+        sbx.files.write("/home/user/survives.txt", "yes")
+        deadline = time.monotonic() + 30
+        while Sandbox.get_info(sbx.sandbox_id).state.value != "paused":
+            assert time.monotonic() < deadline, "the timeout never paused the sandbox"
+            time.sleep(0.2)
+        assert not sbx.is_running()
+        resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
+        assert resumed.files.read("/home/user/survives.txt") == "yes"
+        assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
+    finally:
+        Sandbox.kill(sbx.sandbox_id)

@@ -72,12 +72,13 @@ impl<I: Infra> Manager<I> {
         let http =
             hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .build(connector);
+        let records = Records::open(config.data_dir.join("sandboxes.json"))?;
         let manager = Arc::new(Self {
             infra,
             claim_workers: Arc::new(tokio::sync::Semaphore::new(config.max_claim_workers.max(1))),
             config,
             keys,
-            records: Records::default(),
+            records,
             reservations: Default::default(),
             idempotency: Default::default(),
             metrics,
@@ -85,6 +86,31 @@ impl<I: Infra> Manager<I> {
         });
         lifecycle::spawn_reaper(manager.clone());
         Ok(manager)
+    }
+
+    /// Makes the records and the infrastructure agree after a restart:
+    /// sandboxes that kept running and have a record are served again; a
+    /// sandbox without a record (nobody holds its token) is killed; a record
+    /// whose sandbox is gone is dropped.
+    pub async fn reconcile(&self) -> Result<(), paddock_infra::InfraError> {
+        let running = self.infra.list().await?;
+        let known: std::collections::HashSet<_> =
+            self.records.all().into_iter().map(|r| r.id).collect();
+        for s in &running {
+            if known.contains(&s.id) {
+                tracing::info!(sandbox = %s.id, "serving a sandbox kept from before the restart");
+                self.records.update(&s.id, |r| r.address = s.address);
+            } else {
+                tracing::info!(sandbox = %s.id, "killing a sandbox that has no record");
+                self.infra.kill(&s.id).await?;
+            }
+        }
+        let alive: std::collections::HashSet<_> = running.iter().map(|s| &s.id).collect();
+        for id in known.iter().filter(|id| !alive.contains(id)) {
+            tracing::info!(sandbox = %id, "dropping the record of a sandbox that is gone");
+            self.records.remove(id);
+        }
+        Ok(())
     }
 
     /// Brings the sandbox and pool gauges up to date (call before a scrape).

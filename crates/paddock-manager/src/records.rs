@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -10,14 +11,14 @@ use paddock_infra::SandboxId;
 use serde_json::{Value, json};
 
 /// What happens when a sandbox's timeout passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OnTimeout {
     Kill,
     Pause,
 }
 
 /// The two states the E2B API exposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ApiState {
     Running,
     Paused,
@@ -32,7 +33,7 @@ impl ApiState {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct SandboxRecord {
     pub id: SandboxId,
     pub team: String,
@@ -43,6 +44,7 @@ pub struct SandboxRecord {
     pub state: ApiState,
     pub access_token: String,
     /// Set when the sandbox's other ports are private (`allowPublicTraffic: false`).
+    #[serde(default)]
     pub traffic_token: Option<String>,
     /// The runtime's address; other ports live on the same ip.
     pub address: SocketAddr,
@@ -148,12 +150,54 @@ impl RouteTable {
     }
 }
 
+/// The records, written through to a file so that a restarted manager
+/// still knows the sandboxes (and their tokens) the infrastructure kept
+/// running.
 #[derive(Default)]
 pub struct Records {
     inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
+    file: Option<PathBuf>,
 }
 
 impl Records {
+    /// Records kept in `file` (loaded now if it exists).
+    pub fn open(file: PathBuf) -> std::io::Result<Self> {
+        let map: HashMap<SandboxId, SandboxRecord> = match std::fs::read(&file) {
+            Ok(bytes) => {
+                let list: Vec<SandboxRecord> = serde_json::from_slice(&bytes).map_err(|e| {
+                    std::io::Error::other(format!("{} is corrupt: {e}", file.display()))
+                })?;
+                list.into_iter().map(|r| (r.id.clone(), r)).collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            inner: Arc::new(RwLock::new(map)),
+            file: Some(file),
+        })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SandboxId, SandboxRecord>> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the whole map (temp file + rename, so a crash never leaves half a file).
+    fn persist(&self, map: &HashMap<SandboxId, SandboxRecord>) {
+        let Some(file) = &self.file else { return };
+        let list: Vec<&SandboxRecord> = map.values().collect();
+        let result = serde_json::to_vec(&list)
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| {
+                let tmp = file.with_extension("json.tmp");
+                std::fs::write(&tmp, bytes)?;
+                std::fs::rename(&tmp, file)
+            });
+        if let Err(e) = result {
+            tracing::error!(file = %file.display(), error = %e, "could not save sandbox records");
+        }
+    }
+
     pub fn route_table(&self) -> RouteTable {
         RouteTable {
             inner: self.inner.clone(),
@@ -161,17 +205,18 @@ impl Records {
     }
 
     pub fn insert(&self, r: SandboxRecord) {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(r.id.clone(), r);
+        let mut map = self.write();
+        map.insert(r.id.clone(), r);
+        self.persist(&map);
     }
 
     pub fn remove(&self, id: &SandboxId) -> Option<SandboxRecord> {
-        self.inner
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(id)
+        let mut map = self.write();
+        let gone = map.remove(id);
+        if gone.is_some() {
+            self.persist(&map);
+        }
+        gone
     }
 
     /// The record, if `team` may see it.
@@ -183,10 +228,11 @@ impl Records {
 
     /// Changes a record in place; false if it is gone.
     pub fn update(&self, id: &SandboxId, f: impl FnOnce(&mut SandboxRecord)) -> bool {
-        let mut map = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.write();
         match map.get_mut(id) {
             Some(r) => {
                 f(r);
+                self.persist(&map);
                 true
             }
             None => false,
@@ -214,5 +260,54 @@ impl Records {
                 cpu: u.cpu + r.cpu_count,
                 memory_mb: u.memory_mb + r.memory_mb,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> SandboxRecord {
+        let now = SystemTime::now();
+        SandboxRecord {
+            id: SandboxId::new(id).unwrap(),
+            team: "blue".into(),
+            template: "base".into(),
+            metadata: BTreeMap::from([("k".into(), "v".into())]),
+            started_at: now,
+            end_at: now + Duration::from_secs(60),
+            state: ApiState::Running,
+            access_token: "tok".into(),
+            traffic_token: None,
+            address: "10.213.0.9:49983".parse().unwrap(),
+            cpu_count: 1,
+            memory_mb: 512,
+            disk_mb: 0,
+            on_timeout: OnTimeout::Pause,
+            auto_resume: false,
+            allow_internet_access: true,
+        }
+    }
+
+    #[test]
+    fn records_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sandboxes.json");
+        let r = Records::open(file.clone()).unwrap();
+        r.insert(record("aaaaaaaaaaaaaaaaaaaa"));
+        r.insert(record("bbbbbbbbbbbbbbbbbbbb"));
+        r.update(&SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(), |x| {
+            x.state = ApiState::Paused
+        });
+        r.remove(&SandboxId::new("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        let again = Records::open(file.clone()).unwrap();
+        let all = again.all();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].state, ApiState::Paused);
+        assert_eq!(all[0].access_token, "tok");
+        assert_eq!(all[0].end_at, r.all()[0].end_at);
+        std::fs::write(&file, b"{broken").unwrap();
+        let err = Records::open(file).err().unwrap();
+        assert!(err.to_string().contains("corrupt"), "{err}");
     }
 }

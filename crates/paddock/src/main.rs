@@ -12,7 +12,6 @@ use axum::response::IntoResponse;
 use clap::{Parser, Subcommand};
 use paddock_embedded::{EmbeddedConfig, EmbeddedInfra};
 use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
-use paddock_infra::Infra;
 use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable};
 use tower::ServiceExt;
 
@@ -226,12 +225,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let infra = EmbeddedInfra::start(cfg)
         .await
         .context("starting the embedded infrastructure")?;
-    // Sandbox records are not persisted yet: sandboxes left by an earlier
-    // run have no owner or token, so they do not survive a restart.
-    for orphan in infra.list().await? {
-        tracing::info!(sandbox = %orphan.id, "removing a sandbox of an earlier run");
-        infra.kill(&orphan.id).await?;
-    }
     for t in ["base", "code-interpreter-v1"] {
         tracing::info!(template = t, "preparing template (built once, then cached)");
         infra
@@ -256,6 +249,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         },
         manager_metrics,
     )?;
+    // Sandboxes that outlived a crash of an earlier run are served again.
+    manager
+        .reconcile()
+        .await
+        .context("matching sandbox records with running sandboxes")?;
     let gateway = Gateway::new(
         Arc::new(Routes(manager.routes())),
         Thresholds {
