@@ -148,15 +148,19 @@ impl Cgroup for V1Cgroup {
 
     fn kill_all(&self) -> Result<()> {
         // Freeze first so nothing forks between listing and killing; SIGKILL is delivered to
-        // frozen tasks once they are thawed.
-        let frozen = self.freeze().is_ok();
+        // frozen tasks once they are thawed. A freeze that does not complete (a task stuck in
+        // the kernel under heavy load) still stops forks, so go on either way, and thaw
+        // whatever happened: a cgroup left FREEZING would hold the killed tasks forever.
+        let freezer = self.file("freezer", "freezer.state");
+        let _ = self.freeze();
         sigkill_all(&self.pids()?);
-        if frozen {
-            self.thaw()?;
-        }
+        let _ = self.thaw();
         let procs = self.file("pids", "cgroup.procs");
-        wait_until(&procs, "empty", Duration::from_secs(10), || {
+        wait_until(&procs, "empty", Duration::from_secs(30), || {
             let left = read_pids(&procs)?;
+            if !left.is_empty() && freezer.exists() {
+                let _ = write(&freezer, "THAWED");
+            }
             sigkill_all(&left);
             Ok(left.is_empty())
         })

@@ -124,11 +124,10 @@ impl Cgroup for V2Cgroup {
         if kill.exists() {
             write(&kill, "1")?;
         } else {
-            let frozen = self.freeze().is_ok();
+            // As in v1: thaw whether or not the freeze completed.
+            let _ = self.freeze();
             sigkill_all(&self.pids()?);
-            if frozen {
-                self.thaw()?;
-            }
+            let _ = self.thaw();
         }
         let procs = self.file("cgroup.procs");
         wait_until(&procs, "empty", Duration::from_secs(10), || {

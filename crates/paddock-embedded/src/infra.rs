@@ -873,6 +873,19 @@ impl Infra for EmbeddedInfra {
             self.state().sandboxes.remove(id);
             return Ok(());
         }
+        // A kill whose teardown failed earlier left the sandbox Dead: tear down again.
+        let retry = self
+            .state()
+            .sandboxes
+            .get(id)
+            .is_some_and(|e| e.rec.state == SandboxState::Dead);
+        if retry {
+            warn!(%id, "retrying the teardown of a sandbox whose kill failed");
+            return self
+                .teardown(id)
+                .instrument(info_span!("sandbox_kill", %id))
+                .await;
+        }
         let rec = self.transition(id, LifecycleEvent::Kill)?;
         self.mark_dead(id);
         let _ = rec;
