@@ -138,6 +138,13 @@ impl Gateway {
         if n % 256 == 255 {
             pools.retain(|id, _| self.routes.lookup(id).is_some());
         }
+        if let Some(pool) = pools.get(sandbox) {
+            return if http2 {
+                pool.http2.clone()
+            } else {
+                pool.http1.clone()
+            };
+        }
         let pool = pools.entry(sandbox.to_string()).or_insert_with(|| {
             let connector = CountingConnector::new(self.breakers.clone());
             Pool {
