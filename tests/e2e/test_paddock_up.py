@@ -124,3 +124,27 @@ def test_data_plane_requires_the_sandbox_token(paddock):
         assert r.status_code == 200
     finally:
         sbx.kill()
+
+
+def test_metrics_info_and_state_filter(paddock):
+    from e2b import SandboxState
+
+    sbx = Sandbox.create(metadata={"suite": "state-filter"})
+    other = Sandbox.create(metadata={"suite": "state-filter"})
+    try:
+        sbx.commands.run("head -c 20000000 /dev/zero > /home/user/blob")
+        metrics = sbx.get_metrics()
+        assert metrics and metrics[-1].cpu_count >= 1
+        assert 0 < metrics[-1].mem_used <= metrics[-1].mem_total
+        assert metrics[-1].disk_used >= 20_000_000
+        other.pause()
+        q = lambda *states: {s.sandbox_id for s in Sandbox.list(  # noqa: E731
+            query=SandboxQuery(metadata={"suite": "state-filter"}, state=list(states))).next_items()}
+        assert q(SandboxState.PAUSED) == {other.sandbox_id}
+        assert q(SandboxState.RUNNING) == {sbx.sandbox_id}
+        assert q(SandboxState.RUNNING, SandboxState.PAUSED) == {sbx.sandbox_id, other.sandbox_id}
+        info = Sandbox.get_info(sbx.sandbox_id)
+        assert info.metadata == {"suite": "state-filter"} and info.template_id == "base"
+    finally:
+        sbx.kill()
+        Sandbox.kill(other.sandbox_id)
