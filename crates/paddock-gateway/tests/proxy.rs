@@ -1,0 +1,193 @@
+//! The gateway over real sockets: an upstream HTTP and WebSocket server on
+//! loopback stands in for a sandbox's server, and the gateway is served the
+//! way `paddock up` serves it.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use futures_util::{SinkExt, StreamExt};
+use http_body_util::BodyExt;
+use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Routes, Thresholds, Tokens};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::Message;
+
+/// One sandbox, `sbx1`, living on loopback.
+struct Loopback;
+
+impl Routes for Loopback {
+    fn lookup(&self, id: &str) -> Option<RouteInfo> {
+        (id == "sbx1").then(|| RouteInfo {
+            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            paused: false,
+            tokens: Tokens::default(),
+        })
+    }
+}
+
+/// An upstream whose `/slow` sends its headers and first chunk, then holds
+/// the body open until `release` is notified.
+async fn upstream(release: Arc<Notify>) -> SocketAddr {
+    let app = Router::new()
+        .route("/fast", axum::routing::get(|| async { "fast" }))
+        .route(
+            "/slow",
+            axum::routing::get(move || {
+                let release = release.clone();
+                async move {
+                    let stream = futures_util::stream::unfold(0u8, move |n| {
+                        let release = release.clone();
+                        async move {
+                            match n {
+                                0 => Some((Ok::<_, std::io::Error>("first ".to_string()), 1)),
+                                1 => {
+                                    release.notified().await;
+                                    Some((Ok("last".to_string()), 2))
+                                }
+                                _ => None,
+                            }
+                        }
+                    });
+                    Body::from_stream(stream)
+                }
+            }),
+        );
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+async fn ws_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_text() || m.is_binary() {
+                        ws.send(m).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+async fn gateway(thresholds: Thresholds) -> (SocketAddr, Gateway) {
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = GatewayMetrics::register(&mut registry);
+    let gw = Gateway::new(Arc::new(Loopback), thresholds, metrics);
+    let g = gw.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let g = g.clone();
+        async move { g.forward(req).await }
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, gw)
+}
+
+fn client()
+-> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body> {
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build_http()
+}
+
+fn get(gw: SocketAddr, port: u16, path: &str) -> http::Request<Body> {
+    http::Request::get(format!("http://{gw}{path}"))
+        .header("e2b-sandbox-id", "sbx1")
+        .header("e2b-sandbox-port", port.to_string())
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn max_requests_holds_until_the_body_ends() {
+    let release = Arc::new(Notify::new());
+    let up = upstream(release.clone()).await;
+    let (gw, g) = gateway(Thresholds {
+        max_requests: 1,
+        ..Thresholds::default()
+    })
+    .await;
+    let c = client();
+    let slow = c.request(get(gw, up.port(), "/slow")).await.unwrap();
+    assert_eq!(slow.status(), 200);
+    // The slow response's body is still streaming: its slot is taken.
+    let refused = c.request(get(gw, up.port(), "/fast")).await.unwrap();
+    assert_eq!(refused.status(), 503);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        json["message"].as_str().unwrap().contains("max_requests"),
+        "{json}"
+    );
+    g.refresh_gauges();
+    release.notify_one();
+    let body = slow.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"first last");
+    // Streaming passed through unbuffered and the slot came back.
+    let ok = c.request(get(gw, up.port(), "/fast")).await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test]
+async fn unknown_sandboxes_and_closed_ports_are_json_502s() {
+    let (gw, _) = gateway(Thresholds::default()).await;
+    let c = client();
+    let mut req = get(gw, 8080, "/");
+    req.headers_mut()
+        .insert("e2b-sandbox-id", "nosuch".parse().unwrap());
+    let r = c.request(req).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(json["message"], "The sandbox was not found");
+    // A port nobody listens on (bind and drop to find one).
+    let free = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let r = c.request(get(gw, free, "/")).await.unwrap();
+    assert_eq!(r.status(), 502);
+    let body = r.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        json["message"],
+        "The sandbox is running but port is not open"
+    );
+    assert_eq!(json["port"], free);
+}
+
+#[tokio::test]
+async fn websockets_are_piped_both_ways() {
+    let up = ws_upstream().await;
+    let (gw, _) = gateway(Thresholds::default()).await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{gw}/chat"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("e2b-sandbox-id", "sbx1".parse().unwrap());
+    req.headers_mut()
+        .insert("e2b-sandbox-port", up.port().to_string().parse().unwrap());
+    let (mut ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for msg in [
+        Message::text("hello"),
+        Message::binary(vec![7u8; 70_000]),
+        Message::text("ünïcode"),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), msg);
+    }
+    ws.close(None).await.unwrap();
+}
