@@ -3,6 +3,7 @@ servers (HTTP and WebSocket, by header, host and path), private ports, the
 OpenAPI document, Prometheus metrics, logs, idempotent creates and limits."""
 
 import base64
+import datetime
 import json
 import os
 import pathlib
@@ -215,7 +216,8 @@ def test_logs_routes(paddock):
         assert v2["logs"] and all("logged-marker" in e["message"] for e in v2["logs"])
         assert {"timestamp", "level", "message", "fields"} <= set(v2["logs"][0])
         back = admin(f"/v2/sandboxes/{sbx.sandbox_id}/logs", params={"direction": "backward", "limit": 2}).json()
-        assert len(back["logs"]) == 2 and back["logs"][0]["timestamp"] >= back["logs"][1]["timestamp"]
+        stamps = [datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")) for e in back["logs"]]
+        assert len(stamps) == 2 and stamps[0] >= stamps[1], "backward is newest first"
         bad = admin(f"/v2/sandboxes/{sbx.sandbox_id}/logs", params={"level": "loud"})
         assert bad.status_code == 400 and "level" in bad.json()["message"]
         other = admin("/api-keys", "POST", json={"team": "logs-other"}).json()["key"]
