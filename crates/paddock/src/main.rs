@@ -16,6 +16,8 @@ use paddock_infra::Infra;
 use paddock_manager::{Manager, ManagerConfig, RouteTable};
 use tower::ServiceExt;
 
+mod kubernetes;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "paddock",
@@ -34,6 +36,10 @@ enum Command {
     /// List or build sandbox templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Print the agents.kruise.io CRDs (or write them with --out DIR).
+    Crds(kubernetes::CrdsArgs),
+    /// Run the Kubernetes Sandbox Controller (reconcilers, webhooks) against KUBECONFIG.
+    Controller(kubernetes::ControllerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -102,6 +108,8 @@ fn main() -> anyhow::Result<()> {
             match cli.command {
                 Command::Up(args) => up(args).await,
                 Command::Template(cmd) => template(cmd).await,
+                Command::Crds(args) => kubernetes::crds(args),
+                Command::Controller(args) => kubernetes::controller(args).await,
             }
         })
 }
