@@ -314,7 +314,12 @@ async fn take(
     let sbs = match sets.get_opt(set_name).await {
         Ok(Some(s)) => s,
         Ok(None) => return Err(format!("SandboxSet {set_name} not found in namespace {ns}")),
-        Err(e) => return Err(format!("reading SandboxSet {set_name}: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "reading SandboxSet {set_name}: {}",
+                crate::context::api_message(&e)
+            ));
+        }
     };
     let lp = ListParams::default().labels(&format!(
         "{}={},{}=false",
@@ -325,7 +330,7 @@ async fn take(
     let pool = sandboxes
         .list(&lp)
         .await
-        .map_err(|e| format!("listing the pool: {e}"))?;
+        .map_err(|e| format!("listing the pool: {}", crate::context::api_message(&e)))?;
     let sbs_uid = sbs.metadata.uid.clone().unwrap_or_default();
     let candidates: Vec<Candidate> = pool
         .items
@@ -372,7 +377,13 @@ async fn take(
             Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => {
                 tracing::debug!(sandbox = %s.name_any(), "lost the race for a sandbox");
             }
-            Err(e) => return Err(format!("claiming {}: {e}", s.name_any())),
+            Err(e) => {
+                return Err(format!(
+                    "claiming {}: {}",
+                    s.name_any(),
+                    crate::context::api_message(&e)
+                ));
+            }
         }
     }
     if got < need && claim.spec.create_on_no_stock.unwrap_or(true) {
@@ -478,7 +489,7 @@ async fn after_claim(claim: &SandboxClaim, ctx: &Context, s: &Sandbox) {
                 claim,
                 true,
                 "InplaceUpdateFailed",
-                format!("image of {name}: {e}"),
+                format!("image of {name}: {}", crate::context::api_message(&e)),
             )
             .await;
         }
@@ -502,7 +513,7 @@ async fn after_claim(claim: &SandboxClaim, ctx: &Context, s: &Sandbox) {
                 claim,
                 true,
                 "InplaceUpdateFailed",
-                format!("resources of {name}: {e}"),
+                format!("resources of {name}: {}", crate::context::api_message(&e)),
             )
             .await;
         }
@@ -553,7 +564,12 @@ async fn create_on_no_stock(
                 made += 1;
                 tracing::info!(sandbox = %created.name_any(), "created a sandbox for the claim (no stock)");
             }
-            Err(e) => return Err(format!("creating a sandbox (createOnNoStock): {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "creating a sandbox (createOnNoStock): {}",
+                    crate::context::api_message(&e)
+                ));
+            }
         }
     }
     Ok(made)

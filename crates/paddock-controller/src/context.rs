@@ -233,3 +233,11 @@ where
     }
     res
 }
+
+/// The API server's own message for API errors (the full error debug-prints the Status).
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(ae) => ae.message.clone(),
+        other => other.to_string(),
+    }
+}

@@ -275,7 +275,11 @@ async fn resolve_template(sbx: &Sandbox, ctx: &Context) -> Result<PodTemplateSpe
             .template
             .ok_or_else(|| format!("SandboxTemplate {} has no template", r.name)),
         Ok(None) => Err(format!("SandboxTemplate {} not found", r.name)),
-        Err(e) => Err(format!("reading SandboxTemplate {}: {e}", r.name)),
+        Err(e) => Err(format!(
+            "reading SandboxTemplate {}: {}",
+            r.name,
+            crate::context::api_message(&e)
+        )),
     }
 }
 
@@ -308,7 +312,12 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
         match pvcs.create(&PostParams::default(), &pvc).await {
             Ok(_) => {}
             Err(kube::Error::Api(ae)) if ae.code == 409 => {}
-            Err(e) => return Err(format!("creating PersistentVolumeClaim {claim}: {e}")),
+            Err(e) => {
+                return Err(format!(
+                    "creating PersistentVolumeClaim {claim}: {}",
+                    crate::context::api_message(&e)
+                ));
+            }
         }
         let volumes = spec.volumes.get_or_insert_with(Vec::new);
         if !volumes.iter().any(|v| v.name == vname) {
@@ -357,6 +366,6 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
         // Our own create from a reconcile the cache has not caught up with.
         Err(kube::Error::Api(ae)) if ae.code == 409 => Ok(rev),
         Err(kube::Error::Api(ae)) => Err(format!("creating Pod: {}", ae.message)),
-        Err(e) => Err(format!("creating Pod: {e}")),
+        Err(e) => Err(format!("creating Pod: {}", crate::context::api_message(&e))),
     }
 }

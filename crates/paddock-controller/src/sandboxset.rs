@@ -119,7 +119,13 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
             let t = match templates.get_opt(&r.name).await {
                 Ok(Some(t)) => t,
                 Ok(None) => return Err(format!("SandboxTemplate {} not found", r.name)),
-                Err(e) => return Err(format!("reading SandboxTemplate {}: {e}", r.name)),
+                Err(e) => {
+                    return Err(format!(
+                        "reading SandboxTemplate {}: {}",
+                        r.name,
+                        crate::context::api_message(&e)
+                    ));
+                }
             };
             spec.template_ref = Some(r.clone());
             let revision =
@@ -170,7 +176,12 @@ async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<Strin
             gc_revisions(&api, sbs, &name).await;
         }
         Err(kube::Error::Api(ae)) if ae.code == 409 => {}
-        Err(e) => return Err(format!("creating SandboxTemplate {name}: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "creating SandboxTemplate {name}: {}",
+                crate::context::api_message(&e)
+            ));
+        }
     }
     Ok(name)
 }
@@ -450,7 +461,10 @@ async fn create_members(
     let ok = results.iter().filter(|r| r.is_ok()).count() as i32;
     tracing::info!(created = ok, wanted = n, "created pool sandboxes");
     match results.into_iter().find_map(Result::err) {
-        Some(e) => Err(format!("creating sandboxes: {e}")),
+        Some(e) => Err(format!(
+            "creating sandboxes: {}",
+            crate::context::api_message(&e)
+        )),
         None => Ok(ok),
     }
 }
