@@ -40,29 +40,8 @@ k() { kubectl -n "$NS" "$@"; }
 jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
 is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 
-# manifest KIND NAME -- an agents.kruise.io object; stdin is its `spec:` block
-manifest() {
-  printf 'apiVersion: agents.kruise.io/v1alpha1\nkind: %s\nmetadata: {name: %s}\n' "$1" "$2"
-  cat
-}
-
-runtime_template() {
-  # a pod template running the Paddock runtime (envd protocol on 49983)
-  cat <<EOF
-    metadata:
-      labels: {app: sandbox}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-        - name: main
-          image: $IMAGE
-          imagePullPolicy: Never
-          env: [{name: REVISION, value: "$1"}]
-          readinessProbe:
-            httpGet: {path: /health, port: 49983}
-            periodSeconds: 1
-EOF
-}
+# shellcheck source=lib.sh
+source "$ROOT/tests/controller/lib.sh"
 
 envs_of() {
   # the runtime's environment in sandbox $1, via its /envs endpoint
@@ -283,8 +262,11 @@ spec:
 EOF
   # 5 from the pool, 2 created on no stock
   poll 90 is sandboxclaim/claim7 '{.status.phase}' Completed
+  local held
+  held=$(k get sandbox -l agents.kruise.io/claim-name=claim7 -o name | wc -l)
+  say "claim7: claimedReplicas $(jp sandboxclaim/claim7 '{.status.claimedReplicas}'), sandboxes $held"
+  ((held == 7))
   [[ $(jp sandboxclaim/claim7 '{.status.claimedReplicas}') == 7 ]]
-  [[ $(k get sandbox -l agents.kruise.io/claim-name=claim7 -o name | wc -l) == 7 ]]
   # the claim goes after ttlAfterCompleted; its sandboxes stay
   gone() { ! k get sandboxclaim claim7 >/dev/null 2>&1; }
   poll 30 gone
@@ -311,6 +293,31 @@ t_pod_protection() {
   # deleting the Sandbox itself is the way, and takes the Pod with it
   k delete sandbox "$sb" "${AS_USER[@]}" --wait=true --timeout=30s
   ! k get pod "$sb" >/dev/null 2>&1
+}
+
+t_inplace_resize() {
+  manifest SandboxSet sized <<EOF | k apply -f -
+spec:
+  replicas: 1
+  template:
+$(runtime_template 1 '{requests: {cpu: 50m, memory: 32Mi}, limits: {cpu: 100m, memory: 64Mi}}')
+EOF
+  poll 60 is sandboxset/sized '{.status.availableReplicas}' 1
+  manifest SandboxClaim resize <<EOF | k apply -f -
+spec:
+  templateName: sized
+  skipInitRuntime: true
+  inplaceUpdate: {resources: {requests: {cpu: 80m}, limits: {cpu: 160m}}}
+EOF
+  poll 30 is sandboxclaim/resize '{.status.phase}' Completed
+  local sb
+  sb=$(k get sandbox -l agents.kruise.io/claim-name=resize -o jsonpath='{.items[0].metadata.name}')
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.requests.cpu}') == 80m ]]
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.limits.cpu}') == 160m ]]
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.limits.memory}') == 64Mi ]]
+  say "pod $sb resized in place to cpu 80m/160m (restarts: $(jp "pod/$sb" '{.status.containerStatuses[0].restartCount}'))"
+  k delete sandboxset sized --wait=false
+  k delete sandbox "$sb" --wait=false
 }
 
 # expect_denied PATTERN KIND NAME -- stdin is the spec of an object the API server must
@@ -513,6 +520,7 @@ if ((FAILED == 0)); then
   step "SandboxClaim claims, sets metadata, inits the runtime; pool refills" t_claim
   step "Pod delete and eviction of a claimed sandbox are denied" t_pod_protection
   step "claim beyond stock creates sandboxes; claim deleted after ttlAfterCompleted" t_claim_no_stock_and_ttl
+  step "claim inplaceUpdate.resources resizes the Pod (pods/resize)" t_inplace_resize
   step "invalid specs are rejected naming the field" t_invalid
   step "bad input shows in status conditions and events, no hot loop" t_bad_input_in_status
   step "Checkpoint: podInfo succeeds, memory/filesystem fail clearly" t_checkpoint

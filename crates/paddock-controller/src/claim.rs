@@ -29,7 +29,7 @@ use tracing::Instrument;
 use crate::context::{Context, Kind, ReconcileError, track};
 use crate::desired::claim::{self as plan, Candidate};
 use crate::desired::duration;
-use crate::desired::sandbox::{is_ready, state};
+use crate::desired::sandbox::{is_gone, is_ready, state};
 use crate::sandbox::{ignore_not_found, patch_status};
 
 /// Most sandboxes claimed in one round (the original's batch limit).
@@ -136,7 +136,7 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
     let lp = ListParams::default().labels(&format!("{}={}", keys::LABEL_CLAIM_NAME, name));
     let mut held = Vec::new();
     for s in sandboxes.list(&lp).await?.items {
-        if s.annotations().get(keys::ANNOTATION_OWNER) != Some(&uid) || state(&s, now) == "dead" {
+        if s.annotations().get(keys::ANNOTATION_OWNER) != Some(&uid) || is_gone(&s, now) {
             continue;
         }
         let claimed_at = s

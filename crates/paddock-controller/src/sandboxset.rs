@@ -146,6 +146,15 @@ async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<Strin
     let ns = sbs.namespace().unwrap_or_default();
     let set = sbs.name_any();
     let name = format!("{set}-{rev}");
+    // The status names the revision only once it was stored: nothing to do then.
+    if sbs
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+        == Some(name.as_str())
+    {
+        return Ok(name);
+    }
     let api: Api<SandboxTemplate> = ctx.api(&ns);
     let owner = sbs
         .controller_owner_ref(&())

@@ -391,6 +391,19 @@ pub fn is_ready(sbx: &Sandbox) -> bool {
         && find_condition(&status.conditions, cond::READY).is_some_and(|c| c.status == "True")
 }
 
+/// Whether a Sandbox is finished for good: being deleted, past its `shutdownTime`, or in a
+/// terminal phase. Unlike [`state`]'s `dead`, a claimed sandbox whose Pod is briefly not
+/// ready is not gone (a claim must not replace it on a readiness blip).
+pub fn is_gone(sbx: &Sandbox, now: Timestamp) -> bool {
+    sbx.metadata.deletion_timestamp.is_some()
+        || sbx.spec.shutdown_time.as_ref().is_some_and(|t| t.0 <= now)
+        || sbx
+            .status
+            .as_ref()
+            .and_then(|s| s.phase)
+            .is_some_and(|p| p.is_terminal() || p == SandboxPhase::Terminating)
+}
+
 /// The manager-level state (`creating|available|running|paused|dead`) of a Sandbox.
 pub fn state(sbx: &Sandbox, now: Timestamp) -> &'static str {
     if sbx.metadata.deletion_timestamp.is_some() {
@@ -603,6 +616,16 @@ mod tests {
         let p = plan(&sandbox(None), Some(&other), at(1));
         assert!(p.steps.is_empty());
         assert_eq!(p.requeue_after, Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn a_claimed_sandbox_with_a_not_ready_pod_is_dead_to_the_manager_but_not_gone() {
+        let mut s = sandbox(Some(SandboxPhase::Running));
+        assert_eq!(state(&s, at(1)), "dead");
+        assert!(!is_gone(&s, at(1)));
+        s.spec.shutdown_time = Some(Time(at(1)));
+        assert!(is_gone(&s, at(1)));
+        assert!(is_gone(&sandbox(Some(SandboxPhase::Failed)), at(1)));
     }
 
     #[test]
