@@ -98,8 +98,31 @@ async fn main() -> Result<()> {
     sets.patch("warm", &pp, &Patch::Apply(pool("warm", pool_size, image)))
         .await?;
     let mut ms = Vec::with_capacity(claims);
+    let unclaimed = ListParams::default().labels(&format!(
+        "{}=warm,{}=false",
+        keys::LABEL_SANDBOX_POOL,
+        keys::LABEL_SANDBOX_CLAIMED
+    ));
     for i in 0..claims {
-        wait_available(&sets, "warm", pool_size, Duration::from_secs(300)).await?;
+        // The set's status lags a claim by a reconcile: count ready members directly, so
+        // every claim really starts from a full pool.
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            let ready = sandboxes
+                .list(&unclaimed)
+                .await?
+                .items
+                .iter()
+                .filter(|s| paddock_controller::desired::sandbox::is_ready(s))
+                .count();
+            if ready >= pool_size as usize {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the warm pool did not refill".into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         let name = format!("bench-{i}");
         let claim = SandboxClaim::new(
             &name,

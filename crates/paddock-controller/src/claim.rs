@@ -160,25 +160,26 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
     status.claimed_replicas = held.len() as i32;
 
     let mut requeue = None;
+    // Published after the status write: the claimant waits on the status, not the event.
+    let mut done_event = None;
     if usable >= replicas {
-        complete(
-            &mut status,
-            &now_t,
-            gen_,
-            false,
-            format!("claimed {usable} sandbox(es)"),
+        let age = claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| now.as_millisecond() - t.0.as_millisecond());
+        tracing::info!(
+            sandboxes = usable,
+            since_created_ms = age,
+            "claim completed"
         );
-        ctx.event(
-            claim,
-            false,
-            "ClaimCompleted",
-            format!("claimed {usable} sandbox(es)"),
-        )
-        .await;
+        let msg = format!("claimed {usable} sandbox(es)");
+        complete(&mut status, &now_t, gen_, false, msg.clone());
+        done_event = Some((false, "ClaimCompleted", msg));
     } else if now.as_millisecond() - start.as_millisecond() >= claim_timeout {
         let msg = format!("claimTimeout reached with {usable} of {replicas} sandbox(es) ready");
         complete(&mut status, &now_t, gen_, true, msg.clone());
-        ctx.event(claim, true, TIMED_OUT, msg).await;
+        done_event = Some((true, TIMED_OUT, msg));
     } else {
         let need = replicas.saturating_sub(held.len()).min(MAX_BATCH);
         if need > 0 {
@@ -227,6 +228,9 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
     }
     if status != old {
         patch_status(&claims, &name, &old, &status).await?;
+    }
+    if let Some((warning, reason, msg)) = done_event {
+        ctx.event(claim, warning, reason, msg).await;
     }
     Ok(match requeue {
         Some(d) => Action::requeue(d),
@@ -573,4 +577,88 @@ async fn create_on_no_stock(
         }
     }
     Ok(made)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use paddock_crds::{SandboxClaimSpec, SandboxSpec};
+
+    fn claim(skip_init: bool) -> SandboxClaim {
+        let mut c = SandboxClaim::new(
+            "c1",
+            SandboxClaimSpec {
+                template_name: "pool".into(),
+                labels: Some(BTreeMap::from([
+                    ("team".to_string(), "blue".to_string()),
+                    ("agents.kruise.io/forged".to_string(), "x".to_string()),
+                ])),
+                env_vars: Some(BTreeMap::from([("A".to_string(), "1".to_string())])),
+                shutdown_time: Some(Time(Timestamp::from_second(1000).unwrap())),
+                skip_init_runtime: Some(skip_init),
+                ..Default::default()
+            },
+        );
+        c.metadata.uid = Some("claim-uid".into());
+        c
+    }
+
+    fn pooled() -> Sandbox {
+        let mut s = Sandbox::new("pool-abc", SandboxSpec::default());
+        s.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "agents.kruise.io/v1alpha1".into(),
+            kind: "SandboxSet".into(),
+            name: "pool".into(),
+            uid: "set-uid".into(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }]);
+        s.labels_mut()
+            .insert(keys::LABEL_SANDBOX_CLAIMED.into(), "false".into());
+        s
+    }
+
+    #[test]
+    fn claiming_releases_the_pool_and_stamps_owner_lock_and_init_request() {
+        let mut s = pooled();
+        claim_metadata(
+            &claim(false),
+            &mut s,
+            "set-uid",
+            Timestamp::from_second(0).unwrap(),
+        );
+        assert!(s.owner_references().is_empty(), "the pool must refill");
+        assert_eq!(s.labels()[keys::LABEL_SANDBOX_CLAIMED], "true");
+        assert_eq!(s.labels()[keys::LABEL_CLAIM_NAME], "c1");
+        assert_eq!(s.labels()["team"], "blue");
+        assert!(!s.labels().contains_key("agents.kruise.io/forged"));
+        let a = s.annotations();
+        assert_eq!(a[keys::ANNOTATION_OWNER], "claim-uid");
+        assert!(!a[keys::ANNOTATION_LOCK].is_empty());
+        assert_eq!(a[keys::ANNOTATION_CLAIM_TIMESTAMP], "1970-01-01T00:00:00Z");
+        let init: serde_json::Value =
+            serde_json::from_str(&a[keys::ANNOTATION_INIT_RUNTIME_REQUEST]).unwrap();
+        assert_eq!(init["envVars"]["A"], "1");
+        assert_eq!(
+            init["accessToken"],
+            a[keys::ANNOTATION_RUNTIME_ACCESS_TOKEN].as_str()
+        );
+        assert_eq!(s.spec.shutdown_time, claim(false).spec.shutdown_time);
+    }
+
+    #[test]
+    fn skip_init_runtime_stores_no_init_request() {
+        let mut s = pooled();
+        claim_metadata(
+            &claim(true),
+            &mut s,
+            "set-uid",
+            Timestamp::from_second(0).unwrap(),
+        );
+        assert!(
+            !s.annotations()
+                .contains_key(keys::ANNOTATION_INIT_RUNTIME_REQUEST)
+        );
+    }
 }

@@ -137,7 +137,10 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
                     .unwrap_or_default();
                 let ip = status.sandbox_ip.clone().unwrap_or_default();
                 let now_t = Time(Timestamp::now());
-                match ctx.runtime.init(&ip, &body, None).await {
+                let started = std::time::Instant::now();
+                let res = ctx.runtime.init(&ip, &body, None).await;
+                tracing::info!(ok = res.is_ok(), took = ?started.elapsed(), "runtime /init");
+                match res {
                     Ok(()) => paddock_crds::set_condition(
                         &mut status.conditions,
                         cond::RUNTIME_INITIALIZED,
@@ -168,6 +171,8 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
 
     let old = sbx.status.clone().unwrap_or_default();
     if status != old {
+        patch_status(&api, &name, &old, &status).await?;
+        // Events after the status write, which is what waiters watch.
         if status.phase != old.phase
             && let Some(p) = status.phase
         {
@@ -175,16 +180,15 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
             ctx.event(sbx, false, &format!("Sandbox{}", p.as_str()), String::new())
                 .await;
         }
-        let became_stuck = |s: &SandboxStatus| {
+        let stuck = |s: &SandboxStatus| {
             paddock_crds::find_condition(&s.conditions, cond::READY)
                 .is_some_and(|c| c.reason == cond::REASON_START_CONTAINER_FAILED)
         };
-        if became_stuck(&status) && !became_stuck(&old) {
+        if stuck(&status) && !stuck(&old) {
             let msg = status.message.clone().unwrap_or_default();
             ctx.event(sbx, true, cond::REASON_START_CONTAINER_FAILED, msg)
                 .await;
         }
-        patch_status(&api, &name, &old, &status).await?;
     }
     if let Some(e) = failure {
         return Err(e);

@@ -403,3 +403,59 @@ async fn register(ctx: &Context, cfg: &WebhookConfig, ca: &str) -> Result<(), ku
     .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review(object: Value, old: Option<Value>) -> Review {
+        serde_json::from_value(json!({
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {"uid": "u-1", "operation": "UPDATE", "name": "c", "namespace": "ns",
+                        "userInfo": {"username": "alice"}, "object": object, "oldObject": old},
+        }))
+        .unwrap()
+    }
+
+    fn claim(replicas: i32) -> Value {
+        json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim",
+               "metadata": {"name": "c"}, "spec": {"templateName": "pool", "replicas": replicas}})
+    }
+
+    #[tokio::test]
+    async fn a_claim_update_changing_replicas_is_denied_with_a_422() {
+        let Json(out) = validate_sandboxclaim(Json(review(claim(2), Some(claim(1))))).await;
+        assert_eq!(out["response"]["uid"], "u-1");
+        assert_eq!(out["response"]["allowed"], false);
+        assert_eq!(out["response"]["status"]["code"], 422);
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.contains("spec.replicas: field is immutable"), "{msg}");
+        let Json(out) = validate_sandboxclaim(Json(review(claim(1), Some(claim(1))))).await;
+        assert_eq!(out["response"]["allowed"], true);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_pod_template_is_denied_naming_the_problem() {
+        let set = json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet",
+            "metadata": {"name": "s"}, "spec": {"replicas": 1, "template": {"spec": {"containers": "nope"}}}});
+        let Json(out) = validate_sandboxset(Json(review(set, None))).await;
+        assert_eq!(out["response"]["allowed"], false);
+        let msg = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(msg.starts_with("SandboxSet: invalid type"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn the_sandboxset_default_comes_back_as_a_json_patch() {
+        use base64::Engine;
+        let set = json!({"spec": {"replicas": 1}});
+        let Json(out) = default_sandboxset(Json(review(set, None))).await;
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        let patch = base64::engine::general_purpose::STANDARD
+            .decode(out["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let ops: Value = serde_json::from_slice(&patch).unwrap();
+        assert_eq!(ops[0]["value"]["maxUnavailable"], "20%");
+    }
+}
