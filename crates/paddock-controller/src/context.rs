@@ -159,6 +159,13 @@ impl Context {
         let key = backoff_key(kind, obj);
         match err {
             ReconcileError::WaitingForPod(_) => Action::requeue(Duration::from_secs(1)),
+            // The object went away between the cleanup and the finalizer's removal: done.
+            ReconcileError::Finalizer(e)
+                if matches!(&**e, kube::runtime::finalizer::Error::RemoveFinalizer(
+                    kube::Error::Api(ae)) if ae.code == 404) =>
+            {
+                Action::await_change()
+            }
             ReconcileError::Finalizer(e)
                 if matches!(
                     **e,
