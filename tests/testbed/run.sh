@@ -33,46 +33,12 @@ IMAGE=${PADDOCK_TEST_BASE_IMAGE:-$TB_IMAGE_PREFIX/sandbox-base:$TB_IMAGE_TAG}
 NS=paddock-tb-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
 
-PASSED=0
-FAILED=0
 CLUSTER_UP=0
 TORN_DOWN=0
 REUSED=0
-T0=$(date +%s)
-
-say() { printf '[run.sh %4ss] %s\n' "$(($(date +%s) - T0))" "$*"; }
-
-# step NAME FUNCTION -- runs FUNCTION with `set -e` in a subshell and records the result
-step() {
-  local name=$1 rc
-  shift
-  say "STEP $name"
-  set +e
-  (set -euo pipefail; "$@")
-  rc=$?
-  set -e
-  if ((rc == 0)); then
-    PASSED=$((PASSED + 1))
-    say "PASS $name"
-  else
-    FAILED=$((FAILED + 1))
-    say "FAIL $name (exit $rc)"
-  fi
-  return 0
-}
-
-skip() { say "SKIP $1 ($2)"; }
-
-# poll SECONDS COMMAND... -- retry until COMMAND succeeds
-poll() {
-  local secs=$1 end
-  shift
-  end=$(($(date +%s) + secs))
-  until "$@"; do
-    (($(date +%s) < end)) || return 1
-    sleep 1
-  done
-}
+STEP_PREFIX=run.sh
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
 
 # ------------------------------------------------------------------ steps ----
 

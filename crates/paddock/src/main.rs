@@ -15,6 +15,8 @@ use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
 use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable};
 use tower::ServiceExt;
 
+mod kubernetes;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "paddock",
@@ -33,6 +35,10 @@ enum Command {
     /// List or build sandbox templates.
     #[command(subcommand)]
     Template(TemplateCommand),
+    /// Print the agents.kruise.io CRDs (or write them with --out DIR).
+    Crds(kubernetes::CrdsArgs),
+    /// Run the Kubernetes Sandbox Controller (reconcilers, webhooks) against KUBECONFIG.
+    Controller(kubernetes::ControllerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -126,6 +132,8 @@ fn main() -> anyhow::Result<()> {
             match cli.command {
                 Command::Up(args) => up(args).await,
                 Command::Template(cmd) => template(cmd).await,
+                Command::Crds(args) => kubernetes::crds(args),
+                Command::Controller(args) => kubernetes::controller(args).await,
             }
         })
 }

@@ -1,0 +1,534 @@
+//! The SandboxSet reconciler: keeps `replicas` unclaimed sandboxes of the current revision.
+//!
+//! Each round lists the pool's members straight from the API server (not a cache), so sandboxes
+//! it just created are always counted and no "expectations" bookkeeping is needed. Surplus and
+//! rolled-out members are deleted with a resourceVersion precondition: if a claim updated the
+//! sandbox in between, the delete fails and the claim wins.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use paddock_crds::sandbox_conditions as sbx_cond;
+use paddock_crds::{
+    PodSource, Sandbox, SandboxSet, SandboxSpec, SandboxTemplate, SandboxTemplateSpec,
+    find_condition, keys,
+};
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::context::{Context, Kind, ReconcileError, track};
+use crate::desired::pool::{self, Member, MemberState};
+use crate::desired::{revision, sandbox::state};
+use crate::sandbox::{ignore_not_found, patch_status};
+
+/// Materialised revisions kept per SandboxSet.
+const REVISION_HISTORY: usize = 10;
+const RESYNC: Duration = Duration::from_secs(60);
+const CREATE_CONCURRENCY: usize = 16;
+
+/// Condition on a SandboxSet: whether the pool is full, current and healthy.
+const READY: &str = "Ready";
+
+pub async fn run(ctx: Arc<Context>) {
+    let stream = Controller::new(ctx.watch_api::<SandboxSet>(), watcher::Config::default())
+        // Not `owns`: a claimed sandbox loses its owner reference, and that very update must
+        // wake the pool so it refills; the pool label stays.
+        .watches(
+            ctx.watch_api::<Sandbox>(),
+            watcher::Config::default().labels(keys::LABEL_SANDBOX_POOL),
+            |s| {
+                let ns = s.namespace()?;
+                let pool = s.labels().get(keys::LABEL_SANDBOX_POOL)?;
+                Some(ObjectRef::<SandboxSet>::new(pool).within(&ns))
+            },
+        )
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .concurrency(3)
+                .debounce(Duration::from_millis(100)),
+        )
+        .run(
+            reconcile,
+            |s, e, ctx| ctx.on_error(Kind::SandboxSet, s.as_ref(), e),
+            ctx,
+        );
+    crate::drain("SandboxSet", stream).await;
+}
+
+async fn reconcile(sbs: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
+    let span = tracing::info_span!(
+        "reconcile",
+        kind = "SandboxSet",
+        namespace = %sbs.namespace().unwrap_or_default(),
+        name = %sbs.name_any()
+    );
+    if sbs.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    track(
+        &ctx,
+        Kind::SandboxSet,
+        sbs.as_ref(),
+        apply(&sbs, &ctx).instrument(span),
+    )
+    .await
+}
+
+/// What a pool sandbox is made from.
+pub(crate) struct Source {
+    pub spec: SandboxSpec,
+    pub revision: String,
+    pub current_revision: String,
+}
+
+pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, String> {
+    let ns = sbs.namespace().unwrap_or_default();
+    let s = &sbs.spec;
+    let mut spec = SandboxSpec {
+        persistence: s.persistence.clone(),
+        pod: PodSource {
+            template: None,
+            volume_claim_templates: s.pod.volume_claim_templates.clone(),
+        },
+        ..Default::default()
+    };
+    let shared = &s.persistence;
+    match (&s.pod.template, &s.template_ref) {
+        (Some(t), _) => {
+            spec.pod.template = Some(t.clone());
+            let revision = revision::hash(&json!({"template": t, "shared": shared}));
+            let current_revision = materialise(sbs, ctx, &revision).await?;
+            Ok(Source {
+                spec,
+                revision,
+                current_revision,
+            })
+        }
+        (None, Some(r)) => {
+            let templates: Api<SandboxTemplate> = ctx.api(&ns);
+            let t = match templates.get_opt(&r.name).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(format!("SandboxTemplate {} not found", r.name)),
+                Err(e) => {
+                    return Err(format!(
+                        "reading SandboxTemplate {}: {}",
+                        r.name,
+                        crate::context::api_message(&e)
+                    ));
+                }
+            };
+            spec.template_ref = Some(r.clone());
+            let revision =
+                revision::hash(&json!({"template": t.spec.pod.template, "shared": shared}));
+            Ok(Source {
+                spec,
+                revision,
+                current_revision: r.name.clone(),
+            })
+        }
+        (None, None) => Err("spec.template or spec.templateRef is required".into()),
+    }
+}
+
+/// Stores the inline template as SandboxTemplate `<set>-<revision>` (owned by the set) and
+/// drops all but the newest [`REVISION_HISTORY`] of them.
+async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<String, String> {
+    let ns = sbs.namespace().unwrap_or_default();
+    let set = sbs.name_any();
+    let name = format!("{set}-{rev}");
+    // The status names the revision only once it was stored: nothing to do then.
+    if sbs
+        .status
+        .as_ref()
+        .and_then(|s| s.current_revision.as_deref())
+        == Some(name.as_str())
+    {
+        return Ok(name);
+    }
+    let api: Api<SandboxTemplate> = ctx.api(&ns);
+    let owner = sbs
+        .controller_owner_ref(&())
+        .ok_or("SandboxSet has no UID")?;
+    let t = SandboxTemplate {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            labels: Some(BTreeMap::from([(
+                keys::LABEL_SANDBOX_POOL.to_string(),
+                set.clone(),
+            )])),
+            annotations: Some(BTreeMap::from([(
+                keys::ANNOTATION_CLEANUP_CANDIDATE.to_string(),
+                "true".to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            ..Default::default()
+        },
+        spec: SandboxTemplateSpec {
+            pod: sbs.spec.pod.clone(),
+            persistence: sbs.spec.persistence.clone(),
+        },
+    };
+    match api.create(&PostParams::default(), &t).await {
+        Ok(_) => {
+            tracing::info!(template = %name, "materialised revision");
+            gc_revisions(&api, sbs, &name).await;
+        }
+        Err(kube::Error::Api(ae)) if ae.code == 409 => {}
+        Err(e) => {
+            return Err(format!(
+                "creating SandboxTemplate {name}: {}",
+                crate::context::api_message(&e)
+            ));
+        }
+    }
+    Ok(name)
+}
+
+async fn gc_revisions(api: &Api<SandboxTemplate>, sbs: &SandboxSet, current: &str) {
+    let lp =
+        ListParams::default().labels(&format!("{}={}", keys::LABEL_SANDBOX_POOL, sbs.name_any()));
+    let Ok(list) = api.list(&lp).await else {
+        return;
+    };
+    let uid = sbs.metadata.uid.clone();
+    let mut ours: Vec<SandboxTemplate> = list
+        .items
+        .into_iter()
+        .filter(|t| {
+            t.owner_references()
+                .iter()
+                .any(|o| Some(&o.uid) == uid.as_ref())
+        })
+        .filter(|t| {
+            t.annotations()
+                .contains_key(keys::ANNOTATION_CLEANUP_CANDIDATE)
+        })
+        .collect();
+    ours.sort_by_key(|t| std::cmp::Reverse(t.metadata.creation_timestamp.clone().map(|t| t.0)));
+    for t in ours.iter().skip(REVISION_HISTORY) {
+        if t.name_any() != current {
+            let _ = api.delete(&t.name_any(), &DeleteParams::default()).await;
+        }
+    }
+}
+
+fn member(s: &Sandbox, now: Timestamp) -> Member {
+    let state = match state(s, now) {
+        "dead" => MemberState::Dead,
+        "available" => MemberState::Available,
+        _ => MemberState::Creating,
+    };
+    Member {
+        name: s.name_any(),
+        revision: s.labels().get(keys::LABEL_TEMPLATE_HASH).cloned(),
+        state,
+        created: s
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map_or(0, |t| t.0.as_second()),
+    }
+}
+
+/// A pool member that cannot start, with the reason, if any.
+fn stuck(members: &[Sandbox]) -> Option<String> {
+    members.iter().find_map(|s| {
+        let c = find_condition(&s.status.as_ref()?.conditions, sbx_cond::READY)?;
+        (c.reason == sbx_cond::REASON_START_CONTAINER_FAILED
+            || c.reason == sbx_cond::REASON_POD_CREATE_FAILED)
+            .then(|| format!("sandbox {}: {}", s.name_any(), c.message))
+    })
+}
+
+async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError> {
+    let ns = sbs.namespace().unwrap_or_default();
+    let name = sbs.name_any();
+    let sets: Api<SandboxSet> = ctx.api(&ns);
+    let sandboxes: Api<Sandbox> = ctx.api(&ns);
+    let old = sbs.status.clone().unwrap_or_default();
+    let mut status = old.clone();
+    status.observed_generation = sbs.metadata.generation;
+    status.selector = Some(format!(
+        "{}={},{}=false",
+        keys::LABEL_SANDBOX_POOL,
+        name,
+        keys::LABEL_SANDBOX_CLAIMED
+    ));
+    let now = Timestamp::now();
+    let now_t = Time(now);
+    let gen_ = sbs.metadata.generation;
+
+    let source = match resolve(sbs, ctx).await {
+        Ok(s) => s,
+        Err(msg) => {
+            let reason = if msg.contains("not found") {
+                "TemplateNotFound"
+            } else {
+                "InvalidTemplate"
+            };
+            paddock_crds::set_condition(
+                &mut status.conditions,
+                READY,
+                false,
+                reason,
+                &msg,
+                &now_t,
+                gen_,
+            );
+            if status != old {
+                ctx.event(sbs, true, reason, msg.clone()).await;
+                patch_status(&sets, &name, &old, &status).await?;
+            }
+            return Err(ReconcileError::Invalid(msg));
+        }
+    };
+
+    let lp = ListParams::default().labels(&format!("{}={}", keys::LABEL_SANDBOX_POOL, name));
+    let uid = sbs.metadata.uid.clone();
+    let members: Vec<Sandbox> = sandboxes
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| {
+            s.owner_references()
+                .iter()
+                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+        })
+        .collect();
+    let views: Vec<Member> = members.iter().map(|s| member(s, now)).collect();
+
+    // Dead members (a pod that exited, an image that never pulls under restartPolicy Never)
+    // would otherwise be replaced at full speed forever: replacements back off per set.
+    let churn_key = format!("churn/{ns}/{name}");
+    let dead = views.iter().any(|m| m.state == MemberState::Dead);
+    let may_create = ctx.pool_gate.may_create(&churn_key, dead);
+
+    let plan = pool::plan(
+        sbs.spec.replicas,
+        &source.revision,
+        &views,
+        sbs.spec
+            .scale_strategy
+            .as_ref()
+            .and_then(|s| s.max_unavailable.as_ref()),
+        sbs.spec
+            .update_strategy
+            .as_ref()
+            .and_then(|s| s.max_unavailable.as_ref()),
+        may_create,
+    );
+
+    for n in &plan.delete_dead {
+        ignore_not_found(
+            sandboxes
+                .delete(n, &DeleteParams::default())
+                .await
+                .map(|_| ()),
+        )?;
+    }
+    let mut lost_races = 0;
+    for n in plan.scale_down.iter().chain(&plan.rollout) {
+        let rv = members
+            .iter()
+            .find(|s| &s.name_any() == n)
+            .and_then(|s| s.resource_version());
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: None,
+                resource_version: rv,
+            }),
+            ..Default::default()
+        };
+        match sandboxes.delete(n, &dp).await {
+            Ok(_) => tracing::info!(sandbox = %n, "deleted pool sandbox"),
+            Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => lost_races += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let created = create_members(sbs, &sandboxes, &source, plan.create).await;
+    let failed_creates = plan.create - created.as_ref().map_or(0, |n| *n);
+
+    let c = &plan.counters;
+    status.replicas = c.replicas - failed_creates;
+    status.available_replicas = c.available;
+    status.updated_replicas = c.updated - failed_creates;
+    status.updated_available_replicas = c.updated_available;
+    status.update_revision = Some(source.revision.clone());
+    status.current_revision = Some(source.current_revision.clone());
+
+    let (ok, reason, msg) = if let Err(e) = &created {
+        (false, "SandboxCreateFailed", e.clone())
+    } else if let Some(m) = stuck(&members) {
+        (false, "SandboxStartFailed", m)
+    } else if c.available < sbs.spec.replicas {
+        (
+            false,
+            "Filling",
+            format!("{}/{} available", c.available, sbs.spec.replicas),
+        )
+    } else if c.updated_available < c.available {
+        (
+            false,
+            "Updating",
+            format!("{}/{} updated", c.updated_available, c.available),
+        )
+    } else {
+        (true, "Available", String::new())
+    };
+    let was_failing = find_condition(&old.conditions, READY)
+        .is_some_and(|c| c.reason == reason && c.status == "False");
+    if !ok && !was_failing && (reason == "SandboxStartFailed" || reason == "SandboxCreateFailed") {
+        ctx.event(sbs, true, reason, msg.clone()).await;
+    }
+    paddock_crds::set_condition(
+        &mut status.conditions,
+        READY,
+        ok,
+        reason,
+        &msg,
+        &now_t,
+        gen_,
+    );
+    if status != old {
+        patch_status(&sets, &name, &old, &status).await?;
+    }
+    if let Err(e) = created {
+        return Err(ReconcileError::Invalid(e));
+    }
+    if !may_create || lost_races > 0 {
+        return Ok(Action::requeue(
+            ctx.pool_gate
+                .wait(&churn_key)
+                .max(Duration::from_millis(200)),
+        ));
+    }
+    Ok(Action::requeue(RESYNC))
+}
+
+/// Creates `n` pool sandboxes; returns how many were created, or the first error.
+async fn create_members(
+    sbs: &SandboxSet,
+    api: &Api<Sandbox>,
+    source: &Source,
+    n: i32,
+) -> Result<i32, String> {
+    if n <= 0 {
+        return Ok(0);
+    }
+    let name = sbs.name_any();
+    let mut prefix = format!("{name}-");
+    prefix.truncate(58);
+    let owner = sbs
+        .controller_owner_ref(&())
+        .ok_or("SandboxSet has no UID")?;
+    let template = Sandbox {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix),
+            namespace: sbs.namespace(),
+            labels: Some(BTreeMap::from([
+                (keys::LABEL_SANDBOX_POOL.to_string(), name.clone()),
+                (keys::LABEL_SANDBOX_TEMPLATE.to_string(), name.clone()),
+                (keys::LABEL_SANDBOX_CLAIMED.to_string(), "false".to_string()),
+                (
+                    keys::LABEL_TEMPLATE_HASH.to_string(),
+                    source.revision.clone(),
+                ),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                keys::ANNOTATION_SANDBOX_PRIORITY.to_string(),
+                "0".to_string(),
+            )])),
+            owner_references: Some(vec![owner]),
+            // Present from the start, so the Sandbox reconciler need not add it (one write less).
+            finalizers: Some(vec![keys::FINALIZER_SANDBOX.to_string()]),
+            ..Default::default()
+        },
+        spec: source.spec.clone(),
+        status: None,
+    };
+    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(0..n)
+        .map(|_| async {
+            api.create(&PostParams::default(), &template)
+                .await
+                .map(|_| ())
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect()
+        .await;
+    let ok = results.iter().filter(|r| r.is_ok()).count() as i32;
+    tracing::info!(created = ok, wanted = n, "created pool sandboxes");
+    match results.into_iter().find_map(Result::err) {
+        Some(e) => Err(format!(
+            "creating sandboxes: {}",
+            crate::context::api_message(&e)
+        )),
+        None => Ok(ok),
+    }
+}
+
+/// Holds back pool refills while members keep dying, doubling the pause each time.
+#[derive(Default)]
+pub struct PoolGate {
+    /// Per set: deaths so far and the end of the current pause.
+    state: Mutex<BTreeMap<String, (u32, Instant)>>,
+}
+
+impl PoolGate {
+    /// Whether the pool may create now; `dead` says this round found dead members, which
+    /// opens a pause (1 s, doubling per death up to 5 min; forgotten after 5 quiet minutes).
+    pub fn may_create(&self, key: &str, dead: bool) -> bool {
+        let mut map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let quiet = Duration::from_secs(300);
+        if let Some((_, until)) = map.get(key) {
+            if *until > now {
+                return false;
+            }
+            if now.duration_since(*until) > quiet {
+                map.remove(key);
+            }
+        }
+        if dead {
+            let entry = map.entry(key.to_string()).or_insert((0, now));
+            let pause = Duration::from_secs(1 << entry.0.min(9)).min(quiet);
+            entry.0 = entry.0.saturating_add(1);
+            entry.1 = now + pause;
+        }
+        true
+    }
+
+    pub fn wait(&self, key: &str) -> Duration {
+        let map = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(key).map_or(Duration::ZERO, |(_, until)| {
+            until.saturating_duration_since(Instant::now())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_gate_lets_the_first_replacement_through_then_pauses() {
+        let g = PoolGate::default();
+        assert!(g.may_create("a", false));
+        assert!(g.may_create("a", true));
+        assert!(!g.may_create("a", true));
+        assert!(!g.may_create("a", false));
+        assert!(g.wait("a") > Duration::ZERO);
+        assert!(g.may_create("b", false));
+    }
+}

@@ -1,0 +1,529 @@
+#!/usr/bin/env bash
+# End-to-end test of the Sandbox Controller (`paddock controller`) against the
+# Kubernetes test bed (hack/testbed): real API server, scheduler, kubelet.
+#
+# Installs the CRDs, runs the controller on the host with its admission webhooks
+# registered by URL, and in a fresh namespace checks: Sandbox lifecycle (Pod,
+# status, pause/resume with /init replay, shutdownTime), SandboxSet fill, rollout
+# within maxUnavailable, SandboxClaim and refill, Pod delete/eviction protection,
+# rejection of invalid specs, Checkpoints, and how bad input shows up in status.
+# Prints `N passed, M failed` last; exits non-zero on failure.
+#
+# Uses $PADDOCK_BIN and $PADDOCK_RUNTIME_BIN when set (hack/test sets both),
+# otherwise builds them. Starts the test bed when it is not running and leaves it
+# running (other suites share it); removes its namespace, webhook configurations
+# and controller process at the end.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+TESTBED=$ROOT/hack/testbed
+eval "$("$TESTBED" env | sed 's/^/TB_/')"
+export KUBECONFIG=$TB_KUBECONFIG_ADMIN
+export PATH=$TB_BIN:$PATH
+
+NS=pdk-ctl-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
+WORK=$(mktemp -d)
+IMAGE=$TB_IMAGE_PREFIX/paddock-runtime:$TB_IMAGE_TAG
+PORT_BASE=$((20000 + RANDOM % 20000))
+WEBHOOK_PORT=$PORT_BASE
+HEALTH=127.0.0.1:$((PORT_BASE + 1))
+METRICS=127.0.0.1:$((PORT_BASE + 2))
+CTL_PID=
+# Another identity than the controller's, for the Pod-protection checks.
+AS_USER=(--as=paddock-test-user --as-group=system:masters)
+
+STEP_PREFIX=controller
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+
+k() { kubectl -n "$NS" "$@"; }
+jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
+is() { [[ $(jp "$1" "$2") == "$3" ]]; }
+
+# shellcheck source=lib.sh
+source "$ROOT/tests/controller/lib.sh"
+
+envs_of() {
+  # the runtime's environment in sandbox $1, via its /envs endpoint
+  local ip token
+  ip=$(jp "sandbox/$1" '{.status.sandboxIp}')
+  token=$(jp "sandbox/$1" '{.metadata.annotations.agents\.kruise\.io/runtime-access-token}')
+  curl -sf --max-time 3 ${token:+-H "X-Access-Token: $token"} "http://$ip:49983/envs"
+}
+
+# ------------------------------------------------------------------ setup ----
+
+t_testbed() {
+  "$TESTBED" status >/dev/null 2>&1 || "$TESTBED" up
+  [[ $(kubectl get --raw /readyz) == ok ]]
+}
+
+t_binaries() {
+  local bin=${PADDOCK_BIN:-} rt=${PADDOCK_RUNTIME_BIN:-}
+  if [[ -z $bin || -z $rt ]]; then
+    # shellcheck source=../../hack/lib.sh
+    source "$ROOT/hack/lib.sh"
+    if [[ -z $bin ]]; then build_paddock; bin=$PADDOCK_BIN; fi
+    if [[ -z $rt ]]; then build_runtime; rt=$RUNTIME_BIN; fi
+  fi
+  echo "PADDOCK_BIN=$bin PADDOCK_RUNTIME_BIN=$rt" >"$WORK/bins"
+  "$TESTBED" image-bin paddock-runtime "$rt" -base sandbox-base
+}
+
+t_crds() {
+  local f
+  for f in "$ROOT"/deploy/crds/*.yaml; do
+    kubectl apply --server-side --force-conflicts -f "$f" >/dev/null
+  done
+  kubectl wait --for=condition=Established --timeout=60s \
+    crd/sandboxes.agents.kruise.io crd/sandboxsets.agents.kruise.io crd/sandboxclaims.agents.kruise.io \
+    crd/sandboxtemplates.agents.kruise.io crd/checkpoints.agents.kruise.io
+  # what `paddock crds` prints is what is checked in
+  "$PADDOCK_BIN" crds >"$WORK/crds.yaml"
+  cat "$ROOT"/deploy/crds/agents.kruise.io_{sandboxes,sandboxsets,sandboxclaims,sandboxtemplates,checkpoints}.yaml |
+    awk 'NR > 1 && /^# Generated/ {print "---"} {print}' | diff - "$WORK/crds.yaml"
+  kubectl get sbx,sbs,sbc,sbt,cp -A >/dev/null
+}
+
+t_controller() {
+  kubectl create namespace "$NS"
+  # The leader Lease lives apart, so that deleting $NS at the end does not take it first.
+  kubectl create namespace "$NS-lease"
+  "$PADDOCK_BIN" controller --namespace "$NS" --log-level info \
+    --webhook-url-host "$TB_NODE_IP" --webhook-port "$WEBHOOK_PORT" --webhook-config-name "$NS" \
+    --leader-elect --leader-elect-namespace "$NS-lease" \
+    --health-probe-bind-address "$HEALTH" --metrics-bind-address "$METRICS" \
+    >"$WORK/controller.log" 2>&1 &
+  echo $! >"$WORK/controller.pid"
+  poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
+  curl -sf "http://$HEALTH/healthz" >/dev/null
+  curl -sf "http://$METRICS/metrics" | grep -q '^paddock_controller_leader 1'
+  [[ -n $(kubectl -n "$NS-lease" get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}') ]]
+  kubectl get "validatingwebhookconfiguration/$NS-validating" "mutatingwebhookconfiguration/$NS-mutating" >/dev/null
+}
+
+# ------------------------------------------------------------------ steps ----
+
+t_existing_manifest() {
+  # A manifest using fields the controller does not act on yet must still apply as is.
+  k apply --dry-run=server --validate=strict -f - <<EOF
+apiVersion: agents.kruise.io/v1alpha1
+kind: Sandbox
+metadata: {name: full}
+spec:
+  paused: false
+  pauseStrategy: {type: Stop}
+  persistentContents: [ip, filesystem]
+  runtimes: [{name: agent-runtime}]
+  lifecycle:
+    preUpgrade: {exec: {command: [sh, -c, "true"]}, timeoutSeconds: 30}
+  upgradePolicy: {type: Recreate}
+  templateRef: {name: some-template}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+EOF
+}
+
+t_sandbox() {
+  manifest Sandbox sb1 <<EOF | k apply -f -
+spec:
+  template:
+$(runtime_template 1)
+EOF
+  poll 60 is sandbox/sb1 '{.status.phase}' Running
+  poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="Ready")].status}' True
+  [[ $(jp sandbox/sb1 '{.status.sandboxIp}') == "$(jp pod/sb1 '{.status.podIP}')" ]]
+  [[ $(jp sandbox/sb1 '{.status.nodeName}') == "$TB_NODE_NAME" ]]
+  [[ $(jp pod/sb1 '{.metadata.ownerReferences[0].kind}') == Sandbox ]]
+  [[ $(jp pod/sb1 '{.metadata.labels.agents\.kruise\.io/created-by}') == sandbox ]]
+  say "sandbox sb1 Running at $(jp sandbox/sb1 '{.status.sandboxIp}')"
+}
+
+t_pause_resume() {
+  local ip uid
+  k annotate sandbox sb1 'agents.kruise.io/init-runtime-request={"envVars":{"PADDOCK_TEST":"replayed"}}'
+  poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="RuntimeInitialized")].status}' True
+  envs_of sb1 | grep -q '"PADDOCK_TEST":"replayed"'
+  ip=$(jp sandbox/sb1 '{.status.sandboxIp}')
+  uid=$(jp pod/sb1 '{.metadata.uid}')
+  k patch sandbox sb1 --type merge -p '{"spec":{"paused":true}}'
+  poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="SandboxPaused")].status}' True
+  ! k get pod sb1 >/dev/null 2>&1
+  [[ $(jp sandbox/sb1 '{.status.phase}') == Paused ]]
+  [[ $(jp sandbox/sb1 '{.metadata.finalizers[0]}') == agents.kruise.io/sandbox ]]
+  say "paused: Pod deleted, Sandbox kept with its finalizer"
+  k patch sandbox sb1 --type merge -p '{"spec":{"paused":false}}'
+  poll 60 is sandbox/sb1 '{.status.conditions[?(@.type=="SandboxResumed")].status}' True
+  poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="RuntimeInitialized")].status}' True
+  [[ $(jp sandbox/sb1 '{.status.phase}') == Running ]]
+  [[ $(jp pod/sb1 '{.metadata.uid}') != "$uid" ]]
+  [[ $(jp sandbox/sb1 '{.status.sandboxIp}') != "$ip" ]]
+  envs_of sb1 | grep -q '"PADDOCK_TEST":"replayed"'
+  say "resumed at $(jp sandbox/sb1 '{.status.sandboxIp}') (was $ip); /init replayed"
+}
+
+t_shutdown_time() {
+  k patch sandbox sb1 --type merge -p "{\"spec\":{\"shutdownTime\":\"$(date -u -d '+3 sec' +%Y-%m-%dT%H:%M:%SZ)\"}}"
+  gone() { ! k get sandbox sb1 >/dev/null 2>&1 && ! k get pod sb1 >/dev/null 2>&1; }
+  poll 30 gone
+}
+
+t_pause_time() {
+  manifest Sandbox sb2 <<EOF | k apply -f -
+spec:
+  pauseTime: "$(date -u -d '+4 sec' +%Y-%m-%dT%H:%M:%SZ)"
+  template:
+$(runtime_template 1)
+EOF
+  poll 60 is sandbox/sb2 '{.status.phase}' Running
+  poll 30 is sandbox/sb2 '{.spec.paused}' true
+  poll 30 is sandbox/sb2 '{.status.conditions[?(@.type=="SandboxPaused")].status}' True
+  k delete sandbox sb2 --wait=true --timeout=30s
+}
+
+pool_yaml() {
+  manifest SandboxSet pool <<EOF
+spec:
+  replicas: 5
+  template:
+$(runtime_template "$1")
+EOF
+}
+
+t_pool_fill() {
+  pool_yaml 1 | k apply -f -
+  [[ $(jp sandboxset/pool '{.spec.updateStrategy.maxUnavailable}') == 20% ]]
+  poll 90 is sandboxset/pool '{.status.availableReplicas}' 5
+  [[ $(jp sandboxset/pool '{.status.replicas}') == 5 ]]
+  [[ $(jp sandboxset/pool '{.status.updatedAvailableReplicas}') == 5 ]]
+  [[ $(k get sandbox -l agents.kruise.io/sandbox-pool=pool,agents.kruise.io/sandbox-claimed=false -o name | wc -l) == 5 ]]
+  k get sandboxtemplate "pool-$(jp sandboxset/pool '{.status.updateRevision}')" >/dev/null
+  [[ $(kubectl get --raw "/apis/agents.kruise.io/v1alpha1/namespaces/$NS/sandboxsets/pool/scale" | grep -o '"replicas":5' | head -1) == '"replicas":5' ]]
+  k get sandboxset pool
+}
+
+t_rollout() {
+  local old new min=5 line avail updated
+  old=$(jp sandboxset/pool '{.status.updateRevision}')
+  pool_yaml 2 | k apply -f -
+  poll 10 bash -c "[[ \$(kubectl -n $NS get sbs pool -o jsonpath='{.status.updateRevision}') != $old ]]"
+  new=$(jp sandboxset/pool '{.status.updateRevision}')
+  # 20% of 5 rounds up to 1: never more than one sandbox unavailable during the rollout
+  for _ in $(seq 1 240); do
+    line=$(jp sandboxset/pool '{.status.availableReplicas} {.status.updatedAvailableReplicas}')
+    read -r avail updated <<<"$line"
+    ((avail < min)) && min=$avail
+    [[ $updated == 5 && $avail == 5 ]] && break
+    sleep 0.5
+  done
+  say "rollout $old -> $new: lowest availableReplicas seen $min"
+  ((min >= 4))
+  [[ $(jp sandboxset/pool '{.status.updatedReplicas}') == 5 ]]
+  [[ $(jp sandboxset/pool '{.status.currentRevision}') == "pool-$new" ]]
+  [[ $(k get sandbox -l "agents.kruise.io/sandbox-pool=pool,agents.kruise.io/template-hash=$new" -o name | wc -l) == 5 ]]
+  [[ $(k get sandbox -l "agents.kruise.io/sandbox-pool=pool,agents.kruise.io/template-hash=$old" -o name | wc -l) == 0 ]]
+}
+
+t_claim() {
+  manifest SandboxClaim claim1 <<EOF | k apply -f -
+spec:
+  templateName: pool
+  labels: {team: blue}
+  annotations: {note: hello}
+  envVars: {CLAIMED_BY: claim1}
+EOF
+  poll 30 is sandboxclaim/claim1 '{.status.phase}' Completed
+  [[ $(jp sandboxclaim/claim1 '{.status.claimedReplicas}') == 1 ]]
+  [[ $(jp sandboxclaim/claim1 '{.status.conditions[?(@.type=="Completed")].status}') == True ]]
+  local sb
+  sb=$(k get sandbox -l agents.kruise.io/claim-name=claim1 -o jsonpath='{.items[0].metadata.name}')
+  echo "$sb" >"$WORK/claimed"
+  [[ $(jp "sandbox/$sb" '{.metadata.labels.agents\.kruise\.io/sandbox-claimed}') == true ]]
+  [[ $(jp "sandbox/$sb" '{.metadata.labels.team}') == blue ]]
+  [[ $(jp "sandbox/$sb" '{.metadata.annotations.note}') == hello ]]
+  [[ $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/owner}') == "$(jp sandboxclaim/claim1 '{.metadata.uid}')" ]]
+  [[ -n $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/lock}') ]]
+  [[ -z $(jp "sandbox/$sb" '{.metadata.ownerReferences}') ]]
+  envs_of "$sb" | grep -q '"CLAIMED_BY":"claim1"'
+  # the pool refills behind the claim
+  poll 60 is sandboxset/pool '{.status.availableReplicas}' 5
+  poll 30 bash -c "[[ \$(kubectl -n $NS get sandbox -l agents.kruise.io/sandbox-pool=pool -o name | wc -l) == 6 ]]"
+  say "claimed $sb; pool back to 5 available"
+}
+
+t_claim_no_stock_and_ttl() {
+  manifest SandboxClaim claim7 <<EOF | k apply -f -
+spec:
+  templateName: pool
+  replicas: 7
+  ttlAfterCompleted: 5s
+  skipInitRuntime: true
+EOF
+  # 5 from the pool, 2 created on no stock
+  poll 90 is sandboxclaim/claim7 '{.status.phase}' Completed
+  local held
+  held=$(k get sandbox -l agents.kruise.io/claim-name=claim7 -o name | wc -l)
+  say "claim7: claimedReplicas $(jp sandboxclaim/claim7 '{.status.claimedReplicas}'), sandboxes $held"
+  ((held == 7))
+  [[ $(jp sandboxclaim/claim7 '{.status.claimedReplicas}') == 7 ]]
+  # the claim goes after ttlAfterCompleted; its sandboxes stay
+  gone() { ! k get sandboxclaim claim7 >/dev/null 2>&1; }
+  poll 30 gone
+  [[ $(k get sandbox -l agents.kruise.io/claim-name=claim7 -o name | wc -l) == 7 ]]
+  k delete sandbox -l agents.kruise.io/claim-name=claim7 --wait=false >/dev/null
+}
+
+t_pod_protection() {
+  local sb
+  sb=$(cat "$WORK/claimed")
+  if k delete pod "$sb" "${AS_USER[@]}" --wait=false 2>"$WORK/deny.txt"; then
+    say "deleting the Pod of claimed sandbox $sb was allowed"
+    return 1
+  fi
+  grep -q 'delete the Sandbox instead' "$WORK/deny.txt"
+  say "delete denied: $(cat "$WORK/deny.txt")"
+  printf '{"apiVersion":"policy/v1","kind":"Eviction","metadata":{"name":"%s","namespace":"%s"}}' "$sb" "$NS" >"$WORK/eviction.json"
+  if kubectl create --raw "/api/v1/namespaces/$NS/pods/$sb/eviction" -f "$WORK/eviction.json" "${AS_USER[@]}" 2>"$WORK/deny.txt"; then
+    say "evicting the Pod of claimed sandbox $sb was allowed"
+    return 1
+  fi
+  grep -q 'delete the Sandbox instead' "$WORK/deny.txt"
+  [[ -z $(jp "pod/$sb" '{.metadata.deletionTimestamp}') ]]
+  # deleting the Sandbox itself is the way, and takes the Pod with it
+  k delete sandbox "$sb" "${AS_USER[@]}" --wait=true --timeout=30s
+  ! k get pod "$sb" >/dev/null 2>&1
+}
+
+t_inplace_resize() {
+  manifest SandboxSet sized <<EOF | k apply -f -
+spec:
+  replicas: 1
+  template:
+$(runtime_template 1 '{requests: {cpu: 50m, memory: 32Mi}, limits: {cpu: 100m, memory: 64Mi}}')
+EOF
+  poll 60 is sandboxset/sized '{.status.availableReplicas}' 1
+  manifest SandboxClaim resize <<EOF | k apply -f -
+spec:
+  templateName: sized
+  skipInitRuntime: true
+  inplaceUpdate: {resources: {requests: {cpu: 80m}, limits: {cpu: 160m}}}
+EOF
+  poll 30 is sandboxclaim/resize '{.status.phase}' Completed
+  local sb
+  sb=$(k get sandbox -l agents.kruise.io/claim-name=resize -o jsonpath='{.items[0].metadata.name}')
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.requests.cpu}') == 80m ]]
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.limits.cpu}') == 160m ]]
+  [[ $(jp "pod/$sb" '{.spec.containers[0].resources.limits.memory}') == 64Mi ]]
+  say "pod $sb resized in place to cpu 80m/160m (restarts: $(jp "pod/$sb" '{.status.containerStatuses[0].restartCount}'))"
+  k delete sandboxset sized --wait=false
+  k delete sandbox "$sb" --wait=false
+}
+
+# expect_denied PATTERN KIND NAME -- stdin is the spec of an object the API server must
+# reject with PATTERN
+expect_denied() {
+  local pattern=$1
+  shift
+  if manifest "$@" | k apply -f - 2>"$WORK/invalid.txt" >/dev/null; then
+    say "accepted, expected a rejection matching: $pattern"
+    return 1
+  fi
+  grep -qF -- "$pattern" "$WORK/invalid.txt" || { cat "$WORK/invalid.txt"; return 1; }
+  say "rejected: $(head -c 300 "$WORK/invalid.txt")"
+}
+
+t_invalid() {
+  expect_denied 'spec.template.spec.containers[0].image: required' SandboxSet bad1 <<EOF
+spec:
+  replicas: 1
+  template: {spec: {containers: [{name: main}]}}
+EOF
+  expect_denied 'spec.updateStrategy.maxUnavailable' SandboxSet bad2 <<EOF
+spec:
+  replicas: 1
+  updateStrategy: {maxUnavailable: "150%"}
+  template: {spec: {containers: [{name: main, image: x}]}}
+EOF
+  expect_denied 'exactly one may be set' SandboxSet bad3 <<EOF
+spec:
+  replicas: 1
+  templateRef: {name: t}
+  template: {spec: {containers: [{name: main, image: x}]}}
+EOF
+  expect_denied 'spec.replicas' SandboxSet bad4 <<EOF
+spec:
+  replicas: -1
+  template: {spec: {containers: [{name: main, image: x}]}}
+EOF
+  expect_denied 'spec.claimTimeout: must be at least 1s' SandboxClaim bad5 <<EOF
+spec: {templateName: pool, claimTimeout: 10ms}
+EOF
+  expect_denied 'spec.labels[agents.kruise.io/owner]' SandboxClaim bad6 <<EOF
+spec: {templateName: pool, labels: {agents.kruise.io/owner: me}}
+EOF
+  expect_denied 'spec.replicas' SandboxClaim bad7 <<EOF
+spec: {templateName: pool, replicas: 0}
+EOF
+  expect_denied 'spec.template: required' SandboxTemplate bad8 <<EOF
+spec: {}
+EOF
+  # immutable fields of a SandboxClaim
+  manifest SandboxClaim fixed <<EOF | k apply -f -
+spec: {templateName: nowhere, claimTimeout: 2s, createOnNoStock: false}
+EOF
+  ! k patch sandboxclaim fixed --type merge -p '{"spec":{"replicas":2}}' 2>"$WORK/invalid.txt"
+  grep -q 'immutable' "$WORK/invalid.txt"
+  ! k patch sandboxclaim fixed --type merge -p '{"spec":{"templateName":"pool"}}' 2>"$WORK/invalid.txt"
+  grep -q 'spec.templateName: field is immutable' "$WORK/invalid.txt"
+}
+
+t_bad_input_in_status() {
+  # a claim on a missing SandboxSet times out with a message; a pool whose image does not
+  # exist and a sandbox that crashes report it in conditions and events, without a hot loop
+  poll 30 is sandboxclaim/fixed '{.status.conditions[?(@.type=="TimedOut")].status}' True
+  jp sandboxclaim/fixed '{.status.conditions[?(@.type=="Completed")].message}' | grep -q claimTimeout
+  k get events --field-selector involvedObject.name=fixed | grep -q 'SandboxSet nowhere not found'
+  k apply -f - <<EOF
+apiVersion: agents.kruise.io/v1alpha1
+kind: SandboxSet
+metadata: {name: noimage}
+spec:
+  replicas: 2
+  template:
+    spec:
+      containers: [{name: main, image: "$TB_IMAGE_PREFIX/does-not-exist:$TB_IMAGE_TAG", imagePullPolicy: Never}]
+---
+apiVersion: agents.kruise.io/v1alpha1
+kind: SandboxSet
+metadata: {name: noref}
+spec:
+  replicas: 1
+  templateRef: {name: missing-template}
+---
+apiVersion: agents.kruise.io/v1alpha1
+kind: Sandbox
+metadata: {name: crasher}
+spec:
+  template:
+    spec:
+      containers: [{name: main, image: "$IMAGE", imagePullPolicy: Never, command: [/bin/false]}]
+EOF
+  poll 60 is sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].reason}' SandboxStartFailed
+  jp sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].message}' | grep -q ErrImageNeverPull
+  poll 30 is sandboxset/noref '{.status.conditions[?(@.type=="Ready")].reason}' TemplateNotFound
+  poll 60 is sandbox/crasher '{.status.conditions[?(@.type=="Ready")].reason}' StartContainerFailed
+  jp sandbox/crasher '{.status.message}' | grep -q CrashLoopBackOff
+  k get events --field-selector involvedObject.name=noimage | grep -q SandboxStartFailed
+  local before after
+  before=$(curl -sf "http://$METRICS/metrics" | awk '/^paddock_controller_reconcile_total/ {s += $2} END {print s}')
+  sleep 10
+  after=$(curl -sf "http://$METRICS/metrics" | awk '/^paddock_controller_reconcile_total/ {s += $2} END {print s}')
+  say "reconciles in 10 s with three broken objects: $((after - before))"
+  ((after - before < 40))
+  [[ $(k get sandbox -l agents.kruise.io/sandbox-pool=noimage -o name | wc -l) == 2 ]]
+  k delete sandboxset noimage noref --wait=false
+  k delete sandbox crasher --wait=false
+}
+
+t_checkpoint() {
+  local sb
+  sb=$(k get sandbox -l agents.kruise.io/sandbox-pool=pool -o jsonpath='{.items[0].metadata.name}')
+  k apply -f - <<EOF
+apiVersion: agents.kruise.io/v1alpha1
+kind: Checkpoint
+metadata: {name: cp-info}
+spec: {sandboxName: $sb, persistentContents: [podInfo], ttlAfterFinished: 30m}
+---
+apiVersion: agents.kruise.io/v1alpha1
+kind: Checkpoint
+metadata: {name: cp-memory}
+spec: {sandboxName: $sb, persistentContents: [memory, filesystem]}
+---
+apiVersion: agents.kruise.io/v1alpha1
+kind: Checkpoint
+metadata: {name: cp-missing}
+spec: {sandboxName: no-such-sandbox, persistentContents: [podInfo]}
+EOF
+  poll 30 is checkpoint/cp-info '{.status.phase}' Succeeded
+  [[ -n $(jp checkpoint/cp-info '{.status.checkpointId}') ]]
+  [[ $(jp checkpoint/cp-info '{.metadata.finalizers[0]}') == agents.kruise.io/checkpoint ]]
+  poll 30 is checkpoint/cp-memory '{.status.phase}' Failed
+  jp checkpoint/cp-memory '{.status.message}' | grep -q 'not supported yet'
+  poll 30 is checkpoint/cp-missing '{.status.phase}' Failed
+  k delete checkpoint cp-info cp-memory cp-missing --wait=true --timeout=30s
+}
+
+t_scale_down() {
+  k patch sandboxset pool --type merge -p '{"spec":{"replicas":2}}'
+  poll 60 is sandboxset/pool '{.status.replicas}' 2
+  poll 60 bash -c "[[ \$(kubectl -n $NS get sandbox -l agents.kruise.io/sandbox-pool=pool,agents.kruise.io/sandbox-claimed=false -o name | wc -l) == 2 ]]"
+  kubectl scale -n "$NS" sandboxset/pool --replicas=3
+  poll 60 is sandboxset/pool '{.status.availableReplicas}' 3
+}
+
+t_cleanup() {
+  kubectl delete namespace "$NS" --wait=true --timeout=120s
+}
+
+finish() {
+  local rc=$?
+  if kubectl get namespace "$NS" >/dev/null 2>&1; then
+    kubectl delete namespace "$NS" --wait=true --timeout=60s >/dev/null 2>&1 || true
+  fi
+  if [[ -f $WORK/controller.pid ]]; then
+    kill "$(cat "$WORK/controller.pid")" 2>/dev/null || true
+    wait "$(cat "$WORK/controller.pid")" 2>/dev/null || true
+  fi
+  kubectl delete namespace "$NS-lease" --ignore-not-found --wait=false >/dev/null 2>&1 || true
+  kubectl delete validatingwebhookconfiguration "$NS-validating" --ignore-not-found >/dev/null 2>&1 || true
+  kubectl delete mutatingwebhookconfiguration "$NS-mutating" --ignore-not-found >/dev/null 2>&1 || true
+  # Without the controller, finalizers would hold the namespace forever.
+  if kubectl get namespace "$NS" >/dev/null 2>&1; then
+    local r
+    for r in sandboxes checkpoints; do
+      for o in $(kubectl -n "$NS" get "$r" -o name 2>/dev/null); do
+        kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
+      done
+    done
+  fi
+  if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
+  if ((FAILED > 0)) && [[ -f $WORK/controller.log ]]; then
+    echo "---- last lines of the controller log"
+    grep -E 'WARN|ERROR' "$WORK/controller.log" | tail -n 20 || true
+    tail -n 20 "$WORK/controller.log"
+  fi
+  rm -rf "$WORK"
+  echo "$PASSED passed, $FAILED failed"
+  ((FAILED == 0)) || exit 1
+}
+trap finish EXIT
+
+# ------------------------------------------------------------------- main ----
+
+[[ $(id -u) == 0 ]] || { say "must run as root (the test bed needs it)"; exit 1; }
+step "test bed up" t_testbed
+step "paddock and runtime image" t_binaries
+if [[ -f $WORK/bins ]]; then eval "$(tr ' ' '\n' <"$WORK/bins" | sed 's/^/export /')"; fi
+if ((FAILED == 0)); then
+  step "CRDs install and match paddock crds" t_crds
+  step "controller runs (leader, probes, metrics, webhooks) in $NS" t_controller
+fi
+if ((FAILED == 0)); then
+  step "an existing manifest with every Sandbox field applies" t_existing_manifest
+  step "Sandbox gets its Pod, Running, IP and node in status" t_sandbox
+  step "pause deletes the Pod, keeps the Sandbox; resume: new Pod IP, /init replayed" t_pause_resume
+  step "shutdownTime deletes the Sandbox and its Pod" t_shutdown_time
+  step "pauseTime pauses" t_pause_time
+  step "SandboxSet of 5 fills and reports 5 available" t_pool_fill
+  step "template change rolls out within maxUnavailable, counters follow" t_rollout
+  step "SandboxClaim claims, sets metadata, inits the runtime; pool refills" t_claim
+  step "Pod delete and eviction of a claimed sandbox are denied" t_pod_protection
+  step "claim beyond stock creates sandboxes; claim deleted after ttlAfterCompleted" t_claim_no_stock_and_ttl
+  step "claim inplaceUpdate.resources resizes the Pod (pods/resize)" t_inplace_resize
+  step "invalid specs are rejected naming the field" t_invalid
+  step "bad input shows in status conditions and events, no hot loop" t_bad_input_in_status
+  step "Checkpoint: podInfo succeeds, memory/filesystem fail clearly" t_checkpoint
+  step "SandboxSet scales down and up (scale subresource)" t_scale_down
+  step "namespace deletion completes (finalizers released)" t_cleanup
+fi
