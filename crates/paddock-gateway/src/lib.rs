@@ -58,6 +58,16 @@ struct Pool {
     http2: Upstream,
 }
 
+impl Pool {
+    fn pick(&self, http2: bool) -> Upstream {
+        if http2 {
+            self.http2.clone()
+        } else {
+            self.http1.clone()
+        }
+    }
+}
+
 /// Forwards requests to sandboxes.
 #[derive(Clone)]
 pub struct Gateway {
@@ -139,11 +149,7 @@ impl Gateway {
             pools.retain(|id, _| self.routes.lookup(id).is_some());
         }
         if let Some(pool) = pools.get(sandbox) {
-            return if http2 {
-                pool.http2.clone()
-            } else {
-                pool.http1.clone()
-            };
+            return pool.pick(http2);
         }
         let pool = pools.entry(sandbox.to_string()).or_insert_with(|| {
             let connector = CountingConnector::new(self.breakers.clone());
@@ -157,11 +163,7 @@ impl Gateway {
                     .build(connector),
             }
         });
-        if http2 {
-            pool.http2.clone()
-        } else {
-            pool.http1.clone()
-        }
+        pool.pick(http2)
     }
 
     /// Brings the gauges up to date (call before encoding the registry).
