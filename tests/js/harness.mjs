@@ -2,7 +2,7 @@
 // namespaces) for a test file, and stops it afterwards.
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
-import { existsSync, mkdtempSync, rmSync } from 'node:fs'
+import { existsSync, mkdtempSync, openSync, rmSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import path from 'node:path'
 import os from 'node:os'
@@ -35,12 +35,18 @@ export async function startPaddock ({ adminKey }) {
   const paddock = process.env.PADDOCK_BIN ?? path.join(targetDir, 'debug/paddock')
   assert.ok(existsSync(paddock), `${paddock} missing: build it first (hack/test does)`)
   const data = mkdtempSync('/var/tmp/paddock-js-')
+  // hack/test prints the end of this log when the suite fails.
+  const log = openSync('/tmp/paddock-js.log', 'w')
   const child = spawn(paddock, ['up', '--listen', '127.0.0.1:3200', '--data-dir', data,
     '--admin-api-key', adminKey, '--runtime', bin, '--pool-size', '1'],
   {
-    stdio: 'ignore',
+    stdio: ['ignore', log, log],
     detached: true,
-    env: { PADDOCK_TEMPLATE_CACHE: '/var/tmp/paddock-test-templates', ...process.env }
+    env: {
+      PADDOCK_TEMPLATE_CACHE: '/var/tmp/paddock-test-templates',
+      RUST_LOG: 'info,paddock_gateway=debug,libcontainer=error,libcgroups=error',
+      ...process.env
+    }
   })
   const exited = new Promise((resolve) => child.on('exit', resolve))
   for (let i = 0; i < 9000; i++) {
@@ -57,4 +63,17 @@ export async function startPaddock ({ adminKey }) {
   }
   process.kill(-child.pid, 'SIGKILL')
   throw new Error('paddock up did not start')
+}
+
+// The sandbox's own runtime log (requests, processes), for a failure message.
+export async function sandboxLogs (sandboxId, apiKey) {
+  try {
+    const r = await fetch(`http://127.0.0.1:3200/v2/sandboxes/${sandboxId}/logs?limit=200`, {
+      headers: { 'X-API-Key': apiKey }
+    })
+    const { logs } = await r.json()
+    return logs.map((l) => `${l.timestamp} ${l.level} ${l.message} ${JSON.stringify(l.fields ?? {})}`).join('\n')
+  } catch (e) {
+    return `(logs unavailable: ${e})`
+  }
 }

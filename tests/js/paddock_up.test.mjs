@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox } from 'e2b'
-import { startPaddock } from './harness.mjs'
+import { sandboxLogs, startPaddock } from './harness.mjs'
 
 const apiKey = 'e2b_' + 'js'.repeat(20)
 const opts = { apiKey, apiUrl: 'http://127.0.0.1:3200', sandboxUrl: 'http://127.0.0.1:3200' }
@@ -20,6 +20,9 @@ test('create, run, files, list, kill', async () => {
     assert.equal(await sbx.files.read('/home/user/js.txt'), 'hello js')
     const listed = await Sandbox.list({ ...opts, query: { metadata: { from: 'js' } } }).nextItems()
     assert.deepEqual(listed.map((s) => s.sandboxId), [sbx.sandboxId])
+  } catch (e) {
+    console.error(`sandbox ${sbx.sandboxId} runtime log:\n${await sandboxLogs(sbx.sandboxId, apiKey)}`)
+    throw e
   } finally {
     assert.equal(await sbx.kill(), true)
   }

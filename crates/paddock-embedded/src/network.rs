@@ -160,6 +160,18 @@ impl Default for NetConfig {
 }
 
 impl NetConfig {
+    /// The bridge's hardware address: locally administered, unicast, and
+    /// derived from the bridge name so that it survives restarts.
+    pub fn bridge_mac(&self) -> [u8; 6] {
+        // FNV-1a: stable across builds, unlike std's hasher.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in self.bridge.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_be_bytes();
+        [0x02, b[3], b[4], b[5], b[6], b[7]]
+    }
+
     /// Host-side veth name of a sandbox address.
     pub fn veth_name(&self, ip: Ipv4Addr) -> String {
         format!(
@@ -269,11 +281,22 @@ pub async fn setup_host(cfg: &NetConfig) -> Result<(), NetError> {
             .await
             .map_err(nl("add bridge address"))?;
     }
+    // A bridge without an address of its own takes the lowest address of its
+    // ports, so it changes whenever a sandbox's veth comes or goes. Sandboxes
+    // that resolved the gateway earlier would keep sending to the old address,
+    // which the bridge no longer accepts as its own: their replies vanish
+    // until their neighbour entry expires (seconds to minutes). A fixed
+    // address, the same on every start, keeps those entries valid.
     h.link()
-        .set(LinkUnspec::new_with_index(idx).up().build())
+        .set(
+            LinkUnspec::new_with_index(idx)
+                .address(cfg.bridge_mac().to_vec())
+                .up()
+                .build(),
+        )
         .execute()
         .await
-        .map_err(nl("bridge up"))?;
+        .map_err(nl("bridge address and up"))?;
     std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
         op: "enable ip_forward".into(),
         source,
@@ -586,6 +609,23 @@ mod tests {
         let n = cfg.veth_name(Ipv4Addr::new(10, 213, 255, 254));
         assert!(n.len() <= 15, "{n}");
         assert_eq!(cfg.veth_name(Ipv4Addr::new(10, 213, 0, 2)), "pdk00000000");
+    }
+
+    #[test]
+    fn bridge_mac_is_local_unicast_stable_and_per_bridge() {
+        let a = NetConfig::default();
+        let mac = a.bridge_mac();
+        assert_eq!(
+            mac[0] & 0b11,
+            0b10,
+            "locally administered, unicast: {mac:02x?}"
+        );
+        assert_eq!(mac, NetConfig::default().bridge_mac());
+        let other = NetConfig {
+            bridge: "pdkbr1".into(),
+            ..NetConfig::default()
+        };
+        assert_ne!(mac, other.bridge_mac());
     }
 
     #[test]

@@ -274,3 +274,50 @@ async fn egress_only_when_internet_access_is_allowed() {
     .await;
     drop(net);
 }
+
+/// The bridge is the sandboxes' gateway. Were its hardware address to follow
+/// its ports (the kernel's default), every veth that comes or goes could
+/// change it, and sandboxes that resolved it earlier would send their replies
+/// to an address nobody accepts until their neighbour entry expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_keeps_its_hardware_address_while_sandboxes_come_and_go() {
+    support::with_infra(15, |infra, env| async move {
+        let mac = env
+            .cfg
+            .net
+            .bridge_mac()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        let sysfs = format!("/sys/class/net/{}/address", env.cfg.net.bridge);
+        let bridge_address = || std::fs::read_to_string(&sysfs).expect("bridge address");
+        let first = infra.create(req(None)).await.expect("create");
+        let mut others = Vec::new();
+        for _ in 0..6 {
+            others.push(infra.create(req(None)).await.expect("create"));
+            assert_eq!(bridge_address().trim(), mac, "after a veth joined");
+        }
+        for o in others.drain(..3) {
+            infra.kill(&o.id).await.expect("kill");
+            assert_eq!(bridge_address().trim(), mac, "after a veth left");
+        }
+        // What the first sandbox believes the gateway's address is: it
+        // resolved it while answering the health checks at start.
+        let gw = env.cfg.net.cidr.gateway().to_string();
+        let (code, out, err) = sh(&infra, &first.id, "cat /proc/net/arp").await;
+        assert_eq!(code, 0, "{err}");
+        let entry = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(gw.as_str()))
+            .unwrap_or_else(|| panic!("no neighbour entry for {gw}: {out}"));
+        assert!(
+            entry.contains(&mac),
+            "sandbox sends to {entry:?}, bridge is {mac}"
+        );
+        for o in others.into_iter().chain([first]) {
+            infra.kill(&o.id).await.expect("kill");
+        }
+    })
+    .await;
+}
