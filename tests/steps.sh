@@ -3,6 +3,8 @@
 
 PASSED=0
 FAILED=0
+# Names of the failed steps, for the summary line (the last thing a truncated log keeps).
+FAILED_STEPS=()
 T0=$(date +%s)
 
 say() { printf '[%s %4ss] %s\n' "${STEP_PREFIX:-test}" "$(($(date +%s) - T0))" "$*"; }
@@ -21,6 +23,7 @@ step() {
     say "PASS $name"
   else
     FAILED=$((FAILED + 1))
+    FAILED_STEPS+=("$name")
     say "FAIL $name (exit $rc)"
   fi
   return 0
@@ -37,4 +40,10 @@ poll() {
     (($(date +%s) < end)) || return 1
     sleep 0.5
   done
+}
+
+# summary -- the closing line: counts and, when any failed, which steps
+summary() {
+  local IFS=';'
+  echo "$PASSED passed, $FAILED failed${FAILED_STEPS[*]:+ (${FAILED_STEPS[*]})}"
 }

@@ -494,7 +494,7 @@ finish() {
     tail -n 20 "$WORK/controller.log"
   fi
   rm -rf "$WORK"
-  echo "$PASSED passed, $FAILED failed"
+  summary
   ((FAILED == 0)) || exit 1
 }
 trap finish EXIT

@@ -122,6 +122,11 @@ t_pod_ip() {
   say "pod IP $ip"
   poll 30 http_get "http://$ip:8080/hostname"
   say "GET http://$ip:8080/hostname -> $(cat "$WORK/body")"
+  # The pod bridge's address is fixed (addr_assign_type 3), not taken from its
+  # ports, so new pods cannot change what older pods resolved the host to.
+  if [[ -e /sys/class/net/pdktb0 ]]; then
+    [[ $(cat /sys/class/net/pdktb0/addr_assign_type) == 3 ]] || { say "pdktb0 address follows its ports"; return 1; }
+  fi
 }
 
 t_cluster_ip() {
@@ -396,7 +401,7 @@ finish() {
       grep -E '^[EF][0-9]{4} |level=(error|fatal)' "$f" | tail -n 8 || true
     done
   fi
-  echo "$PASSED passed, $FAILED failed"
+  summary
   ((FAILED == 0)) || exit 1
 }
 trap finish EXIT
