@@ -97,7 +97,7 @@ t_controller() {
   echo $! >"$WORK/controller.pid"
   poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
   curl -sf "http://$HEALTH/healthz" >/dev/null
-  curl -sf "http://$METRICS/metrics" | grep -q '^paddock_controller_leader 1'
+  curl -sf "http://$METRICS/metrics" | grep '^paddock_controller_leader 1' >/dev/null
   [[ -n $(kubectl -n "$NS-lease" get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}') ]]
   kubectl get "validatingwebhookconfiguration/$NS-validating" "mutatingwebhookconfiguration/$NS-mutating" >/dev/null
 }
@@ -144,7 +144,7 @@ t_pause_resume() {
   local ip uid
   k annotate sandbox sb1 'agents.kruise.io/init-runtime-request={"envVars":{"PADDOCK_TEST":"replayed"}}'
   poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="RuntimeInitialized")].status}' True
-  envs_of sb1 | grep -q '"PADDOCK_TEST":"replayed"'
+  envs_of sb1 | grep '"PADDOCK_TEST":"replayed"' >/dev/null
   ip=$(jp sandbox/sb1 '{.status.sandboxIp}')
   uid=$(jp pod/sb1 '{.metadata.uid}')
   k patch sandbox sb1 --type merge -p '{"spec":{"paused":true}}'
@@ -159,7 +159,7 @@ t_pause_resume() {
   [[ $(jp sandbox/sb1 '{.status.phase}') == Running ]]
   [[ $(jp pod/sb1 '{.metadata.uid}') != "$uid" ]]
   [[ $(jp sandbox/sb1 '{.status.sandboxIp}') != "$ip" ]]
-  envs_of sb1 | grep -q '"PADDOCK_TEST":"replayed"'
+  envs_of sb1 | grep '"PADDOCK_TEST":"replayed"' >/dev/null
   say "resumed at $(jp sandbox/sb1 '{.status.sandboxIp}') (was $ip); /init replayed"
 }
 
@@ -245,7 +245,7 @@ EOF
   [[ $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/owner}') == "$(jp sandboxclaim/claim1 '{.metadata.uid}')" ]]
   [[ -n $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/lock}') ]]
   [[ -z $(jp "sandbox/$sb" '{.metadata.ownerReferences}') ]]
-  envs_of "$sb" | grep -q '"CLAIMED_BY":"claim1"'
+  envs_of "$sb" | grep '"CLAIMED_BY":"claim1"' >/dev/null
   # the pool refills behind the claim
   poll 60 is sandboxset/pool '{.status.availableReplicas}' 5
   poll 30 bash -c "[[ \$(kubectl -n $NS get sandbox -l agents.kruise.io/sandbox-pool=pool -o name | wc -l) == 6 ]]"
@@ -382,8 +382,8 @@ t_bad_input_in_status() {
   # a claim on a missing SandboxSet times out with a message; a pool whose image does not
   # exist and a sandbox that crashes report it in conditions and events, without a hot loop
   poll 30 is sandboxclaim/fixed '{.status.conditions[?(@.type=="TimedOut")].status}' True
-  jp sandboxclaim/fixed '{.status.conditions[?(@.type=="Completed")].message}' | grep -q claimTimeout
-  k get events --field-selector involvedObject.name=fixed | grep -q 'SandboxSet nowhere not found'
+  jp sandboxclaim/fixed '{.status.conditions[?(@.type=="Completed")].message}' | grep claimTimeout >/dev/null
+  k get events --field-selector involvedObject.name=fixed | grep 'SandboxSet nowhere not found' >/dev/null
   k apply -f - <<EOF
 apiVersion: agents.kruise.io/v1alpha1
 kind: SandboxSet
@@ -410,11 +410,11 @@ spec:
       containers: [{name: main, image: "$IMAGE", imagePullPolicy: Never, command: [/bin/false]}]
 EOF
   poll 60 is sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].reason}' SandboxStartFailed
-  jp sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].message}' | grep -q ErrImageNeverPull
+  jp sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].message}' | grep ErrImageNeverPull >/dev/null
   poll 30 is sandboxset/noref '{.status.conditions[?(@.type=="Ready")].reason}' TemplateNotFound
   poll 60 is sandbox/crasher '{.status.conditions[?(@.type=="Ready")].reason}' StartContainerFailed
-  jp sandbox/crasher '{.status.message}' | grep -q CrashLoopBackOff
-  k get events --field-selector involvedObject.name=noimage | grep -q SandboxStartFailed
+  jp sandbox/crasher '{.status.message}' | grep CrashLoopBackOff >/dev/null
+  k get events --field-selector involvedObject.name=noimage | grep SandboxStartFailed >/dev/null
   local before after
   before=$(curl -sf "http://$METRICS/metrics" | awk '/^paddock_controller_reconcile_total/ {s += $2} END {print s}')
   sleep 10
@@ -449,7 +449,7 @@ EOF
   [[ -n $(jp checkpoint/cp-info '{.status.checkpointId}') ]]
   [[ $(jp checkpoint/cp-info '{.metadata.finalizers[0]}') == agents.kruise.io/checkpoint ]]
   poll 30 is checkpoint/cp-memory '{.status.phase}' Failed
-  jp checkpoint/cp-memory '{.status.message}' | grep -q 'not supported yet'
+  jp checkpoint/cp-memory '{.status.message}' | grep 'not supported yet' >/dev/null
   poll 30 is checkpoint/cp-missing '{.status.phase}' Failed
   k delete checkpoint cp-info cp-memory cp-missing --wait=true --timeout=30s
 }
