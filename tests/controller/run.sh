@@ -43,6 +43,23 @@ is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 # shellcheck source=lib.sh
 source "$ROOT/tests/controller/lib.sh"
 
+# has OBJECT JSONPATH PATTERN -- the field contains PATTERN (for poll)
+has() { [[ $(jp "$1" "$2") =~ $3 ]]; }
+
+# explain OBJECT JSONPATH -- says what OBJECT looks like, then fails (after a poll gave up)
+explain() {
+  say "gave up waiting; $1: $(jp "$1" "$2")"
+  return 1
+}
+
+# matches PATTERN -- stdin contains PATTERN; says what it got when not. Reads all of
+# stdin, unlike `grep -q`, which can SIGPIPE the writer under pipefail.
+matches() {
+  local got
+  got=$(cat)
+  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
+}
+
 envs_of() {
   # the runtime's environment in sandbox $1, via its /envs endpoint
   local ip token
@@ -381,9 +398,10 @@ EOF
 t_bad_input_in_status() {
   # a claim on a missing SandboxSet times out with a message; a pool whose image does not
   # exist and a sandbox that crashes report it in conditions and events, without a hot loop
-  poll 30 is sandboxclaim/fixed '{.status.conditions[?(@.type=="TimedOut")].status}' True
-  jp sandboxclaim/fixed '{.status.conditions[?(@.type=="Completed")].message}' | grep claimTimeout >/dev/null
-  k get events --field-selector involvedObject.name=fixed | grep 'SandboxSet nowhere not found' >/dev/null
+  poll 30 is sandboxclaim/fixed '{.status.conditions[?(@.type=="TimedOut")].status}' True ||
+    explain sandboxclaim/fixed '{.status}'
+  jp sandboxclaim/fixed '{.status.conditions[?(@.type=="Completed")].message}' | matches claimTimeout
+  k get events --field-selector involvedObject.name=fixed | matches 'SandboxSet nowhere not found'
   k apply -f - <<EOF
 apiVersion: agents.kruise.io/v1alpha1
 kind: SandboxSet
@@ -409,12 +427,17 @@ spec:
     spec:
       containers: [{name: main, image: "$IMAGE", imagePullPolicy: Never, command: [/bin/false]}]
 EOF
-  poll 60 is sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].reason}' SandboxStartFailed
-  jp sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].message}' | grep ErrImageNeverPull >/dev/null
-  poll 30 is sandboxset/noref '{.status.conditions[?(@.type=="Ready")].reason}' TemplateNotFound
-  poll 60 is sandbox/crasher '{.status.conditions[?(@.type=="Ready")].reason}' StartContainerFailed
-  jp sandbox/crasher '{.status.message}' | grep CrashLoopBackOff >/dev/null
-  k get events --field-selector involvedObject.name=noimage | grep SandboxStartFailed >/dev/null
+  poll 60 is sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].reason}' SandboxStartFailed ||
+    explain sandboxset/noimage '{.status}'
+  poll 30 has sandboxset/noimage '{.status.conditions[?(@.type=="Ready")].message}' ErrImageNeverPull ||
+    explain sandboxset/noimage '{.status}'
+  poll 30 is sandboxset/noref '{.status.conditions[?(@.type=="Ready")].reason}' TemplateNotFound ||
+    explain sandboxset/noref '{.status}'
+  poll 60 is sandbox/crasher '{.status.conditions[?(@.type=="Ready")].reason}' StartContainerFailed ||
+    explain sandbox/crasher '{.status}'
+  # The first exit reads "Error"; the kubelet's back-off follows.
+  poll 30 has sandbox/crasher '{.status.message}' CrashLoopBackOff || explain sandbox/crasher '{.status}'
+  k get events --field-selector involvedObject.name=noimage | matches SandboxStartFailed
   local before after
   before=$(curl -sf "http://$METRICS/metrics" | awk '/^paddock_controller_reconcile_total/ {s += $2} END {print s}')
   sleep 10
