@@ -1,7 +1,7 @@
 //! cgroup v1: one directory per controller, v1 file names.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::hierarchy::V1_CONTROLLERS;
 use crate::{
@@ -119,11 +119,30 @@ impl Cgroup for V1Cgroup {
     }
 
     fn freeze(&self) -> Result<()> {
+        // The v1 freezer can stay FREEZING for good when it catches a task at
+        // a bad moment (one that just forked, or is between exec steps). A
+        // thaw and a fresh FROZEN gets past that, so every quarter second
+        // without success starts over. A freeze that never completes is
+        // undone, so the sandbox is left running rather than half frozen.
         let state = self.file("freezer", "freezer.state");
+        let mut attempt_started = Instant::now();
         write(&state, "FROZEN")?;
-        wait_until(&state, "freeze", Duration::from_secs(10), || {
-            Ok(read(&state)?.trim() == "FROZEN")
-        })
+        let r = wait_until(&state, "freeze", Duration::from_secs(10), || {
+            if read(&state)?.trim() == "FROZEN" {
+                return Ok(true);
+            }
+            if attempt_started.elapsed() >= Duration::from_millis(250) {
+                write(&state, "THAWED")?;
+                std::thread::sleep(Duration::from_millis(5));
+                write(&state, "FROZEN")?;
+                attempt_started = Instant::now();
+            }
+            Ok(false)
+        });
+        if r.is_err() {
+            let _ = write(&state, "THAWED");
+        }
+        r
     }
 
     fn thaw(&self) -> Result<()> {

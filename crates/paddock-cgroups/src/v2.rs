@@ -94,9 +94,14 @@ impl Cgroup for V2Cgroup {
     fn freeze(&self) -> Result<()> {
         write(&self.file("cgroup.freeze"), "1")?;
         let events = self.file("cgroup.events");
-        wait_until(&events, "freeze", Duration::from_secs(10), || {
+        let r = wait_until(&events, "freeze", Duration::from_secs(10), || {
             Ok(keyed(&events, "frozen")? == 1)
-        })
+        });
+        if r.is_err() {
+            // Left running rather than half frozen.
+            let _ = self.thaw();
+        }
+        r
     }
 
     fn thaw(&self) -> Result<()> {
