@@ -140,7 +140,7 @@ impl Cgroup for V1Cgroup {
             Ok(false)
         });
         if r.is_err() {
-            let _ = write(&state, "THAWED");
+            let _ = self.thaw();
         }
         r
     }
