@@ -114,7 +114,7 @@ t_controller() {
   echo $! >"$WORK/controller.pid"
   poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
   curl -sf "http://$HEALTH/healthz" >/dev/null
-  curl -sf "http://$METRICS/metrics" | grep '^paddock_controller_leader 1' >/dev/null
+  curl -sf "http://$METRICS/metrics" | matches '^paddock_controller_leader 1'
   [[ -n $(kubectl -n "$NS-lease" get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}') ]]
   kubectl get "validatingwebhookconfiguration/$NS-validating" "mutatingwebhookconfiguration/$NS-mutating" >/dev/null
 }
@@ -161,7 +161,7 @@ t_pause_resume() {
   local ip uid
   k annotate sandbox sb1 'agents.kruise.io/init-runtime-request={"envVars":{"PADDOCK_TEST":"replayed"}}'
   poll 30 is sandbox/sb1 '{.status.conditions[?(@.type=="RuntimeInitialized")].status}' True
-  envs_of sb1 | grep '"PADDOCK_TEST":"replayed"' >/dev/null
+  envs_of sb1 | matches '"PADDOCK_TEST":"replayed"'
   ip=$(jp sandbox/sb1 '{.status.sandboxIp}')
   uid=$(jp pod/sb1 '{.metadata.uid}')
   k patch sandbox sb1 --type merge -p '{"spec":{"paused":true}}'
@@ -176,7 +176,7 @@ t_pause_resume() {
   [[ $(jp sandbox/sb1 '{.status.phase}') == Running ]]
   [[ $(jp pod/sb1 '{.metadata.uid}') != "$uid" ]]
   [[ $(jp sandbox/sb1 '{.status.sandboxIp}') != "$ip" ]]
-  envs_of sb1 | grep '"PADDOCK_TEST":"replayed"' >/dev/null
+  envs_of sb1 | matches '"PADDOCK_TEST":"replayed"'
   say "resumed at $(jp sandbox/sb1 '{.status.sandboxIp}') (was $ip); /init replayed"
 }
 
@@ -262,7 +262,7 @@ EOF
   [[ $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/owner}') == "$(jp sandboxclaim/claim1 '{.metadata.uid}')" ]]
   [[ -n $(jp "sandbox/$sb" '{.metadata.annotations.agents\.kruise\.io/lock}') ]]
   [[ -z $(jp "sandbox/$sb" '{.metadata.ownerReferences}') ]]
-  envs_of "$sb" | grep '"CLAIMED_BY":"claim1"' >/dev/null
+  envs_of "$sb" | matches '"CLAIMED_BY":"claim1"'
   # the pool refills behind the claim
   poll 60 is sandboxset/pool '{.status.availableReplicas}' 5
   poll 30 bash -c "[[ \$(kubectl -n $NS get sandbox -l agents.kruise.io/sandbox-pool=pool -o name | wc -l) == 6 ]]"
@@ -472,7 +472,7 @@ EOF
   [[ -n $(jp checkpoint/cp-info '{.status.checkpointId}') ]]
   [[ $(jp checkpoint/cp-info '{.metadata.finalizers[0]}') == agents.kruise.io/checkpoint ]]
   poll 30 is checkpoint/cp-memory '{.status.phase}' Failed
-  jp checkpoint/cp-memory '{.status.message}' | grep 'not supported yet' >/dev/null
+  jp checkpoint/cp-memory '{.status.message}' | matches 'not supported yet'
   poll 30 is checkpoint/cp-missing '{.status.phase}' Failed
   k delete checkpoint cp-info cp-memory cp-missing --wait=true --timeout=30s
 }
