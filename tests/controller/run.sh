@@ -10,9 +10,9 @@
 # Prints `N passed, M failed` last; exits non-zero on failure.
 #
 # Uses $PADDOCK_BIN and $PADDOCK_RUNTIME_BIN when set (hack/test sets both),
-# otherwise builds them. Starts the test bed when it is not running and leaves it
-# running (other suites share it); removes its namespace, webhook configurations
-# and controller process at the end.
+# otherwise builds them. Uses the test bed when it is already running and leaves
+# it so; a test bed it started itself it takes down again. Removes its namespace,
+# webhook configurations and controller process at the end.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -71,7 +71,11 @@ envs_of() {
 # ------------------------------------------------------------------ setup ----
 
 t_testbed() {
-  "$TESTBED" status >/dev/null 2>&1 || "$TESTBED" up
+  if ! "$TESTBED" status >/dev/null 2>&1; then
+    # Steps run in subshells: finish() learns from this file that we started it.
+    touch "$WORK/started-testbed"
+    "$TESTBED" up
+  fi
   [[ $(kubectl get --raw /readyz) == ok ]]
 }
 
@@ -515,6 +519,10 @@ finish() {
     echo "---- last lines of the controller log"
     grep -E 'WARN|ERROR' "$WORK/controller.log" | tail -n 20 || true
     tail -n 20 "$WORK/controller.log"
+  fi
+  if [[ -f $WORK/started-testbed ]]; then
+    say "taking down the test bed this suite started"
+    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
   fi
   rm -rf "$WORK"
   summary
