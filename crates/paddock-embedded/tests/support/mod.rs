@@ -56,6 +56,35 @@ pub fn standin_binary() -> PathBuf {
     .clone()
 }
 
+/// How many environment indices one test process may use.
+pub const SLOT_WIDTH: u8 = 40;
+/// How many test processes may run embedded tests at once on one host.
+const SLOTS: u8 = 6;
+
+/// This process's slot: the first of [`SLOTS`] host-wide lock files it could lock. The lock is
+/// held until the process exits (the kernel drops it even on a crash), so two test processes
+/// running at once — two test binaries, or two checkouts — never share a bridge, CIDR, nft
+/// table or cgroup parent.
+pub fn slot() -> u8 {
+    static SLOT: OnceLock<u8> = OnceLock::new();
+    *SLOT.get_or_init(|| {
+        let dir = Path::new("/run/paddock-test-slots");
+        std::fs::create_dir_all(dir).expect("create /run/paddock-test-slots");
+        loop {
+            for k in 0..SLOTS {
+                let f = std::fs::File::create(dir.join(format!("{k}.lock"))).expect("slot file");
+                if f.try_lock().is_ok() {
+                    // Held for the life of the process.
+                    std::mem::forget(f);
+                    return k;
+                }
+            }
+            eprintln!("all {SLOTS} embedded test slots are taken; waiting for one");
+            std::thread::sleep(std::time::Duration::from_secs(2));
+        }
+    })
+}
+
 /// A test environment: its own data dir, bridge, CIDR, nft table and cgroup parent, so tests
 /// can run in parallel; the template cache is shared.
 pub struct Env {
@@ -64,8 +93,15 @@ pub struct Env {
 }
 
 impl Env {
-    /// `n` picks the bridge/CIDR (must be unique per concurrently running test).
+    /// `n` picks the bridge/CIDR among this test binary's environments (unique per test of the
+    /// binary, below [`SLOT_WIDTH`]); the process's [`slot`] keeps concurrently running test
+    /// processes (other binaries, other checkouts) apart.
     pub fn new(n: u8) -> Self {
+        assert!(
+            n < SLOT_WIDTH,
+            "environment index {n} must be below {SLOT_WIDTH}"
+        );
+        let n = slot() * SLOT_WIDTH + n;
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
