@@ -43,7 +43,15 @@ async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
             .exec(&s.id, &["/bin/kill", "-9", "2"])
             .await
             .expect("exec");
-        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        // 137 is a success too: once the runtime is gone tini exits, and the end of the pid
+        // namespace SIGKILLs everything left in it, `kill` itself included, if that happens
+        // before `kill` got to exit on its own.
+        assert!(
+            out.code == 0 || out.code == 137,
+            "kill exited {}: {}",
+            out.code,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while infra.get(&s.id).await.expect("get").state != SandboxState::Dead {
             assert!(Instant::now() < deadline, "death not noticed");
