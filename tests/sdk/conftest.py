@@ -5,10 +5,14 @@ import os
 import pathlib
 import signal
 import subprocess
+import sys
 import time
 
 import httpx
 import pytest
+
+# tests/paddock_testing.py (wait_until) for this suite too.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Where hack/test builds the static runtime.

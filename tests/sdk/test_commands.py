@@ -4,6 +4,7 @@ import time
 
 import pytest
 from e2b import CommandExitException, TimeoutException
+from paddock_testing import wait_until
 
 
 def test_stdout_stderr_and_exit_code(sbx):
@@ -69,7 +70,7 @@ def test_stdin(sbx):
 
 def test_connect_to_running_process(sbx):
     h = sbx.commands.run("for i in 1 2 3 4 5; do echo tick$i; sleep 0.2; done", background=True)
-    time.sleep(0.3)
+    assert h.pid in [p.pid for p in sbx.commands.list()], "connect must find it still running"
     again = sbx.commands.connect(h.pid)
     r = again.wait()
     assert r.exit_code == 0
@@ -81,9 +82,9 @@ def test_timeout_kills_the_process(sbx):
     with pytest.raises(TimeoutException):
         sbx.commands.run("sleep 30; echo done > /tmp/not-reached", timeout=1)
     assert time.time() - started < 15
-    time.sleep(0.5)
+    wait_until(lambda: "sleep 30" not in sbx.commands.run("ps -eo args").stdout, 10,
+               "the timed-out process to be killed")
     assert not sbx.files.exists("/tmp/not-reached")
-    assert "sleep 30" not in sbx.commands.run("ps -eo args").stdout
 
 
 def test_disconnecting_client_does_not_kill_the_process(sbx):

@@ -10,6 +10,7 @@ import time
 import httpx
 
 from conftest import runtime_pid
+from paddock_testing import wait_until
 from test_protocol import envelope, read_envelopes, start
 
 
@@ -129,10 +130,10 @@ def test_no_fd_or_process_leaks(fresh_runtime):
         return out
 
     work()
-    time.sleep(1)
-    baseline, kids = fds(), children()
-    assert all("kernel" in k for k in kids), kids
+    # The work's short-lived commands are gone once only the kernel is left.
+    kids = wait_until(lambda: (k := children()) and all("kernel" in c for c in k) and k, 10,
+                      "only the pre-started kernel to be left as a child")
+    baseline = fds()
     work()
-    time.sleep(1)
-    assert fds() <= baseline + 2, "file descriptors must not grow with work"
-    assert children() == kids, "no process may be left behind"
+    wait_until(lambda: children() == kids, 10, "the second round's processes to exit (none left behind)")
+    wait_until(lambda: fds() <= baseline + 2, 10, "file descriptors to come back to the baseline")
