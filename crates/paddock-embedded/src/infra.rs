@@ -11,7 +11,6 @@ use paddock_infra::{
     CreateSandbox, Infra, InfraError, InfraResult, LifecycleEvent, Limits, SandboxId, SandboxInfo,
     SandboxMetrics, SandboxState, TemplateInfo,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::EmbeddedConfig;
@@ -396,7 +395,7 @@ impl EmbeddedInfra {
                     reason: format!("init exited while starting; output: {}", tail(&log, 800)),
                 });
             }
-            if health(addr).await {
+            if paddock_contract::client::probe_health(addr).await {
                 return Ok(());
             }
             if Instant::now() >= deadline {
@@ -994,24 +993,4 @@ fn tail(s: &str, n: usize) -> &str {
         .find(|i| s.is_char_boundary(*i))
         .unwrap_or(s.len());
     &s[start..]
-}
-
-/// One `GET /health`; true on a 2xx answer.
-async fn health(addr: SocketAddr) -> bool {
-    let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.set_nodelay(true).ok()?;
-        s.write_all(b"GET /health HTTP/1.1\r\nHost: sandbox\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf).await.ok()?;
-        let head = std::str::from_utf8(&buf[..n]).ok()?;
-        Some(head.starts_with("HTTP/1.1 2") || head.starts_with("HTTP/1.0 2"))
-    };
-    tokio::time::timeout(Duration::from_millis(500), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
 }

@@ -2,7 +2,7 @@
 //!
 //! This crate holds only types (requests, responses, errors, the lifecycle state machine) and
 //! the trait itself; it does no IO. `paddock-embedded` implements it with Linux containers on
-//! this host; the Kubernetes implementation writes custom resources.
+//! this host.
 
 mod error;
 mod id;

@@ -73,8 +73,6 @@ pub struct CreateSandbox {
     pub template: String,
     /// Overrides of the template's limits; `None` keeps the template's.
     pub limits: Option<Limits>,
-    /// Extra environment for the sandbox's runtime (merged over the template's).
-    pub env: BTreeMap<String, String>,
     /// Whether the sandbox may open connections to the internet.
     pub allow_internet_access: bool,
     /// Free-form labels kept with the sandbox.
