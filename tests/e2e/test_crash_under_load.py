@@ -2,7 +2,8 @@
 started again on the same data dir. Every create that got its 201 must have
 a live sandbox that answers with the token the 201 carried; every other one
 must have left nothing behind: no mount, veth, cgroup, process, state dir or
-record."""
+record. (Except a create paddock finished and recorded whose 201 died on the way
+out: that one is kept whole, like any sandbox whose client went away.)"""
 
 import concurrent.futures
 import json
@@ -51,8 +52,13 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         wait_until(lambda: len(created) >= KILL_AFTER, 600, f"{KILL_AFTER} creates to answer 201")
         srv.crash()
         outcomes = [f.result() for f in futures]
-    in_flight = sum(1 for o in outcomes if o != 201)
-    assert in_flight > 0, f"every create finished before the kill, nothing was in flight: {outcomes}"
+    # Cut off: the request reached paddock but no answer came back (a refused connection
+    # never reached it).
+    cut_off = sum(1 for o in outcomes if isinstance(o, str) and "ConnectError" not in o)
+    # Shown with a failure: how far the creates had got when paddock died.
+    print(f"{len(created)} creates answered 201 before the kill, {cut_off} were cut off: "
+          f"{sorted(map(str, outcomes))}")
+    assert cut_off > 0, f"no create was in flight when paddock died: {outcomes}"
 
     srv.restart()
     try:
@@ -65,9 +71,16 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
 
         # Every 201 is a live sandbox, reachable with the token it was given.
         assert set(created) <= mine, f"created but gone after the restart: {set(created) - mine}"
-        assert mine <= set(created), (
-            f"listed although their create never answered 201: {mine - set(created)} "
-            "(nobody holds their token; recovery must kill them)")
+        # A create whose record was written while its 201 was still on the way out is kept,
+        # as for any client that goes away after asking (its timeout reaps it): paddock cannot
+        # know the answer was lost. Only a create cut off mid-answer can be one; it must be
+        # whole (running and usable), and the resource checks below hold it like the others.
+        unanswered = mine - set(created)
+        assert len(unanswered) <= cut_off, (
+            f"listed although their create never answered 201: {unanswered} "
+            f"(only {cut_off} creates were cut off)")
+        for sid in unanswered:
+            assert Sandbox.connect(sid).commands.run("echo whole").stdout == "whole\n", sid
         for sid, token in created.items():
             assert next(s for s in listed if s["sandboxID"] == sid)["state"] == "running"
             stat = httpx.post(f"{srv.url}/filesystem.Filesystem/Stat", json={"path": "/"},
@@ -94,6 +107,7 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         assert len(veths) == len(everything), f"veths on pdkbr0: {veths} for {len(everything)} sandboxes"
         records = {r["id"] for r in json.loads((data / "sandboxes.json").read_text())}
         assert records == live, f"records of sandboxes that are not live: {records - live}"
+        assert stray_processes(data, set()), "the process check sees no sandbox's processes at all"
         strays = stray_processes(data, everything)
         assert strays == [], f"processes of sandboxes that are gone: {strays}"
     finally:
