@@ -25,7 +25,7 @@ CREATES = 50
 KILL_AFTER = 3
 ID = re.compile(r"[a-z0-9]{20}")
 # Sandbox cgroups live in `<our cgroup>/paddock/<id>` (paddock up's default parent).
-CGROUP = re.compile(r"/paddock/([a-z0-9]{20})(?:/|$)")
+CGROUP = re.compile(r"/paddock/([a-z0-9]{20})(?:/|$)", re.M)
 TEMPLATES = ("base", "code-interpreter-v1")
 
 
@@ -107,7 +107,10 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         assert len(veths) == len(everything), f"veths on pdkbr0: {veths} for {len(everything)} sandboxes"
         records = {r["id"] for r in json.loads((data / "sandboxes.json").read_text())}
         assert records == live, f"records of sandboxes that are not live: {records - live}"
-        assert stray_processes(data, set()), "the process check sees no sandbox's processes at all"
+        # The check below must see what it looks for: every live sandbox's processes.
+        every_process = stray_processes(data, set())
+        unseen = {sid for sid in everything if not any(sid in p for p in every_process)}
+        assert not unseen, f"the process check sees no process of the live sandboxes {unseen}"
         strays = stray_processes(data, everything)
         assert strays == [], f"processes of sandboxes that are gone: {strays}"
     finally:
@@ -171,19 +174,22 @@ def sandbox_veths() -> list[str]:
 
 
 def stray_processes(data: pathlib.Path, keep: set[str]) -> list[str]:
-    """Processes that belong to a sandbox not in `keep`: by their cgroup, or by a root
-    directory inside the data dir; and container helpers of this data dir left running."""
+    """Processes that belong to a sandbox not in `keep`: by their cgroup, or by a root file
+    system that is a sandbox's overlay (its upper dir is in the data dir); and container
+    helpers of this data dir left running."""
+    upper = re.compile(re.escape(str(data / "embedded/sandboxes")) + r"/([a-z0-9]{20})/")
     strays = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             cg = open(f"/proc/{pid}/cgroup").read()
-            root = os.readlink(f"/proc/{pid}/root")
+            # The last mount on "/" is the process's root; a sandbox's names its overlay dirs.
+            roots = [line for line in open(f"/proc/{pid}/mountinfo") if line.split()[4] == "/"]
             cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue  # exited meanwhile
         owners = set(CGROUP.findall(cg))
-        if root.startswith(str(data / "embedded/sandboxes") + "/"):
-            owners.add(root[len(str(data / "embedded/sandboxes")) + 1:].split("/")[0])
+        if roots and (m := upper.search(roots[-1])):
+            owners.add(m.group(1))
         if owners - keep:
             strays.append(f"{pid} {cmd[:120]!r} of {sorted(owners - keep)}")
         if "__paddock-container" in cmd and str(data) in cmd:
