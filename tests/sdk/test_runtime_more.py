@@ -5,7 +5,6 @@ import base64
 import json
 import os
 import struct
-import time
 
 import httpx
 
@@ -56,15 +55,13 @@ def test_tags_list_connect_and_sigterm(runtime):
                    json={"process": {"tag": "my-job"}, "signal": "SIGNAL_SIGTERM"})
     assert r.status_code == 200
     # Connect by tag to the ended process: start + end from the exit cache.
-    deadline = time.time() + 5
-    while time.time() < deadline:
+    def ends():
         r = httpx.post(f"{url}/process.Process/Connect", content=envelope({"process": {"tag": "my-job"}}),
                        headers={"Content-Type": "application/connect+json"}, timeout=10)
         frames = read_envelopes(r.content)
-        ends = [f[1]["event"]["end"] for f in frames if "end" in f[1].get("event", {})]
-        if ends:
-            break
-        time.sleep(0.1)
+        return [f[1]["event"]["end"] for f in frames if "end" in f[1].get("event", {})]
+
+    ends = wait_until(ends, 5, "the ended process's end event from the exit cache", interval=0.1)
     assert ends[0]["status"] == "signal: terminated"
     assert "exited" not in ends[0], "false is the proto3 default and is omitted"
 
