@@ -18,17 +18,31 @@ use crate::{container, mounts, network, proc, spec};
 /// A fresh id: 20 characters of `[a-z0-9]` from the kernel's random pool.
 pub(super) fn new_id() -> InfraResult<SandboxId> {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 20];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").map_err(internal)?,
-        &mut bytes,
-    )
-    .map_err(internal)?;
+    let bytes: [u8; 20] = random_bytes()?;
     let s: String = bytes
         .iter()
         .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
         .collect();
     SandboxId::new(s).map_err(internal)
+}
+
+/// The runtime's environment variable for the access token it requires at start.
+const RUNTIME_TOKEN_ENV: &str = "PADDOCK_RUNTIME_ACCESS_TOKEN";
+
+fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(internal)?,
+        &mut bytes,
+    )
+    .map_err(internal)?;
+    Ok(bytes)
+}
+
+/// A fresh bootstrap token: 32 random bytes, hex.
+fn new_token() -> InfraResult<String> {
+    let bytes: [u8; 32] = random_bytes()?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 impl EmbeddedInfra {
@@ -109,6 +123,7 @@ impl EmbeddedInfra {
             metadata,
             created_at_ms: now_ms(),
             pooled,
+            bootstrap_token: Some(new_token()?),
         };
         // Record first: if we crash from here on, recovery finds and cleans the leftovers.
         if let Err(e) = self.inner.store.put(&rec) {
@@ -163,6 +178,13 @@ impl EmbeddedInfra {
         let state_root = self.state_root();
         let (id, limits) = (rec.id.clone(), rec.limits.clone());
         let user = parse_user(tspec.user.as_deref())?;
+        // The runtime requires this token from its first request on (security review M4):
+        // through the environment, not the command line, which any host user can read in
+        // /proc. The runtime clears its environment for the processes it starts.
+        let mut env = tspec.env.clone();
+        if let Some(token) = &rec.bootstrap_token {
+            env.insert(RUNTIME_TOKEN_ENV.to_owned(), token.clone());
+        }
         let pid = blocking(move || -> InfraResult<i32> {
             if let Some(bytes) = limits.disk_bytes {
                 // The data dir's file system (ext4 here) has no per-directory quota, so a disk
@@ -184,7 +206,7 @@ impl EmbeddedInfra {
                 init_binary: &cfg.init_binary,
                 runtime_binary: &cfg.runtime_binary,
                 runtime_args: &cfg.runtime_args,
-                env: &tspec.env,
+                env: &env,
                 user,
                 resolv_conf: cfg.resolv_conf.as_deref(),
                 tmp_bytes: cfg.tmp_bytes,
@@ -256,7 +278,7 @@ impl EmbeddedInfra {
 /// `uid[:gid]`, numeric.
 pub(super) fn parse_user(u: Option<&str>) -> InfraResult<(u32, u32)> {
     let Some(u) = u else { return Ok((0, 0)) };
-    let bad = || internal(format!("template user {u:?} is not uid[:gid]"));
+    let bad = || internal(super::EmbeddedError::BadUser(u.to_owned()));
     let (uid, gid) = u.split_once(':').unwrap_or((u, u));
     Ok((
         uid.parse().map_err(|_| bad())?,

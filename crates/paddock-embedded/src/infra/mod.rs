@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use paddock_cgroups::{CgroupLimits, Hierarchy};
 use paddock_infra::{
-    CreateSandbox, Infra, InfraError, InfraResult, LifecycleEvent, Limits, SandboxId, SandboxInfo,
-    SandboxMetrics, TemplateInfo,
+    CreateSandbox, Infra, InfraError, InfraResult, LifecycleEvent, Limits, SandboxEnded, SandboxId,
+    SandboxInfo, SandboxMetrics, TemplateInfo,
 };
 use tracing::info;
 
@@ -17,6 +17,7 @@ use crate::template::{TemplateError, Templates};
 use crate::{network, spec};
 
 mod create;
+mod error;
 mod exec;
 mod logs;
 mod metrics;
@@ -27,6 +28,7 @@ mod recovery;
 mod state;
 mod teardown;
 
+pub use error::EmbeddedError;
 use paths::Paths;
 use state::State;
 
@@ -39,7 +41,12 @@ struct Inner {
     pool_wakeup: tokio::sync::Notify,
     create_rate: crate::ratelimit::RateLimiter,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Sandboxes that died on their own (see `Infra::ended`).
+    ended: tokio::sync::broadcast::Sender<SandboxEnded>,
 }
+
+/// Events an `ended` receiver may fall behind by before it sees `Lagged`.
+const ENDED_BACKLOG: usize = 1024;
 
 /// Sandboxes as Linux containers on this host. Cheap to clone.
 #[derive(Clone)]
@@ -55,8 +62,10 @@ impl std::fmt::Debug for EmbeddedInfra {
     }
 }
 
-fn internal(e: impl std::fmt::Display) -> InfraError {
-    InfraError::internal(e.to_string())
+/// Wraps one of our errors as [`InfraError::Internal`], keeping it (and so its `source()`
+/// chain) rather than its message only.
+fn internal<E: std::error::Error + Send + Sync + 'static>(e: E) -> InfraError {
+    InfraError::Internal(Box::new(e))
 }
 
 fn now_ms() -> u64 {
@@ -113,6 +122,7 @@ impl EmbeddedInfra {
                 pool_wakeup: tokio::sync::Notify::new(),
                 create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
                 shutdown,
+                ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
             }),
         };
         infra.recover().await?;
@@ -139,6 +149,7 @@ impl EmbeddedInfra {
             metadata: rec.metadata.clone(),
             created_at_ms: rec.created_at_ms,
             from_pool: false,
+            bootstrap_token: rec.bootstrap_token.clone(),
         }
     }
 
@@ -219,6 +230,10 @@ impl Infra for EmbeddedInfra {
         self.sandbox_logs(id).await
     }
 
+    fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded> {
+        self.inner.ended.subscribe()
+    }
+
     async fn templates(&self) -> InfraResult<Vec<TemplateInfo>> {
         let t = &self.inner.templates;
         t.specs()
@@ -232,5 +247,30 @@ impl Infra for EmbeddedInfra {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use crate::container::ContainerError;
+
+    /// Errors crossing the `Infra` boundary keep their type and cause, not just their text.
+    #[test]
+    fn internal_errors_keep_their_source_chain() {
+        let e = super::internal(ContainerError::Io {
+            id: "x".into(),
+            op: "open log",
+            source: std::io::Error::other("disk on fire"),
+        });
+        let c = e
+            .source()
+            .and_then(|s| s.downcast_ref::<ContainerError>())
+            .expect("the container error itself");
+        assert_eq!(
+            c.source().map(|s| s.to_string()).as_deref(),
+            Some("disk on fire")
+        );
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use paddock_infra::{LifecycleEvent, SandboxId, SandboxState};
+use paddock_infra::{LifecycleEvent, SandboxEnded, SandboxId, SandboxState};
 use tracing::warn;
 
 use super::EmbeddedInfra;
@@ -61,6 +61,11 @@ impl EmbeddedInfra {
             }
         }
         warn!(%id, pid, "sandbox init died; releasing its resources");
+        // No receiver is fine (nobody routes to our sandboxes then).
+        let _ = self.inner.ended.send(SandboxEnded {
+            id: id.clone(),
+            reason: "init exited".to_string(),
+        });
         if let Err(e) = self.teardown(&id).await {
             warn!(%id, error = %e, "cleanup after init death");
         }

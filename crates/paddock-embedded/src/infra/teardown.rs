@@ -54,17 +54,29 @@ impl EmbeddedInfra {
         }
         self.inner.store.delete(id).map_err(internal)?;
         let mut st = self.state();
-        if let Some(r) = &rec {
-            st.used_ips.remove(&r.ip);
-        }
-        let died = st
+        // A handed-out sandbox that died on its own keeps its tombstone, and with it its
+        // address, until `kill`: its user may still route to that address (see
+        // `Infra::ended`), so it must not reach the next sandbox (M2). Nobody routes to a
+        // pool member, so a dead one is forgotten at once.
+        let tombstone = st
             .sandboxes
             .get(id)
-            .is_some_and(|e| e.dead_reason.is_some());
-        if !died {
+            .is_some_and(|e| e.dead_reason.is_some() && !e.rec.pooled);
+        if !tombstone {
+            if let Some(r) = &rec {
+                st.used_ips.remove(&r.ip);
+            }
             st.sandboxes.remove(id);
         }
         Ok(())
+    }
+
+    /// Drops a sandbox's tombstone and frees the address it held.
+    fn forget(&self, id: &SandboxId) {
+        let mut st = self.state();
+        if let Some(e) = st.sandboxes.remove(id) {
+            st.used_ips.remove(&e.rec.ip);
+        }
     }
 
     /// Kills every sandbox, pooled ones included (tests and uninstall).
@@ -74,7 +86,7 @@ impl EmbeddedInfra {
         for id in ids {
             self.mark_dead(&id);
             self.teardown(&id).await?;
-            self.state().sandboxes.remove(&id);
+            self.forget(&id);
         }
         self.state().pools.clear();
         Ok(())
@@ -88,7 +100,7 @@ impl EmbeddedInfra {
             .get(id)
             .is_some_and(|e| e.dead_reason.is_some());
         if dead_tombstone {
-            self.state().sandboxes.remove(id);
+            self.forget(id);
             return Ok(());
         }
         // A kill whose teardown failed earlier left the sandbox Dead: tear down again.
