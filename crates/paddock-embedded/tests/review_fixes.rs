@@ -60,7 +60,13 @@ async fn a_dead_sandboxs_address_is_not_reused_before_its_user_forgets_it() {
             .exec(&dead.id, &["/bin/kill", "-9", "2"])
             .await
             .expect("exec");
-        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        // 137: the kill itself was killed when the dying init took the pid namespace down.
+        assert!(
+            matches!(out.code, 0 | 137),
+            "kill: {} {}",
+            out.code,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         let ev = loop {
             match ended.try_recv() {
