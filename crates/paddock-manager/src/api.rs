@@ -353,7 +353,11 @@ async fn create<I: Infra>(
         default_workdir: None,
         timestamp: Some(crate::records::rfc3339(SystemTime::now())),
     };
-    if let Err(e) = m.runtime.init(info.address, &init, None).await {
+    if let Err(e) = m
+        .runtime
+        .init(info.address, &init, info.bootstrap_token.as_deref())
+        .await
+    {
         let _ = m.infra.kill(&info.id).await;
         return Err(ApiError::internal(format!(
             "initialising sandbox {}: {}",

@@ -78,6 +78,7 @@ impl<I: Infra> Manager<I> {
             runtime: Default::default(),
         });
         lifecycle::spawn_reaper(manager.clone());
+        lifecycle::spawn_ended_watcher(manager.clone());
         Ok(manager)
     }
 
