@@ -10,7 +10,9 @@
 
 pub mod config;
 pub mod container;
+pub mod disk;
 mod infra;
+pub mod logrelay;
 mod logs;
 pub mod mounts;
 pub mod network;

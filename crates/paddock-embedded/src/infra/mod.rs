@@ -109,7 +109,8 @@ impl EmbeddedInfra {
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
         network::setup_host(&cfg.net).await.map_err(internal)?;
-        let templates = Templates::new(cfg.template_cache.clone(), cfg.templates.clone());
+        let templates =
+            Templates::new(cfg.template_cache.clone(), cfg.templates_with_disk_limits());
         let max_create_qps = cfg.max_create_qps;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let infra = Self {
