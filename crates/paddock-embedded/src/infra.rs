@@ -83,6 +83,8 @@ struct Inner {
     pool_wakeup: tokio::sync::Notify,
     create_rate: crate::ratelimit::RateLimiter,
     shutdown: tokio::sync::watch::Sender<bool>,
+    /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
+    _instance_lock: crate::instance_lock::InstanceLock,
 }
 
 /// Sandboxes as Linux containers on this host. Cheap to clone.
@@ -150,6 +152,8 @@ impl EmbeddedInfra {
     /// reality: live ones are adopted, half-made or dead ones are cleaned up, and anything of
     /// ours that no record explains (cgroups, mounts, veths, state dirs) is removed.
     pub async fn start(cfg: EmbeddedConfig) -> InfraResult<Self> {
+        let instance_lock =
+            crate::instance_lock::InstanceLock::for_config(&cfg).map_err(internal)?;
         for d in [
             cfg.data_dir.join("sandboxes"),
             cfg.data_dir.join("containers"),
@@ -159,7 +163,9 @@ impl EmbeddedInfra {
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
-        network::setup_host(&cfg.net).await.map_err(internal)?;
+        network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
+            .await
+            .map_err(internal)?;
         let templates = Templates::new(cfg.template_cache.clone(), cfg.templates.clone());
         let max_create_qps = cfg.max_create_qps;
         let (shutdown, _) = tokio::sync::watch::channel(false);
@@ -173,6 +179,7 @@ impl EmbeddedInfra {
                 pool_wakeup: tokio::sync::Notify::new(),
                 create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
                 shutdown,
+                _instance_lock: instance_lock,
             }),
         };
         infra.recover().await?;
@@ -551,8 +558,8 @@ impl EmbeddedInfra {
                     .unwrap_or(false);
             if live {
                 info!(id = %rec.id, state = %rec.state, "adopting sandbox");
-                if rec.allow_internet {
-                    let _ = network::allow_egress(&self.inner.cfg.net, rec.ip);
+                if let Err(e) = network::rebind(&self.inner.cfg.net, rec.ip, rec.allow_internet) {
+                    warn!(id = %rec.id, error = %e, "re-binding the sandbox's network failed");
                 }
                 {
                     let mut st = self.state();
