@@ -158,15 +158,35 @@ impl Default for NetConfig {
 }
 
 impl NetConfig {
+    /// The set of names for a bridge other than the default one: its own nftables table and
+    /// veth prefix, derived from the bridge name so that two instances with different bridges
+    /// never touch each other's rules or links. The default bridge keeps the default names.
+    pub fn for_bridge(bridge: &str, cidr: Cidr) -> Result<Self, NetError> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+        if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(ok) {
+            return Err(NetError::Config(format!(
+                "bridge name {bridge:?}: 1 to 15 characters of [A-Za-z0-9_-]"
+            )));
+        }
+        let default = Self::default();
+        if bridge == default.bridge {
+            return Ok(Self { cidr, ..default });
+        }
+        let hash = fnv1a(bridge.as_bytes());
+        Ok(Self {
+            bridge: bridge.to_owned(),
+            cidr,
+            nft_table: format!("paddock_{}", bridge.replace('-', "_")),
+            // "pd" + 5 hex digits: never starts like the default "pdk" (k is not a hex
+            // digit), and 7 bytes leave room for the 8-digit index within IFNAMSIZ.
+            veth_prefix: format!("pd{:05x}", hash & 0xf_ffff),
+        })
+    }
+
     /// The bridge's hardware address: locally administered, unicast, and
     /// derived from the bridge name so that it survives restarts.
     pub fn bridge_mac(&self) -> [u8; 6] {
-        // FNV-1a: stable across builds, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.bridge.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let b = h.to_be_bytes();
+        let b = fnv1a(self.bridge.as_bytes()).to_be_bytes();
         [0x02, b[3], b[4], b[5], b[6], b[7]]
     }
 
@@ -178,6 +198,15 @@ impl NetConfig {
             self.cidr.index_of(ip).unwrap_or(u32::MAX)
         )
     }
+}
+
+/// FNV-1a: stable across builds and runs, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 async fn connect() -> Result<Handle, NetError> {
@@ -260,7 +289,27 @@ pub async fn setup_host(cfg: &NetConfig, resolv_conf: Option<&Path>) -> Result<(
         None => Vec::new(),
     };
     firewall::load(cfg, &dns)?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
+    enable_forwarding()
+}
+
+/// Turns on IPv4 forwarding, which NAT egress needs (security review L5).
+///
+/// The switch is host-wide: Paddock's own `forward` chain gives every packet from or to its
+/// bridge an explicit verdict, but forwarding between the host's other interfaces is then up
+/// to the host's firewall. Paddock does not veto that traffic itself, because container
+/// runtimes and Kubernetes networks on the same host rely on it; when forwarding was off
+/// before, the operator is told so.
+fn enable_forwarding() -> Result<(), NetError> {
+    const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+    let was = std::fs::read_to_string(KNOB).unwrap_or_default();
+    if was.trim() == "0" {
+        tracing::warn!(
+            "turning on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox internet access; \
+             forwarding between this host's other interfaces is now governed by its own \
+             firewall"
+        );
+    }
+    std::fs::write(KNOB, "1").map_err(|source| NetError::Io {
         op: "enable ip_forward".into(),
         source,
     })
@@ -599,5 +648,29 @@ mod tests {
             ..NetConfig::default()
         };
         assert_ne!(mac, other.bridge_mac());
+    }
+
+    #[test]
+    fn each_bridge_gets_its_own_table_and_veth_prefix() {
+        let cidr: Cidr = "10.77.0.0/16".parse().expect("cidr");
+        let d = NetConfig::for_bridge("pdkbr0", cidr).expect("default bridge");
+        assert_eq!(
+            (d.nft_table.as_str(), d.veth_prefix.as_str()),
+            ("paddock", "pdk")
+        );
+        assert_eq!(d.cidr, cidr);
+        let a = NetConfig::for_bridge("pdkbr1", cidr).expect("a");
+        let b = NetConfig::for_bridge("lab-br", cidr).expect("b");
+        assert_eq!(a.nft_table, "paddock_pdkbr1");
+        assert_eq!(b.nft_table, "paddock_lab_br");
+        assert_ne!(a.veth_prefix, b.veth_prefix);
+        for c in [&a, &b] {
+            assert_eq!(c.veth_prefix.len(), 7);
+            assert!(!c.veth_prefix.starts_with("pdk"), "{}", c.veth_prefix);
+            assert!(c.veth_name(Ipv4Addr::new(10, 77, 255, 254)).len() <= 15);
+        }
+        for bad in ["", "a-very-long-bridge", "br 0", "br/0"] {
+            assert!(NetConfig::for_bridge(bad, cidr).is_err(), "{bad:?}");
+        }
     }
 }

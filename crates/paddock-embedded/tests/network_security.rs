@@ -460,3 +460,35 @@ async fn a_second_instance_on_the_same_network_is_refused() {
     outcome.expect("the second start must be refused");
     second_ok.expect("a start after the first instance stopped");
 }
+
+/// Security review H3, after a restart: the firewall is loaded afresh with an empty `ports`
+/// set, so a sandbox that outlived its Paddock must be bound again when the next one adopts
+/// it, or the bridge would drop everything it sends (its runtime included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_sandbox_is_bound_again_and_stays_reachable() {
+    let env = support::Env::new(35);
+    let first = env.start().await;
+    let sbx = first.create(req(false)).await.expect("create");
+    assert!(runtime_answers(sbx.address), "reachable before the restart");
+    // Paddock stops without killing its sandboxes, as on an upgrade.
+    first.shutdown();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        match paddock_embedded::EmbeddedInfra::start(env.cfg.clone()).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("restart: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    // The host forgets the sandbox's hardware address, as it would after a while.
+    let _ = Command::new("ip")
+        .args(["neigh", "flush", "dev", &env.cfg.net.bridge])
+        .status();
+    let reachable = runtime_answers(sbx.address);
+    let _ = second.kill(&sbx.id).await;
+    let leaks = env.leaks().await;
+    env.cleanup(Some(&second)).await;
+    assert!(reachable, "the adopted sandbox's runtime is unreachable");
+    assert_eq!(leaks, Vec::<String>::new());
+}
