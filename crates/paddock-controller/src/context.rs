@@ -12,7 +12,7 @@ use kube::{Client, Resource, ResourceExt};
 
 use crate::Config;
 use crate::backoff::Backoff;
-use crate::runtime_init::RuntimeClient;
+use paddock_contract::client::RuntimeClient;
 
 /// Why one reconcile did not finish.
 #[derive(Debug, thiserror::Error)]

@@ -13,7 +13,6 @@ mod context;
 pub mod desired;
 mod leader;
 mod probes;
-mod runtime_init;
 mod sandbox;
 mod sandboxset;
 pub mod webhook;
