@@ -186,18 +186,20 @@ fn host_neighbour(dev: &str, addr: Ipv4Addr) -> Option<String> {
     words.next().map(str::to_owned)
 }
 
-/// `GET /health` from the host; true on a 204 within the deadline.
+/// `GET /health` from the host; true when the runtime answers at all (the stand-in and the
+/// real runtime answer differently; reachability is what counts here).
 fn runtime_answers(addr: SocketAddr) -> bool {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\n\r\n").is_err() {
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
         return false;
     }
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap_or(0);
-    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 204")
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 ")
 }
 
 /// Sandbox-side attack tool (python3 of the base template, as sandbox root with
