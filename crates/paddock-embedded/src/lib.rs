@@ -10,7 +10,9 @@
 
 pub mod config;
 pub mod container;
+pub mod firewall;
 mod infra;
+pub mod instance_lock;
 mod logs;
 pub mod mounts;
 pub mod network;
