@@ -1,6 +1,9 @@
 """The embedded product end to end: the unmodified E2B SDKs against
 `paddock up` (E2B_API_URL and E2B_SANDBOX_URL both point at it)."""
 
+import shutil
+import subprocess
+import tempfile
 import time
 
 import httpx
@@ -8,8 +11,8 @@ import pytest
 from e2b import AuthenticationException, NotFoundException, Sandbox, SandboxException
 from e2b.sandbox.sandbox_api import SandboxQuery
 
-from fixtures import ADMIN_KEY, URL, admin
-from paddock_testing import wait_until
+from fixtures import ADMIN_KEY, URL, admin, up
+from paddock_testing import debug_binaries, free_port, wait_until
 
 
 def counter(sbx) -> int:
@@ -166,3 +169,27 @@ def test_metrics_info_and_state_filter(paddock):
     finally:
         sbx.kill()
         Sandbox.kill(other.sandbox_id)
+
+
+def test_a_second_instance_on_the_same_network_is_refused(paddock):
+    """One instance per network set: a second `paddock up` with the default bridge and subnet
+    (its own data dir and port) exits at once, naming the running instance's pid and the
+    flags that pick another set, and leaves the first one serving."""
+    paddock_bin, runtime = debug_binaries()
+    data = tempfile.mkdtemp(prefix="paddock-e2e-second-", dir="/var/tmp")
+    try:
+        second = subprocess.run(
+            [
+                str(paddock_bin), "up",
+                "--listen", f"127.0.0.1:{free_port()}",
+                "--data-dir", data,
+                "--admin-api-key", ADMIN_KEY,
+                "--runtime", str(runtime),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert second.returncode != 0, second.stderr
+    assert f"pid {up().proc.pid}" in second.stderr and "--bridge" in second.stderr, second.stderr
+    assert httpx.get(f"{URL}/health").status_code == 200

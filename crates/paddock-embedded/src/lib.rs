@@ -11,7 +11,9 @@
 pub mod config;
 pub mod container;
 pub mod disk;
+pub mod firewall;
 mod infra;
+pub mod instance_lock;
 pub mod logrelay;
 mod logs;
 pub mod mounts;

@@ -189,7 +189,8 @@ async fn pause_stops_a_counter_and_resume_continues_it() {
 }
 
 /// A stand-in for "the internet": a network namespace we create, reachable from the host
-/// through a veth, with an HTTP listener. Removed on drop.
+/// through a veth, with an HTTP listener. Removed on drop. Its addresses are in 198.18/15
+/// (set aside for benchmarking, routed nowhere): private ranges are denied to sandboxes.
 struct FakeInternet {
     ns: String,
     host_if: String,
@@ -197,7 +198,7 @@ struct FakeInternet {
 }
 
 impl FakeInternet {
-    const ADDR: &'static str = "10.219.14.2:8080";
+    const ADDR: &'static str = "198.18.14.2:8080";
 
     fn new() -> Self {
         let (ns, host_if, peer) = ("pdktnet14".to_string(), "pdkte14a".to_string(), "pdkte14b");
@@ -219,9 +220,9 @@ impl FakeInternet {
             "link", "add", &host_if, "type", "veth", "peer", "name", peer,
         ]);
         ip(&["link", "set", peer, "netns", &ns]);
-        ip(&["addr", "add", "10.219.14.1/24", "dev", &host_if]);
+        ip(&["addr", "add", "198.18.14.1/24", "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &ns, "addr", "add", "10.219.14.2/24", "dev", peer]);
+        ip(&["-n", &ns, "addr", "add", "198.18.14.2/24", "dev", peer]);
         ip(&["-n", &ns, "link", "set", peer, "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         let server = std::process::Command::new("ip")

@@ -43,6 +43,8 @@ struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Sandboxes that died on their own (see `Infra::ended`).
     ended: tokio::sync::broadcast::Sender<SandboxEnded>,
+    /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
+    _instance_lock: crate::instance_lock::InstanceLock,
 }
 
 /// Events an `ended` receiver may fall behind by before it sees `Lagged`.
@@ -99,6 +101,8 @@ impl EmbeddedInfra {
     /// reality: live ones are adopted, half-made or dead ones are cleaned up, and anything of
     /// ours that no record explains (cgroups, mounts, veths, state dirs) is removed.
     pub async fn start(cfg: EmbeddedConfig) -> InfraResult<Self> {
+        let instance_lock =
+            crate::instance_lock::InstanceLock::for_config(&cfg).map_err(internal)?;
         for d in [
             cfg.data_dir.join("sandboxes"),
             cfg.data_dir.join("containers"),
@@ -108,7 +112,9 @@ impl EmbeddedInfra {
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
-        network::setup_host(&cfg.net).await.map_err(internal)?;
+        network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
+            .await
+            .map_err(internal)?;
         let templates =
             Templates::new(cfg.template_cache.clone(), cfg.templates_with_disk_limits());
         let max_create_qps = cfg.max_create_qps;
@@ -124,6 +130,7 @@ impl EmbeddedInfra {
                 create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
                 shutdown,
                 ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
+                _instance_lock: instance_lock,
             }),
         };
         infra.recover().await?;

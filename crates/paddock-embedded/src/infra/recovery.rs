@@ -26,8 +26,8 @@ impl EmbeddedInfra {
                     .unwrap_or(false);
             if live {
                 info!(id = %rec.id, state = %rec.state, "adopting sandbox");
-                if rec.allow_internet {
-                    let _ = network::allow_egress(&self.inner.cfg.net, rec.ip);
+                if let Err(e) = network::rebind(&self.inner.cfg.net, rec.ip, rec.allow_internet) {
+                    warn!(id = %rec.id, error = %e, "re-binding the sandbox's network failed");
                 }
                 {
                     let mut st = self.state();

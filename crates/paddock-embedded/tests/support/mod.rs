@@ -197,6 +197,14 @@ impl Env {
         if text.contains("elements") {
             out.push(format!("nft egress elements: {text}"));
         }
+        let ports = std::process::Command::new("nft")
+            .args(["list", "set", "bridge", &self.cfg.net.nft_table, "ports"])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&ports.stdout);
+        if text.contains("elements") {
+            out.push(format!("nft port bindings: {text}"));
+        }
         out
     }
 
@@ -228,7 +236,16 @@ where
     F: FnOnce(EmbeddedInfra, std::sync::Arc<Env>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let env = std::sync::Arc::new(Env::new(n));
+    with_env(Env::new(n), f).await
+}
+
+/// [`with_infra`] for an environment the caller has adjusted first.
+pub async fn with_env<F, Fut>(env: Env, f: F)
+where
+    F: FnOnce(EmbeddedInfra, std::sync::Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let env = std::sync::Arc::new(env);
     let infra = env.start().await;
     let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(f(
         infra.clone(),
