@@ -151,10 +151,11 @@ impl EmbeddedInfra {
     /// ours that no record explains (cgroups, mounts, veths, state dirs) is removed.
     pub async fn start(cfg: EmbeddedConfig) -> InfraResult<Self> {
         for d in [
+            cfg.data_dir.clone(),
             cfg.data_dir.join("sandboxes"),
             cfg.data_dir.join("containers"),
         ] {
-            std::fs::create_dir_all(&d).map_err(internal)?;
+            crate::private_dir::create_private_dir(&d).map_err(internal)?;
         }
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
