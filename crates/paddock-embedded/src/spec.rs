@@ -341,7 +341,6 @@ mod tests {
             "bpf",
             "kexec_load",
             "init_module",
-            "clone3",
         ] {
             assert!(denied.iter().any(|n| *n == must), "{must} not denied");
         }
