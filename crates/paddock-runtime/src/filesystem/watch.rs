@@ -9,6 +9,7 @@ use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::entry::{Names, entry_info};
+use super::slots::WatchSlot;
 use crate::proto::filesystem::{EventType, FilesystemEvent};
 use crate::users::UserDb;
 
@@ -86,6 +87,7 @@ pub fn start(
 
 struct Polled {
     _watcher: notify::RecommendedWatcher,
+    _slot: WatchSlot,
     events: Arc<Mutex<VecDeque<FilesystemEvent>>>,
 }
 
@@ -100,7 +102,8 @@ impl WatcherTable {
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(&self, spec: WatchSpec) -> notify::Result<String> {
+    /// Starts a polled watch that holds `slot` for as long as it lives.
+    pub fn create(&self, spec: WatchSpec, slot: WatchSlot) -> notify::Result<String> {
         let events = Arc::new(Mutex::new(VecDeque::new()));
         let sink_events = events.clone();
         let watcher = start(spec, move |ev| {
@@ -115,6 +118,7 @@ impl WatcherTable {
             id.clone(),
             Polled {
                 _watcher: watcher,
+                _slot: slot,
                 events,
             },
         );
