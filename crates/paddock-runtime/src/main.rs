@@ -48,6 +48,11 @@ struct Args {
     /// once; each is a kernel process of its own.
     #[arg(long, default_value_t = paddock_runtime::interpreter::DEFAULT_MAX_CONTEXTS, env = "PADDOCK_CODE_INTERPRETER_MAX_CONTEXTS")]
     max_contexts: usize,
+    /// Most bytes one upload (`POST /files`) may write, after gzip
+    /// decoding; larger ones get 413 and leave no file. Unset: no cap
+    /// beyond the sandbox's disk.
+    #[arg(long, env = "PADDOCK_RUNTIME_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
     /// Log filter, e.g. `info` or `paddock_runtime=debug`.
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
@@ -68,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
         default_user: args.default_user,
         default_workdir: args.default_workdir,
         max_watchers: args.max_watchers,
+        max_upload_bytes: args.max_upload_bytes,
         ..RuntimeOptions::default()
     };
     let rt = Runtime::new(opts);

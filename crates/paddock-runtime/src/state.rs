@@ -22,6 +22,9 @@ pub struct RuntimeOptions {
     /// Security review M1: how many directory watches (inotify instances,
     /// shared with the host) may be live at once.
     pub max_watchers: usize,
+    /// Security review H5: most bytes one `POST /files` request may write
+    /// (after gzip decoding); `None` leaves uploads bounded by the disk.
+    pub max_upload_bytes: Option<u64>,
 }
 
 impl Default for RuntimeOptions {
@@ -32,6 +35,7 @@ impl Default for RuntimeOptions {
             default_workdir: None,
             system_root: PathBuf::from("/"),
             max_watchers: DEFAULT_MAX_WATCHERS,
+            max_upload_bytes: None,
         }
     }
 }
@@ -51,6 +55,7 @@ pub struct Runtime {
     pub(crate) processes: ProcessTable,
     pub(crate) watchers: WatcherTable,
     pub(crate) watch_slots: WatchSlots,
+    pub(crate) max_upload_bytes: Option<u64>,
 }
 
 impl Runtime {
@@ -69,6 +74,7 @@ impl Runtime {
             processes: ProcessTable::default(),
             watchers: WatcherTable::default(),
             watch_slots: WatchSlots::new(opts.max_watchers),
+            max_upload_bytes: opts.max_upload_bytes,
         })
     }
 

@@ -60,3 +60,57 @@ pub async fn unary_with(
 pub async fn unary(rt: &Arc<Runtime>, path: &str, body: Value) -> (StatusCode, Value) {
     unary_with(rt, path, &[], body).await
 }
+
+/// The unprivileged account the L1 tests act as (`nobody`'s ids), from a
+/// user database of the test's own, so nothing is added to the host.
+pub const TESTER: &str = "tester";
+pub const TESTER_UID: u32 = 65534;
+
+/// A world-searchable scratch directory holding a user database with
+/// [`TESTER`], and a runtime that uses it. The tests need root, since only
+/// root can switch to another user's identity.
+pub struct Hostile {
+    pub dir: tempfile::TempDir,
+    pub rt: Arc<Runtime>,
+}
+
+impl Hostile {
+    pub fn new(opts: RuntimeOptions) -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests switch identities and must run as root"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::write(
+            etc.join("passwd"),
+            format!(
+                "root:x:0:0:root:/root:/bin/sh\n{TESTER}:x:{TESTER_UID}:{TESTER_UID}::/nonexistent:/bin/sh\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("group"),
+            format!("root:x:0:\n{TESTER}:x:{TESTER_UID}:\n"),
+        )
+        .unwrap();
+        let rt = Runtime::new(RuntimeOptions {
+            default_user: TESTER.into(),
+            system_root: dir.path().to_path_buf(),
+            ..opts
+        });
+        Self { dir, rt }
+    }
+
+    /// A root-owned directory under the scratch directory, with `mode`.
+    pub fn root_dir(&self, name: &str, mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = self.dir.path().join(name);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p
+    }
+}
