@@ -241,12 +241,13 @@ impl Filesystem for FilesystemService {
             include_entry: req.include_entry,
             users: self.rt.users.clone(),
         };
-        let watcher = watch::start(spec, move |ev| {
+        let watch = watch::start(spec, &user, slot, move |ev| {
             // Blocks only this watch's own thread when the client is slow.
             let _ = tx.blocking_send(ev);
         })
-        .map_err(|e| ConnectError::internal(format!("watching '{}': {e}", path.display())))?;
-        Response::stream_ok(watch_stream((watcher, slot), rx, keepalive))
+        .await
+        .map_err(|e| fs_error(&e, &path))?;
+        Response::stream_ok(watch_stream(watch, rx, keepalive))
     }
 
     async fn create_watcher(
@@ -264,10 +265,12 @@ impl Filesystem for FilesystemService {
             include_entry: req.include_entry,
             users: self.rt.users.clone(),
         };
-        let id =
-            self.rt.watchers.create(spec, slot).map_err(|e| {
-                ConnectError::internal(format!("watching '{}': {e}", path.display()))
-            })?;
+        let id = self
+            .rt
+            .watchers
+            .create(spec, &user, slot)
+            .await
+            .map_err(|e| fs_error(&e, &path))?;
         Response::ok(CreateWatcherResponse {
             watcher_id: id,
             ..Default::default()
@@ -315,7 +318,7 @@ fn response(event: WatchEvent) -> WatchDirResponse {
 /// `start`, then events and keepalives; the watch lives as long as the
 /// stream, so a client that goes away stops it.
 fn watch_stream(
-    watcher: (notify::RecommendedWatcher, WatchSlot),
+    watcher: watch::ActiveWatch,
     rx: tokio::sync::mpsc::Receiver<FilesystemEvent>,
     keepalive: Duration,
 ) -> impl futures::Stream<Item = Result<WatchDirResponse, ConnectError>> + Send + 'static {
