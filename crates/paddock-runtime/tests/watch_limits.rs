@@ -96,9 +96,27 @@ async fn streamed_watches_count_against_the_same_cap() {
         .header("content-type", "application/connect+json")
         .body(axum::body::Body::from(frame))
         .unwrap();
-    let (_, _, bytes) = common::send(paddock_runtime::app(rt.clone()), req).await;
+    let resp = tower::ServiceExt::oneshot(paddock_runtime::app(rt.clone()), req)
+        .await
+        .unwrap();
+    // Without a cap the watch would start and stream forever: read only
+    // the first frame, within a deadline.
+    let mut body = resp.into_body();
+    let first = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        http_body_util::BodyExt::frame(&mut body),
+    )
+    .await
+    .expect("the refused watch must answer at once, not start streaming")
+    .unwrap()
+    .unwrap()
+    .into_data()
+    .unwrap();
     // The error travels in the end-of-stream frame (flags 0x02).
-    assert!(bytes.len() > 5 && bytes[0] == 0x02, "{bytes:?}");
-    let end: serde_json::Value = serde_json::from_slice(&bytes[5..]).unwrap();
+    assert!(
+        first.len() > 5 && first[0] == 0x02,
+        "the watch started: {first:?}"
+    );
+    let end: serde_json::Value = serde_json::from_slice(&first[5..]).unwrap();
     assert_eq!(end["error"]["code"], "resource_exhausted", "{end}");
 }
