@@ -11,11 +11,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -30,6 +31,7 @@ use crate::context::{Context, Kind, ReconcileError, track};
 use crate::desired::claim::{self as plan, Candidate};
 use crate::desired::duration;
 use crate::desired::sandbox::{is_gone, is_ready, state};
+use crate::expectations::Expect;
 use crate::sandbox::{ignore_not_found, patch_status};
 
 /// Most sandboxes claimed in one round (the original's batch limit).
@@ -37,20 +39,20 @@ const MAX_BATCH: usize = 50;
 /// Retry delay while the pool has nothing to give.
 const NO_STOCK_RETRY: Duration = Duration::from_secs(2);
 
+/// How soon a round that found the cache behind its own claims looks again.
+const WAIT_FOR_CACHE: Duration = Duration::from_millis(100);
+
 const COMPLETED: &str = "Completed";
 const TIMED_OUT: &str = "TimedOut";
 
-pub async fn run(ctx: Arc<Context>) {
+/// Reconciles SandboxClaims, also woken by the shared cache's Sandbox `events`.
+pub async fn run(ctx: Arc<Context>, events: impl Stream<Item = Arc<Sandbox>> + Send + 'static) {
     let stream = Controller::new(ctx.watch_api::<SandboxClaim>(), watcher::Config::default())
-        .watches(
-            ctx.watch_api::<Sandbox>(),
-            watcher::Config::default().labels(keys::LABEL_CLAIM_NAME),
-            |s| {
-                let ns = s.namespace()?;
-                let claim = s.labels().get(keys::LABEL_CLAIM_NAME)?;
-                Some(ObjectRef::<SandboxClaim>::new(claim).within(&ns))
-            },
-        )
+        .watches_shared_stream(events, |s: Arc<Sandbox>| {
+            let ns = s.namespace()?;
+            let claim = s.labels().get(keys::LABEL_CLAIM_NAME)?;
+            Some(ObjectRef::<SandboxClaim>::new(claim).within(&ns))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(64))
         .run(
             reconcile,
@@ -77,6 +79,11 @@ async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action
         apply(&claim, &ctx).instrument(span),
     )
     .await
+}
+
+/// The owner key of a claim's writes in [`crate::expectations`].
+fn writes_key(ns: &str, name: &str) -> String {
+    format!("claim/{ns}/{name}")
 }
 
 fn millis(field: &str, value: Option<&String>, default: &str) -> Result<i64, ReconcileError> {
@@ -132,10 +139,19 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
         .0;
     status.phase = Some(ClaimPhase::Claiming);
 
-    // What this claim already holds (crash-safe: recounted from the sandboxes every time).
-    let lp = ListParams::default().labels(&format!("{}={}", keys::LABEL_CLAIM_NAME, name));
+    // What this claim already holds (crash-safe: recounted from the sandboxes every time), from
+    // the shared cache once it shows this claim's own last claims (else it would claim again).
+    ctx.sandboxes().await?;
+    if !ctx.writes_seen(&ns, &writes_key(&ns, &name)) {
+        return Ok(Action::requeue(WAIT_FOR_CACHE));
+    }
+    let mine = ctx
+        .cached_sandboxes(&ns, |s| {
+            s.labels().get(keys::LABEL_CLAIM_NAME) == Some(&name)
+        })
+        .await?;
     let mut held = Vec::new();
-    for s in sandboxes.list(&lp).await?.items {
+    for s in mine {
         if s.annotations().get(keys::ANNOTATION_OWNER) != Some(&uid) || is_gone(&s, now) {
             continue;
         }
@@ -280,6 +296,7 @@ async fn give_up(
     s: &Sandbox,
 ) -> Result<(), ReconcileError> {
     let name = s.name_any();
+    let owner_key = writes_key(&s.namespace().unwrap_or_default(), &claim.name_any());
     ctx.event(
         claim,
         true,
@@ -300,6 +317,10 @@ async fn give_up(
                 .await
                 .map(|_| ()),
         )?;
+    }
+    // Not again from a cache that still shows it held and not ready.
+    if let Some(from) = s.resource_version() {
+        ctx.expect_write(&owner_key, &name, Expect::Changed { from });
     }
     Ok(())
 }
@@ -325,19 +346,21 @@ async fn take(
             ));
         }
     };
-    let lp = ListParams::default().labels(&format!(
-        "{}={},{}=false",
-        keys::LABEL_SANDBOX_POOL,
-        set_name,
-        keys::LABEL_SANDBOX_CLAIMED
-    ));
-    let pool = sandboxes
-        .list(&lp)
+    // A stale cached candidate is harmless: the claim's PUT carries its resourceVersion and a
+    // newer sandbox answers 409, so the next candidate is tried.
+    let pool = ctx
+        .cached_sandboxes(&ns, |s| {
+            s.labels().get(keys::LABEL_SANDBOX_POOL) == Some(set_name)
+                && s.labels()
+                    .get(keys::LABEL_SANDBOX_CLAIMED)
+                    .map(String::as_str)
+                    == Some("false")
+        })
         .await
-        .map_err(|e| format!("listing the pool: {}", crate::context::api_message(&e)))?;
+        .map_err(|e| format!("reading the pool: {e}"))?;
+    let owner_key = writes_key(&ns, &claim.name_any());
     let sbs_uid = sbs.metadata.uid.clone().unwrap_or_default();
     let candidates: Vec<Candidate> = pool
-        .items
         .iter()
         .map(|s| Candidate {
             name: s.name_any(),
@@ -367,7 +390,7 @@ async fn take(
         if got == need {
             break;
         }
-        let mut s = pool.items[i].clone();
+        let mut s = Sandbox::clone(&pool[i]);
         claim_metadata(claim, &mut s, &sbs_uid, now);
         match sandboxes
             .replace(&s.name_any(), &PostParams::default(), &s)
@@ -376,6 +399,9 @@ async fn take(
             Ok(_) => {
                 got += 1;
                 tracing::info!(sandbox = %s.name_any(), "claimed");
+                if let Some(from) = s.resource_version() {
+                    ctx.expect_write(&owner_key, &s.name_any(), Expect::Changed { from });
+                }
                 after_claim(claim, ctx, &s).await;
             }
             Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => {
@@ -566,6 +592,11 @@ async fn create_on_no_stock(
         match api.create(&PostParams::default(), &s).await {
             Ok(created) => {
                 made += 1;
+                ctx.expect_write(
+                    &writes_key(&ns, &claim.name_any()),
+                    &created.name_any(),
+                    Expect::Created,
+                );
                 tracing::info!(sandbox = %created.name_any(), "created a sandbox for the claim (no stock)");
             }
             Err(e) => {
