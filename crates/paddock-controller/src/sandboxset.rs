@@ -29,7 +29,8 @@ use tracing::Instrument;
 
 use crate::context::{Context, Kind, ReconcileError, track};
 use crate::desired::pool::{self, Member, MemberState};
-use crate::desired::{revision, sandbox::state};
+use crate::desired::revision;
+use crate::desired::sandbox::{SandboxState, state};
 use crate::expectations::Expect;
 use crate::sandbox::{ignore_not_found, patch_status};
 
@@ -232,9 +233,11 @@ async fn gc_revisions(api: &Api<SandboxTemplate>, sbs: &SandboxSet, current: &st
 
 fn member(s: &Sandbox, now: Timestamp) -> Member {
     let state = match state(s, now) {
-        "dead" => MemberState::Dead,
-        "available" => MemberState::Available,
-        _ => MemberState::Creating,
+        SandboxState::Dead => MemberState::Dead,
+        SandboxState::Available => MemberState::Available,
+        SandboxState::Creating | SandboxState::Running | SandboxState::Paused => {
+            MemberState::Creating
+        }
     };
     Member {
         name: s.name_any(),

@@ -392,7 +392,7 @@ pub fn is_ready(sbx: &Sandbox) -> bool {
 }
 
 /// Whether a Sandbox is finished for good: being deleted, past its `shutdownTime`, or in a
-/// terminal phase. Unlike [`state`]'s `dead`, a claimed sandbox whose Pod is briefly not
+/// terminal phase. Unlike [`SandboxState::Dead`], a claimed sandbox whose Pod is briefly not
 /// ready is not gone (a claim must not replace it on a readiness blip).
 pub fn is_gone(sbx: &Sandbox, now: Timestamp) -> bool {
     sbx.metadata.deletion_timestamp.is_some()
@@ -404,19 +404,52 @@ pub fn is_gone(sbx: &Sandbox, now: Timestamp) -> bool {
             .is_some_and(|p| p.is_terminal() || p == SandboxPhase::Terminating)
 }
 
-/// The manager-level state (`creating|available|running|paused|dead`) of a Sandbox.
-pub fn state(sbx: &Sandbox, now: Timestamp) -> &'static str {
+/// The manager-level state of a Sandbox: what a pool or a claim makes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// No ready Pod yet (or a pool member whose Pod is not ready).
+    Creating,
+    /// A ready pool member, free to claim.
+    Available,
+    /// Claimed, running and ready.
+    Running,
+    /// Claimed and paused (or resuming).
+    Paused,
+    /// Deleted, past its shutdown time, finished, or claimed with a Pod that is not ready.
+    Dead,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Available => "available",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The [`SandboxState`] of a Sandbox at `now`.
+pub fn state(sbx: &Sandbox, now: Timestamp) -> SandboxState {
     if sbx.metadata.deletion_timestamp.is_some() {
-        return "dead";
+        return SandboxState::Dead;
     }
     if sbx.spec.shutdown_time.as_ref().is_some_and(|t| t.0 <= now) {
-        return "dead";
+        return SandboxState::Dead;
     }
     let phase = sbx.status.as_ref().and_then(|s| s.phase);
     match phase {
-        None | Some(SandboxPhase::Pending) => return "creating",
+        None | Some(SandboxPhase::Pending) => return SandboxState::Creating,
         Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Terminating) => {
-            return "dead";
+            return SandboxState::Dead;
         }
         _ => {}
     }
@@ -426,16 +459,16 @@ pub fn state(sbx: &Sandbox, now: Timestamp) -> &'static str {
         .any(|o| o.controller == Some(true) && o.kind == "SandboxSet");
     if pooled {
         return if is_ready(sbx) {
-            "available"
+            SandboxState::Available
         } else {
-            "creating"
+            SandboxState::Creating
         };
     }
     match phase {
-        Some(SandboxPhase::Running) if sbx.spec.paused == Some(true) => "paused",
-        Some(SandboxPhase::Running) if is_ready(sbx) => "running",
-        Some(SandboxPhase::Running) => "dead",
-        _ => "paused",
+        Some(SandboxPhase::Running) if sbx.spec.paused == Some(true) => SandboxState::Paused,
+        Some(SandboxPhase::Running) if is_ready(sbx) => SandboxState::Running,
+        Some(SandboxPhase::Running) => SandboxState::Dead,
+        _ => SandboxState::Paused,
     }
 }
 
@@ -621,7 +654,7 @@ mod tests {
     #[test]
     fn a_claimed_sandbox_with_a_not_ready_pod_is_dead_to_the_manager_but_not_gone() {
         let mut s = sandbox(Some(SandboxPhase::Running));
-        assert_eq!(state(&s, at(1)), "dead");
+        assert_eq!(state(&s, at(1)), SandboxState::Dead);
         assert!(!is_gone(&s, at(1)));
         s.spec.shutdown_time = Some(Time(at(1)));
         assert!(is_gone(&s, at(1)));
