@@ -28,8 +28,7 @@ pub struct PodView {
     /// UID of the controlling owner.
     pub owner_uid: Option<String>,
     pub terminating: bool,
-    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
-    pub phase: String,
+    pub phase: PodPhase,
     pub ready: bool,
     pub ip: Option<String>,
     pub node: Option<String>,
@@ -38,6 +37,31 @@ pub struct PodView {
     pub revision: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// A Pod's `status.phase`. Kubernetes may add phases: any other string reads as
+/// [`PodPhase::Unknown`], which the state machine treats like `Pending` (wait), never as an
+/// error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Pending" => Self::Pending,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// Container waiting reasons that mean "this will not start by itself soon".
@@ -81,7 +105,10 @@ impl PodView {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             terminating: pod.metadata.deletion_timestamp.is_some(),
-            phase: status.phase.unwrap_or_else(|| "Pending".into()),
+            phase: status
+                .phase
+                .as_deref()
+                .map_or(PodPhase::Pending, PodPhase::parse),
             ready,
             ip: status.pod_ip.filter(|s| !s.is_empty()),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -284,8 +311,8 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
             status.node_name = p.node.clone();
             status.sandbox_ip = p.ip.clone();
             status.update_revision = p.revision.clone().or(status.update_revision);
-            match p.phase.as_str() {
-                "Succeeded" => {
+            match p.phase {
+                PodPhase::Succeeded => {
                     status.phase = Some(SandboxPhase::Succeeded);
                     set(
                         &mut status,
@@ -295,7 +322,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         "Pod succeeded",
                     );
                 }
-                "Failed" => {
+                PodPhase::Failed => {
                     status.phase = Some(SandboxPhase::Failed);
                     status.message = Some("Pod failed".into());
                     set(
@@ -306,7 +333,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         "Pod failed",
                     );
                 }
-                "Running" => {
+                PodPhase::Running => {
                     if resuming {
                         set(
                             &mut status,
@@ -336,7 +363,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         steps.push(Step::InitRuntime);
                     }
                 }
-                _ => {
+                PodPhase::Pending | PodPhase::Unknown => {
                     status.phase = Some(if resuming {
                         SandboxPhase::Resuming
                     } else {
@@ -496,7 +523,7 @@ mod tests {
         PodView {
             uid: "pod-1".into(),
             owner_uid: Some("uid-1".into()),
-            phase: phase.into(),
+            phase: PodPhase::parse(phase),
             ready,
             ip: Some("10.0.0.5".into()),
             node: Some("node".into()),
@@ -659,6 +686,18 @@ mod tests {
         s.spec.shutdown_time = Some(Time(at(1)));
         assert!(is_gone(&s, at(1)));
         assert!(is_gone(&sandbox(Some(SandboxPhase::Failed)), at(1)));
+    }
+
+    #[test]
+    fn pod_phases_parse_and_an_unknown_one_waits_like_pending() {
+        assert_eq!(PodPhase::parse("Running"), PodPhase::Running);
+        assert_eq!(PodPhase::parse("Succeeded"), PodPhase::Succeeded);
+        assert_eq!(PodPhase::parse("Failed"), PodPhase::Failed);
+        assert_eq!(PodPhase::parse("Pending"), PodPhase::Pending);
+        assert_eq!(PodPhase::parse("Hibernating"), PodPhase::Unknown);
+        let p = plan(&sandbox(None), Some(&pod("Hibernating", false)), at(1));
+        assert_eq!(p.status.phase, Some(SandboxPhase::Pending));
+        assert!(p.steps.is_empty());
     }
 
     #[test]
