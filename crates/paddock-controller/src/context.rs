@@ -11,12 +11,12 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 
+use paddock_contract::client::RuntimeClient;
 use paddock_crds::Sandbox;
 
 use crate::Config;
 use crate::backoff::Backoff;
 use crate::expectations::Expectations;
-use crate::runtime_init::RuntimeClient;
 
 /// Why one reconcile did not finish.
 #[derive(Debug, thiserror::Error)]

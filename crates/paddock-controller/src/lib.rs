@@ -15,7 +15,6 @@ pub mod desired;
 mod expectations;
 mod leader;
 mod probes;
-mod runtime_init;
 mod sandbox;
 mod sandboxset;
 pub mod webhook;

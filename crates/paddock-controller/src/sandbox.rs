@@ -140,7 +140,7 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
                 let ip = status.sandbox_ip.clone().unwrap_or_default();
                 let now_t = Time(Timestamp::now());
                 let started = std::time::Instant::now();
-                let res = ctx.runtime.init(&ip, &body, None).await;
+                let res = init_runtime(&ctx.runtime, &ip, &body).await;
                 tracing::info!(ok = res.is_ok(), took = ?started.elapsed(), "runtime /init");
                 match res {
                     Ok(()) => paddock_crds::set_condition(
@@ -153,7 +153,7 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
                         sbx.metadata.generation,
                     ),
                     Err(e) => {
-                        let msg = e.to_string();
+                        let msg = error_chain(&e);
                         paddock_crds::set_condition(
                             &mut status.conditions,
                             cond::RUNTIME_INITIALIZED,
@@ -374,4 +374,56 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
         Err(kube::Error::Api(ae)) => Err(format!("creating Pod: {}", ae.message)),
         Err(e) => Err(format!("creating Pod: {}", crate::context::api_message(&e))),
     }
+}
+
+/// Why replaying `/init` failed; the message (with its sources) becomes the condition's.
+#[derive(Debug, thiserror::Error)]
+enum InitRuntimeError {
+    #[error("sandbox IP {0:?} is not an IP address")]
+    BadIp(String),
+    #[error(
+        "annotation {} is not a valid /init request",
+        keys::ANNOTATION_INIT_RUNTIME_REQUEST
+    )]
+    BadRequest(#[source] serde_json::Error),
+    #[error(transparent)]
+    Init(#[from] paddock_contract::client::InitError),
+}
+
+/// Replays the stored `/init` request (`body`, the init-runtime-request annotation) to the
+/// runtime at `ip`.
+///
+/// The request's own token goes along as `X-Access-Token`: a runtime that already applied this
+/// request (the Pod survived, the status write was lost) accepts it again. A 401 means the
+/// runtime holds a token from an earlier init; the replay is then already done.
+async fn init_runtime(
+    client: &paddock_contract::client::RuntimeClient,
+    ip: &str,
+    body: &str,
+) -> Result<(), InitRuntimeError> {
+    let addr = ip
+        .parse::<std::net::IpAddr>()
+        .map(|ip| std::net::SocketAddr::new(ip, keys::RUNTIME_PORT))
+        .map_err(|_| InitRuntimeError::BadIp(ip.to_string()))?;
+    let req: paddock_contract::InitRequest = if body.trim().is_empty() {
+        Default::default()
+    } else {
+        serde_json::from_str(body).map_err(InitRuntimeError::BadRequest)?
+    };
+    match client.init(addr, &req, req.access_token.as_deref()).await {
+        Ok(()) | Err(paddock_contract::client::InitError::Unauthorized { .. }) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `e` and its sources, joined with ": ", for a condition message.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }

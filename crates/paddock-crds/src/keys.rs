@@ -69,7 +69,7 @@ pub const FINALIZER_SANDBOX: &str = "agents.kruise.io/sandbox";
 pub const FINALIZER_CHECKPOINT: &str = "agents.kruise.io/checkpoint";
 
 /// The runtime's (envd's) port in every sandbox.
-pub const RUNTIME_PORT: u16 = 49983;
+pub use paddock_contract::RUNTIME_PORT;
 
 /// Whether a user-supplied metadata key falls under a reserved prefix.
 pub fn is_reserved_key(key: &str) -> bool {

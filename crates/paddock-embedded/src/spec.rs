@@ -13,7 +13,7 @@ pub const INIT_PATH: &str = "/.paddock/init";
 /// Where the runtime binary is mounted inside every sandbox.
 pub const RUNTIME_PATH: &str = "/.paddock/paddock-runtime";
 /// Port the runtime listens on.
-pub const RUNTIME_PORT: u16 = 49983;
+pub use paddock_contract::RUNTIME_PORT;
 
 /// Inputs of [`build`].
 #[derive(Debug)]

@@ -6,10 +6,7 @@
 
 use axum::http::{HeaderMap, Method};
 
-/// Port of the runtime (envd).
-pub const RUNTIME_PORT: u16 = 49983;
-/// Port of the code interpreter.
-pub const INTERPRETER_PORT: u16 = 49999;
+pub use paddock_contract::{INTERPRETER_PORT, RUNTIME_PORT};
 
 /// The tokens a sandbox was given at creation.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -112,19 +109,11 @@ fn need(
         (Denied::MissingTrafficToken, Denied::WrongTrafficToken)
     };
     let got = headers.get(name).ok_or(missing)?.as_bytes();
-    if constant_time_eq(got, expected.as_bytes()) {
+    if paddock_contract::same_secret(got, expected.as_bytes()) {
         Ok(())
     } else {
         Err(wrong)
     }
-}
-
-/// Compares without an early exit, so timing does not reveal a prefix.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

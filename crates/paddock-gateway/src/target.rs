@@ -4,7 +4,7 @@ use axum::body::Body;
 use axum::http::Request;
 
 /// Port of the runtime (envd) when a request names none.
-pub const DEFAULT_PORT: u16 = 49983;
+pub const DEFAULT_PORT: u16 = paddock_contract::RUNTIME_PORT;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {

@@ -173,8 +173,8 @@ struct NewSandbox {
     allow_internet_access: Option<bool>,
     metadata: Option<BTreeMap<String, String>>,
     env_vars: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    secure: Option<bool>,
+    // `secure` is not read: every sandbox gets an access token, which is what `secure: true`
+    // asks for; serde skips the field like any other unknown one.
     network: Option<NetworkConfig>,
 }
 
@@ -324,7 +324,6 @@ async fn create<I: Infra>(
         .create(CreateSandbox {
             template: template.clone(),
             limits: None,
-            env: BTreeMap::new(),
             allow_internet_access,
             metadata: metadata.clone(),
         })
@@ -339,7 +338,6 @@ async fn create<I: Infra>(
             return Err(e.into());
         }
     };
-    let _ = b.secure;
     let token = random_hex(24);
     let traffic_token = b
         .network
@@ -348,17 +346,23 @@ async fn create<I: Infra>(
         .is_some_and(|public| !public)
         .then(|| random_hex(24));
     // The runtime learns its env vars and access token through /init.
-    let init = json!({
-        "envVars": b.env_vars.clone().unwrap_or_default(),
-        "accessToken": token,
-        "defaultUser": "user",
-        "timestamp": crate::records::rfc3339(SystemTime::now()),
-    });
-    if let Err(e) = post_init(m, info.address, &init).await {
+    let init = paddock_contract::InitRequest {
+        env_vars: Some(b.env_vars.clone().unwrap_or_default()),
+        access_token: Some(token.clone()),
+        default_user: Some("user".into()),
+        default_workdir: None,
+        timestamp: Some(crate::records::rfc3339(SystemTime::now())),
+    };
+    if let Err(e) = m
+        .runtime
+        .init(info.address, &init, info.bootstrap_token.as_deref())
+        .await
+    {
         let _ = m.infra.kill(&info.id).await;
         return Err(ApiError::internal(format!(
-            "initialising sandbox {}: {e}",
-            info.id
+            "initialising sandbox {}: {}",
+            info.id,
+            error_chain(&e)
         )));
     }
     let now = SystemTime::now();
@@ -395,37 +399,6 @@ async fn create<I: Infra>(
     tracing::info!(sandbox = %record.id, team = %record.team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
     m.records.insert(record);
     Ok((StatusCode::CREATED.as_u16(), body))
-}
-
-async fn post_init<I: Infra>(
-    m: &Manager<I>,
-    addr: std::net::SocketAddr,
-    body: &Value,
-) -> Result<(), String> {
-    let mut last = String::new();
-    // A sandbox that just answered /health can still refuse the very next
-    // connection for a moment; a few quick retries cover that.
-    for attempt in 0..5u32 {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-        }
-        let req = http::Request::post(format!("http://{addr}/init"))
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                body.to_string(),
-            )))
-            .map_err(|e| e.to_string())?;
-        match tokio::time::timeout(Duration::from_secs(10), m.http.request(req)).await {
-            Err(_) => last = "runtime did not answer /init in 10s".into(),
-            Ok(Err(e)) => {
-                last = error_chain(&e);
-                tracing::debug!(%addr, attempt, error = %last, "POST /init failed");
-            }
-            Ok(Ok(resp)) if resp.status().is_success() => return Ok(()),
-            Ok(Ok(resp)) => return Err(format!("runtime answered /init with {}", resp.status())),
-        }
-    }
-    Err(last)
 }
 
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {

@@ -53,10 +53,8 @@ pub struct Manager<I: Infra> {
     pub(crate) reservations: quota::Reservations,
     pub(crate) idempotency: idempotency::Idempotency,
     pub(crate) metrics: ManagerMetrics,
-    pub(crate) http: hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector,
-        http_body_util::Full<bytes::Bytes>,
-    >,
+    /// Sends `/init` to new sandboxes.
+    pub(crate) runtime: paddock_contract::client::RuntimeClient,
 }
 
 impl<I: Infra> Manager<I> {
@@ -67,11 +65,6 @@ impl<I: Infra> Manager<I> {
         metrics: ManagerMetrics,
     ) -> std::io::Result<Arc<Self>> {
         let keys = KeyStore::open(&config.data_dir, &config.admin_api_key)?;
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_nodelay(true);
-        let http =
-            hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build(connector);
         let records = Records::open(config.data_dir.join("sandboxes.json"))?;
         let manager = Arc::new(Self {
             infra,
@@ -82,9 +75,10 @@ impl<I: Infra> Manager<I> {
             reservations: Default::default(),
             idempotency: Default::default(),
             metrics,
-            http,
+            runtime: Default::default(),
         });
         lifecycle::spawn_reaper(manager.clone());
+        lifecycle::spawn_ended_watcher(manager.clone());
         Ok(manager)
     }
 

@@ -15,12 +15,7 @@ use crate::errors::{HttpError, user_error};
 use crate::state::Runtime;
 use crate::users::User;
 
-pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
-
-/// Compares secrets without leaking where they differ through timing.
-pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+pub use paddock_contract::{ACCESS_TOKEN_HEADER, same_secret};
 
 fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
     headers

@@ -27,10 +27,6 @@ mod users;
 pub use server::{app, interpreter_app, serve};
 pub use state::{Runtime, RuntimeOptions};
 
-/// The envd version whose behaviour this runtime implements. The manager
-/// advertises it to the SDKs, which gate features on it (metadata on writes,
-/// `include_entry` on watches and octet-stream uploads need ≥ 0.6.4).
-pub const ENVD_VERSION: &str = "0.6.4";
-
-/// The port the E2B SDKs expect the runtime on.
-pub const DEFAULT_PORT: u16 = 49983;
+// The contract with orchestrators (ports, advertised envd version, the /init body) is defined
+// once, in paddock-contract.
+pub use paddock_contract::{ENVD_VERSION, INTERPRETER_PORT, RUNTIME_PORT as DEFAULT_PORT};

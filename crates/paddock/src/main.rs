@@ -252,7 +252,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             admin_api_key: key.clone(),
             max_timeout_secs: args.max_timeout,
             data_dir: args.data_dir.clone(),
-            envd_version: paddock_runtime::ENVD_VERSION.into(),
+            envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
         },
         manager_metrics,

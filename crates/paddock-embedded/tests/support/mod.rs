@@ -7,6 +7,22 @@ use std::sync::OnceLock;
 use paddock_embedded::network::{Cidr, NetConfig};
 use paddock_embedded::{EmbeddedConfig, EmbeddedInfra, TemplateSpec};
 
+/// False when this process is not root, after printing why the calling test is skipped: the
+/// embedded tests make namespaces, mounts, cgroups, bridges and nft tables, which need root, and
+/// a plain `cargo test` as another user must still pass. Call first in every such test:
+/// `if support::skip_unless_root() { return; }`.
+pub fn skip_unless_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    eprintln!(
+        "skipping {test}: needs root (namespaces, mounts, cgroups, a bridge); run it as root or through hack/test"
+    );
+    true
+}
+
 /// Template cache shared by all tests (and CI runs): `PADDOCK_TEMPLATE_CACHE` or
 /// `/var/tmp/paddock-test-templates`.
 pub fn template_cache() -> PathBuf {

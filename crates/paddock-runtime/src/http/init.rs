@@ -1,6 +1,5 @@
 //! `POST /init`: the orchestrator hands the sandbox its configuration.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,29 +7,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Deserialize;
 
 use crate::errors::HttpError;
 use crate::state::Runtime;
 use crate::users::UserError;
 
-/// The fields Paddock acts on; others (volume mounts, CA bundles, …) are
-/// accepted and ignored so newer orchestrators keep working.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InitRequest {
-    #[serde(default)]
-    pub env_vars: Option<BTreeMap<String, String>>,
-    #[serde(default)]
-    pub access_token: Option<String>,
-    #[serde(default)]
-    pub default_user: Option<String>,
-    #[serde(default)]
-    pub default_workdir: Option<String>,
-    /// The orchestrator's clock; logged, since a sandbox may not set the host clock.
-    #[serde(default)]
-    pub timestamp: Option<String>,
-}
+pub use paddock_contract::InitRequest;
 
 pub async fn init(State(rt): State<Arc<Runtime>>, body: Bytes) -> Response {
     match apply(&rt, &body) {

@@ -1,0 +1,34 @@
+//! The contract between whatever runs a sandbox (embedded infra, Kubernetes controller, manager)
+//! and the Paddock runtime inside it. Defined once, here:
+//!
+//! * the ports the runtime listens on ([`RUNTIME_PORT`], [`INTERPRETER_PORT`]);
+//! * the envd version the API advertises for it ([`ENVD_VERSION`]);
+//! * the `POST /init` request ([`InitRequest`]) and the access-token header;
+//! * the constant-time token comparison every token check uses ([`same_secret`]);
+//! * with the `client` feature, the one client that probes `/health` and sends `/init`, with
+//!   one retry policy ([`client::RuntimeClient`]).
+//!
+//! The runtime links this crate without the `client` feature: types and constants only.
+
+mod init;
+mod token;
+
+#[cfg(feature = "client")]
+pub mod client;
+
+pub use init::InitRequest;
+pub use token::same_secret;
+
+/// The port the E2B SDKs expect the runtime (envd's protocol) on.
+pub const RUNTIME_PORT: u16 = 49983;
+
+/// The port the code-interpreter SDKs expect `/execute` and `/contexts` on.
+pub const INTERPRETER_PORT: u16 = 49999;
+
+/// The envd version whose behaviour the runtime implements. The manager advertises it to the
+/// SDKs, which gate features on it (metadata on writes, `include_entry` on watches and
+/// octet-stream uploads need ≥ 0.6.4).
+pub const ENVD_VERSION: &str = "0.6.4";
+
+/// The header carrying the sandbox's access token on the data plane and on `/init`.
+pub const ACCESS_TOKEN_HEADER: &str = "x-access-token";
