@@ -3,7 +3,8 @@
 # root-only tests need on a Debian 12 host. Idempotent; safe to run twice.
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-pkgs=(debootstrap libseccomp-dev pkg-config nftables iproute2 tini ca-certificates)
+# libelf-dev and zlib1g-dev: libcontainer's cgroup v2 device filter (eBPF) builds libbpf.
+pkgs=(debootstrap libseccomp-dev libelf-dev zlib1g-dev pkg-config nftables iproute2 tini ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")

@@ -139,3 +139,31 @@ def test_execute_needs_the_token_but_contexts_do_not(secured_runtime):
     r = httpx.post(f"{url}/execute", json={"code": "1+1"}, headers={"X-Access-Token": "s3cret-token"}, timeout=60)
     assert r.status_code == 200 and '"text":"2"' in r.text.replace(" ", "")
     assert httpx.get(f"{url}/contexts").status_code == 200
+    # Security review M3: a token that is sent must be the right one.
+    assert httpx.get(f"{url}/contexts", headers={"X-Access-Token": "wrong"}).status_code == 401
+    assert httpx.get(f"{url}/contexts", headers={"X-Access-Token": "s3cret-token"}).status_code == 200
+
+
+def test_client_contexts_are_capped_but_run_code_keeps_working(ci):
+    """Security review M3: POST /contexts past --max-contexts is refused with
+    a clear error, so callers cannot start kernels until the sandbox runs out
+    of memory; the default context does not count against the cap."""
+    from conftest import INTERPRETER_OFFSET, PORT, RuntimeProcess
+
+    port = PORT + 300
+    rt = RuntimeProcess(port, "--max-contexts", "2")
+    try:
+        url = f"http://127.0.0.1:{port + INTERPRETER_OFFSET}"
+        made = [httpx.post(f"{url}/contexts", json={}, timeout=60) for _ in range(3)]
+        assert [r.status_code for r in made] == [200, 200, 429], [r.text for r in made]
+        assert "too many code contexts" in made[2].text
+        r = httpx.post(f"{url}/execute", json={"code": "1+1"}, timeout=60)
+        assert r.status_code == 200 and '"text":"2"' in r.text.replace(" ", "")
+        assert httpx.delete(f"{url}/contexts/{made[0].json()['id']}").status_code == 204
+        assert httpx.post(f"{url}/contexts", json={}, timeout=60).status_code == 200
+    finally:
+        rt.stop()
+    # The SDK on the shared runtime is unaffected by a cap it never reaches.
+    ctx = ci.create_code_context()
+    assert ci.run_code("6*7", context=ctx).text == "42"
+    ci.remove_code_context(ctx)

@@ -45,9 +45,15 @@ async fn reconcile(cp: Arc<Checkpoint>, ctx: Arc<Context>) -> Result<Action, Rec
     track(&ctx, Kind::Checkpoint, cp.as_ref(), fut.instrument(span)).await
 }
 
-async fn target(cp: &Checkpoint, ctx: &Context) -> Result<Target, kube::Error> {
+async fn target(cp: &Checkpoint, ctx: &Context) -> Result<Target, ReconcileError> {
     let ns = cp.namespace().unwrap_or_default();
     if let Some(name) = &cp.spec.sandbox_name {
+        // The shared cache answers "present"; "missing" fails the checkpoint for good, so a
+        // miss (perhaps a sandbox the cache has not seen yet) is asked of the API server.
+        ctx.sandboxes().await?;
+        if ctx.cached_sandbox(&ns, name).is_some() {
+            return Ok(Target::Present);
+        }
         let sandboxes: Api<Sandbox> = ctx.api(&ns);
         return Ok(match sandboxes.get_opt(name).await? {
             Some(_) => Target::Present,

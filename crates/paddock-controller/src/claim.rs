@@ -11,25 +11,24 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use paddock_crds::sandbox_conditions as sbx_cond;
-use paddock_crds::{
-    ClaimPhase, Sandbox, SandboxClaim, SandboxSet, find_condition, keys, set_condition,
-};
+use paddock_crds::{ClaimPhase, Sandbox, SandboxClaim, SandboxSet, keys, set_condition};
 use serde_json::json;
 use tracing::Instrument;
 
 use crate::context::{Context, Kind, ReconcileError, track};
-use crate::desired::claim::{self as plan, Candidate};
+use crate::desired::claim::{self as plan, AfterCompletion, Candidate, Held, Round};
 use crate::desired::duration;
-use crate::desired::sandbox::{is_gone, is_ready, state};
+use crate::desired::sandbox::is_gone;
+use crate::expectations::Expect;
 use crate::sandbox::{ignore_not_found, patch_status};
 
 /// Most sandboxes claimed in one round (the original's batch limit).
@@ -37,20 +36,17 @@ const MAX_BATCH: usize = 50;
 /// Retry delay while the pool has nothing to give.
 const NO_STOCK_RETRY: Duration = Duration::from_secs(2);
 
-const COMPLETED: &str = "Completed";
-const TIMED_OUT: &str = "TimedOut";
+/// How soon a round that found the cache behind its own claims looks again.
+const WAIT_FOR_CACHE: Duration = Duration::from_millis(100);
 
-pub async fn run(ctx: Arc<Context>) {
+/// Reconciles SandboxClaims, also woken by the shared cache's Sandbox `events`.
+pub async fn run(ctx: Arc<Context>, events: impl Stream<Item = Arc<Sandbox>> + Send + 'static) {
     let stream = Controller::new(ctx.watch_api::<SandboxClaim>(), watcher::Config::default())
-        .watches(
-            ctx.watch_api::<Sandbox>(),
-            watcher::Config::default().labels(keys::LABEL_CLAIM_NAME),
-            |s| {
-                let ns = s.namespace()?;
-                let claim = s.labels().get(keys::LABEL_CLAIM_NAME)?;
-                Some(ObjectRef::<SandboxClaim>::new(claim).within(&ns))
-            },
-        )
+        .watches_shared_stream(events, |s: Arc<Sandbox>| {
+            let ns = s.namespace()?;
+            let claim = s.labels().get(keys::LABEL_CLAIM_NAME)?;
+            Some(ObjectRef::<SandboxClaim>::new(claim).within(&ns))
+        })
         .with_config(kube::runtime::controller::Config::default().concurrency(64))
         .run(
             reconcile,
@@ -79,6 +75,11 @@ async fn reconcile(claim: Arc<SandboxClaim>, ctx: Arc<Context>) -> Result<Action
     .await
 }
 
+/// The owner key of a claim's writes in [`crate::expectations`].
+fn writes_key(ns: &str, name: &str) -> String {
+    format!("claim/{ns}/{name}")
+}
+
 fn millis(field: &str, value: Option<&String>, default: &str) -> Result<i64, ReconcileError> {
     duration::parse(value.map_or(default, |s| s.as_str()))
         .map_err(|e| ReconcileError::Invalid(format!("spec.{field}: {e}")))
@@ -104,22 +105,20 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
             spec.ttl_after_completed.as_ref(),
             "60m",
         )?;
-        if ttl < 0 {
-            return Ok(Action::await_change());
-        }
-        let done = old.completion_time.as_ref().map_or(now, |t| t.0);
-        let left = done.as_millisecond() + ttl - now.as_millisecond();
-        if left <= 0 {
-            tracing::info!("ttlAfterCompleted passed: deleting the claim");
-            ignore_not_found(
-                claims
-                    .delete(&name, &DeleteParams::default())
-                    .await
-                    .map(|_| ()),
-            )?;
-            return Ok(Action::await_change());
-        }
-        return Ok(Action::requeue(duration::to_std(left)));
+        return match plan::after_completion(old.completion_time.as_ref(), ttl, now) {
+            AfterCompletion::Keep => Ok(Action::await_change()),
+            AfterCompletion::Wait(left) => Ok(Action::requeue(left)),
+            AfterCompletion::Delete => {
+                tracing::info!("ttlAfterCompleted passed: deleting the claim");
+                ignore_not_found(
+                    claims
+                        .delete(&name, &DeleteParams::default())
+                        .await
+                        .map(|_| ()),
+                )?;
+                Ok(Action::await_change())
+            }
+        };
     }
 
     let claim_timeout = millis("claimTimeout", spec.claim_timeout.as_ref(), "1m")?;
@@ -132,29 +131,26 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
         .0;
     status.phase = Some(ClaimPhase::Claiming);
 
-    // What this claim already holds (crash-safe: recounted from the sandboxes every time).
-    let lp = ListParams::default().labels(&format!("{}={}", keys::LABEL_CLAIM_NAME, name));
+    // What this claim already holds (crash-safe: recounted from the sandboxes every time), from
+    // the shared cache once it shows this claim's own last claims (else it would claim again).
+    ctx.sandboxes().await?;
+    if !ctx.writes_seen(&ns, &writes_key(&ns, &name)) {
+        return Ok(Action::requeue(WAIT_FOR_CACHE));
+    }
+    let mine = ctx
+        .cached_sandboxes(&ns, |s| {
+            s.labels().get(keys::LABEL_CLAIM_NAME) == Some(&name)
+        })
+        .await?;
     let mut held = Vec::new();
-    for s in sandboxes.list(&lp).await?.items {
+    for s in mine {
         if s.annotations().get(keys::ANNOTATION_OWNER) != Some(&uid) || is_gone(&s, now) {
             continue;
         }
-        let claimed_at = s
-            .annotations()
-            .get(keys::ANNOTATION_CLAIM_TIMESTAMP)
-            .and_then(|t| t.parse::<Timestamp>().ok())
-            .unwrap_or(now);
-        let usable = is_ready(&s)
-            && (skip_init
-                || s.status.as_ref().is_some_and(|st| {
-                    find_condition(&st.conditions, sbx_cond::RUNTIME_INITIALIZED)
-                        .is_some_and(|c| c.status == "True")
-                }));
-        if !usable && now.as_millisecond() - claimed_at.as_millisecond() > wait_ready {
-            give_up(claim, ctx, &sandboxes, &s).await?;
-            continue;
+        match plan::held(&s, skip_init, wait_ready, now) {
+            Held::GiveUp => give_up(claim, ctx, &sandboxes, &s).await?,
+            h => held.push((s, h == Held::Usable)),
         }
-        held.push((s, usable));
     }
     let usable = held.iter().filter(|(_, u)| *u).count();
     status.claimed_replicas = held.len() as i32;
@@ -162,69 +158,80 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
     let mut requeue = None;
     // Published after the status write: the claimant waits on the status, not the event.
     let mut done_event = None;
-    if usable >= replicas {
-        let age = claim
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map_or(0, |t| now.as_millisecond() - t.0.as_millisecond());
-        tracing::info!(
-            sandboxes = usable,
-            since_created_ms = age,
-            "claim completed"
-        );
-        let msg = format!("claimed {usable} sandbox(es)");
-        complete(&mut status, &now_t, gen_, false, msg.clone());
-        done_event = Some((false, "ClaimCompleted", msg));
-    } else if now.as_millisecond() - start.as_millisecond() >= claim_timeout {
-        let msg = format!("claimTimeout reached with {usable} of {replicas} sandbox(es) ready");
-        complete(&mut status, &now_t, gen_, true, msg.clone());
-        done_event = Some((true, TIMED_OUT, msg));
-    } else {
-        let need = replicas.saturating_sub(held.len()).min(MAX_BATCH);
-        if need > 0 {
-            match take(claim, ctx, need, now).await {
-                Ok(got) => {
-                    status.claimed_replicas += got as i32;
-                    if got < need {
-                        let msg = format!(
-                            "{} of {} sandbox(es) claimed; waiting for the pool",
-                            held.len() + got,
-                            replicas
-                        );
-                        if old.message.as_deref() != Some(msg.as_str()) {
-                            ctx.event(claim, true, "NoAvailableSandboxes", msg.clone())
-                                .await;
+    let round = plan::round(
+        replicas,
+        held.len(),
+        usable,
+        start,
+        claim_timeout,
+        MAX_BATCH,
+        now,
+    );
+    match round {
+        Round::Complete => {
+            let age = claim
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| now.as_millisecond() - t.0.as_millisecond());
+            tracing::info!(
+                sandboxes = usable,
+                since_created_ms = age,
+                "claim completed"
+            );
+            let msg = format!("claimed {usable} sandbox(es)");
+            plan::complete(&mut status, &now_t, gen_, false, msg.clone());
+            done_event = Some((false, "ClaimCompleted", msg));
+        }
+        Round::TimedOut => {
+            let msg = format!("claimTimeout reached with {usable} of {replicas} sandbox(es) ready");
+            plan::complete(&mut status, &now_t, gen_, true, msg.clone());
+            done_event = Some((true, plan::TIMED_OUT, msg));
+        }
+        Round::Claim { need, deadline } => {
+            if need > 0 {
+                match take(claim, ctx, need, now).await {
+                    Ok(got) => {
+                        status.claimed_replicas += got as i32;
+                        if got < need {
+                            let msg = format!(
+                                "{} of {} sandbox(es) claimed; waiting for the pool",
+                                held.len() + got,
+                                replicas
+                            );
+                            if old.message.as_deref() != Some(msg.as_str()) {
+                                ctx.event(claim, true, "NoAvailableSandboxes", msg.clone())
+                                    .await;
+                            }
+                            status.message = Some(msg);
+                            requeue = Some(NO_STOCK_RETRY);
+                        } else {
+                            status.message =
+                                Some("waiting for claimed sandboxes to be ready".into());
                         }
+                    }
+                    Err(msg) => {
+                        if old.message.as_deref() != Some(msg.as_str()) {
+                            ctx.event(claim, true, "ClaimFailed", msg.clone()).await;
+                        }
+                        set_condition(
+                            &mut status.conditions,
+                            plan::COMPLETED,
+                            false,
+                            "ClaimFailed",
+                            &msg,
+                            &now_t,
+                            gen_,
+                        );
                         status.message = Some(msg);
                         requeue = Some(NO_STOCK_RETRY);
-                    } else {
-                        status.message = Some("waiting for claimed sandboxes to be ready".into());
                     }
                 }
-                Err(msg) => {
-                    if old.message.as_deref() != Some(msg.as_str()) {
-                        ctx.event(claim, true, "ClaimFailed", msg.clone()).await;
-                    }
-                    set_condition(
-                        &mut status.conditions,
-                        COMPLETED,
-                        false,
-                        "ClaimFailed",
-                        &msg,
-                        &now_t,
-                        gen_,
-                    );
-                    status.message = Some(msg);
-                    requeue = Some(NO_STOCK_RETRY);
-                }
+            } else {
+                status.message = Some("waiting for claimed sandboxes to be ready".into());
             }
-        } else {
-            status.message = Some("waiting for claimed sandboxes to be ready".into());
+            requeue = Some(requeue.map_or(deadline, |r| r.min(deadline)));
         }
-        let left =
-            duration::to_std(claim_timeout - (now.as_millisecond() - start.as_millisecond()));
-        requeue = Some(requeue.map_or(left, |r| r.min(left)));
     }
     if status != old {
         patch_status(&claims, &name, &old, &status).await?;
@@ -239,39 +246,6 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
     })
 }
 
-fn complete(
-    status: &mut paddock_crds::SandboxClaimStatus,
-    now: &Time,
-    gen_: Option<i64>,
-    timed_out: bool,
-    msg: String,
-) {
-    status.phase = Some(ClaimPhase::Completed);
-    status.completion_time = Some(now.clone());
-    let reason = if timed_out { TIMED_OUT } else { "Succeeded" };
-    set_condition(
-        &mut status.conditions,
-        COMPLETED,
-        true,
-        reason,
-        &msg,
-        now,
-        gen_,
-    );
-    if timed_out {
-        set_condition(
-            &mut status.conditions,
-            TIMED_OUT,
-            true,
-            TIMED_OUT,
-            &msg,
-            now,
-            gen_,
-        );
-    }
-    status.message = Some(msg);
-}
-
 /// A claimed sandbox that never became ready: deleted, or kept (and released) for debugging.
 async fn give_up(
     claim: &SandboxClaim,
@@ -280,6 +254,7 @@ async fn give_up(
     s: &Sandbox,
 ) -> Result<(), ReconcileError> {
     let name = s.name_any();
+    let owner_key = writes_key(&s.namespace().unwrap_or_default(), &claim.name_any());
     ctx.event(
         claim,
         true,
@@ -300,6 +275,10 @@ async fn give_up(
                 .await
                 .map(|_| ()),
         )?;
+    }
+    // Not again from a cache that still shows it held and not ready.
+    if let Some(from) = s.resource_version() {
+        ctx.expect_write(&owner_key, &name, Expect::Changed { from });
     }
     Ok(())
 }
@@ -325,35 +304,23 @@ async fn take(
             ));
         }
     };
-    let lp = ListParams::default().labels(&format!(
-        "{}={},{}=false",
-        keys::LABEL_SANDBOX_POOL,
-        set_name,
-        keys::LABEL_SANDBOX_CLAIMED
-    ));
-    let pool = sandboxes
-        .list(&lp)
+    // A stale cached candidate is harmless: the claim's PUT carries its resourceVersion and a
+    // newer sandbox answers 409, so the next candidate is tried.
+    let pool = ctx
+        .cached_sandboxes(&ns, |s| {
+            s.labels().get(keys::LABEL_SANDBOX_POOL) == Some(set_name)
+                && s.labels()
+                    .get(keys::LABEL_SANDBOX_CLAIMED)
+                    .map(String::as_str)
+                    == Some("false")
+        })
         .await
-        .map_err(|e| format!("listing the pool: {}", crate::context::api_message(&e)))?;
+        .map_err(|e| format!("reading the pool: {e}"))?;
+    let owner_key = writes_key(&ns, &claim.name_any());
     let sbs_uid = sbs.metadata.uid.clone().unwrap_or_default();
     let candidates: Vec<Candidate> = pool
-        .items
         .iter()
-        .map(|s| Candidate {
-            name: s.name_any(),
-            pooled: s
-                .owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && o.uid == sbs_uid),
-            available: state(s, now) == "available",
-            has_ip: s
-                .status
-                .as_ref()
-                .and_then(|st| st.sandbox_ip.as_ref())
-                .is_some(),
-            locked: s.annotations().contains_key(keys::ANNOTATION_LOCK),
-            revision: s.labels().get(keys::LABEL_TEMPLATE_HASH).cloned(),
-        })
+        .map(|s| Candidate::from_sandbox(s, &sbs_uid, now))
         .collect();
     let update_revision = sbs.status.as_ref().and_then(|s| s.update_revision.clone());
     let order = plan::pick(
@@ -367,8 +334,8 @@ async fn take(
         if got == need {
             break;
         }
-        let mut s = pool.items[i].clone();
-        claim_metadata(claim, &mut s, &sbs_uid, now);
+        let mut s = Sandbox::clone(&pool[i]);
+        plan::claim_metadata(claim, &mut s, &sbs_uid, now, secrets());
         match sandboxes
             .replace(&s.name_any(), &PostParams::default(), &s)
             .await
@@ -376,6 +343,9 @@ async fn take(
             Ok(_) => {
                 got += 1;
                 tracing::info!(sandbox = %s.name_any(), "claimed");
+                if let Some(from) = s.resource_version() {
+                    ctx.expect_write(&owner_key, &s.name_any(), Expect::Changed { from });
+                }
                 after_claim(claim, ctx, &s).await;
             }
             Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => {
@@ -396,62 +366,11 @@ async fn take(
     Ok(got)
 }
 
-/// The claim's labels or annotations without reserved keys (the webhook rejects those; this
-/// keeps a claim admitted without the webhook from forging system metadata).
-fn user_metadata(map: Option<&BTreeMap<String, String>>) -> BTreeMap<String, String> {
-    map.into_iter()
-        .flatten()
-        .filter(|(k, _)| !keys::is_reserved_key(k))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect()
-}
-
-/// Turns a pool sandbox (or a fresh one) into this claim's sandbox.
-fn claim_metadata(claim: &SandboxClaim, s: &mut Sandbox, sbs_uid: &str, now: Timestamp) {
-    let spec = &claim.spec;
-    let token = uuid::Uuid::new_v4().to_string();
-    let user_labels = user_metadata(spec.labels.as_ref());
-    let user_annotations = user_metadata(spec.annotations.as_ref());
-    let updated = json!({
-        "labels": user_labels.keys().collect::<Vec<_>>(),
-        "annotations": user_annotations.keys().collect::<Vec<_>>(),
-    });
-    if let Some(refs) = s.metadata.owner_references.as_mut() {
-        refs.retain(|o| o.uid != sbs_uid);
-    }
-    let labels = s.labels_mut();
-    labels.extend(user_labels);
-    labels.insert(keys::LABEL_SANDBOX_CLAIMED.into(), "true".into());
-    labels.insert(keys::LABEL_CLAIM_NAME.into(), claim.name_any());
-    let annotations = s.annotations_mut();
-    annotations.extend(user_annotations);
-    annotations.insert(
-        keys::ANNOTATION_LOCK.into(),
-        uuid::Uuid::new_v4().to_string(),
-    );
-    annotations.insert(
-        keys::ANNOTATION_OWNER.into(),
-        claim.metadata.uid.clone().unwrap_or_default(),
-    );
-    annotations.insert(
-        keys::ANNOTATION_CLAIM_TIMESTAMP.into(),
-        now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
-    );
-    annotations.insert(
-        keys::ANNOTATION_UPDATED_METADATA_IN_CLAIM.into(),
-        updated.to_string(),
-    );
-    if !spec.skip_init_runtime.unwrap_or(false) {
-        let req =
-            json!({"envVars": spec.env_vars.clone().unwrap_or_default(), "accessToken": token});
-        annotations.insert(
-            keys::ANNOTATION_INIT_RUNTIME_REQUEST.into(),
-            req.to_string(),
-        );
-        annotations.insert(keys::ANNOTATION_RUNTIME_ACCESS_TOKEN.into(), token);
-    }
-    if spec.shutdown_time.is_some() {
-        s.spec.shutdown_time = spec.shutdown_time.clone();
+/// Fresh random secrets for one claim.
+fn secrets() -> plan::Secrets {
+    plan::Secrets {
+        lock: uuid::Uuid::new_v4().to_string(),
+        access_token: uuid::Uuid::new_v4().to_string(),
     }
 }
 
@@ -461,7 +380,7 @@ async fn after_claim(claim: &SandboxClaim, ctx: &Context, s: &Sandbox) {
     let ns = s.namespace().unwrap_or_default();
     let pods: Api<Pod> = ctx.api(&ns);
     let name = s.name_any();
-    let mut labels = user_metadata(claim.spec.labels.as_ref());
+    let mut labels = plan::user_metadata(claim.spec.labels.as_ref());
     labels.insert(keys::LABEL_SANDBOX_CLAIMED.into(), "true".into());
     labels.insert(keys::LABEL_CLAIM_NAME.into(), claim.name_any());
     let patch = json!({"metadata": {"labels": labels}});
@@ -562,10 +481,15 @@ async fn create_on_no_stock(
             spec: source.spec.clone(),
             status: None,
         };
-        claim_metadata(claim, &mut s, "", now);
+        plan::claim_metadata(claim, &mut s, "", now, secrets());
         match api.create(&PostParams::default(), &s).await {
             Ok(created) => {
                 made += 1;
+                ctx.expect_write(
+                    &writes_key(&ns, &claim.name_any()),
+                    &created.name_any(),
+                    Expect::Created,
+                );
                 tracing::info!(sandbox = %created.name_any(), "created a sandbox for the claim (no stock)");
             }
             Err(e) => {
@@ -577,88 +501,4 @@ async fn create_on_no_stock(
         }
     }
     Ok(made)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use paddock_crds::{SandboxClaimSpec, SandboxSpec};
-
-    fn claim(skip_init: bool) -> SandboxClaim {
-        let mut c = SandboxClaim::new(
-            "c1",
-            SandboxClaimSpec {
-                template_name: "pool".into(),
-                labels: Some(BTreeMap::from([
-                    ("team".to_string(), "blue".to_string()),
-                    ("agents.kruise.io/forged".to_string(), "x".to_string()),
-                ])),
-                env_vars: Some(BTreeMap::from([("A".to_string(), "1".to_string())])),
-                shutdown_time: Some(Time(Timestamp::from_second(1000).unwrap())),
-                skip_init_runtime: Some(skip_init),
-                ..Default::default()
-            },
-        );
-        c.metadata.uid = Some("claim-uid".into());
-        c
-    }
-
-    fn pooled() -> Sandbox {
-        let mut s = Sandbox::new("pool-abc", SandboxSpec::default());
-        s.metadata.owner_references = Some(vec![OwnerReference {
-            api_version: "agents.kruise.io/v1alpha1".into(),
-            kind: "SandboxSet".into(),
-            name: "pool".into(),
-            uid: "set-uid".into(),
-            controller: Some(true),
-            block_owner_deletion: Some(true),
-        }]);
-        s.labels_mut()
-            .insert(keys::LABEL_SANDBOX_CLAIMED.into(), "false".into());
-        s
-    }
-
-    #[test]
-    fn claiming_releases_the_pool_and_stamps_owner_lock_and_init_request() {
-        let mut s = pooled();
-        claim_metadata(
-            &claim(false),
-            &mut s,
-            "set-uid",
-            Timestamp::from_second(0).unwrap(),
-        );
-        assert!(s.owner_references().is_empty(), "the pool must refill");
-        assert_eq!(s.labels()[keys::LABEL_SANDBOX_CLAIMED], "true");
-        assert_eq!(s.labels()[keys::LABEL_CLAIM_NAME], "c1");
-        assert_eq!(s.labels()["team"], "blue");
-        assert!(!s.labels().contains_key("agents.kruise.io/forged"));
-        let a = s.annotations();
-        assert_eq!(a[keys::ANNOTATION_OWNER], "claim-uid");
-        assert!(!a[keys::ANNOTATION_LOCK].is_empty());
-        assert_eq!(a[keys::ANNOTATION_CLAIM_TIMESTAMP], "1970-01-01T00:00:00Z");
-        let init: serde_json::Value =
-            serde_json::from_str(&a[keys::ANNOTATION_INIT_RUNTIME_REQUEST]).unwrap();
-        assert_eq!(init["envVars"]["A"], "1");
-        assert_eq!(
-            init["accessToken"],
-            a[keys::ANNOTATION_RUNTIME_ACCESS_TOKEN].as_str()
-        );
-        assert_eq!(s.spec.shutdown_time, claim(false).spec.shutdown_time);
-    }
-
-    #[test]
-    fn skip_init_runtime_stores_no_init_request() {
-        let mut s = pooled();
-        claim_metadata(
-            &claim(true),
-            &mut s,
-            "set-uid",
-            Timestamp::from_second(0).unwrap(),
-        );
-        assert!(
-            !s.annotations()
-                .contains_key(keys::ANNOTATION_INIT_RUNTIME_REQUEST)
-        );
-    }
 }

@@ -8,11 +8,15 @@ use k8s_openapi::api::authentication::v1::SelfSubjectReview;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
+
+use paddock_contract::client::RuntimeClient;
+use paddock_crds::Sandbox;
 
 use crate::Config;
 use crate::backoff::Backoff;
-use paddock_contract::client::RuntimeClient;
+use crate::expectations::Expectations;
 
 /// Why one reconcile did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +30,8 @@ pub enum ReconcileError {
     WaitingForPod(String),
     #[error("{0}")]
     Invalid(String),
+    #[error("the shared Sandbox cache stopped")]
+    CacheStopped,
 }
 
 impl From<kube::runtime::finalizer::Error<ReconcileError>> for ReconcileError {
@@ -69,11 +75,21 @@ pub struct Context {
     pub runtime: RuntimeClient,
     pub pool_gate: crate::sandboxset::PoolGate,
     pub metrics: Metrics,
+    /// Every watched Sandbox, fed by [`crate::cache::SandboxFeed`]; see [`crate::cache`] for
+    /// how stale it may be and why the readers cope.
+    sandboxes: Store<Sandbox>,
+    /// Creates and claims the cache may not show yet.
+    pub expectations: Expectations,
     ready: AtomicBool,
 }
 
 impl Context {
-    pub fn new(client: Client, config: Config, username: String) -> Self {
+    pub fn new(
+        client: Client,
+        config: Config,
+        username: String,
+        sandboxes: Store<Sandbox>,
+    ) -> Self {
         let reporter = Reporter {
             controller: "paddock-controller".into(),
             instance: std::env::var("POD_NAME").ok(),
@@ -87,8 +103,59 @@ impl Context {
             runtime: RuntimeClient::new(),
             pool_gate: Default::default(),
             metrics: Metrics::default(),
+            sandboxes,
+            expectations: Expectations::default(),
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The shared Sandbox cache, once its first list is in (before that, "absent" would be
+    /// indistinguishable from "not listed yet").
+    pub async fn sandboxes(&self) -> Result<&Store<Sandbox>, ReconcileError> {
+        self.sandboxes
+            .wait_until_ready()
+            .await
+            .map_err(|_| ReconcileError::CacheStopped)?;
+        Ok(&self.sandboxes)
+    }
+
+    /// A handle on the shared Sandbox cache, for a controller that reconciles Sandboxes.
+    pub fn sandbox_store(&self) -> Store<Sandbox> {
+        self.sandboxes.clone()
+    }
+
+    /// The cached Sandboxes of namespace `ns` that `keep` accepts.
+    pub async fn cached_sandboxes(
+        &self,
+        ns: &str,
+        keep: impl Fn(&Sandbox) -> bool,
+    ) -> Result<Vec<Arc<Sandbox>>, ReconcileError> {
+        Ok(self
+            .sandboxes()
+            .await?
+            .state_filter(|s| s.metadata.namespace.as_deref() == Some(ns) && keep(s)))
+    }
+
+    /// Looks a Sandbox up in the cache (which must be ready: see [`Self::sandboxes`]).
+    pub fn cached_sandbox(&self, ns: &str, name: &str) -> Option<Arc<Sandbox>> {
+        self.sandboxes.get(&ObjectRef::new(name).within(ns))
+    }
+
+    /// Whether the cache shows every write `owner` (whose sandboxes live in `ns`) recorded in
+    /// [`Self::expectations`].
+    pub fn writes_seen(&self, ns: &str, owner: &str) -> bool {
+        self.expectations.settled(
+            owner,
+            |name| self.cached_sandbox(ns, name),
+            std::time::Instant::now(),
+        )
+    }
+
+    /// Records a write of sandbox `name` by `owner` that the cache must show before `owner`
+    /// counts again.
+    pub fn expect_write(&self, owner: &str, name: &str, expect: crate::expectations::Expect) {
+        self.expectations
+            .expect(owner, name, expect, std::time::Instant::now());
     }
 
     pub fn set_ready(&self) {

@@ -7,10 +7,12 @@
 //! back off per object ([`backoff`]) so a broken object never spins.
 
 mod backoff;
+mod cache;
 mod checkpoint;
 mod claim;
 mod context;
 pub mod desired;
+mod expectations;
 mod leader;
 mod probes;
 mod sandbox;
@@ -80,7 +82,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => context::whoami(&client).await?,
     };
     tracing::info!(user = %username, namespace = ?config.namespace, "starting sandbox controller");
-    let ctx = Arc::new(Context::new(client.clone(), config.clone(), username));
+    let (store, writer) = kube::runtime::reflector::store();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        config.clone(),
+        username,
+        store,
+    ));
 
     let health = probes::serve_health(config.health_addr, ctx.clone()).await?;
     let metrics = probes::serve_metrics(config.metrics_addr, ctx.clone()).await?;
@@ -99,10 +107,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     ctx.set_ready();
 
-    let controllers = futures::future::join4(
-        sandbox::run(ctx.clone()),
-        sandboxset::run(ctx.clone()),
-        claim::run(ctx.clone()),
+    // One Sandbox watch for all: its store is what the reconcilers read, its events what
+    // wakes them (see `cache`).
+    let mut feed = cache::SandboxFeed::new(writer);
+    let sandbox_events = feed.subscribe();
+    let pool_events = feed.subscribe();
+    let claim_events = feed.subscribe();
+    let controllers = futures::future::join5(
+        feed.run(ctx.watch_api()),
+        sandbox::run(ctx.clone(), sandbox_events),
+        sandboxset::run(ctx.clone(), pool_events),
+        claim::run(ctx.clone(), claim_events),
         checkpoint::run(ctx.clone()),
     );
     tokio::select! {

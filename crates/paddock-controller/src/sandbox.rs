@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::Stream;
 use k8s_openapi::api::core::v1::{
     PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
@@ -30,13 +31,14 @@ use crate::desired::sandbox::{PodView, Step, plan};
 /// How often a quiet Sandbox is looked at anyway (lost events, clock-only changes).
 const RESYNC: Duration = Duration::from_secs(300);
 
-pub async fn run(ctx: Arc<Context>) {
+/// Reconciles the Sandboxes of the shared cache, woken by its `events` and by their Pods.
+pub async fn run(ctx: Arc<Context>, events: impl Stream<Item = Arc<Sandbox>> + Send + 'static) {
     let pods = watcher::Config::default().labels(&format!(
         "{}={}",
         keys::LABEL_CREATED_BY,
         keys::CREATED_BY_SANDBOX
     ));
-    let stream = Controller::new(ctx.watch_api::<Sandbox>(), watcher::Config::default())
+    let stream = Controller::for_shared_stream(events, ctx.sandbox_store())
         .owns(ctx.watch_api::<Pod>(), pods)
         .with_config(kube::runtime::controller::Config::default().concurrency(64))
         .run(

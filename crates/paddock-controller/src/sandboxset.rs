@@ -1,16 +1,17 @@
 //! The SandboxSet reconciler: keeps `replicas` unclaimed sandboxes of the current revision.
 //!
-//! Each round lists the pool's members straight from the API server (not a cache), so sandboxes
-//! it just created are always counted and no "expectations" bookkeeping is needed. Surplus and
-//! rolled-out members are deleted with a resourceVersion precondition: if a claim updated the
-//! sandbox in between, the delete fails and the claim wins.
+//! Each round reads the pool's members from the shared Sandbox cache ([`crate::cache`]). Its
+//! own creates and deletes are recorded as expectations, and a round waits until the cache
+//! shows them, so a lagging cache never makes the pool create twice. Surplus and rolled-out
+//! members are deleted with a resourceVersion precondition: if a claim updated the sandbox in
+//! between (or the cached copy was behind), the delete fails and the claim wins.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{Stream, StreamExt};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
@@ -28,7 +29,9 @@ use tracing::Instrument;
 
 use crate::context::{Context, Kind, ReconcileError, track};
 use crate::desired::pool::{self, Member, MemberState};
-use crate::desired::{revision, sandbox::state};
+use crate::desired::revision;
+use crate::desired::sandbox::{SandboxState, state};
+use crate::expectations::Expect;
 use crate::sandbox::{ignore_not_found, patch_status};
 
 /// Materialised revisions kept per SandboxSet.
@@ -36,22 +39,27 @@ const REVISION_HISTORY: usize = 10;
 const RESYNC: Duration = Duration::from_secs(60);
 const CREATE_CONCURRENCY: usize = 16;
 
+/// How soon a round that found the cache behind its own writes looks again.
+const WAIT_FOR_CACHE: Duration = Duration::from_millis(200);
+
+/// The owner key of a pool's writes in [`crate::expectations`].
+fn writes_key(ns: &str, name: &str) -> String {
+    format!("set/{ns}/{name}")
+}
+
 /// Condition on a SandboxSet: whether the pool is full, current and healthy.
 const READY: &str = "Ready";
 
-pub async fn run(ctx: Arc<Context>) {
+/// Reconciles SandboxSets, also woken by the shared cache's Sandbox `events`.
+pub async fn run(ctx: Arc<Context>, events: impl Stream<Item = Arc<Sandbox>> + Send + 'static) {
     let stream = Controller::new(ctx.watch_api::<SandboxSet>(), watcher::Config::default())
-        // Not `owns`: a claimed sandbox loses its owner reference, and that very update must
+        // Not by owner: a claimed sandbox loses its owner reference, and that very update must
         // wake the pool so it refills; the pool label stays.
-        .watches(
-            ctx.watch_api::<Sandbox>(),
-            watcher::Config::default().labels(keys::LABEL_SANDBOX_POOL),
-            |s| {
-                let ns = s.namespace()?;
-                let pool = s.labels().get(keys::LABEL_SANDBOX_POOL)?;
-                Some(ObjectRef::<SandboxSet>::new(pool).within(&ns))
-            },
-        )
+        .watches_shared_stream(events, |s: Arc<Sandbox>| {
+            let ns = s.namespace()?;
+            let pool = s.labels().get(keys::LABEL_SANDBOX_POOL)?;
+            Some(ObjectRef::<SandboxSet>::new(pool).within(&ns))
+        })
         .with_config(
             kube::runtime::controller::Config::default()
                 .concurrency(3)
@@ -225,9 +233,11 @@ async fn gc_revisions(api: &Api<SandboxTemplate>, sbs: &SandboxSet, current: &st
 
 fn member(s: &Sandbox, now: Timestamp) -> Member {
     let state = match state(s, now) {
-        "dead" => MemberState::Dead,
-        "available" => MemberState::Available,
-        _ => MemberState::Creating,
+        SandboxState::Dead => MemberState::Dead,
+        SandboxState::Available => MemberState::Available,
+        SandboxState::Creating | SandboxState::Running | SandboxState::Paused => {
+            MemberState::Creating
+        }
     };
     Member {
         name: s.name_any(),
@@ -242,7 +252,7 @@ fn member(s: &Sandbox, now: Timestamp) -> Member {
 }
 
 /// A pool member that cannot start, with the reason, if any.
-fn stuck(members: &[Sandbox]) -> Option<String> {
+fn stuck(members: &[Arc<Sandbox>]) -> Option<String> {
     members.iter().find_map(|s| {
         let c = find_condition(&s.status.as_ref()?.conditions, sbx_cond::READY)?;
         (c.reason == sbx_cond::REASON_START_CONTAINER_FAILED
@@ -294,19 +304,22 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
         }
     };
 
-    let lp = ListParams::default().labels(&format!("{}={}", keys::LABEL_SANDBOX_POOL, name));
+    // Counting from a cache that has not caught up with our last creates or deletes would
+    // repeat them: wait for it (see `expectations`).
+    let owner_key = writes_key(&ns, &name);
+    ctx.sandboxes().await?;
+    if !ctx.writes_seen(&ns, &owner_key) {
+        return Ok(Action::requeue(WAIT_FOR_CACHE));
+    }
     let uid = sbs.metadata.uid.clone();
-    let members: Vec<Sandbox> = sandboxes
-        .list(&lp)
-        .await?
-        .items
-        .into_iter()
-        .filter(|s| {
-            s.owner_references()
-                .iter()
-                .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
+    let members = ctx
+        .cached_sandboxes(&ns, |s| {
+            s.labels().get(keys::LABEL_SANDBOX_POOL) == Some(&name)
+                && s.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && Some(&o.uid) == uid.as_ref())
         })
-        .collect();
+        .await?;
     let views: Vec<Member> = members.iter().map(|s| member(s, now)).collect();
 
     // Dead members (a pod that exited, an image that never pulls under restartPolicy Never)
@@ -352,12 +365,25 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
             ..Default::default()
         };
         match sandboxes.delete(n, &dp).await {
-            Ok(_) => tracing::info!(sandbox = %n, "deleted pool sandbox"),
+            Ok(_) => {
+                tracing::info!(sandbox = %n, "deleted pool sandbox");
+                if let Some(from) = dp.preconditions.and_then(|p| p.resource_version) {
+                    ctx.expect_write(&owner_key, n, Expect::Changed { from });
+                }
+            }
             Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => lost_races += 1,
             Err(e) => return Err(e.into()),
         }
     }
-    let created = create_members(sbs, &sandboxes, &source, plan.create).await;
+    let (made, create_error) = create_members(sbs, &sandboxes, &source, plan.create).await;
+    for n in &made {
+        ctx.expect_write(&owner_key, n, Expect::Created);
+    }
+    // As before: a failed batch counts as none created in the status.
+    let created = match create_error {
+        Some(e) => Err(e),
+        None => Ok(made.len() as i32),
+    };
     let failed_creates = plan.create - created.as_ref().map_or(0, |n| *n);
 
     let c = &plan.counters;
@@ -417,22 +443,22 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
     Ok(Action::requeue(RESYNC))
 }
 
-/// Creates `n` pool sandboxes; returns how many were created, or the first error.
+/// Creates `n` pool sandboxes; returns the names of those created and the first error.
 async fn create_members(
     sbs: &SandboxSet,
     api: &Api<Sandbox>,
     source: &Source,
     n: i32,
-) -> Result<i32, String> {
+) -> (Vec<String>, Option<String>) {
     if n <= 0 {
-        return Ok(0);
+        return (Vec::new(), None);
     }
     let name = sbs.name_any();
     let mut prefix = format!("{name}-");
     prefix.truncate(58);
-    let owner = sbs
-        .controller_owner_ref(&())
-        .ok_or("SandboxSet has no UID")?;
+    let Some(owner) = sbs.controller_owner_ref(&()) else {
+        return (Vec::new(), Some("SandboxSet has no UID".into()));
+    };
     let template = Sandbox {
         metadata: ObjectMeta {
             generate_name: Some(prefix),
@@ -458,24 +484,23 @@ async fn create_members(
         spec: source.spec.clone(),
         status: None,
     };
-    let results: Vec<Result<(), kube::Error>> = futures::stream::iter(0..n)
+    let results: Vec<Result<String, kube::Error>> = futures::stream::iter(0..n)
         .map(|_| async {
             api.create(&PostParams::default(), &template)
                 .await
-                .map(|_| ())
+                .map(|s| s.name_any())
         })
         .buffer_unordered(CREATE_CONCURRENCY)
         .collect()
         .await;
-    let ok = results.iter().filter(|r| r.is_ok()).count() as i32;
-    tracing::info!(created = ok, wanted = n, "created pool sandboxes");
-    match results.into_iter().find_map(Result::err) {
-        Some(e) => Err(format!(
-            "creating sandboxes: {}",
-            crate::context::api_message(&e)
-        )),
-        None => Ok(ok),
-    }
+    let (made, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let made: Vec<String> = made.into_iter().filter_map(Result::ok).collect();
+    tracing::info!(created = made.len(), wanted = n, "created pool sandboxes");
+    let error = failed
+        .into_iter()
+        .find_map(Result::err)
+        .map(|e| format!("creating sandboxes: {}", crate::context::api_message(&e)));
+    (made, error)
 }
 
 /// Holds back pool refills while members keep dying, doubling the pause each time.

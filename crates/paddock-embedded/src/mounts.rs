@@ -23,7 +23,8 @@ fn err<'a>(op: &'static str, target: &'a Path) -> impl FnOnce(nix::Error) -> Mou
     }
 }
 
-/// Mounts an overlay of `lowers` (topmost first) with `upper`/`work` at `target`.
+/// Mounts an overlay of `lowers` (topmost first) with `upper`/`work` at `target`, `nosuid` and
+/// `nodev`.
 pub fn mount_overlay(
     lowers: &[PathBuf],
     upper: &Path,
@@ -42,11 +43,13 @@ pub fn mount_overlay(
         upper.display(),
         work.display()
     );
+    // The overlay lives in the host's mount namespace, where host users could reach it: files a
+    // sandbox planted there must not work as setuid programs or device nodes for them.
     mount(
         Some("overlay"),
         target,
         Some("overlay"),
-        MsFlags::empty(),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some(opts.as_str()),
     )
     .map_err(err("mount overlay on", target))

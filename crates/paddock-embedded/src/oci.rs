@@ -48,8 +48,11 @@ fn apply_layer(r: impl Read, dest: &Path, whiteouts: bool) -> std::io::Result<()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let parent = rel.parent().unwrap_or(Path::new("")).to_owned();
+        // An earlier layer may have made a parent a symlink (`x -> /etc`): every path we remove
+        // from is resolved inside `dest`, never through a link to the host.
+        let real_parent = resolve_in_root(dest, &parent)?;
         if whiteouts && name == OPAQUE {
-            let dir = dest.join(&parent);
+            let dir = real_parent;
             if let Ok(children) = std::fs::read_dir(&dir) {
                 for c in children.flatten() {
                     let child_rel = parent.join(c.file_name());
@@ -61,11 +64,11 @@ fn apply_layer(r: impl Read, dest: &Path, whiteouts: bool) -> std::io::Result<()
             continue;
         }
         if whiteouts && let Some(hidden) = name.strip_prefix(WHITEOUT) {
-            remove_any(&dest.join(&parent).join(hidden))?;
+            remove_any(&real_parent.join(hidden))?;
             continue;
         }
         // A later layer may replace a directory with a file or the reverse.
-        let target = dest.join(&rel);
+        let target = real_parent.join(&name);
         if let Ok(meta) = std::fs::symlink_metadata(&target) {
             let is_dir_entry = entry.header().entry_type().is_dir();
             if meta.is_dir() != is_dir_entry || meta.file_type().is_symlink() {
@@ -94,6 +97,62 @@ fn clean(p: &Path) -> std::io::Result<PathBuf> {
         }
     }
     Ok(out)
+}
+
+/// Symlinks followed while resolving one path before giving up (the kernel's own limit).
+const MAX_SYMLINK_HOPS: u32 = 40;
+
+/// `rel` resolved under `root` as if `root` were `/`: symlinks met on the way are followed, but
+/// an absolute target starts again at `root` and `..` stops at it, so the result is always
+/// inside `root` and has no symlink below it. Components that do not exist are kept as given.
+fn resolve_in_root(root: &Path, rel: &Path) -> std::io::Result<PathBuf> {
+    // Components still to walk, last one first.
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let push_all = |pending: &mut Vec<std::ffi::OsString>, p: &Path| {
+        for c in p.components().rev() {
+            match c {
+                Component::Normal(n) => pending.push(n.to_owned()),
+                Component::ParentDir => pending.push("..".into()),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+    };
+    push_all(&mut pending, rel);
+    let mut resolved = root.to_path_buf();
+    let mut depth = 0usize;
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            if depth > 0 {
+                resolved.pop();
+                depth -= 1;
+            }
+            continue;
+        }
+        let next = resolved.join(&c);
+        match std::fs::symlink_metadata(&next) {
+            Ok(m) if m.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_SYMLINK_HOPS {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("too many symlinks under {}", rel.display()),
+                    ));
+                }
+                let target = std::fs::read_link(&next)?;
+                if target.is_absolute() {
+                    resolved = root.to_path_buf();
+                    depth = 0;
+                }
+                push_all(&mut pending, &target);
+            }
+            _ => {
+                resolved = next;
+                depth += 1;
+            }
+        }
+    }
+    Ok(resolved)
 }
 
 fn remove_any(p: &Path) -> std::io::Result<()> {
@@ -273,6 +332,71 @@ mod tests {
             "opaque hides earlier content"
         );
         assert!(d.path().join("d/y").exists(), "but keeps this layer's own");
+    }
+
+    fn symlink_tar(link: &str, target: &Path) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(0);
+        h.set_mode(0o777);
+        b.append_link(&mut h, link, target).expect("append link");
+        b.into_inner().expect("tar")
+    }
+
+    /// Security review M6: whiteouts under a directory an earlier layer made a symlink to the
+    /// host must not delete anything outside the destination.
+    #[test]
+    fn whiteouts_never_follow_a_symlink_out_of_the_destination() {
+        let outside = tempfile::tempdir().expect("outside");
+        std::fs::write(outside.path().join("file"), "keep").expect("write");
+        std::fs::write(outside.path().join("other"), "keep").expect("write");
+        std::fs::create_dir(outside.path().join("sub")).expect("mkdir");
+        let d = tempfile::tempdir().expect("tempdir");
+        for (link, target) in [
+            ("x", outside.path().to_owned()),
+            (
+                "y",
+                PathBuf::from("../../..").join(outside.path().strip_prefix("/").expect("abs")),
+            ),
+        ] {
+            apply_layer(&symlink_tar(link, &target)[..], d.path(), true).expect("layer 1");
+        }
+        let l2 = tar_of(&[
+            ("x/.wh.file", Some("")),
+            ("x/.wh..wh..opq", Some("")),
+            ("y/.wh.other", Some("")),
+            ("y/.wh..wh..opq", Some("")),
+            ("x/sub/.wh..wh..opq", Some("")),
+        ]);
+        apply_layer(&l2[..], d.path(), true).expect("layer 2");
+        for name in ["file", "other", "sub"] {
+            assert!(
+                outside.path().join(name).exists(),
+                "{name} was deleted outside"
+            );
+        }
+    }
+
+    #[test]
+    fn paths_resolve_inside_the_root() {
+        let d = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(d.path().join("usr/lib")).expect("mkdir");
+        std::os::unix::fs::symlink("/usr/lib", d.path().join("lib")).expect("link");
+        std::os::unix::fs::symlink("../../../../..", d.path().join("up")).expect("link");
+        assert_eq!(
+            resolve_in_root(d.path(), Path::new("lib/x")).expect("resolve"),
+            d.path().join("usr/lib/x")
+        );
+        assert_eq!(
+            resolve_in_root(d.path(), Path::new("up/etc")).expect("resolve"),
+            d.path().join("etc")
+        );
+        std::os::unix::fs::symlink("loop", d.path().join("loop")).expect("link");
+        assert!(resolve_in_root(d.path(), Path::new("loop/a")).is_err());
     }
 
     #[test]

@@ -58,105 +58,101 @@ pub const DEFAULT_CAPS: [&str; 14] = [
     "CAP_AUDIT_WRITE",
 ];
 
-/// System calls refused with EPERM: the ones the Docker default profile leaves out of its
-/// allow-list on x86_64 (kernel modules, clocks, keyrings, mounts, namespaces, BPF, perf,
-/// kexec, swap, quotas, accounting, ...). Everything else is allowed, as in that profile.
-const DENIED_SYSCALLS: &[&str] = &[
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_adjtime",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "name_to_handle_at",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pivot_root",
-    "process_vm_readv",
-    "process_vm_writev",
-    "query_module",
-    "quotactl",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "syslog",
-    "sysfs",
-    "_sysctl",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
+/// Device rules of every sandbox (`linux.resources.devices`), applied by libcontainer through
+/// the sandbox's devices cgroup on v1 and an eBPF device program on v2. The first rule refuses
+/// every device; the rest re-allow runc's default set: the memory devices, the tty and the
+/// pseudo-terminal multiplexer and its slaves. Without a rule a sandbox root with CAP_MKNOD can
+/// make and open a node for the host's disk. (libcgroups appends its own defaults, the same
+/// nodes plus `/dev/console`, `/dev/net/tun` and mknod-only `m` rights, which open nothing.)
+pub const DEVICE_RULES: [DeviceRule; 9] = [
+    DeviceRule::deny_all(),
+    DeviceRule::char(1, Some(3)), // /dev/null
+    DeviceRule::char(1, Some(5)), // /dev/zero
+    DeviceRule::char(1, Some(7)), // /dev/full
+    DeviceRule::char(1, Some(8)), // /dev/random
+    DeviceRule::char(1, Some(9)), // /dev/urandom
+    DeviceRule::char(5, Some(0)), // /dev/tty
+    DeviceRule::char(5, Some(2)), // /dev/ptmx
+    DeviceRule::char(136, None),  // /dev/pts/*
 ];
 
-/// `clone` flags that create namespaces; a `clone` with any of them is refused.
-const NAMESPACE_CLONE_FLAGS: [u64; 7] = [
-    0x0002_0000, // CLONE_NEWNS
-    0x0200_0000, // CLONE_NEWCGROUP
-    0x0400_0000, // CLONE_NEWUTS
-    0x0800_0000, // CLONE_NEWIPC
-    0x1000_0000, // CLONE_NEWUSER
-    0x2000_0000, // CLONE_NEWPID
-    0x4000_0000, // CLONE_NEWNET
-];
+/// One entry of `linux.resources.devices`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DeviceRule {
+    /// Allow (true) or deny.
+    pub allow: bool,
+    /// `a` (all), `c` or `b`.
+    pub kind: &'static str,
+    /// Major number; `None` = any.
+    pub major: Option<i64>,
+    /// Minor number; `None` = any.
+    pub minor: Option<i64>,
+}
 
-fn seccomp() -> Value {
-    let mut syscalls = vec![
-        json!({ "names": DENIED_SYSCALLS, "action": "SCMP_ACT_ERRNO", "errnoRet": 1 }),
-        // clone3 hides its flags behind a pointer that seccomp cannot read: answer ENOSYS so
-        // libc falls back to clone, whose flags are checked below.
-        json!({ "names": ["clone3"], "action": "SCMP_ACT_ERRNO", "errnoRet": 38 }),
-    ];
-    for flag in NAMESPACE_CLONE_FLAGS {
-        syscalls.push(json!({
-            "names": ["clone"],
-            "action": "SCMP_ACT_ERRNO",
-            "errnoRet": 1,
-            "args": [{ "index": 0, "value": flag, "valueTwo": flag, "op": "SCMP_CMP_MASKED_EQ" }],
-        }));
+impl DeviceRule {
+    /// Refuses read, write and mknod of every device.
+    const fn deny_all() -> Self {
+        Self {
+            allow: false,
+            kind: "a",
+            major: None,
+            minor: None,
+        }
     }
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": syscalls,
-    })
+
+    /// Allows read, write and mknod of a character device.
+    const fn char(major: i64, minor: Option<i64>) -> Self {
+        Self {
+            allow: true,
+            kind: "c",
+            major: Some(major),
+            minor,
+        }
+    }
+
+    fn to_json(self) -> Value {
+        let mut rule = json!({ "allow": self.allow, "type": self.kind, "access": "rwm" });
+        if let Some(m) = self.major {
+            rule["major"] = json!(m);
+        }
+        if let Some(m) = self.minor {
+            rule["minor"] = json!(m);
+        }
+        rule
+    }
+}
+
+fn device_rules() -> Vec<Value> {
+    DEVICE_RULES.iter().map(|r| r.to_json()).collect()
+}
+
+/// Open files per process: 1024 soft, as Docker and containerd give containers (`select()`
+/// users stay safe), and a fixed hard limit a process may raise its soft limit to. The hard
+/// limit is not taken from Paddock's own (a host setting that may be huge): it is this value,
+/// or Paddock's own hard limit when that is lower (raising a hard limit needs
+/// CAP_SYS_RESOURCE, which Paddock may not have).
+pub const NOFILE_SOFT: u64 = 1024;
+/// See [`NOFILE_SOFT`]: the hard limit, systemd's and Docker's default.
+pub const NOFILE_HARD: u64 = 524_288;
+
+/// The `process.rlimits` of a sandbox: the file limits above, and no core dumps (a crashing
+/// process must not write its memory to the sandbox's disk, nor feed a host-side
+/// `core_pattern` handler).
+fn rlimits() -> Value {
+    let own_hard = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(_, hard)| hard)
+        .unwrap_or(NOFILE_SOFT);
+    let hard = NOFILE_HARD.min(own_hard);
+    let soft = NOFILE_SOFT.min(hard);
+    json!([
+        { "type": "RLIMIT_NOFILE", "hard": hard, "soft": soft },
+        { "type": "RLIMIT_CORE", "hard": 0, "soft": 0 },
+    ])
 }
 
 /// The sandbox's OCI spec as `config.json` JSON.
 pub fn build(input: &SpecInput<'_>) -> Value {
     let caps = DEFAULT_CAPS;
-    // Raising a hard limit needs CAP_SYS_RESOURCE, which Paddock may not have (it does not on
-    // the project's VMs): give the sandbox our own hard limit, as high as we may go.
-    let nofile = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
-        .map(|(_, hard)| hard)
-        .unwrap_or(1024);
     let mut env: Vec<String> = vec![
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
         "HOME=/root".into(),
@@ -191,7 +187,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             "cwd": "/",
             "noNewPrivileges": true,
             "capabilities": { "bounding": caps, "effective": caps, "permitted": caps },
-            "rlimits": [{ "type": "RLIMIT_NOFILE", "hard": nofile, "soft": nofile }],
+            "rlimits": rlimits(),
         },
         "mounts": mounts,
         "linux": {
@@ -200,7 +196,8 @@ pub fn build(input: &SpecInput<'_>) -> Value {
                 {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
                 {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
             ],
-            "seccomp": seccomp(),
+            "resources": { "devices": device_rules() },
+            "seccomp": crate::seccomp::profile(),
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -243,6 +240,72 @@ mod tests {
         }
     }
 
+    /// Security review C1: the device policy starts by refusing every device, so only the
+    /// listed nodes can be opened.
+    #[test]
+    fn first_device_rule_denies_every_device() {
+        let env = BTreeMap::new();
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = write(d.path(), &build(&input(&env))).expect("write");
+        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
+        let linux = spec.linux().as_ref().expect("linux");
+        let rules = linux
+            .resources()
+            .as_ref()
+            .and_then(|r| r.devices().as_ref())
+            .expect("device rules");
+        let first = &rules[0];
+        assert!(!first.allow(), "first rule must deny: {first:?}");
+        assert_eq!(first.access().as_deref(), Some("rwm"));
+        assert!(matches!(
+            first.typ(),
+            None | Some(oci_spec::runtime::LinuxDeviceType::A)
+        ));
+        assert_eq!((first.major(), first.minor()), (None, None));
+        // The rest only allow, and never a block device or a wildcard type.
+        for r in &rules[1..] {
+            assert!(r.allow(), "{r:?}");
+            assert_eq!(
+                r.typ(),
+                Some(oci_spec::runtime::LinuxDeviceType::C),
+                "{r:?}"
+            );
+        }
+        let allowed: Vec<(i64, Option<i64>)> = rules[1..]
+            .iter()
+            .map(|r| (r.major().expect("major"), r.minor()))
+            .collect();
+        for node in [(1, Some(3)), (1, Some(9)), (5, Some(2)), (136, None)] {
+            assert!(allowed.contains(&node), "{node:?} not allowed");
+        }
+    }
+
+    /// Security review L5: the sandbox's file limit is fixed rather than Paddock's own hard
+    /// limit, and core dumps are off.
+    #[test]
+    fn rlimits_are_fixed_and_core_dumps_off() {
+        let env = BTreeMap::new();
+        let d = tempfile::tempdir().expect("tempdir");
+        let path = write(d.path(), &build(&input(&env))).expect("write");
+        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
+        let rl = spec
+            .process()
+            .as_ref()
+            .and_then(|p| p.rlimits().clone())
+            .expect("rlimits");
+        let get = |t| {
+            rl.iter()
+                .find(|r| r.typ() == t)
+                .map(|r| (r.soft(), r.hard()))
+                .expect("rlimit present")
+        };
+        use oci_spec::runtime::PosixRlimitType as T;
+        assert_eq!(get(T::RlimitCore), (0, 0));
+        let (soft, hard) = get(T::RlimitNofile);
+        assert!(hard <= NOFILE_HARD, "hard {hard}");
+        assert_eq!(soft, NOFILE_SOFT.min(hard));
+    }
+
     #[test]
     fn spec_parses_and_carries_the_isolation_settings() {
         let env = BTreeMap::from([("A".to_string(), "1".to_string())]);
@@ -278,7 +341,6 @@ mod tests {
             "bpf",
             "kexec_load",
             "init_module",
-            "clone3",
         ] {
             assert!(denied.iter().any(|n| *n == must), "{must} not denied");
         }

@@ -62,26 +62,37 @@ pub async fn require_token(State(rt): State<Arc<Runtime>>, req: Request, next: N
     HttpError::new(StatusCode::UNAUTHORIZED, message).into_response()
 }
 
-/// Middleware for the code interpreter: only `/execute` carries the token
-/// (the SDKs send none on `/contexts`).
-pub async fn require_token_for_execute(
+/// Middleware for the code interpreter. `/execute` must carry the token.
+///
+/// Security review M3: the E2B SDKs send no token on `/contexts` (only the
+/// gateway's traffic token, for private sandboxes), so those routes cannot
+/// demand one without breaking them. A token that *is* sent must still be
+/// the right one, so a caller probing with stolen or stale tokens learns
+/// nothing and a client that authenticates is held to it.
+pub async fn require_token_on_interpreter(
     State(rt): State<Arc<Runtime>>,
     req: Request,
     next: Next,
 ) -> Response {
-    match rt.access_token() {
-        Some(expected)
-            if req.uri().path() == "/execute" && !token_matches(req.headers(), &expected) =>
-        {
-            tracing::warn!("rejected /execute without a valid access token");
-            (
-                StatusCode::UNAUTHORIZED,
-                "unauthorized access, invalid or missing X-Access-Token",
-            )
-                .into_response()
-        }
-        _ => next.run(req).await,
+    let Some(expected) = rt.access_token() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let sent = req.headers().contains_key(ACCESS_TOKEN_HEADER);
+    let required = path == "/execute" || (sent && path != "/health");
+    if !required || token_matches(req.headers(), &expected) {
+        return next.run(req).await;
     }
+    tracing::warn!(
+        path,
+        "rejected a code-interpreter request without a valid access token"
+    );
+    let message = if sent {
+        "unauthorized access, invalid access token"
+    } else {
+        "unauthorized access, invalid or missing X-Access-Token"
+    };
+    (StatusCode::UNAUTHORIZED, message).into_response()
 }
 
 /// The user named by `Authorization: Basic base64("<user>:")`, if any.

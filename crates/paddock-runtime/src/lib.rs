@@ -24,6 +24,7 @@ mod server;
 mod state;
 mod users;
 
+pub use filesystem::DEFAULT_MAX_WATCHERS;
 pub use server::{app, interpreter_app, serve};
 pub use state::{Runtime, RuntimeOptions};
 

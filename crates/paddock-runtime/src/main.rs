@@ -39,6 +39,20 @@ struct Args {
     /// Python interpreter with ipykernel for code contexts.
     #[arg(long, default_value = "python3", env = "PADDOCK_KERNEL_PYTHON")]
     kernel_python: String,
+    /// Most directory watches live at once; each is an inotify instance
+    /// charged to host root, whose limit (fs.inotify.max_user_instances,
+    /// 128 by default) the whole host shares.
+    #[arg(long, default_value_t = paddock_runtime::DEFAULT_MAX_WATCHERS, env = "PADDOCK_RUNTIME_MAX_WATCHERS")]
+    max_watchers: usize,
+    /// Most code contexts clients may create (`POST /contexts`) alive at
+    /// once; each is a kernel process of its own.
+    #[arg(long, default_value_t = paddock_runtime::interpreter::DEFAULT_MAX_CONTEXTS, env = "PADDOCK_CODE_INTERPRETER_MAX_CONTEXTS")]
+    max_contexts: usize,
+    /// Most bytes one upload (`POST /files`) may write, after gzip
+    /// decoding; larger ones get 413 and leave no file. Unset: no cap
+    /// beyond the sandbox's disk.
+    #[arg(long, env = "PADDOCK_RUNTIME_MAX_UPLOAD_BYTES")]
+    max_upload_bytes: Option<u64>,
     /// Log filter, e.g. `info` or `paddock_runtime=debug`.
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
@@ -58,6 +72,8 @@ async fn main() -> anyhow::Result<()> {
         access_token: args.access_token,
         default_user: args.default_user,
         default_workdir: args.default_workdir,
+        max_watchers: args.max_watchers,
+        max_upload_bytes: args.max_upload_bytes,
         ..RuntimeOptions::default()
     };
     let rt = Runtime::new(opts);
@@ -88,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let config = paddock_runtime::interpreter::KernelConfig {
             python: args.kernel_python.clone(),
+            max_contexts: args.max_contexts,
         };
         paddock_runtime::serve(
             paddock_runtime::interpreter_app(rt.clone(), config),

@@ -30,7 +30,8 @@ pub fn app(rt: Arc<Runtime>) -> Router {
             "/files",
             get(files::download)
                 .post(files::upload)
-                // Uploads stream to disk; their size is bounded by the disk.
+                // Uploads stream to disk: the runtime's own cap (`--max-upload-bytes`)
+                // bounds them and answers in envd's error shape.
                 .layer(DefaultBodyLimit::disable()),
         )
         .route("/init", post(init::init))

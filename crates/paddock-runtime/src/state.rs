@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use crate::filesystem::WatcherTable;
+use crate::filesystem::{DEFAULT_MAX_WATCHERS, WatchSlots, WatcherTable};
 use crate::process::ProcessTable;
 use crate::users::UserDb;
 
@@ -19,6 +19,12 @@ pub struct RuntimeOptions {
     pub default_workdir: Option<PathBuf>,
     /// Root of the user database (`/etc/passwd`, `/etc/group`); `/` outside tests.
     pub system_root: PathBuf,
+    /// Security review M1: how many directory watches (inotify instances,
+    /// shared with the host) may be live at once.
+    pub max_watchers: usize,
+    /// Security review H5: most bytes one `POST /files` request may write
+    /// (after gzip decoding); `None` leaves uploads bounded by the disk.
+    pub max_upload_bytes: Option<u64>,
 }
 
 impl Default for RuntimeOptions {
@@ -28,6 +34,8 @@ impl Default for RuntimeOptions {
             default_user: "user".to_string(),
             default_workdir: None,
             system_root: PathBuf::from("/"),
+            max_watchers: DEFAULT_MAX_WATCHERS,
+            max_upload_bytes: None,
         }
     }
 }
@@ -46,6 +54,8 @@ pub struct Runtime {
     pub(crate) users: UserDb,
     pub(crate) processes: ProcessTable,
     pub(crate) watchers: WatcherTable,
+    pub(crate) watch_slots: WatchSlots,
+    pub(crate) max_upload_bytes: Option<u64>,
 }
 
 impl Runtime {
@@ -63,6 +73,8 @@ impl Runtime {
             users: UserDb::new(opts.system_root),
             processes: ProcessTable::default(),
             watchers: WatcherTable::default(),
+            watch_slots: WatchSlots::new(opts.max_watchers),
+            max_upload_bytes: opts.max_upload_bytes,
         })
     }
 

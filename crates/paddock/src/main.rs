@@ -235,6 +235,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // Sandbox roots live below the data dir: host users must not reach them (security review H1).
+    paddock_embedded::private_dir::create_private_dir(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let key = admin_key(&args)?;
     let runtime = runtime_binary(&args)?;
     anyhow::ensure!(

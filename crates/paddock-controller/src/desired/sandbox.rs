@@ -28,8 +28,7 @@ pub struct PodView {
     /// UID of the controlling owner.
     pub owner_uid: Option<String>,
     pub terminating: bool,
-    /// `Pending`, `Running`, `Succeeded`, `Failed` or `Unknown`.
-    pub phase: String,
+    pub phase: PodPhase,
     pub ready: bool,
     pub ip: Option<String>,
     pub node: Option<String>,
@@ -38,6 +37,31 @@ pub struct PodView {
     pub revision: Option<String>,
     pub labels: std::collections::BTreeMap<String, String>,
     pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+/// A Pod's `status.phase`. Kubernetes may add phases: any other string reads as
+/// [`PodPhase::Unknown`], which the state machine treats like `Pending` (wait), never as an
+/// error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PodPhase {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+    Unknown,
+}
+
+impl PodPhase {
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "Pending" => Self::Pending,
+            "Running" => Self::Running,
+            "Succeeded" => Self::Succeeded,
+            "Failed" => Self::Failed,
+            _ => Self::Unknown,
+        }
+    }
 }
 
 /// Container waiting reasons that mean "this will not start by itself soon".
@@ -81,7 +105,10 @@ impl PodView {
                 .find(|o| o.controller == Some(true))
                 .map(|o| o.uid.clone()),
             terminating: pod.metadata.deletion_timestamp.is_some(),
-            phase: status.phase.unwrap_or_else(|| "Pending".into()),
+            phase: status
+                .phase
+                .as_deref()
+                .map_or(PodPhase::Pending, PodPhase::parse),
             ready,
             ip: status.pod_ip.filter(|s| !s.is_empty()),
             node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
@@ -284,8 +311,8 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
             status.node_name = p.node.clone();
             status.sandbox_ip = p.ip.clone();
             status.update_revision = p.revision.clone().or(status.update_revision);
-            match p.phase.as_str() {
-                "Succeeded" => {
+            match p.phase {
+                PodPhase::Succeeded => {
                     status.phase = Some(SandboxPhase::Succeeded);
                     set(
                         &mut status,
@@ -295,7 +322,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         "Pod succeeded",
                     );
                 }
-                "Failed" => {
+                PodPhase::Failed => {
                     status.phase = Some(SandboxPhase::Failed);
                     status.message = Some("Pod failed".into());
                     set(
@@ -306,7 +333,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         "Pod failed",
                     );
                 }
-                "Running" => {
+                PodPhase::Running => {
                     if resuming {
                         set(
                             &mut status,
@@ -336,7 +363,7 @@ pub fn plan(sbx: &Sandbox, pod: Option<&PodView>, now: Timestamp) -> Plan {
                         steps.push(Step::InitRuntime);
                     }
                 }
-                _ => {
+                PodPhase::Pending | PodPhase::Unknown => {
                     status.phase = Some(if resuming {
                         SandboxPhase::Resuming
                     } else {
@@ -392,7 +419,7 @@ pub fn is_ready(sbx: &Sandbox) -> bool {
 }
 
 /// Whether a Sandbox is finished for good: being deleted, past its `shutdownTime`, or in a
-/// terminal phase. Unlike [`state`]'s `dead`, a claimed sandbox whose Pod is briefly not
+/// terminal phase. Unlike [`SandboxState::Dead`], a claimed sandbox whose Pod is briefly not
 /// ready is not gone (a claim must not replace it on a readiness blip).
 pub fn is_gone(sbx: &Sandbox, now: Timestamp) -> bool {
     sbx.metadata.deletion_timestamp.is_some()
@@ -404,19 +431,52 @@ pub fn is_gone(sbx: &Sandbox, now: Timestamp) -> bool {
             .is_some_and(|p| p.is_terminal() || p == SandboxPhase::Terminating)
 }
 
-/// The manager-level state (`creating|available|running|paused|dead`) of a Sandbox.
-pub fn state(sbx: &Sandbox, now: Timestamp) -> &'static str {
+/// The manager-level state of a Sandbox: what a pool or a claim makes of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// No ready Pod yet (or a pool member whose Pod is not ready).
+    Creating,
+    /// A ready pool member, free to claim.
+    Available,
+    /// Claimed, running and ready.
+    Running,
+    /// Claimed and paused (or resuming).
+    Paused,
+    /// Deleted, past its shutdown time, finished, or claimed with a Pod that is not ready.
+    Dead,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Available => "available",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Dead => "dead",
+        }
+    }
+}
+
+impl std::fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The [`SandboxState`] of a Sandbox at `now`.
+pub fn state(sbx: &Sandbox, now: Timestamp) -> SandboxState {
     if sbx.metadata.deletion_timestamp.is_some() {
-        return "dead";
+        return SandboxState::Dead;
     }
     if sbx.spec.shutdown_time.as_ref().is_some_and(|t| t.0 <= now) {
-        return "dead";
+        return SandboxState::Dead;
     }
     let phase = sbx.status.as_ref().and_then(|s| s.phase);
     match phase {
-        None | Some(SandboxPhase::Pending) => return "creating",
+        None | Some(SandboxPhase::Pending) => return SandboxState::Creating,
         Some(SandboxPhase::Succeeded | SandboxPhase::Failed | SandboxPhase::Terminating) => {
-            return "dead";
+            return SandboxState::Dead;
         }
         _ => {}
     }
@@ -426,16 +486,16 @@ pub fn state(sbx: &Sandbox, now: Timestamp) -> &'static str {
         .any(|o| o.controller == Some(true) && o.kind == "SandboxSet");
     if pooled {
         return if is_ready(sbx) {
-            "available"
+            SandboxState::Available
         } else {
-            "creating"
+            SandboxState::Creating
         };
     }
     match phase {
-        Some(SandboxPhase::Running) if sbx.spec.paused == Some(true) => "paused",
-        Some(SandboxPhase::Running) if is_ready(sbx) => "running",
-        Some(SandboxPhase::Running) => "dead",
-        _ => "paused",
+        Some(SandboxPhase::Running) if sbx.spec.paused == Some(true) => SandboxState::Paused,
+        Some(SandboxPhase::Running) if is_ready(sbx) => SandboxState::Running,
+        Some(SandboxPhase::Running) => SandboxState::Dead,
+        _ => SandboxState::Paused,
     }
 }
 
@@ -463,7 +523,7 @@ mod tests {
         PodView {
             uid: "pod-1".into(),
             owner_uid: Some("uid-1".into()),
-            phase: phase.into(),
+            phase: PodPhase::parse(phase),
             ready,
             ip: Some("10.0.0.5".into()),
             node: Some("node".into()),
@@ -621,11 +681,23 @@ mod tests {
     #[test]
     fn a_claimed_sandbox_with_a_not_ready_pod_is_dead_to_the_manager_but_not_gone() {
         let mut s = sandbox(Some(SandboxPhase::Running));
-        assert_eq!(state(&s, at(1)), "dead");
+        assert_eq!(state(&s, at(1)), SandboxState::Dead);
         assert!(!is_gone(&s, at(1)));
         s.spec.shutdown_time = Some(Time(at(1)));
         assert!(is_gone(&s, at(1)));
         assert!(is_gone(&sandbox(Some(SandboxPhase::Failed)), at(1)));
+    }
+
+    #[test]
+    fn pod_phases_parse_and_an_unknown_one_waits_like_pending() {
+        assert_eq!(PodPhase::parse("Running"), PodPhase::Running);
+        assert_eq!(PodPhase::parse("Succeeded"), PodPhase::Succeeded);
+        assert_eq!(PodPhase::parse("Failed"), PodPhase::Failed);
+        assert_eq!(PodPhase::parse("Pending"), PodPhase::Pending);
+        assert_eq!(PodPhase::parse("Hibernating"), PodPhase::Unknown);
+        let p = plan(&sandbox(None), Some(&pod("Hibernating", false)), at(1));
+        assert_eq!(p.status.phase, Some(SandboxPhase::Pending));
+        assert!(p.steps.is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod rules;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
@@ -24,13 +25,13 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams};
+use kube::core::DynamicObject;
 use paddock_crds::{Sandbox, SandboxClaim, SandboxSet, SandboxTemplate, keys};
-use serde_json::Value;
 use tokio::net::TcpListener;
 
 use crate::context::Context;
 use crate::{WebhookConfig, WebhookEndpoint};
-use review::{Review, Verdict, respond};
+use review::{Request, Verdict, respond};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -147,107 +148,115 @@ fn router(ctx: Arc<Context>) -> Router {
         .with_state(ctx)
 }
 
-type Handled = Json<Value>;
+type Handled = Json<serde_json::Value>;
 
-fn answer(review: &Review, verdict: Verdict) -> Handled {
-    let uid = review
-        .request
-        .as_ref()
-        .map(|r| r.uid.as_str())
-        .unwrap_or("");
-    if let Verdict::Deny { message, .. } = &verdict {
-        tracing::info!(uid, %message, "admission denied");
-    }
-    Json(respond(uid, verdict))
+/// Reads the review in `body` and answers it with what `decide` makes of its request.
+fn handle(body: &[u8], decide: impl FnOnce(&Request) -> Verdict) -> Handled {
+    Json(review::to_wire(&match review::request(body) {
+        Ok(req) => respond(&req, decide(&req)),
+        Err(e) => review::rejection(e),
+    }))
 }
 
-async fn pod_delete(State(ctx): State<Arc<Context>>, Json(review): Json<Review>) -> Handled {
-    let Some(req) = review.request.clone() else {
-        return answer(&review, Verdict::Allow);
+/// The object of a review as the typed `K`, or a message naming what does not fit.
+fn typed<K: serde::de::DeserializeOwned>(
+    kind: &str,
+    obj: Option<&DynamicObject>,
+) -> Option<Result<K, String>> {
+    obj.map(|o| {
+        serde_json::to_value(o)
+            .map_err(|e| format!("{kind}: {e}"))
+            .and_then(|v| rules::parse::<K>(kind, &v))
+    })
+}
+
+async fn pod_delete(State(ctx): State<Arc<Context>>, body: Bytes) -> Handled {
+    let req = match review::request(&body) {
+        Ok(req) => req,
+        Err(e) => return Json(review::to_wire(&review::rejection(e))),
     };
-    let pods: Api<Pod> = ctx.api(&req.namespace);
+    let ns = req.namespace.clone().unwrap_or_default();
+    let pods: Api<Pod> = ctx.api(&ns);
     // DELETE carries the Pod as oldObject; an eviction carries only the Pod's name.
-    let pod = match req
-        .old_object
-        .as_ref()
-        .map(|o| rules::parse::<Pod>("Pod", o))
-    {
+    let pod = match typed::<Pod>("Pod", req.old_object.as_ref()) {
         Some(Ok(p)) => Some(p),
         _ => pods.get_opt(&req.name).await.ok().flatten(),
     };
+    // Asked of the API server, not the shared cache: this runs on every replica, and only the
+    // leader fills the cache.
+    let sandboxes: Api<Sandbox> = ctx.api(&ns);
+    let sandbox = match pod {
+        Some(_) => sandboxes.get_opt(&req.name).await,
+        None => Ok(None),
+    };
+    let verdict = pod_delete_verdict(&req, pod.as_ref(), sandbox, &ctx.username);
+    Json(review::to_wire(&respond(&req, verdict)))
+}
+
+/// The Pod-delete decision once the Pod and its Sandbox are looked up.
+fn pod_delete_verdict(
+    req: &Request,
+    pod: Option<&Pod>,
+    sandbox: Result<Option<Sandbox>, kube::Error>,
+    controller: &str,
+) -> Verdict {
     let Some(pod) = pod else {
-        return answer(&review, Verdict::Allow);
+        return Verdict::Allow;
     };
-    let sandboxes: Api<Sandbox> = ctx.api(&req.namespace);
-    let sandbox = match sandboxes.get_opt(&req.name).await {
-        Ok(s) => s,
-        // Unknown: let it through (failurePolicy is Ignore for the same reason).
-        Err(_) => return answer(&review, Verdict::Allow),
+    // Unknown: let it through (failurePolicy is Ignore for the same reason).
+    let Ok(sandbox) = sandbox else {
+        return Verdict::Allow;
     };
-    let verdict = match rules::pod_delete(
-        &pod,
-        sandbox.as_ref(),
-        &req.user_info.username,
-        &ctx.username,
-    ) {
+    let user = req.user_info.username.as_deref().unwrap_or_default();
+    match rules::pod_delete(pod, sandbox.as_ref(), user, controller) {
         Ok(()) => Verdict::Allow,
         Err(msg) => Verdict::deny(msg),
-    };
-    answer(&review, verdict)
+    }
 }
 
-async fn default_sandboxset(Json(review): Json<Review>) -> Handled {
-    let ops = review
-        .request
-        .as_ref()
-        .and_then(|r| r.object.as_ref())
-        .map(rules::default_sandboxset)
-        .unwrap_or_default();
-    answer(&review, Verdict::Patch(ops))
+async fn default_sandboxset(body: Bytes) -> Handled {
+    handle(&body, |req| {
+        let ops = req
+            .object
+            .as_ref()
+            .and_then(|o| serde_json::to_value(o).ok())
+            .map(|v| rules::default_sandboxset(&v))
+            .unwrap_or_default();
+        Verdict::Patch(ops)
+    })
 }
 
-fn typed<K: serde::de::DeserializeOwned>(
-    kind: &str,
-    v: Option<&Value>,
-) -> Option<Result<K, String>> {
-    v.map(|o| rules::parse::<K>(kind, o))
+async fn validate_sandboxset(body: Bytes) -> Handled {
+    handle(&body, |req| {
+        match typed::<SandboxSet>("SandboxSet", req.object.as_ref()) {
+            Some(Ok(s)) => Verdict::invalid(rules::sandboxset(&s)),
+            Some(Err(e)) => Verdict::invalid(vec![e]),
+            None => Verdict::Allow,
+        }
+    })
 }
 
-async fn validate_sandboxset(Json(review): Json<Review>) -> Handled {
-    let verdict = match typed::<SandboxSet>(
-        "SandboxSet",
-        review.request.as_ref().and_then(|r| r.object.as_ref()),
-    ) {
-        Some(Ok(s)) => Verdict::invalid(rules::sandboxset(&s)),
-        Some(Err(e)) => Verdict::invalid(vec![e]),
-        None => Verdict::Allow,
-    };
-    answer(&review, verdict)
+async fn validate_sandboxtemplate(body: Bytes) -> Handled {
+    handle(&body, |req| {
+        match typed::<SandboxTemplate>("SandboxTemplate", req.object.as_ref()) {
+            Some(Ok(s)) => Verdict::invalid(rules::sandboxtemplate(&s)),
+            Some(Err(e)) => Verdict::invalid(vec![e]),
+            None => Verdict::Allow,
+        }
+    })
 }
 
-async fn validate_sandboxtemplate(Json(review): Json<Review>) -> Handled {
-    let verdict = match typed::<SandboxTemplate>(
-        "SandboxTemplate",
-        review.request.as_ref().and_then(|r| r.object.as_ref()),
-    ) {
-        Some(Ok(s)) => Verdict::invalid(rules::sandboxtemplate(&s)),
-        Some(Err(e)) => Verdict::invalid(vec![e]),
-        None => Verdict::Allow,
-    };
-    answer(&review, verdict)
-}
-
-async fn validate_sandboxclaim(Json(review): Json<Review>) -> Handled {
-    let req = review.request.as_ref();
-    let new = typed::<SandboxClaim>("SandboxClaim", req.and_then(|r| r.object.as_ref()));
-    let old = typed::<SandboxClaim>("SandboxClaim", req.and_then(|r| r.old_object.as_ref()))
-        .and_then(Result::ok);
-    let verdict = match new {
-        Some(Ok(c)) => Verdict::invalid(rules::sandboxclaim(&c, old.as_ref())),
-        Some(Err(e)) => Verdict::invalid(vec![e]),
-        None => Verdict::Allow,
-    };
-    answer(&review, verdict)
+async fn validate_sandboxclaim(body: Bytes) -> Handled {
+    handle(&body, |req| {
+        let new = typed::<SandboxClaim>("SandboxClaim", req.object.as_ref());
+        let old =
+            typed::<SandboxClaim>("SandboxClaim", req.old_object.as_ref()).and_then(Result::ok);
+        match new {
+            Some(Ok(c)) => Verdict::invalid(rules::sandboxclaim(&c, old.as_ref())),
+            Some(Err(e)) => Verdict::invalid(vec![e]),
+            None => Verdict::Allow,
+        }
+    })
 }
 
 fn client_config(cfg: &WebhookConfig, path: &str, ca: &str) -> WebhookClientConfig {
@@ -405,57 +414,4 @@ async fn register(ctx: &Context, cfg: &WebhookConfig, ca: &str) -> Result<(), ku
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn review(object: Value, old: Option<Value>) -> Review {
-        serde_json::from_value(json!({
-            "apiVersion": "admission.k8s.io/v1",
-            "kind": "AdmissionReview",
-            "request": {"uid": "u-1", "operation": "UPDATE", "name": "c", "namespace": "ns",
-                        "userInfo": {"username": "alice"}, "object": object, "oldObject": old},
-        }))
-        .unwrap()
-    }
-
-    fn claim(replicas: i32) -> Value {
-        json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxClaim",
-               "metadata": {"name": "c"}, "spec": {"templateName": "pool", "replicas": replicas}})
-    }
-
-    #[tokio::test]
-    async fn a_claim_update_changing_replicas_is_denied_with_a_422() {
-        let Json(out) = validate_sandboxclaim(Json(review(claim(2), Some(claim(1))))).await;
-        assert_eq!(out["response"]["uid"], "u-1");
-        assert_eq!(out["response"]["allowed"], false);
-        assert_eq!(out["response"]["status"]["code"], 422);
-        let msg = out["response"]["status"]["message"].as_str().unwrap();
-        assert!(msg.contains("spec.replicas: field is immutable"), "{msg}");
-        let Json(out) = validate_sandboxclaim(Json(review(claim(1), Some(claim(1))))).await;
-        assert_eq!(out["response"]["allowed"], true);
-    }
-
-    #[tokio::test]
-    async fn a_malformed_pod_template_is_denied_naming_the_problem() {
-        let set = json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxSet",
-            "metadata": {"name": "s"}, "spec": {"replicas": 1, "template": {"spec": {"containers": "nope"}}}});
-        let Json(out) = validate_sandboxset(Json(review(set, None))).await;
-        assert_eq!(out["response"]["allowed"], false);
-        let msg = out["response"]["status"]["message"].as_str().unwrap();
-        assert!(msg.starts_with("SandboxSet: invalid type"), "{msg}");
-    }
-
-    #[tokio::test]
-    async fn the_sandboxset_default_comes_back_as_a_json_patch() {
-        use base64::Engine;
-        let set = json!({"spec": {"replicas": 1}});
-        let Json(out) = default_sandboxset(Json(review(set, None))).await;
-        assert_eq!(out["response"]["patchType"], "JSONPatch");
-        let patch = base64::engine::general_purpose::STANDARD
-            .decode(out["response"]["patch"].as_str().unwrap())
-            .unwrap();
-        let ops: Value = serde_json::from_slice(&patch).unwrap();
-        assert_eq!(ops[0]["value"]["maxUnavailable"], "20%");
-    }
-}
+mod tests;

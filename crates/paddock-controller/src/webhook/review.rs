@@ -1,35 +1,14 @@
-//! The `admission.k8s.io/v1` AdmissionReview wire format (the parts the handlers use).
+//! Between the wire and the rules: an `admission.k8s.io/v1` AdmissionReview in (kube's
+//! [`kube::core::admission`] types), a [`Verdict`] out as the response review.
 
-use serde::Deserialize;
-use serde_json::{Value, json};
+use kube::core::DynamicObject;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
 
-#[derive(Deserialize, Debug, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct Review {
-    pub request: Option<Request>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone)]
-#[serde(rename_all = "camelCase")]
-pub struct Request {
-    pub uid: String,
-    #[serde(default)]
-    pub name: String,
-    #[serde(default)]
-    pub namespace: String,
-    #[serde(default)]
-    pub user_info: UserInfo,
-    #[serde(default)]
-    pub object: Option<Value>,
-    #[serde(default)]
-    pub old_object: Option<Value>,
-}
-
-#[derive(Deserialize, Debug, Default, Clone)]
-pub struct UserInfo {
-    #[serde(default)]
-    pub username: String,
-}
+/// A review as the API server sends it and as we answer it.
+pub type Review = AdmissionReview<DynamicObject>;
+/// The request inside a [`Review`]; objects stay untyped until a rule parses them, so a
+/// malformed object is denied with a message naming the problem rather than rejected whole.
+pub type Request = AdmissionRequest<DynamicObject>;
 
 /// What a handler decided.
 #[derive(Debug, PartialEq)]
@@ -40,7 +19,7 @@ pub enum Verdict {
         message: String,
     },
     /// Allow with these RFC 6902 operations applied.
-    Patch(Vec<Value>),
+    Patch(json_patch::Patch),
 }
 
 impl Verdict {
@@ -63,30 +42,59 @@ impl Verdict {
     }
 }
 
-/// The response review for `uid`.
-pub fn respond(uid: &str, verdict: Verdict) -> Value {
+/// Reads a review body; a body that is not a review with a request gets the error to answer
+/// with ([`rejection`]).
+pub fn request(body: &[u8]) -> Result<Request, String> {
+    let review: Review =
+        serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
+    review
+        .try_into()
+        .map_err(|_| "the AdmissionReview has no request".to_string())
+}
+
+/// The (denying) answer to a body [`request`] could not read.
+pub fn rejection(message: String) -> Review {
+    tracing::info!(%message, "admission review rejected");
+    AdmissionResponse::invalid(message).into_review()
+}
+
+/// A review as sent back on the wire. kube's `AdmissionResponse` serialises `patch` (a Go
+/// `[]byte`) as an array of numbers (kube-rs/kube#1781); the API documents base64 text, which
+/// is what we always sent, so the patch is re-encoded here.
+pub fn to_wire(review: &Review) -> serde_json::Value {
     use base64::Engine;
+    let mut v = serde_json::to_value(review).unwrap_or_default();
+    if let Some(resp) = review.response.as_ref()
+        && let Some(patch) = &resp.patch
+    {
+        v["response"]["patch"] = base64::engine::general_purpose::STANDARD
+            .encode(patch)
+            .into();
+    }
+    v
+}
+
+/// The response review to `req` carrying `verdict`.
+pub fn respond(req: &Request, verdict: Verdict) -> Review {
+    let allow = AdmissionResponse::from(req);
     let response = match verdict {
-        Verdict::Allow => json!({"uid": uid, "allowed": true}),
-        Verdict::Deny { code, message } => json!({
-            "uid": uid,
-            "allowed": false,
-            "status": {"code": code, "message": message},
-        }),
-        Verdict::Patch(ops) if ops.is_empty() => json!({"uid": uid, "allowed": true}),
-        Verdict::Patch(ops) => {
-            let patch = serde_json::to_vec(&ops).unwrap_or_default();
-            json!({
-                "uid": uid,
-                "allowed": true,
-                "patchType": "JSONPatch",
-                "patch": base64::engine::general_purpose::STANDARD.encode(patch),
-            })
+        Verdict::Allow => allow,
+        Verdict::Deny { code, message } => {
+            tracing::info!(uid = %req.uid, %message, "admission denied");
+            let mut denied = allow.deny(message);
+            denied.result.code = code;
+            denied
         }
+        Verdict::Patch(ops) if ops.0.is_empty() => allow,
+        Verdict::Patch(ops) => match allow.with_patch(ops) {
+            Ok(patched) => patched,
+            Err(e) => {
+                let mut failed =
+                    AdmissionResponse::from(req).deny(format!("encoding the patch: {e}"));
+                failed.result.code = 500;
+                failed
+            }
+        },
     };
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "response": response,
-    })
+    response.into_review()
 }

@@ -211,21 +211,25 @@ pub fn sandboxclaim(new: &SandboxClaim, old: Option<&SandboxClaim>) -> Vec<Strin
 }
 
 /// JSON-patch operations filling SandboxSet defaults.
-pub fn default_sandboxset(obj: &Value) -> Vec<Value> {
+pub fn default_sandboxset(obj: &Value) -> json_patch::Patch {
+    let add = |path: &'static str, value: Value| {
+        json_patch::PatchOperation::Add(json_patch::AddOperation {
+            path: json_patch::jsonptr::Pointer::from_static(path).to_buf(),
+            value,
+        })
+    };
     let spec = &obj["spec"];
-    match spec.get("updateStrategy") {
-        None | Some(Value::Null) => vec![json!({
-            "op": "add",
-            "path": "/spec/updateStrategy",
-            "value": {"maxUnavailable": DEFAULT_UPDATE_MAX_UNAVAILABLE},
-        })],
-        Some(u) if u.get("maxUnavailable").is_none_or(Value::is_null) => vec![json!({
-            "op": "add",
-            "path": "/spec/updateStrategy/maxUnavailable",
-            "value": DEFAULT_UPDATE_MAX_UNAVAILABLE,
-        })],
+    json_patch::Patch(match spec.get("updateStrategy") {
+        None | Some(Value::Null) => vec![add(
+            "/spec/updateStrategy",
+            json!({"maxUnavailable": DEFAULT_UPDATE_MAX_UNAVAILABLE}),
+        )],
+        Some(u) if u.get("maxUnavailable").is_none_or(Value::is_null) => vec![add(
+            "/spec/updateStrategy/maxUnavailable",
+            json!(DEFAULT_UPDATE_MAX_UNAVAILABLE),
+        )],
         _ => vec![],
-    }
+    })
 }
 
 #[cfg(test)]
@@ -357,13 +361,16 @@ mod tests {
 
     #[test]
     fn sandboxset_defaults_update_max_unavailable() {
-        let ops = default_sandboxset(&json!({"spec": {"replicas": 1}}));
-        assert_eq!(ops[0]["path"], "/spec/updateStrategy");
-        let ops = default_sandboxset(&json!({"spec": {"updateStrategy": {}}}));
-        assert_eq!(ops[0]["path"], "/spec/updateStrategy/maxUnavailable");
-        assert!(
-            default_sandboxset(&json!({"spec": {"updateStrategy": {"maxUnavailable": 1}}}))
-                .is_empty()
+        let ops = |v: Value| serde_json::to_value(default_sandboxset(&v)).unwrap();
+        let o = ops(json!({"spec": {"replicas": 1}}));
+        assert_eq!(o[0]["path"], "/spec/updateStrategy");
+        assert_eq!(o[0]["value"]["maxUnavailable"], "20%");
+        let o = ops(json!({"spec": {"updateStrategy": {}}}));
+        assert_eq!(o[0]["path"], "/spec/updateStrategy/maxUnavailable");
+        assert_eq!(o[0]["op"], "add");
+        assert_eq!(
+            ops(json!({"spec": {"updateStrategy": {"maxUnavailable": 1}}})),
+            json!([])
         );
     }
 }

@@ -104,10 +104,11 @@ impl EmbeddedInfra {
         let instance_lock =
             crate::instance_lock::InstanceLock::for_config(&cfg).map_err(internal)?;
         for d in [
+            cfg.data_dir.clone(),
             cfg.data_dir.join("sandboxes"),
             cfg.data_dir.join("containers"),
         ] {
-            std::fs::create_dir_all(&d).map_err(internal)?;
+            crate::private_dir::create_private_dir(&d).map_err(internal)?;
         }
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;

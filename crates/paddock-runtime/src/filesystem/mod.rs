@@ -3,7 +3,9 @@
 
 pub mod entry;
 mod service;
+mod slots;
 mod watch;
 
 pub use service::FilesystemService;
+pub use slots::{DEFAULT_MAX_WATCHERS, WatchSlots};
 pub use watch::WatcherTable;

@@ -11,6 +11,7 @@ use connectrpc::{
 use futures::StreamExt;
 
 use super::entry::{Names, entry_info, list_dir};
+use super::slots::WatchSlot;
 use super::watch::{self, WatchSpec};
 use crate::auth::rpc_user;
 use crate::errors::{fs_error, path_error};
@@ -49,6 +50,14 @@ impl FilesystemService {
         as_user(user, move || op(&db))
             .await
             .map_err(|e| fs_error(&e, path))
+    }
+
+    /// Security review M1: every watch holds one of the runtime's slots.
+    fn watch_slot(&self) -> Result<WatchSlot, ConnectError> {
+        self.rt.watch_slots.acquire().map_err(|e| {
+            tracing::warn!(max = e.max, "refused a watch: the watcher cap is reached");
+            ConnectError::resource_exhausted(e.to_string())
+        })
     }
 
     fn check_watch_dir(
@@ -96,28 +105,34 @@ impl Filesystem for FilesystemService {
     ) -> ServiceResult<MakeDirResponse> {
         let req = request.to_owned_message();
         let (user, path) = self.target(&ctx, &req.path)?;
-        match std::fs::metadata(&path) {
-            Ok(m) if m.is_dir() => {
+        // Security review L1: the existence check runs as the user too, so
+        // it says nothing about directories the user may not look into.
+        let p = path.clone();
+        let made = self
+            .run(&user, &path, move |db| match std::fs::metadata(&p) {
+                Ok(m) => Ok(Err(m.is_dir())),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::create_dir_all(&p)?;
+                    entry_info(&p, &mut Names::new(db)).map(Ok)
+                }
+                Err(e) => Err(e),
+            })
+            .await?;
+        let entry = match made {
+            Ok(entry) => entry,
+            Err(true) => {
                 return Err(ConnectError::already_exists(format!(
                     "directory '{}' already exists",
                     path.display()
                 )));
             }
-            Ok(_) => {
+            Err(false) => {
                 return Err(ConnectError::invalid_argument(format!(
                     "path '{}' already exists and is not a directory",
                     path.display()
                 )));
             }
-            Err(_) => {}
-        }
-        let p = path.clone();
-        let entry = self
-            .run(&user, &path, move |db| {
-                std::fs::create_dir_all(&p)?;
-                entry_info(&p, &mut Names::new(db))
-            })
-            .await?;
+        };
         Response::ok(MakeDirResponse {
             entry: entry.into(),
             ..Default::default()
@@ -132,12 +147,21 @@ impl Filesystem for FilesystemService {
         let req = request.to_owned_message();
         let (user, source) = self.target(&ctx, &req.source)?;
         let destination = resolve(&req.destination, &user).map_err(path_error)?;
-        if std::fs::symlink_metadata(&source).is_err() {
-            return Err(ConnectError::not_found(format!(
-                "source '{}' does not exist",
-                source.display()
-            )));
-        }
+        // Security review L1: the source is checked as the user, so a
+        // missing source inside a directory the user may not search reads
+        // as "permission denied", not as a fact about that directory.
+        let src = source.clone();
+        self.run(&user, &source, move |_| {
+            std::fs::symlink_metadata(&src).map(|_| ())
+        })
+        .await
+        .map_err(|e| {
+            if e.code == connectrpc::ErrorCode::NotFound {
+                ConnectError::not_found(format!("source '{}' does not exist", source.display()))
+            } else {
+                e
+            }
+        })?;
         let dst = destination.clone();
         let entry = self
             .run(&user, &destination, move |db| {
@@ -208,6 +232,7 @@ impl Filesystem for FilesystemService {
         let req = request.to_owned_message();
         let (user, path) = self.target(&ctx, &req.path)?;
         self.run(&user, &path, self.check_watch_dir(&path)).await?;
+        let slot = self.watch_slot()?;
         let keepalive = crate::process::keepalive_interval(ctx.headers());
         let (tx, rx) = tokio::sync::mpsc::channel::<FilesystemEvent>(1024);
         let spec = WatchSpec {
@@ -216,12 +241,13 @@ impl Filesystem for FilesystemService {
             include_entry: req.include_entry,
             users: self.rt.users.clone(),
         };
-        let watcher = watch::start(spec, move |ev| {
+        let watch = watch::start(spec, &user, slot, move |ev| {
             // Blocks only this watch's own thread when the client is slow.
             let _ = tx.blocking_send(ev);
         })
-        .map_err(|e| ConnectError::internal(format!("watching '{}': {e}", path.display())))?;
-        Response::stream_ok(watch_stream(watcher, rx, keepalive))
+        .await
+        .map_err(|e| fs_error(&e, &path))?;
+        Response::stream_ok(watch_stream(watch, rx, keepalive))
     }
 
     async fn create_watcher(
@@ -232,16 +258,19 @@ impl Filesystem for FilesystemService {
         let req = request.to_owned_message();
         let (user, path) = self.target(&ctx, &req.path)?;
         self.run(&user, &path, self.check_watch_dir(&path)).await?;
+        let slot = self.watch_slot()?;
         let spec = WatchSpec {
             root: path.clone(),
             recursive: req.recursive,
             include_entry: req.include_entry,
             users: self.rt.users.clone(),
         };
-        let id =
-            self.rt.watchers.create(spec).map_err(|e| {
-                ConnectError::internal(format!("watching '{}': {e}", path.display()))
-            })?;
+        let id = self
+            .rt
+            .watchers
+            .create(spec, &user, slot)
+            .await
+            .map_err(|e| fs_error(&e, &path))?;
         Response::ok(CreateWatcherResponse {
             watcher_id: id,
             ..Default::default()
@@ -289,7 +318,7 @@ fn response(event: WatchEvent) -> WatchDirResponse {
 /// `start`, then events and keepalives; the watch lives as long as the
 /// stream, so a client that goes away stops it.
 fn watch_stream(
-    watcher: notify::RecommendedWatcher,
+    watcher: watch::ActiveWatch,
     rx: tokio::sync::mpsc::Receiver<FilesystemEvent>,
     keepalive: Duration,
 ) -> impl futures::Stream<Item = Result<WatchDirResponse, ConnectError>> + Send + 'static {

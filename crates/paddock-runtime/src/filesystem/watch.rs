@@ -2,15 +2,18 @@
 //! `GetWatcherEvents`), both on inotify through the `notify` crate.
 
 use std::collections::{HashMap, VecDeque};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, mpsc};
 
 use notify::event::{EventKind, ModifyKind};
 use notify::{RecursiveMode, Watcher};
 
 use super::entry::{Names, entry_info};
+use super::slots::WatchSlot;
+use crate::identity::as_user;
 use crate::proto::filesystem::{EventType, FilesystemEvent};
-use crate::users::UserDb;
+use crate::users::{User, UserDb};
 
 /// Events a polled watcher keeps before dropping the oldest.
 const POLLED_BACKLOG: usize = 10_000;
@@ -63,29 +66,156 @@ fn convert(spec: &WatchSpec, event: notify::Event) -> Vec<FilesystemEvent> {
         .collect()
 }
 
-/// Starts watching; every converted event goes to `sink`.
-pub fn start(
+/// A running watch. Dropping it stops the watch and frees its slot.
+pub struct ActiveWatch {
+    control: mpsc::Sender<Control>,
+    _slot: WatchSlot,
+}
+
+enum Control {
+    /// A directory appeared under a recursive watch: watch it and its tree.
+    Watch(PathBuf),
+    Stop,
+}
+
+impl Drop for ActiveWatch {
+    fn drop(&mut self) {
+        let _ = self.control.send(Control::Stop);
+    }
+}
+
+/// Starts watching as `user`; every converted event goes to `sink`.
+///
+/// Security review L1: the watch is set up on a thread that carries the
+/// user's filesystem identity, and the threads it starts (notify's event
+/// loop and the one that extends recursive watches) inherit that identity
+/// from it, since Linux copies a thread's credentials to the threads it
+/// creates. So every directory listing, `inotify_add_watch` (which needs
+/// read permission) and stat for `include_entry` runs as the user: a
+/// recursive watch skips directories the user may not read instead of
+/// reporting what happens inside them.
+pub async fn start(
     spec: WatchSpec,
+    user: &User,
+    slot: WatchSlot,
     sink: impl Fn(FilesystemEvent) + Send + 'static,
-) -> notify::Result<notify::RecommendedWatcher> {
+) -> io::Result<ActiveWatch> {
+    as_user(user, move || start_here(spec, slot, sink)).await
+}
+
+fn start_here(
+    spec: WatchSpec,
+    slot: WatchSlot,
+    sink: impl Fn(FilesystemEvent) + Send + 'static,
+) -> io::Result<ActiveWatch> {
     let root = spec.root.clone();
     let recursive = spec.recursive;
+    let (control, requests) = mpsc::channel();
+    let new_dirs = control.clone();
+    let mut last = None;
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-            Ok(event) => convert(&spec, event).into_iter().for_each(&sink),
+            Ok(event) => {
+                if recursive && may_add_directory(&event.kind) {
+                    for p in &event.paths {
+                        let _ = new_dirs.send(Control::Watch(p.clone()));
+                    }
+                }
+                for ev in convert(&spec, event) {
+                    if !repeats(&mut last, &ev) {
+                        sink(ev);
+                    }
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "watch error"),
+        })
+        .map_err(into_io)?;
+    watcher
+        .watch(&root, RecursiveMode::NonRecursive)
+        .map_err(into_io)?;
+    if recursive {
+        for dir in subdirs(&root) {
+            watch_tree(&mut watcher, dir);
+        }
+    }
+    std::thread::Builder::new()
+        .name("paddock-watch".into())
+        .spawn(move || {
+            while let Ok(Control::Watch(dir)) = requests.recv() {
+                watch_tree(&mut watcher, dir);
+            }
+            // Stopped: dropping the watcher closes its inotify instance.
         })?;
-    let mode = if recursive {
-        RecursiveMode::Recursive
-    } else {
-        RecursiveMode::NonRecursive
+    Ok(ActiveWatch {
+        control,
+        _slot: slot,
+    })
+}
+
+/// Events after which a new directory may sit under the watch.
+fn may_add_directory(kind: &EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_))
+    )
+}
+
+/// Watching a subdirectory on its own also reports its removal or move
+/// from the subdirectory's side, right next to the parent's report of the
+/// same thing: drop that echo.
+fn repeats(last: &mut Option<(EventType, String)>, ev: &FilesystemEvent) -> bool {
+    let kind = ev.r#type.as_known();
+    let key = kind.map(|k| (k, ev.name.clone()));
+    let echo = matches!(
+        kind,
+        Some(EventType::EVENT_TYPE_REMOVE | EventType::EVENT_TYPE_RENAME)
+    ) && *last == key;
+    *last = key;
+    echo
+}
+
+/// The directories directly in `dir` (not through symlinks) that the
+/// caller may list; others are skipped.
+fn subdirs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(items) = std::fs::read_dir(dir) else {
+        return Vec::new();
     };
-    watcher.watch(Path::new(&root), mode)?;
-    Ok(watcher)
+    items
+        .filter_map(Result::ok)
+        .filter(|i| i.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|i| i.path())
+        .collect()
+}
+
+/// Watches `dir` and every directory below it that the caller may read.
+fn watch_tree(watcher: &mut notify::RecommendedWatcher, dir: PathBuf) {
+    let mut stack = vec![dir];
+    while let Some(dir) = stack.pop() {
+        if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
+            continue;
+        }
+        match watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            Ok(()) => stack.extend(subdirs(&dir)),
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                tracing::warn!(dir = %dir.display(), "inotify watch limit reached; the rest of the tree is not watched");
+                return;
+            }
+            // Typically a directory the user may not read: not theirs to watch.
+            Err(e) => tracing::debug!(dir = %dir.display(), error = %e, "not watching"),
+        }
+    }
+}
+
+fn into_io(e: notify::Error) -> io::Error {
+    match e.kind {
+        notify::ErrorKind::Io(e) => e,
+        notify::ErrorKind::PathNotFound => io::Error::from(io::ErrorKind::NotFound),
+        other => io::Error::other(format!("{other:?}")),
+    }
 }
 
 struct Polled {
-    _watcher: notify::RecommendedWatcher,
+    _watch: ActiveWatch,
     events: Arc<Mutex<VecDeque<FilesystemEvent>>>,
 }
 
@@ -100,21 +230,28 @@ impl WatcherTable {
         self.watchers.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn create(&self, spec: WatchSpec) -> notify::Result<String> {
+    /// Starts a polled watch as `user`, holding `slot` for as long as it lives.
+    pub async fn create(
+        &self,
+        spec: WatchSpec,
+        user: &User,
+        slot: WatchSlot,
+    ) -> io::Result<String> {
         let events = Arc::new(Mutex::new(VecDeque::new()));
         let sink_events = events.clone();
-        let watcher = start(spec, move |ev| {
+        let watch = start(spec, user, slot, move |ev| {
             let mut q = sink_events.lock().unwrap_or_else(|p| p.into_inner());
             if q.len() >= POLLED_BACKLOG {
                 q.pop_front();
             }
             q.push_back(ev);
-        })?;
+        })
+        .await?;
         let id = new_id();
         self.lock().insert(
             id.clone(),
             Polled {
-                _watcher: watcher,
+                _watch: watch,
                 events,
             },
         );

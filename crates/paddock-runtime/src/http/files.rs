@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::upload_limit::{TooLarge, UploadBudget};
 use crate::auth::{FileAccess, check_file_access, http_user};
 use crate::errors::HttpError;
 use crate::filesystem::entry::METADATA_XATTR_PREFIX;
@@ -111,6 +112,7 @@ pub async fn upload(
         .unwrap_or_default()
         .to_ascii_lowercase();
 
+    let mut budget = UploadBudget::new(rt.max_upload_bytes);
     let mut written = Vec::new();
     if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(req, &())
@@ -140,7 +142,7 @@ pub async fn upload(
             };
             let path = resolve(&raw, &user)?;
             let body = field.map_err(std::io::Error::other);
-            written.push(write_file(&user, path, body, &metadata).await?);
+            written.push(write_file(&user, path, body, &metadata, &mut budget).await?);
         }
         if written.is_empty() {
             return Err(HttpError::bad_request(
@@ -157,6 +159,17 @@ pub async fn upload(
             .and_then(|v| v.to_str().ok())
             .map(|v| v.trim().eq_ignore_ascii_case("gzip"))
             .unwrap_or(false);
+        if !gzip {
+            // A plain body's declared length is what it would write: refuse
+            // it before touching the disk.
+            if let Some(len) = headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+            {
+                budget.check_declared(len)?;
+            }
+        }
         let body = req
             .into_body()
             .into_data_stream()
@@ -164,9 +177,16 @@ pub async fn upload(
         let info = if gzip {
             let reader =
                 async_compression::tokio::bufread::GzipDecoder::new(StreamReader::new(body));
-            write_file(&user, path, ReaderStream::new(reader), &metadata).await?
+            write_file(
+                &user,
+                path,
+                ReaderStream::new(reader),
+                &metadata,
+                &mut budget,
+            )
+            .await?
         } else {
-            write_file(&user, path, body, &metadata).await?
+            write_file(&user, path, body, &metadata, &mut budget).await?
         };
         written.push(info);
     } else {
@@ -197,13 +217,14 @@ fn metadata_headers(
 }
 
 /// Streams `body` into `path` as `user`: parent directories are created
-/// (owned by the user), the file is replaced. A failed upload of a new file
-/// leaves no partial file behind.
+/// (owned by the user), the file is replaced. A failed upload leaves no
+/// partial file behind: a new file is removed, a replaced one emptied.
 async fn write_file<S, B>(
     user: &User,
     path: PathBuf,
     body: S,
     metadata: &std::collections::BTreeMap<String, String>,
+    budget: &mut UploadBudget,
 ) -> Result<WriteInfo, HttpError>
 where
     S: Stream<Item = std::io::Result<B>> + Unpin,
@@ -226,16 +247,19 @@ where
     .map_err(|e| HttpError::from_io(&e, &path))?;
 
     let mut file = tokio::fs::File::from_std(file);
-    if let Err(e) = copy_stream(body, &mut file).await {
-        drop(file);
-        if !existed {
-            let _ = std::fs::remove_file(&path);
-        }
-        return Err(match e.kind() {
-            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
-                HttpError::from_io(&e, &path)
+    if let Err(e) = copy_stream(body, &mut file, budget).await {
+        discard(user, &path, file, existed).await;
+        return Err(match e {
+            CopyError::TooLarge(e) => {
+                tracing::warn!(path = %path.display(), max = e.max, "refused an upload over the size cap");
+                e.into()
             }
-            _ => HttpError::bad_request(format!("upload of '{}' failed: {e}", path.display())),
+            CopyError::Io(e) => match e.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    HttpError::from_io(&e, &path)
+                }
+                _ => HttpError::bad_request(format!("upload of '{}' failed: {e}", path.display())),
+            },
         });
     }
     if !metadata.is_empty() {
@@ -261,13 +285,45 @@ where
     })
 }
 
-async fn copy_stream<S, B>(mut body: S, file: &mut tokio::fs::File) -> std::io::Result<()>
+/// Undoes a failed write. A file that existed is emptied through the open
+/// descriptor, which no path swap can redirect. A new file is unlinked by
+/// path, so (security review L1) that runs as the user: if the user swapped
+/// a parent for a symlink mid-upload, the unlink lands wherever the link
+/// points but with no more rights than the user has there.
+async fn discard(user: &User, path: &std::path::Path, file: tokio::fs::File, existed: bool) {
+    if existed {
+        if let Err(e) = file.set_len(0).await {
+            tracing::warn!(path = %path.display(), error = %e, "could not empty a failed upload");
+        }
+        return;
+    }
+    drop(file);
+    let p = path.to_path_buf();
+    if let Err(e) = as_user(user, move || std::fs::remove_file(&p)).await {
+        tracing::warn!(path = %path.display(), error = %e, "could not remove a failed upload");
+    }
+}
+
+enum CopyError {
+    Io(std::io::Error),
+    TooLarge(TooLarge),
+}
+
+async fn copy_stream<S, B>(
+    mut body: S,
+    file: &mut tokio::fs::File,
+    budget: &mut UploadBudget,
+) -> Result<(), CopyError>
 where
     S: Stream<Item = std::io::Result<B>> + Unpin,
     B: AsRef<[u8]>,
 {
     while let Some(chunk) = body.next().await {
-        file.write_all(chunk?.as_ref()).await?;
+        let chunk = chunk.map_err(CopyError::Io)?;
+        let bytes = chunk.as_ref();
+        // Counted before writing, so nothing past the cap reaches the disk.
+        budget.take(bytes.len()).map_err(CopyError::TooLarge)?;
+        file.write_all(bytes).await.map_err(CopyError::Io)?;
     }
-    file.flush().await
+    file.flush().await.map_err(CopyError::Io)
 }

@@ -3,3 +3,4 @@
 pub mod files;
 pub mod info;
 pub mod init;
+mod upload_limit;

@@ -25,11 +25,30 @@ impl Language {
     }
 }
 
+/// Contexts clients may create by default (see [`KernelConfig::max_contexts`]).
+/// An idle ipykernel takes about 50 MiB, so 8 of them fit in a 512 MiB
+/// sandbox with room left for the work itself.
+pub const DEFAULT_MAX_CONTEXTS: usize = 8;
+
 /// How the runtime finds kernels.
 #[derive(Debug, Clone)]
 pub struct KernelConfig {
     /// Python interpreter that has `ipykernel` (and runs `bash_kernel`).
     pub python: String,
+    /// Security review M3: most contexts `POST /contexts` may have alive at
+    /// once. The per-language default contexts do not count, so filling
+    /// the cap cannot stop plain `/execute` calls.
+    pub max_contexts: usize,
+}
+
+impl KernelConfig {
+    /// Kernels from `python`, with the default context cap.
+    pub fn new(python: impl Into<String>) -> Self {
+        Self {
+            python: python.into(),
+            max_contexts: DEFAULT_MAX_CONTEXTS,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +62,10 @@ pub enum ContextError {
     NotFound(String),
     #[error("cwd '{0}' does not exist")]
     BadCwd(String),
+    #[error(
+        "too many code contexts: at most {max} may exist at a time; delete one with DELETE /contexts/<id> first"
+    )]
+    TooMany { max: usize },
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error("{0}")]
@@ -65,6 +88,8 @@ pub struct Context {
     pub exec_lock: tokio::sync::Mutex<()>,
     /// The global environment this kernel has been given so far.
     pub applied_env: Mutex<BTreeMap<String, String>>,
+    /// A language's default context, which the context cap does not count.
+    is_default: bool,
 }
 
 pub struct Contexts {
@@ -74,6 +99,9 @@ pub struct Contexts {
     defaults: tokio::sync::Mutex<HashMap<Language, String>>,
     /// Which kernels are installed: probed once, it does not change.
     available: tokio::sync::OnceCell<Vec<Language>>,
+    /// Security review M3: kernels start one at a time, so a burst of
+    /// creations is paced and the cap check cannot race a start.
+    creating: tokio::sync::Mutex<()>,
 }
 
 fn python_has_module(python: &str, module: &str) -> bool {
@@ -111,6 +139,7 @@ impl Contexts {
             map: Mutex::new(HashMap::new()),
             defaults: tokio::sync::Mutex::new(HashMap::new()),
             available: tokio::sync::OnceCell::new(),
+            creating: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -197,12 +226,33 @@ impl Contexts {
         })
     }
 
-    /// Creates a context with a freshly started kernel.
+    /// Creates a context with a freshly started kernel, unless the cap on
+    /// client-created contexts is reached.
     pub async fn create(
         &self,
         language: Language,
         cwd: Option<&str>,
     ) -> Result<Arc<Context>, ContextError> {
+        self.start_context(language, cwd, false).await
+    }
+
+    async fn start_context(
+        &self,
+        language: Language,
+        cwd: Option<&str>,
+        is_default: bool,
+    ) -> Result<Arc<Context>, ContextError> {
+        let _one_at_a_time = self.creating.lock().await;
+        let counted = self.map().values().filter(|c| !c.is_default).count();
+        if !is_default && counted >= self.config.max_contexts {
+            tracing::warn!(
+                max = self.config.max_contexts,
+                "refused a code context: the cap is reached"
+            );
+            return Err(ContextError::TooMany {
+                max: self.config.max_contexts,
+            });
+        }
         let cwd = match cwd.filter(|c| !c.is_empty()) {
             Some(c) => PathBuf::from(c),
             None => {
@@ -230,6 +280,7 @@ impl Contexts {
             kernel: tokio::sync::Mutex::new(Some(kernel)),
             exec_lock: tokio::sync::Mutex::new(()),
             applied_env: Mutex::new(env_at_start),
+            is_default,
         });
         self.map().insert(id.clone(), ctx.clone());
         tracing::info!(context = %id, language = language.name(), "context created");
@@ -242,7 +293,7 @@ impl Contexts {
         if let Some(ctx) = defaults.get(&language).and_then(|id| self.get(id)) {
             return Ok(ctx);
         }
-        let ctx = self.create(language, None).await?;
+        let ctx = self.start_context(language, None, true).await?;
         defaults.insert(language, ctx.info.id.clone());
         Ok(ctx)
     }

@@ -20,8 +20,8 @@ use axum::routing::{delete, get, post};
 use futures::StreamExt;
 use serde::Deserialize;
 
-pub use contexts::KernelConfig;
 use contexts::{ContextError, Contexts, Language};
+pub use contexts::{DEFAULT_MAX_CONTEXTS, KernelConfig};
 
 use crate::state::Runtime;
 
@@ -45,6 +45,7 @@ fn context_error(e: ContextError) -> Response {
     let status = match &e {
         ContextError::Unsupported { .. } | ContextError::BadCwd(_) => StatusCode::BAD_REQUEST,
         ContextError::NotFound(_) => StatusCode::NOT_FOUND,
+        ContextError::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
         ContextError::Kernel(_) | ContextError::User(_) => StatusCode::INTERNAL_SERVER_ERROR,
     };
     text_error(status, e.to_string())
@@ -77,7 +78,7 @@ pub fn router(rt: Arc<Runtime>, config: KernelConfig) -> Router {
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(
             rt,
-            crate::auth::require_token_for_execute,
+            crate::auth::require_token_on_interpreter,
         ))
 }
 
