@@ -28,6 +28,8 @@ pub(super) fn new_id() -> InfraResult<SandboxId> {
 
 /// The runtime's environment variable for the access token it requires at start.
 const RUNTIME_TOKEN_ENV: &str = "PADDOCK_RUNTIME_ACCESS_TOKEN";
+/// The runtime's environment variable for the largest upload it accepts.
+const RUNTIME_MAX_UPLOAD_ENV: &str = "PADDOCK_RUNTIME_MAX_UPLOAD_BYTES";
 
 fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
     let mut bytes = [0u8; N];
@@ -195,6 +197,11 @@ impl EmbeddedInfra {
         let mut env = tspec.env.clone();
         if let Some(token) = &rec.bootstrap_token {
             env.insert(RUNTIME_TOKEN_ENV.to_owned(), token.clone());
+        }
+        // No upload can be larger than the disk it goes to: the runtime refuses one past the
+        // limit up front (413) instead of filling the disk first (security review H5).
+        if let Some(bytes) = rec.limits.disk_bytes {
+            env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
         }
         let pid = blocking(move || -> InfraResult<i32> {
             // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
