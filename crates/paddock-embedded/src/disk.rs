@@ -106,15 +106,46 @@ fn run(cmd: &mut Command) -> Result<(), String> {
     }
 }
 
+/// Detaches the loop devices of images under `dir` (after their mounts are gone) and waits
+/// until `deadline` for the kernel to let them go. A lazily unmounted file system is released
+/// a moment later than the unmount returns, and autoclear follows that; `losetup -d` marks a
+/// still-busy device for the same autoclear. Returns the devices still attached at the deadline.
+pub fn release_loops_under(dir: &Path, deadline: std::time::Instant) -> Vec<PathBuf> {
+    loop {
+        let left = loop_devices_under(dir);
+        if left.is_empty() {
+            return Vec::new();
+        }
+        for (dev, _) in &left {
+            let _ = run(Command::new("losetup").arg("-d").arg(dev));
+        }
+        if std::time::Instant::now() >= deadline {
+            return left.into_iter().map(|(_, file)| file).collect();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Loop devices whose backing file lies under `dir` (leak checks).
 pub fn loops_under(dir: &Path) -> Vec<PathBuf> {
+    loop_devices_under(dir)
+        .into_iter()
+        .map(|(_, file)| file)
+        .collect()
+}
+
+/// `(/dev/loopN, backing file)` for each loop device backed by a file under `dir`.
+fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     let Ok(rd) = std::fs::read_dir("/sys/block") else {
         return Vec::new();
     };
     rd.flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
-        .map(|s| PathBuf::from(s.trim().trim_end_matches(" (deleted)")))
-        .filter(|p| p.starts_with(dir))
+        .filter_map(|e| {
+            let file = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
+            let file = PathBuf::from(file.trim().trim_end_matches(" (deleted)"));
+            file.starts_with(dir)
+                .then(|| (Path::new("/dev").join(e.file_name()), file))
+        })
         .collect()
 }
 
