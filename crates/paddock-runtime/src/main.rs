@@ -68,6 +68,8 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
 
+    raise_file_limit();
+
     let opts = RuntimeOptions {
         access_token: args.access_token,
         default_user: args.default_user,
@@ -125,4 +127,21 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::try_join!(envd, interpreter)?;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one. Sandboxes start with the conventional soft
+/// limit of 1024, which a runtime serving many connections, watches and processes can
+/// exhaust; the hard limit is the real bound (the sandbox's own processes may raise their soft
+/// limit to it just the same, so this grants nothing new).
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::debug!(?before, now = ?lim.current, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
 }
