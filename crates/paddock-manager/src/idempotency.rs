@@ -101,7 +101,7 @@ mod tests {
         let err = idem.run("t", "k1", b"{\"x\":1}", make).await.unwrap_err();
         assert_eq!(err.status, http::StatusCode::UNPROCESSABLE_ENTITY);
         // A failure is not cached.
-        let fail = || async { Err(ApiError::internal("boom")) };
+        let fail = || async { Err(ApiError::internal("boom", "cause")) };
         assert!(idem.run("t", "k2", b"{}", fail).await.is_err());
         idem.run("t", "k2", b"{}", make).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
