@@ -164,6 +164,8 @@ impl Records {
     pub fn open(file: PathBuf) -> std::io::Result<Self> {
         let map: HashMap<SandboxId, SandboxRecord> = match std::fs::read(&file) {
             Ok(bytes) => {
+                // Every access token is in there (audit H2).
+                crate::secret_file::restrict(&file)?;
                 let list: Vec<SandboxRecord> = serde_json::from_slice(&bytes).map_err(|e| {
                     std::io::Error::other(format!("{} is corrupt: {e}", file.display()))
                 })?;
@@ -182,17 +184,14 @@ impl Records {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the whole map (temp file + rename, so a crash never leaves half a file).
+    /// Writes the whole map, owner-only (it holds every access token: audit H2), through a
+    /// temp file + rename so a crash never leaves half a file.
     fn persist(&self, map: &HashMap<SandboxId, SandboxRecord>) {
         let Some(file) = &self.file else { return };
         let list: Vec<&SandboxRecord> = map.values().collect();
         let result = serde_json::to_vec(&list)
             .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, file)
-            });
+            .and_then(|bytes| Ok(crate::secret_file::write(file, &bytes)?));
         if let Err(e) = result {
             tracing::error!(file = %file.display(), error = %e, "could not save sandbox records");
         }
