@@ -175,6 +175,31 @@ mod tests {
         assert!(r.reserve(&q, "t", Usage::default, ONE).is_ok());
     }
 
+    /// Audit L3: the team's recorded usage is read while the reservations are locked, so a
+    /// create that records its sandbox and gives back its reservation in between cannot be
+    /// missed by both counts.
+    #[test]
+    fn recorded_usage_is_read_under_the_lock() {
+        let q = Quota {
+            max_sandboxes: Some(1),
+            ..Quota::default()
+        };
+        let r = Reservations::default();
+        let mut locked = false;
+        let _a = r
+            .reserve(
+                &q,
+                "t",
+                || {
+                    locked = r.inner.try_lock().is_err();
+                    Usage::default()
+                },
+                ONE,
+            )
+            .unwrap();
+        assert!(locked, "the usage was read outside the lock");
+    }
+
     #[test]
     fn cpu_and_memory_limits_name_themselves() {
         let q = Quota {
