@@ -77,7 +77,7 @@ def main():
     a = ap.parse_args()
     need("wrk", "wrk")
     need("nginx", "nginx-light")
-    p = Paddock("127.0.0.1:3302", pool_size=1)
+    p = Paddock(pool_size=1)
     ng = None
     try:
         sbx = Sandbox.create(timeout=3600)

@@ -1,17 +1,16 @@
-"""Starts and stops a `paddock up` for the benchmarks (root; embedded mode)."""
+"""Starts and stops a `paddock up` for the benchmarks (root; embedded mode),
+with release builds; the start/wait/stop logic is tests/paddock_testing.py's."""
 
 import os
 import pathlib
-import shutil
-import signal
 import subprocess
-import tempfile
-import time
-
-import httpx
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TARGET = pathlib.Path(os.environ.get("CARGO_TARGET_DIR", pathlib.Path.home() / ".cache/paddock/target"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from paddock_testing import TARGET, PaddockUp  # noqa: E402
+
 ADMIN_KEY = "e2b_" + "be" * 20
 
 
@@ -25,52 +24,20 @@ def build_release():
     return (TARGET / "release/paddock", TARGET / "x86_64-unknown-linux-musl/release/paddock-runtime")
 
 
-class Paddock:
-    def __init__(self, listen: str, pool_size: int, extra=()):
-        self.url = f"http://{listen}"
-        self.data = tempfile.mkdtemp(prefix="paddock-bench-", dir="/var/tmp")
+class Paddock(PaddockUp):
+    """A started `paddock up` on a free port; the SDKs in this process point at it."""
+
+    def __init__(self, pool_size: int, extra=()):
         paddock, runtime = build_release()
-        env = dict(os.environ)
-        env.setdefault("PADDOCK_TEMPLATE_CACHE", "/var/tmp/paddock-test-templates")
-        self.log = open(f"/tmp/paddock-bench-{listen.replace(':', '-')}.log", "w")
-        self.proc = subprocess.Popen(
-            [str(paddock), "up", "--listen", listen, "--data-dir", self.data, "--admin-api-key", ADMIN_KEY,
-             "--runtime", str(runtime), "--pool-size", str(pool_size), *extra],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + 900
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"paddock up did not start; see {self.log.name}")
-            time.sleep(0.2)
-        os.environ.update({"E2B_API_URL": self.url, "E2B_SANDBOX_URL": self.url, "E2B_API_KEY": ADMIN_KEY})
+        super().__init__(paddock, runtime, ADMIN_KEY, pool_size=pool_size, extra=extra,
+                         prefix="paddock-bench-")
+        self.start()
+        os.environ.update(self.sdk_env())
 
-    def metric(self, name: str) -> float:
-        text = httpx.get(f"{self.url}/metrics", headers={"X-API-Key": ADMIN_KEY}).text
-        for line in text.splitlines():
-            if line.startswith(name + " "):
-                return float(line.rsplit(" ", 1)[1])
-        return 0.0
-
-    def wait_pool(self, template="base", at_least=1, timeout=60.0):
-        deadline = time.monotonic() + timeout
-        while self.metric(f'paddock_manager_pool_ready{{template="{template}"}}') < at_least:
-            if time.monotonic() > deadline:
-                raise RuntimeError("warm pool did not refill")
-            time.sleep(0.02)
-
-    def stop(self):
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        shutil.rmtree(self.data, ignore_errors=True)
+    def stop(self, timeout: float = 120) -> int:
+        code = super().stop(timeout)
+        self.remove_data()
+        return code
 
 
 def pct(xs, p):

@@ -42,7 +42,7 @@ def main():
     a = ap.parse_args()
 
     print(f"== warm pool: {a.runs} sequential create -> run('true'), pool refilled before each ==")
-    p = Paddock("127.0.0.1:3300", pool_size=4)
+    p = Paddock(pool_size=4)
     try:
         keeper = Sandbox.create()
         warm, exec_ref, floor = [], [], []
@@ -92,7 +92,7 @@ def main():
         p.stop()
 
     print(f"== cold: {a.runs} sequential create -> run('true'), no pool ==")
-    p = Paddock("127.0.0.1:3301", pool_size=0)
+    p = Paddock(pool_size=0)
     try:
         cold, floor = [], []
         for _ in range(a.runs):

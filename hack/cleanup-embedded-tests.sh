@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Removes what an interrupted run of the paddock-embedded root tests may leave behind:
 # processes in test cgroups, mounts under /var/tmp/paddock-test*, test bridges (pdktbr*),
-# test veths (pdt*, pdkte*), netns pdktnet*, nft tables paddock_test*, cgroups paddock-test*. Touches nothing else.
+# test veths (pdt*, pdkte*, pdkto*), netns pdktnet* and pdkto*, nft tables paddock_test* (inet and
+# bridge), cgroups paddock-test*. Touches nothing else.
 set -uo pipefail
 mem_own=$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)
 for ctrl in pids cpu cpuacct memory freezer; do
@@ -20,13 +21,14 @@ done
 awk '$5 ~ "^/var/tmp/paddock-test" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
   umount -l "$m" 2>/dev/null
 done
-for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(pdktbr[0-9]+|pdkte[0-9]+a|pdt[0-9a-f]{2}[0-9a-f]{8})$'); do
+for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(pdktbr[0-9]+|pdkte[0-9]+a|pdkto[0-9]+a|pdt[0-9a-f]{2}[0-9a-f]{8})$'); do
   ip link del "$l" 2>/dev/null
 done
-for t in $(nft list tables 2>/dev/null | awk '$2=="inet" && $3 ~ /^paddock_test/ {print $3}'); do
-  nft delete table inet "$t"
-done
-for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^pdktnet[0-9]+$/ {print $1}'); do
+nft list tables 2>/dev/null | awk '($2=="inet" || $2=="bridge") && $3 ~ /^paddock_test/ {print $2, $3}' |
+  while read -r family t; do
+    nft delete table "$family" "$t"
+  done
+for n in $(ip netns list 2>/dev/null | awk '$1 ~ /^(pdktnet|pdkto)[0-9]+$/ {print $1}'); do
   ip netns pids "$n" 2>/dev/null | xargs -r kill -9
   ip netns del "$n"
 done

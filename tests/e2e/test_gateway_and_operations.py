@@ -10,7 +10,6 @@ import pathlib
 import socket
 import struct
 import subprocess
-import time
 import uuid
 
 import httpx
@@ -18,6 +17,7 @@ import pytest
 from e2b import Sandbox
 
 from fixtures import ADMIN_KEY, LISTEN, URL, admin
+from paddock_testing import wait_until
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
 
@@ -25,12 +25,12 @@ ASSETS = pathlib.Path(__file__).parent / "assets"
 def wait_for_port(sbx, port):
     """Polls through the gateway until the sandbox's server answers."""
     h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(port)}
-    for _ in range(100):
+
+    def opened():
         r = httpx.get(f"{URL}/", headers=h)
-        if r.status_code != 502 or "port is not open" not in r.json()["message"]:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"port {port} never opened")
+        return r.status_code != 502 or "port is not open" not in r.json()["message"]
+
+    wait_until(opened, 30, f"port {port} of {sbx.sandbox_id} to open")
 
 
 @pytest.fixture
@@ -118,12 +118,12 @@ def test_private_ports_need_the_traffic_token(paddock):
         sbx.files.write("/home/user/site/x.txt", "private")
         sbx.commands.run("cd /home/user/site && python3 -m http.server 8000", background=True)
         h = {"Host": f"8000-{sid}.localhost"}
-        for _ in range(100):
+
+        def served():
             r = httpx.get(f"{URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": traffic})
-            if r.status_code == 200:
-                break
-            time.sleep(0.1)
-        assert r.text == "private"
+            return r.status_code == 200 and r.text
+
+        assert wait_until(served, 30, "the private server to answer with the traffic token") == "private"
         r = httpx.get(f"{URL}/x.txt", headers=h)
         assert r.status_code == 401 and "trafficAccessToken" in r.json()["message"]
         r = httpx.get(f"{URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": "wrong"})
@@ -293,10 +293,8 @@ def test_timeout_pauses_when_the_lifecycle_says_so(paddock):
     sbx = Sandbox.create(timeout=2, lifecycle={"on_timeout": "pause"})
     try:
         sbx.files.write("/home/user/survives.txt", "yes")
-        deadline = time.monotonic() + 30
-        while Sandbox.get_info(sbx.sandbox_id).state.value != "paused":
-            assert time.monotonic() < deadline, "the timeout never paused the sandbox"
-            time.sleep(0.2)
+        wait_until(lambda: Sandbox.get_info(sbx.sandbox_id).state.value == "paused", 30,
+                   "the timeout to pause the sandbox", interval=0.2)
         assert not sbx.is_running()
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
         assert resumed.files.read("/home/user/survives.txt") == "yes"

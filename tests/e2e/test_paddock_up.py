@@ -1,6 +1,9 @@
 """The embedded product end to end: the unmodified E2B SDKs against
 `paddock up` (E2B_API_URL and E2B_SANDBOX_URL both point at it)."""
 
+import shutil
+import subprocess
+import tempfile
 import time
 
 import httpx
@@ -8,7 +11,14 @@ import pytest
 from e2b import AuthenticationException, NotFoundException, Sandbox, SandboxException
 from e2b.sandbox.sandbox_api import SandboxQuery
 
-from fixtures import ADMIN_KEY, URL, admin
+from fixtures import ADMIN_KEY, URL, admin, up
+from paddock_testing import debug_binaries, free_port, wait_until
+
+
+def counter(sbx) -> int:
+    """The value a background `echo $i > /tmp/n` loop wrote last. Raises while the file is
+    missing or half-written, which wait_until takes as "not yet"."""
+    return int(sbx.files.read("/tmp/n"))
 
 
 def test_create_run_files_kill(paddock):
@@ -58,10 +68,23 @@ def test_env_vars_and_metadata_filters_and_pagination(paddock):
 def test_timeout_expires_and_set_timeout_extends(paddock):
     short = Sandbox.create(timeout=2)
     kept = Sandbox.create(timeout=2)
+    kept_would_end = time.monotonic() + 2
     kept.set_timeout(60)
-    time.sleep(4)
+
+    def short_is_gone():
+        # get_info only reads; connect would extend the timeout this waits for.
+        try:
+            Sandbox.get_info(short.sandbox_id)
+            return False
+        except NotFoundException:
+            return True
+
+    wait_until(short_is_gone, 30, "the 2 s timeout to kill the sandbox", interval=0.2)
     with pytest.raises(NotFoundException):
         Sandbox.connect(short.sandbox_id)
+    # Letting kept's original timeout pass is the behaviour under test; one more
+    # second covers a reaper pass that began just before it.
+    time.sleep(max(0.0, kept_would_end + 1 - time.monotonic()))
     assert kept.is_running()
     kept.kill()
 
@@ -71,16 +94,14 @@ def test_pause_keeps_files_and_processes(paddock):
     try:
         sbx.files.write("/home/user/keep.txt", "kept")
         sbx.commands.run("sh -c 'i=0; while true; do i=$((i+1)); echo $i > /tmp/n; sleep 0.1; done'", background=True)
-        time.sleep(0.5)
+        wait_until(lambda: counter(sbx) >= 2, 30, "the counter to start")
         assert sbx.pause() is True
         assert sbx.pause() is False, "pausing a paused sandbox is a 409"
         assert Sandbox.get_info(sbx.sandbox_id).state.value == "paused"
-        time.sleep(0.5)
         resumed = Sandbox.connect(sbx.sandbox_id)
         assert resumed.files.read("/home/user/keep.txt") == "kept"
-        n1 = int(resumed.files.read("/tmp/n"))
-        time.sleep(0.5)
-        assert int(resumed.files.read("/tmp/n")) > n1, "the counter runs again after resume"
+        n1 = wait_until(lambda: counter(resumed), 30, "the counter's value after resume")
+        wait_until(lambda: counter(resumed) > n1, 30, "the counter to run again after resume")
     finally:
         Sandbox.kill(sbx.sandbox_id)
 
@@ -148,3 +169,27 @@ def test_metrics_info_and_state_filter(paddock):
     finally:
         sbx.kill()
         Sandbox.kill(other.sandbox_id)
+
+
+def test_a_second_instance_on_the_same_network_is_refused(paddock):
+    """One instance per network set: a second `paddock up` with the default bridge and subnet
+    (its own data dir and port) exits at once, naming the running instance's pid and the
+    flags that pick another set, and leaves the first one serving."""
+    paddock_bin, runtime = debug_binaries()
+    data = tempfile.mkdtemp(prefix="paddock-e2e-second-", dir="/var/tmp")
+    try:
+        second = subprocess.run(
+            [
+                str(paddock_bin), "up",
+                "--listen", f"127.0.0.1:{free_port()}",
+                "--data-dir", data,
+                "--admin-api-key", ADMIN_KEY,
+                "--runtime", str(runtime),
+            ],
+            capture_output=True, text=True, timeout=300,
+        )
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+    assert second.returncode != 0, second.stderr
+    assert f"pid {up().proc.pid}" in second.stderr and "--bridge" in second.stderr, second.stderr
+    assert httpx.get(f"{URL}/health").status_code == 200

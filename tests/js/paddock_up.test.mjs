@@ -3,13 +3,16 @@
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox } from 'e2b'
-import { sandboxLogs, startPaddock } from './harness.mjs'
+import { sandboxLogs, startPaddock, waitUntil } from './harness.mjs'
 
 const apiKey = 'e2b_' + 'js'.repeat(20)
-const opts = { apiKey, apiUrl: 'http://127.0.0.1:3200', sandboxUrl: 'http://127.0.0.1:3200' }
-let stop
-before(async () => { stop = await startPaddock({ adminKey: apiKey }) })
-after(async () => { await stop?.() })
+const opts = { apiKey }
+let paddock
+before(async () => {
+  paddock = await startPaddock({ adminKey: apiKey })
+  Object.assign(opts, { apiUrl: paddock.url, sandboxUrl: paddock.url })
+})
+after(async () => { await paddock?.stop() })
 
 test('create, run, files, list, kill', async () => {
   const sbx = await Sandbox.create({ ...opts, metadata: { from: 'js' } })
@@ -58,14 +61,12 @@ test('a server in the sandbox is reachable through the gateway', async () => {
     await sbx.commands.run('cd /home/user/site && python3 -m http.server 8000', { background: true })
     const host = sbx.getHost(8000)
     assert.ok(host.startsWith(`8000-${sbx.sandboxId}`), host)
-    let body
-    for (let i = 0; i < 100 && body === undefined; i++) {
-      const r = await fetch('http://127.0.0.1:3200/index.html', {
+    const body = await waitUntil(async () => {
+      const r = await fetch(`${paddock.url}/index.html`, {
         headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '8000' }
       })
-      if (r.ok) body = await r.text()
-      else await new Promise((resolve) => setTimeout(resolve, 100))
-    }
+      return r.ok && await r.text()
+    }, 30_000, 'the server in the sandbox to answer through the gateway', 100)
     assert.equal(body, 'js-served')
   } finally {
     await sbx.kill()

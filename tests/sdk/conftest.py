@@ -5,10 +5,15 @@ import os
 import pathlib
 import signal
 import subprocess
-import time
+import sys
 
 import httpx
 import pytest
+
+# tests/paddock_testing.py (wait_until) for this suite too.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from paddock_testing import GiveUp, WaitTimeout, wait_until  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # Where hack/test builds the static runtime.
@@ -51,16 +56,17 @@ class RuntimeProcess:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health").status_code == 204:
-                    break
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"runtime did not start; see /tmp/paddock-runtime-{port}.log")
-            time.sleep(0.05)
+        proc = self.proc
+
+        def healthy():
+            if proc.poll() is not None:
+                raise GiveUp(f"the runtime exited with status {proc.returncode}")
+            return httpx.get(f"{self.url}/health").status_code == 204
+
+        try:
+            wait_until(healthy, 30, f"{self.url}/health")
+        except (WaitTimeout, GiveUp) as e:
+            raise RuntimeError(f"runtime did not start ({e}); see /tmp/paddock-runtime-{port}.log") from None
 
     def stop(self):
         os.killpg(self.proc.pid, signal.SIGTERM)

@@ -2,7 +2,6 @@
 on real Jupyter kernels."""
 
 import base64
-import time
 
 import httpx
 import pytest
@@ -76,10 +75,9 @@ def test_pandas_dataframe_renders_html(ci):
 
 def test_timeout_interrupts_a_busy_loop_and_the_context_stays_usable(ci):
     ci.run_code("before = 7")
-    started = time.time()
     with pytest.raises(TimeoutException):
         ci.run_code("while True:\n    pass", timeout=2)
-    assert time.time() - started < 20
+    # No clock check: a kernel still in the loop could not answer this one.
     execution = ci.run_code("before + 1", timeout=30)
     assert execution.text == "8", "state survives the interrupt"
 

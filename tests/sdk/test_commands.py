@@ -1,9 +1,9 @@
 """commands.* through the real Python SDK."""
 
-import time
 
 import pytest
 from e2b import CommandExitException, TimeoutException
+from paddock_testing import wait_until
 
 
 def test_stdout_stderr_and_exit_code(sbx):
@@ -52,10 +52,8 @@ def test_background_list_and_kill(sbx):
     h = sbx.commands.run("sleep 60", background=True)
     assert h.pid in [p.pid for p in sbx.commands.list()]
     assert h.kill() is True
-    deadline = time.time() + 5
-    while h.pid in [p.pid for p in sbx.commands.list()] and time.time() < deadline:
-        time.sleep(0.05)
-    assert h.pid not in [p.pid for p in sbx.commands.list()]
+    wait_until(lambda: h.pid not in [p.pid for p in sbx.commands.list()], 5,
+               "the killed process to leave the list")
     assert sbx.commands.kill(h.pid) is False
 
 
@@ -69,7 +67,7 @@ def test_stdin(sbx):
 
 def test_connect_to_running_process(sbx):
     h = sbx.commands.run("for i in 1 2 3 4 5; do echo tick$i; sleep 0.2; done", background=True)
-    time.sleep(0.3)
+    assert h.pid in [p.pid for p in sbx.commands.list()], "connect must find it still running"
     again = sbx.commands.connect(h.pid)
     r = again.wait()
     assert r.exit_code == 0
@@ -77,21 +75,19 @@ def test_connect_to_running_process(sbx):
 
 
 def test_timeout_kills_the_process(sbx):
-    started = time.time()
+    # No clock check: had the timeout not ended it, the command would have written the file.
     with pytest.raises(TimeoutException):
         sbx.commands.run("sleep 30; echo done > /tmp/not-reached", timeout=1)
-    assert time.time() - started < 15
-    time.sleep(0.5)
+    wait_until(lambda: "sleep 30" not in sbx.commands.run("ps -eo args").stdout, 10,
+               "the timed-out process to be killed")
     assert not sbx.files.exists("/tmp/not-reached")
-    assert "sleep 30" not in sbx.commands.run("ps -eo args").stdout
 
 
 def test_disconnecting_client_does_not_kill_the_process(sbx):
     h = sbx.commands.run("sleep 2; echo survived > /tmp/survivor", background=True)
     h.disconnect()
-    deadline = time.time() + 10
-    while not sbx.files.exists("/tmp/survivor") and time.time() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: sbx.files.exists("/tmp/survivor"), 10, "the process to finish after the disconnect",
+               interval=0.1)
     assert sbx.files.read("/tmp/survivor") == "survived\n"
 
 

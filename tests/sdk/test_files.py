@@ -2,11 +2,11 @@
 
 import hashlib
 import os
-import time
 
 import pytest
 from e2b import FileType, NotFoundException
 from e2b.sandbox.filesystem.filesystem import WriteEntry
+from paddock_testing import wait_until
 
 
 def test_text_and_bytes_round_trip(sbx):
@@ -118,17 +118,13 @@ def test_watch_dir_events(sbx):
     try:
         sbx.files.write("/tmp/watched/new.txt", "1")
         sbx.files.remove("/tmp/watched/new.txt")
-        events = []
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            events += handle.get_new_events()
-            kinds = {(e.name, e.type.name) for e in events}
-            if ("new.txt", "CREATE") in kinds and ("new.txt", "REMOVE") in kinds:
-                break
-            time.sleep(0.1)
-        kinds = {(e.name, e.type.name) for e in events}
-        assert ("new.txt", "CREATE") in kinds
-        assert ("new.txt", "REMOVE") in kinds
+        kinds = set()
+
+        def both_seen():
+            kinds.update((e.name, e.type.name) for e in handle.get_new_events())
+            return {("new.txt", "CREATE"), ("new.txt", "REMOVE")} <= kinds
+
+        wait_until(both_seen, 10, "CREATE and REMOVE events of new.txt", interval=0.1)
     finally:
         handle.stop()
 

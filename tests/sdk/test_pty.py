@@ -1,16 +1,12 @@
 """pty.* through the real Python SDK."""
 
-import time
-
 from e2b import PtySize
+from paddock_testing import wait_until
 
 
 def collect_until(buf, needle, timeout=10):
-    deadline = time.time() + timeout
-    while needle not in b"".join(buf).decode(errors="replace"):
-        if time.time() > deadline:
-            raise AssertionError(f"{needle!r} not seen in {b''.join(buf)!r}")
-        time.sleep(0.05)
+    wait_until(lambda: needle in b"".join(buf).decode(errors="replace"), timeout,
+               f"{needle!r} in the pty output (so far {b''.join(buf)!r})")
 
 
 def test_pty_create_input_resize_and_tty(sbx):

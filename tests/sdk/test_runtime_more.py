@@ -5,11 +5,11 @@ import base64
 import json
 import os
 import struct
-import time
 
 import httpx
 
 from conftest import runtime_pid
+from paddock_testing import wait_until
 from test_protocol import envelope, read_envelopes, start
 
 
@@ -55,15 +55,13 @@ def test_tags_list_connect_and_sigterm(runtime):
                    json={"process": {"tag": "my-job"}, "signal": "SIGNAL_SIGTERM"})
     assert r.status_code == 200
     # Connect by tag to the ended process: start + end from the exit cache.
-    deadline = time.time() + 5
-    while time.time() < deadline:
+    def ends():
         r = httpx.post(f"{url}/process.Process/Connect", content=envelope({"process": {"tag": "my-job"}}),
                        headers={"Content-Type": "application/connect+json"}, timeout=10)
         frames = read_envelopes(r.content)
-        ends = [f[1]["event"]["end"] for f in frames if "end" in f[1].get("event", {})]
-        if ends:
-            break
-        time.sleep(0.1)
+        return [f[1]["event"]["end"] for f in frames if "end" in f[1].get("event", {})]
+
+    ends = wait_until(ends, 5, "the ended process's end event from the exit cache", interval=0.1)
     assert ends[0]["status"] == "signal: terminated"
     assert "exited" not in ends[0], "false is the proto3 default and is omitted"
 
@@ -129,10 +127,10 @@ def test_no_fd_or_process_leaks(fresh_runtime):
         return out
 
     work()
-    time.sleep(1)
-    baseline, kids = fds(), children()
-    assert all("kernel" in k for k in kids), kids
+    # The work's short-lived commands are gone once only the kernel is left.
+    kids = wait_until(lambda: (k := children()) and all("kernel" in c for c in k) and k, 10,
+                      "only the pre-started kernel to be left as a child")
+    baseline = fds()
     work()
-    time.sleep(1)
-    assert fds() <= baseline + 2, "file descriptors must not grow with work"
-    assert children() == kids, "no process may be left behind"
+    wait_until(lambda: children() == kids, 10, "the second round's processes to exit (none left behind)")
+    wait_until(lambda: fds() <= baseline + 2, 10, "file descriptors to come back to the baseline")

@@ -45,6 +45,9 @@ pub enum ContainerError {
         /// The helper's error output.
         message: String,
     },
+    /// The helper was started with arguments it does not understand.
+    #[error("container helper: bad arguments {0}")]
+    HelperUsage(String),
     /// Local file or process error.
     #[error("container {id}: {op}: {source}")]
     Io {
@@ -88,23 +91,19 @@ pub fn run_helper_if_requested() -> Option<i32> {
         return None;
     }
     let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
-    let r: Result<i32, String> = match a.as_slice() {
+    let r: Result<i32, ContainerError> = match a.as_slice() {
         ["create", root, id, bundle, log] => {
-            create_here(Path::new(root), id, Path::new(bundle), Path::new(log))
-                .map(|pid| {
-                    println!("{pid}");
-                    0
-                })
-                .map_err(|e| e.to_string())
+            create_here(Path::new(root), id, Path::new(bundle), Path::new(log)).map(|pid| {
+                println!("{pid}");
+                0
+            })
         }
-        ["start", root, id] => start_here(Path::new(root), id)
-            .map(|()| 0)
-            .map_err(|e| e.to_string()),
+        ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
             let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
-            exec_here(Path::new(root), id, &cmd).map_err(|e| e.to_string())
+            exec_here(Path::new(root), id, &cmd)
         }
-        _ => Err(format!("bad helper arguments {a:?}")),
+        _ => Err(ContainerError::HelperUsage(format!("{a:?}"))),
     };
     Some(match r {
         Ok(code) => code,

@@ -10,7 +10,9 @@
 
 pub mod config;
 pub mod container;
+pub mod firewall;
 mod infra;
+pub mod instance_lock;
 mod logs;
 pub mod mounts;
 pub mod network;
@@ -23,5 +25,5 @@ pub mod template;
 
 pub use config::{DATA_DIR_ENV, EmbeddedConfig, TEMPLATE_CACHE_ENV};
 pub use container::ExecOutput;
-pub use infra::EmbeddedInfra;
+pub use infra::{EmbeddedError, EmbeddedInfra};
 pub use template::{TemplateError, TemplateSource, TemplateSpec, Templates};

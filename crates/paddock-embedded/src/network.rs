@@ -1,25 +1,23 @@
 //! Sandbox networking: a Paddock bridge on the host, one veth pair per sandbox, addresses from
-//! a private CIDR, and nftables rules.
+//! a private CIDR, and nftables rules (see [`crate::firewall`] for the policy).
 //!
-//! Policy (table `inet <table>`):
-//! * sandboxes cannot open connections to the host at all (its loopback services and its other
-//!   addresses included): `input` drops new traffic from the bridge; replies to connections
-//!   the host opened (manager/gateway → sandbox) pass;
-//! * sandboxes cannot reach each other: bridge ports are isolated (no L2 path) and `forward`
-//!   drops bridge → bridge routing;
-//! * egress to the internet only from addresses in the `egress` set (NAT by masquerade);
-//!   everything else from the bridge is dropped.
+//! Each sandbox's `eth0` gets a hardware address derived from its IP
+//! ([`crate::firewall::sandbox_mac`]), and its bridge port is bound to that address pair
+//! before the sandbox can send anything, so no sandbox can speak with another one's
+//! addresses. Bridge ports are *isolated*: sandboxes have no L2 path to each other.
 //!
 //! The sandbox's side of the veth lives in the container's network namespace, so it vanishes
 //! with the container; the host side is deleted explicitly when still present.
 
 use std::net::Ipv4Addr;
 use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+use crate::firewall;
 
 /// Network errors.
 #[derive(Debug, thiserror::Error)]
@@ -160,15 +158,35 @@ impl Default for NetConfig {
 }
 
 impl NetConfig {
+    /// The set of names for a bridge other than the default one: its own nftables table and
+    /// veth prefix, derived from the bridge name so that two instances with different bridges
+    /// never touch each other's rules or links. The default bridge keeps the default names.
+    pub fn for_bridge(bridge: &str, cidr: Cidr) -> Result<Self, NetError> {
+        let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-');
+        if bridge.is_empty() || bridge.len() > 15 || !bridge.chars().all(ok) {
+            return Err(NetError::Config(format!(
+                "bridge name {bridge:?}: 1 to 15 characters of [A-Za-z0-9_-]"
+            )));
+        }
+        let default = Self::default();
+        if bridge == default.bridge {
+            return Ok(Self { cidr, ..default });
+        }
+        let hash = fnv1a(bridge.as_bytes());
+        Ok(Self {
+            bridge: bridge.to_owned(),
+            cidr,
+            nft_table: format!("paddock_{}", bridge.replace('-', "_")),
+            // "pd" + 5 hex digits: never starts like the default "pdk" (k is not a hex
+            // digit), and 7 bytes leave room for the 8-digit index within IFNAMSIZ.
+            veth_prefix: format!("pd{:05x}", hash & 0xf_ffff),
+        })
+    }
+
     /// The bridge's hardware address: locally administered, unicast, and
     /// derived from the bridge name so that it survives restarts.
     pub fn bridge_mac(&self) -> [u8; 6] {
-        // FNV-1a: stable across builds, unlike std's hasher.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in self.bridge.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-        let b = h.to_be_bytes();
+        let b = fnv1a(self.bridge.as_bytes()).to_be_bytes();
         [0x02, b[3], b[4], b[5], b[6], b[7]]
     }
 
@@ -180,54 +198,15 @@ impl NetConfig {
             self.cidr.index_of(ip).unwrap_or(u32::MAX)
         )
     }
-
-    fn ruleset(&self) -> String {
-        let (t, br, cidr) = (&self.nft_table, &self.bridge, self.cidr);
-        // One statement per line: `nft -f` is picky about one-line rulesets.
-        format!(
-            "table inet {t} {{\n\
-             \tset egress {{\n\t\ttype ipv4_addr\n\t}}\n\
-             \tchain input {{\n\t\ttype filter hook input priority filter; policy accept;\n\
-             \t\tiifname \"{br}\" ct state established,related accept\n\
-             \t\tiifname \"{br}\" drop\n\t}}\n\
-             \tchain forward {{\n\t\ttype filter hook forward priority filter; policy accept;\n\
-             \t\tiifname \"{br}\" oifname \"{br}\" drop\n\
-             \t\toifname \"{br}\" ct state established,related accept\n\
-             \t\toifname \"{br}\" drop\n\
-             \t\tiifname \"{br}\" ip saddr @egress accept\n\
-             \t\tiifname \"{br}\" drop\n\t}}\n\
-             \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-             \t\tip saddr {cidr} oifname != \"{br}\" masquerade\n\t}}\n\
-             }}\n"
-        )
-    }
 }
 
-fn nft(script: &str) -> Result<(), NetError> {
-    use std::io::Write;
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| NetError::Nft(format!("cannot run nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| NetError::Nft(e.to_string()))?;
+/// FNV-1a: stable across builds and runs, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| NetError::Nft(e.to_string()))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft(format!(
-            "{}\n--- script ---\n{script}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    h
 }
 
 async fn connect() -> Result<Handle, NetError> {
@@ -249,9 +228,11 @@ async fn link_index(h: &Handle, name: &str) -> Result<Option<u32>, NetError> {
     }
 }
 
-/// Creates the bridge, its address, the nftables table and turns on forwarding. Idempotent;
-/// the egress set starts empty (callers re-add live sandboxes).
-pub async fn setup_host(cfg: &NetConfig) -> Result<(), NetError> {
+/// Creates the bridge, its address, the nftables tables and turns on forwarding. Idempotent;
+/// the egress and port sets start empty (callers re-add live sandboxes with [`rebind`]).
+/// Sandboxes with internet access may use the IPv4 nameservers of `resolv_conf` (the file
+/// they get as `/etc/resolv.conf`) even when those sit in a denied range.
+pub async fn setup_host(cfg: &NetConfig, resolv_conf: Option<&Path>) -> Result<(), NetError> {
     let h = connect().await?;
     let idx = match link_index(&h, &cfg.bridge).await? {
         Some(i) => i,
@@ -297,18 +278,44 @@ pub async fn setup_host(cfg: &NetConfig) -> Result<(), NetError> {
         .execute()
         .await
         .map_err(nl("bridge address and up"))?;
-    std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").map_err(|source| NetError::Io {
-        op: "enable ip_forward".into(),
-        source,
-    })?;
-    nft(&format!(
-        "table inet {t}\ndelete table inet {t}\n{rules}",
-        t = cfg.nft_table,
-        rules = cfg.ruleset()
-    ))
+    // The firewall goes in before forwarding is on, so no packet is ever routed unfiltered.
+    let dns = match resolv_conf {
+        Some(p) => std::fs::read_to_string(p)
+            .map(|t| firewall::nameservers(&t))
+            .map_err(|source| NetError::Io {
+                op: format!("read {}", p.display()),
+                source,
+            })?,
+        None => Vec::new(),
+    };
+    firewall::load(cfg, &dns)?;
+    enable_forwarding()
 }
 
-/// Removes the bridge and the nftables table (tests and uninstall).
+/// Turns on IPv4 forwarding, which NAT egress needs (security review L5).
+///
+/// The switch is host-wide: Paddock's own `forward` chain gives every packet from or to its
+/// bridge an explicit verdict, but forwarding between the host's other interfaces is then up
+/// to the host's firewall. Paddock does not veto that traffic itself, because container
+/// runtimes and Kubernetes networks on the same host rely on it; when forwarding was off
+/// before, the operator is told so.
+fn enable_forwarding() -> Result<(), NetError> {
+    const KNOB: &str = "/proc/sys/net/ipv4/ip_forward";
+    let was = std::fs::read_to_string(KNOB).unwrap_or_default();
+    if was.trim() == "0" {
+        tracing::warn!(
+            "turning on IPv4 forwarding (net.ipv4.ip_forward=1) for sandbox internet access; \
+             forwarding between this host's other interfaces is now governed by its own \
+             firewall"
+        );
+    }
+    std::fs::write(KNOB, "1").map_err(|source| NetError::Io {
+        op: "enable ip_forward".into(),
+        source,
+    })
+}
+
+/// Removes the bridge and the nftables tables (tests and uninstall).
 pub async fn teardown_host(cfg: &NetConfig) -> Result<(), NetError> {
     let h = connect().await?;
     if let Some(idx) = link_index(&h, &cfg.bridge).await? {
@@ -318,10 +325,7 @@ pub async fn teardown_host(cfg: &NetConfig) -> Result<(), NetError> {
             .await
             .map_err(nl("delete bridge"))?;
     }
-    nft(&format!(
-        "table inet {t}\ndelete table inet {t}\n",
-        t = cfg.nft_table
-    ))
+    firewall::unload(cfg)
 }
 
 /// Wires a sandbox: veth pair, host side on the bridge (isolated port), sandbox side renamed
@@ -354,6 +358,18 @@ pub async fn attach(
         let peer_idx = link_index(&h, &peer_if)
             .await?
             .ok_or_else(|| NetError::Config("veth peer vanished".into()))?;
+        // The port is bound to this address pair before the sandbox owns the peer, so it
+        // never sends a frame that the bridge would take from anyone else.
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(peer_idx)
+                    .address(firewall::sandbox_mac(ip).to_vec())
+                    .build(),
+            )
+            .execute()
+            .await
+            .map_err(nl("set sandbox hardware address"))?;
+        firewall::bind_port(cfg, ip)?;
         h.link()
             .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
             .execute()
@@ -397,16 +413,28 @@ pub async fn attach(
         Ok(())
     }
     .await;
-    if result.is_err()
-        && let Ok(Some(i)) = link_index(&h, &host_if).await
-    {
-        let _ = h.link().del(i).execute().await;
+    if result.is_err() {
+        if let Ok(Some(i)) = link_index(&h, &host_if).await {
+            let _ = h.link().del(i).execute().await;
+        }
+        firewall::unbind_port(cfg, ip);
+        firewall::deny_egress(cfg, ip);
     }
     result
 }
 
+/// Binds the port of a sandbox that outlived a restart again ([`setup_host`] starts with
+/// empty sets), and re-allows its egress.
+pub fn rebind(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
+    firewall::bind_port(cfg, ip)?;
+    if allow_internet {
+        firewall::allow_egress(cfg, ip)?;
+    }
+    Ok(())
+}
+
 /// Releases what [`attach`] made on the host: the host veth (if the namespace did not take it
-/// down already) and the egress set element.
+/// down already), the port binding and the egress set element.
 pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
     let h = connect().await?;
     if let Some(i) = link_index(&h, &cfg.veth_name(ip)).await? {
@@ -416,20 +444,14 @@ pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
             Err(e) => return Err(nl("delete veth")(e)),
         }
     }
-    // `delete element` fails if absent; `destroy` needs a newer nft, so ignore that error.
-    let _ = nft(&format!(
-        "delete element inet {} egress {{ {ip} }}\n",
-        cfg.nft_table
-    ));
+    firewall::unbind_port(cfg, ip);
+    firewall::deny_egress(cfg, ip);
     Ok(())
 }
 
 /// Lets `ip` open connections to the internet (adds it to the egress set).
 pub fn allow_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    nft(&format!(
-        "add element inet {} egress {{ {ip} }}\n",
-        cfg.nft_table
-    ))
+    firewall::allow_egress(cfg, ip)
 }
 
 /// Deletes a link by name if it exists.
@@ -629,9 +651,26 @@ mod tests {
     }
 
     #[test]
-    fn ruleset_names_the_bridge_and_cidr() {
-        let r = NetConfig::default().ruleset();
-        assert!(r.contains("iifname \"pdkbr0\" drop"));
-        assert!(r.contains("ip saddr 10.213.0.0/16 oifname != \"pdkbr0\" masquerade"));
+    fn each_bridge_gets_its_own_table_and_veth_prefix() {
+        let cidr: Cidr = "10.77.0.0/16".parse().expect("cidr");
+        let d = NetConfig::for_bridge("pdkbr0", cidr).expect("default bridge");
+        assert_eq!(
+            (d.nft_table.as_str(), d.veth_prefix.as_str()),
+            ("paddock", "pdk")
+        );
+        assert_eq!(d.cidr, cidr);
+        let a = NetConfig::for_bridge("pdkbr1", cidr).expect("a");
+        let b = NetConfig::for_bridge("lab-br", cidr).expect("b");
+        assert_eq!(a.nft_table, "paddock_pdkbr1");
+        assert_eq!(b.nft_table, "paddock_lab_br");
+        assert_ne!(a.veth_prefix, b.veth_prefix);
+        for c in [&a, &b] {
+            assert_eq!(c.veth_prefix.len(), 7);
+            assert!(!c.veth_prefix.starts_with("pdk"), "{}", c.veth_prefix);
+            assert!(c.veth_name(Ipv4Addr::new(10, 77, 255, 254)).len() <= 15);
+        }
+        for bad in ["", "a-very-long-bridge", "br 0", "br/0"] {
+            assert!(NetConfig::for_bridge(bad, cidr).is_err(), "{bad:?}");
+        }
     }
 }

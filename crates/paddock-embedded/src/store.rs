@@ -34,6 +34,10 @@ pub struct SandboxRecord {
     pub created_at_ms: u64,
     /// Waiting in a warm pool (not yet handed out).
     pub pooled: bool,
+    /// The access token the runtime was started with, until the creator's `/init` replaces it.
+    /// `None` in records written before bootstrap tokens existed.
+    #[serde(default)]
+    pub bootstrap_token: Option<String>,
 }
 
 /// Store errors.
@@ -41,14 +45,17 @@ pub struct SandboxRecord {
 pub enum StoreError {
     /// The database failed.
     #[error("store: {0}")]
-    Db(String),
+    Db(#[source] Box<redb::Error>),
+    /// The store file's permissions could not be set.
+    #[error("store file: {0}")]
+    Io(#[source] std::io::Error),
     /// A record could not be (de)serialised.
     #[error("store record: {0}")]
     Codec(#[from] serde_json::Error),
 }
 
-fn db<E: std::fmt::Display>(e: E) -> StoreError {
-    StoreError::Db(e.to_string())
+fn db<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError::Db(Box::new(e.into()))
 }
 
 /// The sandbox record store.
@@ -66,6 +73,9 @@ impl Store {
     /// Opens (or creates) the store file.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let database = Database::create(path).map_err(db)?;
+        // Records hold the runtimes' bootstrap tokens: readable by us only.
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .map_err(StoreError::Io)?;
         let tx = database.begin_write().map_err(db)?;
         tx.open_table(SANDBOXES).map_err(db)?;
         tx.commit().map_err(db)?;
@@ -123,6 +133,7 @@ mod tests {
             metadata: Default::default(),
             created_at_ms: 1,
             pooled: false,
+            bootstrap_token: None,
         }
     }
 

@@ -17,6 +17,9 @@ fn req() -> CreateSandbox {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_create_pause_kill_cycles_leak_nothing() {
+    if support::skip_unless_root() {
+        return;
+    }
     support::with_infra(20, |infra, env| async move {
         for i in 0..50 {
             let s = infra.create(req()).await.expect("create");
@@ -36,6 +39,9 @@ async fn fifty_create_pause_kill_cycles_leak_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
+    if support::skip_unless_root() {
+        return;
+    }
     support::with_infra(21, |infra, env| async move {
         let s = infra.create(req()).await.expect("create");
         // Kill the runtime (PID 2, tini's only child): tini exits, so the sandbox dies.
@@ -43,7 +49,15 @@ async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
             .exec(&s.id, &["/bin/kill", "-9", "2"])
             .await
             .expect("exec");
-        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        // 137 is a success too: once the runtime is gone tini exits, and the end of the pid
+        // namespace SIGKILLs everything left in it, `kill` itself included, if that happens
+        // before `kill` got to exit on its own.
+        assert!(
+            out.code == 0 || out.code == 137,
+            "kill exited {}: {}",
+            out.code,
+            String::from_utf8_lossy(&out.stderr)
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while infra.get(&s.id).await.expect("get").state != SandboxState::Dead {
             assert!(Instant::now() < deadline, "death not noticed");
@@ -116,6 +130,9 @@ fn spawn_agent(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest() {
+    if support::skip_unless_root() {
+        return;
+    }
     let env = std::sync::Arc::new(support::Env::new(22));
     let (mut agent, ready) = spawn_agent(&env, 3, 0);
     // Pause one before the crash: it must come back paused.
@@ -191,6 +208,9 @@ async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn warm_pool_claims_are_ready_sandboxes_and_refill() {
+    if support::skip_unless_root() {
+        return;
+    }
     let mut env = support::Env::new(23);
     env.cfg.templates[0].pool_size = 2;
     let env = std::sync::Arc::new(env);

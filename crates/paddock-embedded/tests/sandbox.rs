@@ -16,6 +16,9 @@ fn req(template: &str) -> CreateSandbox {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_exec_kill_leaves_nothing_behind() {
+    if support::skip_unless_root() {
+        return;
+    }
     support::with_infra(1, |infra, env| async move {
         let info = infra.create(req("base")).await.expect("create");
         assert_eq!(info.state, SandboxState::Running);
@@ -50,6 +53,9 @@ async fn create_exec_kill_leaves_nothing_behind() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_cleanly() {
+    if support::skip_unless_root() {
+        return;
+    }
     support::with_infra(2, |infra, env| async move {
         let e = infra
             .create(req("nope"))

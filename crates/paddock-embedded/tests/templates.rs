@@ -99,6 +99,9 @@ fn build_layout(layout: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_layout_and_directory_templates_run() {
+    if support::skip_unless_root() {
+        return;
+    }
     let src = tempfile::tempdir().expect("tempdir");
     let layout = src.path().join("layout");
     build_layout(&layout);

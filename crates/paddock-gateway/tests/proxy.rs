@@ -80,9 +80,14 @@ async fn ws_upstream() -> SocketAddr {
 }
 
 async fn gateway(thresholds: Thresholds) -> (SocketAddr, Gateway) {
+    let (addr, gw, _) = gateway_with_metrics(thresholds).await;
+    (addr, gw)
+}
+
+async fn gateway_with_metrics(thresholds: Thresholds) -> (SocketAddr, Gateway, GatewayMetrics) {
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
-    let gw = Gateway::new(Arc::new(Loopback), thresholds, metrics);
+    let gw = Gateway::new(Arc::new(Loopback), thresholds, metrics.clone());
     let g = gw.clone();
     let app = Router::new().fallback(move |req: Request| {
         let g = g.clone();
@@ -91,7 +96,7 @@ async fn gateway(thresholds: Thresholds) -> (SocketAddr, Gateway) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (addr, gw)
+    (addr, gw, metrics)
 }
 
 fn client()
@@ -190,4 +195,132 @@ async fn websockets_are_piped_both_ways() {
         assert_eq!(ws.next().await.unwrap().unwrap(), msg);
     }
     ws.close(None).await.unwrap();
+}
+
+/// An upstream that answers every request with what it saw: method, URI,
+/// HTTP version and headers.
+async fn echo_upstream() -> SocketAddr {
+    let app = Router::new().fallback(|req: Request| async move {
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        axum::Json(serde_json::json!({
+            "uri": req.uri().to_string(),
+            "version": format!("{:?}", req.version()),
+            "headers": headers,
+        }))
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+async fn json_of(resp: http::Response<hyper::body::Incoming>) -> serde_json::Value {
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&body).unwrap()
+}
+
+#[tokio::test]
+async fn routing_and_hop_by_hop_headers_never_reach_the_sandbox() {
+    let up = echo_upstream().await;
+    let (gw, _) = gateway(Thresholds::default()).await;
+    let c = client();
+    let mut req = get(gw, up.port(), "/seen?q=1");
+    let h = req.headers_mut();
+    h.insert("keep-alive", "timeout=5".parse().unwrap());
+    h.insert("te", "trailers".parse().unwrap());
+    h.insert("x-access-token", "kept".parse().unwrap());
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen = json_of(resp).await;
+    let headers = seen["headers"].as_object().unwrap();
+    for gone in ["e2b-sandbox-id", "e2b-sandbox-port", "keep-alive", "te"] {
+        assert!(
+            !headers.contains_key(gone),
+            "{gone} reached the sandbox: {seen}"
+        );
+    }
+    assert_eq!(headers["x-access-token"], "kept");
+    assert_eq!(seen["uri"], "/seen?q=1");
+
+    // Path routing: the sandbox sees the path without the routing prefix.
+    let req = http::Request::get(format!("http://{gw}/kruise/sbx1/{}/a/b?q=2", up.port()))
+        .body(Body::empty())
+        .unwrap();
+    let seen = json_of(c.request(req).await.unwrap()).await;
+    assert_eq!(seen["uri"], "/a/b?q=2");
+}
+
+#[tokio::test]
+async fn grpc_stays_http2_and_other_http2_requests_go_as_http1() {
+    let up = echo_upstream().await;
+    let (gw, _) = gateway(Thresholds::default()).await;
+    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Body>();
+    let mut grpc = get(gw, up.port(), "/svc.Echo/Say");
+    grpc.headers_mut()
+        .insert("content-type", "application/grpc".parse().unwrap());
+    let seen = json_of(h2.request(grpc).await.unwrap()).await;
+    assert_eq!(seen["version"], "HTTP/2.0", "{seen}");
+    let seen = json_of(h2.request(get(gw, up.port(), "/plain")).await.unwrap()).await;
+    assert_eq!(seen["version"], "HTTP/1.1", "{seen}");
+}
+
+/// A sandbox server that accepts a connection, reads the request and hangs
+/// up without answering. Counts the connections it accepted.
+async fn hang_up_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut buf = [0u8; 1024];
+            let _ = tcp.read(&mut buf).await;
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn a_request_the_sandbox_may_have_seen_is_never_retried() {
+    let (up, accepted) = hang_up_upstream().await;
+    let (gw, _) = gateway(Thresholds::default()).await;
+    let resp = client().request(get(gw, up.port(), "/")).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    let json = json_of(resp).await;
+    let msg = json["message"].as_str().unwrap();
+    assert!(msg.contains("closed the connection"), "{msg}");
+    // Retries happen before the response: by now every attempt was made.
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_websocket_to_a_closed_port_is_a_counted_port_not_open() {
+    let (gw, _, metrics) = gateway_with_metrics(Thresholds::default()).await;
+    let free = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut req = get(gw, free, "/chat");
+    req.headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    req.headers_mut()
+        .insert("upgrade", "websocket".parse().unwrap());
+    let resp = client().request(req).await.unwrap();
+    assert_eq!(resp.status(), 502);
+    assert_eq!(
+        json_of(resp).await["message"],
+        "The sandbox is running but port is not open"
+    );
+    let connect = paddock_gateway::metrics::ReasonLabels { reason: "connect" };
+    assert_eq!(metrics.upstream_errors.get_or_create(&connect).get(), 1);
 }

@@ -15,7 +15,8 @@ pub use error::{InfraError, InfraResult};
 pub use id::{InvalidSandboxId, SandboxId};
 pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
 pub use types::{
-    CreateSandbox, Limits, LimitsError, LogLine, SandboxInfo, SandboxMetrics, TemplateInfo,
+    CreateSandbox, Limits, LimitsError, LogLine, SandboxEnded, SandboxInfo, SandboxMetrics,
+    TemplateInfo,
 };
 
 /// Runs sandboxes. Implementations must be cheap to share (`Arc` inside) and safe to call from
@@ -46,4 +47,18 @@ pub trait Infra: Send + Sync + 'static {
     fn logs(&self, id: &SandboxId) -> impl Future<Output = InfraResult<Vec<LogLine>>> + Send;
     /// Templates this infrastructure can create sandboxes from.
     fn templates(&self) -> impl Future<Output = InfraResult<Vec<TemplateInfo>>> + Send;
+    /// Subscribes to sandboxes that end on their own (their init died), so the caller can drop
+    /// what it keeps about them — above all the data-plane route to their address.
+    ///
+    /// # Guarantees expected from implementations
+    /// * Each sandbox that ends on its own after the subscription is reported once, after it is
+    ///   marked [`SandboxState::Dead`]; sandboxes ended by [`Infra::kill`] are not reported.
+    /// * The dead sandbox's address is not handed to another sandbox before [`Infra::kill`] is
+    ///   called for it. A subscriber that drops its route first and then calls `kill` therefore
+    ///   never routes one tenant's traffic to another tenant's sandbox.
+    ///
+    /// # Caveats
+    /// A receiver that falls behind gets `RecvError::Lagged`: it has missed events and should
+    /// look its sandboxes up again ([`Infra::get`]) to find the dead ones.
+    fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded>;
 }

@@ -101,6 +101,21 @@ pub struct SandboxInfo {
     /// Whether `create` handed out a warm pooled sandbox (false: created cold).
     #[serde(default)]
     pub from_pool: bool,
+    /// The access token the runtime holds from its start, when it has one: the creator sends it
+    /// as `X-Access-Token` on its first `/init`, which replaces it with the sandbox's own token.
+    /// Without it nobody on the host network can use a runtime that is not handed out yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<String>,
+}
+
+/// A sandbox ended without being asked to: its init died (it exited, crashed, or was killed
+/// from inside or from the host).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxEnded {
+    /// Which sandbox.
+    pub id: SandboxId,
+    /// Why, in words (for logs).
+    pub reason: String,
 }
 
 /// Resource usage of one sandbox, read from the kernel.

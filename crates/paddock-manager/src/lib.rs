@@ -80,6 +80,7 @@ impl<I: Infra> Manager<I> {
             runtime: Default::default(),
         });
         lifecycle::spawn_reaper(manager.clone());
+        lifecycle::spawn_ended_watcher(manager.clone());
         Ok(manager)
     }
 

@@ -1,10 +1,12 @@
 //! Timeouts: a sandbox whose `endAt` has passed is killed, or paused when it
-//! asked for that.
+//! asked for that. Deaths: a sandbox that ends on its own loses its record (and
+//! so its route) at once.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use paddock_infra::Infra;
+use paddock_infra::{Infra, InfraError, SandboxId, SandboxState};
+use tokio::sync::broadcast::error::RecvError;
 
 use crate::Manager;
 use crate::records::{ApiState, OnTimeout};
@@ -47,4 +49,45 @@ pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
             }
         }
     });
+}
+
+/// Drops the record of every sandbox the infra reports dead, then tells the infra to forget it.
+/// The order matters: the infra keeps a dead sandbox's address until that `kill`, so the route
+/// is gone before the address can belong to another tenant (security review M2).
+pub fn spawn_ended_watcher<I: Infra>(manager: Arc<Manager<I>>) {
+    // Subscribe now, not in the task: a death between `start` and the task's first poll
+    // must not be missed.
+    let mut ended = manager.infra.ended();
+    tokio::spawn(async move {
+        loop {
+            match ended.recv().await {
+                Ok(ev) => {
+                    tracing::warn!(sandbox = %ev.id, reason = %ev.reason, "sandbox ended on its own");
+                    forget_dead(&manager, &ev.id).await;
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    tracing::warn!(missed, "missed sandbox deaths; checking every record");
+                    for r in manager.records.all() {
+                        let dead = match manager.infra.get(&r.id).await {
+                            Ok(info) => info.state == SandboxState::Dead,
+                            Err(InfraError::NotFound(_)) => true,
+                            Err(_) => false,
+                        };
+                        if dead {
+                            forget_dead(&manager, &r.id).await;
+                        }
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+async fn forget_dead<I: Infra>(manager: &Manager<I>, id: &SandboxId) {
+    manager.records.remove(id);
+    match manager.infra.kill(id).await {
+        Ok(()) | Err(InfraError::NotFound(_)) => {}
+        Err(e) => tracing::warn!(sandbox = %id, error = %e, "forgetting a dead sandbox failed"),
+    }
 }

@@ -68,6 +68,14 @@ struct UpArgs {
     /// Where Paddock keeps its state.
     #[arg(long, env = "PADDOCK_DATA_DIR", default_value = "/var/lib/paddock")]
     data_dir: PathBuf,
+    /// The sandboxes' bridge. It names the instance's host-wide set (nftables tables, veth
+    /// prefix, cgroup parent): a second `paddock up` on one host needs a bridge and a
+    /// `--subnet` of its own, and is refused while another instance holds them.
+    #[arg(long, default_value = "pdkbr0")]
+    bridge: String,
+    /// The sandboxes' address range (the bridge takes the first address).
+    #[arg(long, default_value = "10.213.0.0/16")]
+    subnet: paddock_embedded::network::Cidr,
     /// Domain for host-routed data-plane traffic (`<port>-<id>.<domain>`).
     #[arg(long, default_value = "localhost")]
     domain: String,
@@ -222,7 +230,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     );
 
     tracing::info!(data_dir = %args.data_dir.display(), "starting embedded infrastructure");
-    let cfg = infra_config(&args, runtime);
+    let cfg = infra_config(&args, runtime)?;
     let net = cfg.net.clone();
     let infra = EmbeddedInfra::start(cfg)
         .await
@@ -336,8 +344,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn infra_config(args: &UpArgs, runtime: PathBuf) -> EmbeddedConfig {
+fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfig> {
     let mut cfg = EmbeddedConfig::from_env(runtime);
+    cfg.net = paddock_embedded::network::NetConfig::for_bridge(&args.bridge, args.subnet)?;
+    if cfg.net.bridge != paddock_embedded::network::NetConfig::default().bridge {
+        cfg.cgroup_parent = format!("paddock-{}", args.bridge);
+    }
     cfg.data_dir = args.data_dir.join("embedded");
     if std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV).is_none() {
         cfg.template_cache = args.data_dir.join("templates");
@@ -346,5 +358,5 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> EmbeddedConfig {
         t.pool_size = args.pool_size;
     }
     cfg.max_create_qps = args.max_create_qps;
-    cfg
+    Ok(cfg)
 }

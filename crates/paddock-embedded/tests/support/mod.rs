@@ -7,6 +7,22 @@ use std::sync::OnceLock;
 use paddock_embedded::network::{Cidr, NetConfig};
 use paddock_embedded::{EmbeddedConfig, EmbeddedInfra, TemplateSpec};
 
+/// False when this process is not root, after printing why the calling test is skipped: the
+/// embedded tests make namespaces, mounts, cgroups, bridges and nft tables, which need root, and
+/// a plain `cargo test` as another user must still pass. Call first in every such test:
+/// `if support::skip_unless_root() { return; }`.
+pub fn skip_unless_root() -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    eprintln!(
+        "skipping {test}: needs root (namespaces, mounts, cgroups, a bridge); run it as root or through hack/test"
+    );
+    true
+}
+
 /// Template cache shared by all tests (and CI runs): `PADDOCK_TEMPLATE_CACHE` or
 /// `/var/tmp/paddock-test-templates`.
 pub fn template_cache() -> PathBuf {
@@ -175,6 +191,14 @@ impl Env {
         if text.contains("elements") {
             out.push(format!("nft egress elements: {text}"));
         }
+        let ports = std::process::Command::new("nft")
+            .args(["list", "set", "bridge", &self.cfg.net.nft_table, "ports"])
+            .output()
+            .expect("nft");
+        let text = String::from_utf8_lossy(&ports.stdout);
+        if text.contains("elements") {
+            out.push(format!("nft port bindings: {text}"));
+        }
         out
     }
 
@@ -206,7 +230,16 @@ where
     F: FnOnce(EmbeddedInfra, std::sync::Arc<Env>) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let env = std::sync::Arc::new(Env::new(n));
+    with_env(Env::new(n), f).await
+}
+
+/// [`with_infra`] for an environment the caller has adjusted first.
+pub async fn with_env<F, Fut>(env: Env, f: F)
+where
+    F: FnOnce(EmbeddedInfra, std::sync::Arc<Env>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let env = std::sync::Arc::new(env);
     let infra = env.start().await;
     let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(f(
         infra.clone(),

@@ -213,7 +213,12 @@ async fn create<I: Infra>(
         default_workdir: None,
         timestamp: Some(crate::records::rfc3339(SystemTime::now())),
     };
-    if let Err(e) = m.runtime.init(info.address, &init, None).await {
+    // A runtime started with a bootstrap token accepts /init only with it.
+    if let Err(e) = m
+        .runtime
+        .init(info.address, &init, info.bootstrap_token.as_deref())
+        .await
+    {
         if let Err(k) = m.infra.kill(&info.id).await {
             tracing::warn!(sandbox = %info.id, error = %k, "killing a sandbox whose /init failed");
         }

@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use paddock_infra::{
-    CreateSandbox, Infra, InfraError, InfraResult, Limits, LogLine, SandboxId, SandboxInfo,
-    SandboxMetrics, SandboxState, TemplateInfo,
+    CreateSandbox, Infra, InfraError, InfraResult, Limits, LogLine, SandboxEnded, SandboxId,
+    SandboxInfo, SandboxMetrics, SandboxState, TemplateInfo,
 };
 
 /// Infra calls a test can make fail.
@@ -38,6 +38,8 @@ pub struct FakeInfra {
     /// Where every sandbox's runtime "listens": the stand-in `/init` server.
     address: SocketAddr,
     state: Mutex<State_>,
+    /// Sandboxes that end on their own (none do here, unless a test says so).
+    ended: tokio::sync::broadcast::Sender<SandboxEnded>,
 }
 
 impl FakeInfra {
@@ -45,6 +47,7 @@ impl FakeInfra {
         Self {
             address,
             state: Mutex::default(),
+            ended: tokio::sync::broadcast::channel(16).0,
         }
     }
 
@@ -122,6 +125,7 @@ impl Infra for FakeInfra {
             metadata: req.metadata,
             created_at_ms: 0,
             from_pool: s.next.is_multiple_of(2),
+            bootstrap_token: None,
         };
         s.sandboxes.insert(id, info.clone());
         Ok(info)
@@ -184,6 +188,10 @@ impl Infra for FakeInfra {
 
     async fn templates(&self) -> InfraResult<Vec<TemplateInfo>> {
         Ok(templates())
+    }
+
+    fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded> {
+        self.ended.subscribe()
     }
 }
 

@@ -1,0 +1,295 @@
+//! Cold creation: address, record, root filesystem, cgroup, container, network, readiness.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use paddock_infra::{
+    CreateSandbox, InfraError, InfraResult, LifecycleEvent, Limits, SandboxId, SandboxInfo,
+    SandboxState,
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::state::Entry;
+use super::{EmbeddedInfra, blocking, cgroup_limits, internal, now_ms, template_err};
+use crate::store::SandboxRecord;
+use crate::{container, mounts, network, proc, spec};
+
+/// A fresh id: 20 characters of `[a-z0-9]` from the kernel's random pool.
+pub(super) fn new_id() -> InfraResult<SandboxId> {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let bytes: [u8; 20] = random_bytes()?;
+    let s: String = bytes
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+        .collect();
+    SandboxId::new(s).map_err(internal)
+}
+
+/// The runtime's environment variable for the access token it requires at start.
+const RUNTIME_TOKEN_ENV: &str = "PADDOCK_RUNTIME_ACCESS_TOKEN";
+
+fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
+    let mut bytes = [0u8; N];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").map_err(internal)?,
+        &mut bytes,
+    )
+    .map_err(internal)?;
+    Ok(bytes)
+}
+
+/// A fresh bootstrap token: 32 random bytes, hex.
+fn new_token() -> InfraResult<String> {
+    let bytes: [u8; 32] = random_bytes()?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+impl EmbeddedInfra {
+    /// Creates a sandbox for `req`: from the template's warm pool when one is ready, else cold.
+    pub(super) async fn create_sandbox(&self, req: CreateSandbox) -> InfraResult<SandboxInfo> {
+        let tspec = self
+            .inner
+            .templates
+            .get(&req.template)
+            .map_err(template_err)?
+            .clone();
+        let limits = req.limits.clone().unwrap_or_else(|| tspec.limits.clone());
+        limits.validate()?;
+        if let Some(mut rec) = self.claim(&req.template) {
+            self.inner.pool_wakeup.notify_one();
+            let span = info_span!("sandbox_claim", id = %rec.id, template = %req.template);
+            let _g = span.enter();
+            if limits != rec.limits {
+                let cg = self.inner.cgroups.sandbox(rec.id.as_str());
+                cg.apply(&cgroup_limits(&limits)).map_err(internal)?;
+                rec.limits = limits;
+            }
+            if req.allow_internet_access {
+                network::allow_egress(&self.inner.cfg.net, rec.ip).map_err(internal)?;
+            }
+            rec.allow_internet = req.allow_internet_access;
+            rec.metadata = req.metadata;
+            rec.pooled = false;
+            self.save(&rec)?;
+            info!("claimed from warm pool");
+            let mut info = self.info(&rec);
+            info.from_pool = true;
+            return Ok(info);
+        }
+        self.cold_create(
+            &req.template,
+            limits,
+            req.allow_internet_access,
+            req.metadata,
+            false,
+        )
+        .await
+    }
+
+    pub(super) async fn cold_create(
+        &self,
+        template: &str,
+        limits: Limits,
+        allow_internet: bool,
+        metadata: std::collections::BTreeMap<String, String>,
+        pooled: bool,
+    ) -> InfraResult<SandboxInfo> {
+        let layers = self.build_template(template).await?;
+        self.inner.create_rate.acquire().await;
+        let id = new_id()?;
+        let ip = {
+            let mut st = self.state();
+            let ip = self
+                .inner
+                .cfg
+                .net
+                .cidr
+                .allocate(&st.used_ips, st.last_ip)
+                .map_err(|e| InfraError::Capacity(e.to_string()))?;
+            st.used_ips.insert(ip);
+            st.last_ip = Some(ip);
+            ip
+        };
+        let rec = SandboxRecord {
+            id: id.clone(),
+            template: template.to_owned(),
+            state: SandboxState::Creating,
+            ip,
+            init_pid: 0,
+            init_start_ticks: 0,
+            limits,
+            allow_internet,
+            metadata,
+            created_at_ms: now_ms(),
+            pooled,
+            bootstrap_token: Some(new_token()?),
+        };
+        // Record first: if we crash from here on, recovery finds and cleans the leftovers.
+        if let Err(e) = self.inner.store.put(&rec) {
+            self.state().used_ips.remove(&ip);
+            return Err(internal(e));
+        }
+        self.state().sandboxes.insert(
+            id.clone(),
+            Entry {
+                rec: rec.clone(),
+                last_cpu: None,
+                dead_reason: None,
+            },
+        );
+        let span = info_span!("sandbox_create", %id, template, %ip);
+        let started = Instant::now();
+        match self.bring_up(rec, layers).instrument(span.clone()).await {
+            Ok(info) => {
+                span.in_scope(|| {
+                    info!(
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "sandbox ready"
+                    )
+                });
+                Ok(info)
+            }
+            Err(e) => {
+                span.in_scope(|| warn!(error = %e, "sandbox creation failed; cleaning up"));
+                if let Err(te) = self.teardown(&id).await {
+                    warn!(%id, error = %te, "cleanup after failed create");
+                }
+                self.state().sandboxes.remove(&id);
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn bring_up(
+        &self,
+        mut rec: SandboxRecord,
+        layers: Vec<PathBuf>,
+    ) -> InfraResult<SandboxInfo> {
+        let tspec = self
+            .inner
+            .templates
+            .get(&rec.template)
+            .map_err(template_err)?
+            .clone();
+        let paths = self.paths(&rec.id);
+        let cg = self.inner.cgroups.sandbox(rec.id.as_str());
+        let cfg = self.inner.cfg.clone();
+        let state_root = self.state_root();
+        let (id, limits) = (rec.id.clone(), rec.limits.clone());
+        let user = parse_user(tspec.user.as_deref())?;
+        // The runtime requires this token from its first request on (security review M4):
+        // through the environment, not the command line, which any host user can read in
+        // /proc. The runtime clears its environment for the processes it starts.
+        let mut env = tspec.env.clone();
+        if let Some(token) = &rec.bootstrap_token {
+            env.insert(RUNTIME_TOKEN_ENV.to_owned(), token.clone());
+        }
+        let pid = blocking(move || -> InfraResult<i32> {
+            if let Some(bytes) = limits.disk_bytes {
+                // The data dir's file system (ext4 here) has no per-directory quota, so a disk
+                // limit puts the writable layer on a tmpfs of that size. Its pages are charged
+                // to the sandbox's memory cgroup as well.
+                mounts::mount_tmpfs(&paths.disk(), bytes).map_err(internal)?;
+            }
+            for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
+                std::fs::create_dir_all(&d).map_err(internal)?;
+            }
+            mounts::mount_overlay(&layers, &paths.upper(), &paths.work(), &paths.rootfs())
+                .map_err(internal)?;
+            cg.create().map_err(internal)?;
+            cg.apply(&cgroup_limits(&limits)).map_err(internal)?;
+            let v = spec::build(&spec::SpecInput {
+                hostname: id.as_str(),
+                rootfs: &paths.rootfs(),
+                cgroup_path: cg.oci_path(),
+                init_binary: &cfg.init_binary,
+                runtime_binary: &cfg.runtime_binary,
+                runtime_args: &cfg.runtime_args,
+                env: &env,
+                user,
+                resolv_conf: cfg.resolv_conf.as_deref(),
+                tmp_bytes: cfg.tmp_bytes,
+            });
+            spec::write(&paths.bundle(), &v).map_err(internal)?;
+            container::create(
+                &cfg.helper_binary,
+                &state_root,
+                id.as_str(),
+                &paths.bundle(),
+                &paths.log(),
+            )
+            .map_err(internal)
+        })
+        .await??;
+        rec.init_pid = pid;
+        rec.init_start_ticks = proc::start_ticks(pid).unwrap_or(0);
+        self.save(&rec)?;
+        network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
+            .await
+            .map_err(internal)?;
+        let (root, id) = (self.state_root(), rec.id.clone());
+        let helper = self.inner.cfg.helper_binary.clone();
+        blocking(move || container::start(&helper, &root, id.as_str()))
+            .await?
+            .map_err(internal)?;
+        self.wait_ready(&rec).await?;
+        rec.state = rec.state.on(LifecycleEvent::Ready).map_err(|source| {
+            InfraError::IllegalTransition {
+                id: rec.id.clone(),
+                source,
+            }
+        })?;
+        self.save(&rec)?;
+        Ok(self.info(&rec))
+    }
+
+    /// Polls `GET /health` until it answers 2xx, the init dies, or the timeout passes.
+    pub(super) async fn wait_ready(&self, rec: &SandboxRecord) -> InfraResult<()> {
+        let addr = SocketAddr::new(rec.ip.into(), spec::RUNTIME_PORT);
+        let deadline = Instant::now() + self.inner.cfg.ready_timeout;
+        let mut delay = Duration::from_millis(2);
+        loop {
+            if !proc::alive(rec.init_pid, rec.init_start_ticks) {
+                let log = std::fs::read_to_string(self.paths(&rec.id).log()).unwrap_or_default();
+                return Err(InfraError::SandboxFailed {
+                    id: rec.id.clone(),
+                    reason: format!("init exited while starting; output: {}", tail(&log, 800)),
+                });
+            }
+            if paddock_contract::client::probe_health(addr).await {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(InfraError::SandboxFailed {
+                    id: rec.id.clone(),
+                    reason: format!(
+                        "runtime did not answer /health at {addr} within {:?}",
+                        self.inner.cfg.ready_timeout
+                    ),
+                });
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
+    }
+}
+
+/// `uid[:gid]`, numeric.
+pub(super) fn parse_user(u: Option<&str>) -> InfraResult<(u32, u32)> {
+    let Some(u) = u else { return Ok((0, 0)) };
+    let bad = || internal(super::EmbeddedError::BadUser(u.to_owned()));
+    let (uid, gid) = u.split_once(':').unwrap_or((u, u));
+    Ok((
+        uid.parse().map_err(|_| bad())?,
+        gid.parse().map_err(|_| bad())?,
+    ))
+}
+
+pub(super) fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
+    &s[start..]
+}

@@ -1,0 +1,283 @@
+//! [`EmbeddedInfra`]: the `Infra` implementation that runs sandboxes as containers here.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use paddock_cgroups::{CgroupLimits, Hierarchy};
+use paddock_infra::{
+    CreateSandbox, Infra, InfraError, InfraResult, LifecycleEvent, Limits, SandboxEnded, SandboxId,
+    SandboxInfo, SandboxMetrics, TemplateInfo,
+};
+use tracing::info;
+
+use crate::config::EmbeddedConfig;
+use crate::store::{SandboxRecord, Store};
+use crate::template::{TemplateError, Templates};
+use crate::{network, spec};
+
+mod create;
+mod error;
+mod exec;
+mod logs;
+mod metrics;
+mod monitor;
+mod paths;
+mod pool;
+mod recovery;
+mod state;
+mod teardown;
+
+pub use error::EmbeddedError;
+use paths::Paths;
+use state::State;
+
+struct Inner {
+    cfg: EmbeddedConfig,
+    templates: Templates,
+    cgroups: Hierarchy,
+    store: Store,
+    state: Mutex<State>,
+    pool_wakeup: tokio::sync::Notify,
+    create_rate: crate::ratelimit::RateLimiter,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    /// Sandboxes that died on their own (see `Infra::ended`).
+    ended: tokio::sync::broadcast::Sender<SandboxEnded>,
+    /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
+    _instance_lock: crate::instance_lock::InstanceLock,
+}
+
+/// Events an `ended` receiver may fall behind by before it sees `Lagged`.
+const ENDED_BACKLOG: usize = 1024;
+
+/// Sandboxes as Linux containers on this host. Cheap to clone.
+#[derive(Clone)]
+pub struct EmbeddedInfra {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for EmbeddedInfra {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedInfra")
+            .field("data_dir", &self.inner.cfg.data_dir)
+            .finish()
+    }
+}
+
+/// Wraps one of our errors as [`InfraError::Internal`], keeping it (and so its `source()`
+/// chain) rather than its message only.
+fn internal<E: std::error::Error + Send + Sync + 'static>(e: E) -> InfraError {
+    InfraError::Internal(Box::new(e))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+fn cgroup_limits(l: &Limits) -> CgroupLimits {
+    CgroupLimits {
+        cpu_millis: Some(l.cpu_millis),
+        memory_bytes: Some(l.memory_bytes),
+        pids: Some(l.pids),
+    }
+}
+
+fn template_err(e: TemplateError) -> InfraError {
+    match e {
+        TemplateError::Unknown(n) => InfraError::UnknownTemplate(n),
+        other => internal(other),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> InfraResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(internal)
+}
+
+impl EmbeddedInfra {
+    /// Opens the data dir, sets up the host network, and reconciles recorded sandboxes with
+    /// reality: live ones are adopted, half-made or dead ones are cleaned up, and anything of
+    /// ours that no record explains (cgroups, mounts, veths, state dirs) is removed.
+    pub async fn start(cfg: EmbeddedConfig) -> InfraResult<Self> {
+        let instance_lock =
+            crate::instance_lock::InstanceLock::for_config(&cfg).map_err(internal)?;
+        for d in [
+            cfg.data_dir.join("sandboxes"),
+            cfg.data_dir.join("containers"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(internal)?;
+        }
+        let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
+        let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
+        info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
+        network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
+            .await
+            .map_err(internal)?;
+        let templates = Templates::new(cfg.template_cache.clone(), cfg.templates.clone());
+        let max_create_qps = cfg.max_create_qps;
+        let (shutdown, _) = tokio::sync::watch::channel(false);
+        let infra = Self {
+            inner: Arc::new(Inner {
+                cfg,
+                templates,
+                cgroups,
+                store,
+                state: Mutex::new(State::default()),
+                pool_wakeup: tokio::sync::Notify::new(),
+                create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
+                shutdown,
+                ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
+                _instance_lock: instance_lock,
+            }),
+        };
+        infra.recover().await?;
+        infra.start_monitor();
+        Ok(infra)
+    }
+
+    fn state_root(&self) -> PathBuf {
+        self.inner.cfg.data_dir.join("containers")
+    }
+
+    fn paths(&self, id: &SandboxId) -> Paths {
+        Paths::new(&self.inner.cfg.data_dir, id)
+    }
+
+    fn info(&self, rec: &SandboxRecord) -> SandboxInfo {
+        SandboxInfo {
+            id: rec.id.clone(),
+            template: rec.template.clone(),
+            state: rec.state,
+            address: SocketAddr::new(rec.ip.into(), spec::RUNTIME_PORT),
+            limits: rec.limits.clone(),
+            allow_internet_access: rec.allow_internet,
+            metadata: rec.metadata.clone(),
+            created_at_ms: rec.created_at_ms,
+            from_pool: false,
+            bootstrap_token: rec.bootstrap_token.clone(),
+        }
+    }
+
+    /// The template catalogue (list and build templates with it).
+    pub fn templates(&self) -> &Templates {
+        &self.inner.templates
+    }
+
+    /// Builds a template now (blocking work on a worker thread), logging progress.
+    pub async fn build_template(&self, name: &str) -> InfraResult<Vec<PathBuf>> {
+        let me = self.clone();
+        let name = name.to_owned();
+        blocking(move || {
+            me.inner
+                .templates
+                .build(&name, &|line| info!(target: "paddock::template", "{line}"))
+        })
+        .await?
+        .map_err(template_err)
+    }
+
+    /// Stops the pool task. Sandboxes keep running (a later `start` adopts them).
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(true);
+    }
+}
+
+impl Infra for EmbeddedInfra {
+    async fn create(&self, req: CreateSandbox) -> InfraResult<SandboxInfo> {
+        self.create_sandbox(req).await
+    }
+
+    async fn get(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
+        let rec = self.record(id)?;
+        if rec.pooled {
+            return Err(InfraError::NotFound(id.clone()));
+        }
+        Ok(self.info(&rec))
+    }
+
+    async fn list(&self) -> InfraResult<Vec<SandboxInfo>> {
+        let st = self.state();
+        let mut v: Vec<SandboxInfo> = st
+            .sandboxes
+            .values()
+            .filter(|e| !e.rec.pooled)
+            .map(|e| self.info(&e.rec))
+            .collect();
+        v.sort_by_key(|i| i.created_at_ms);
+        Ok(v)
+    }
+
+    async fn pause(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
+        let rec = self.transition(id, LifecycleEvent::Pause)?;
+        let cg = self.inner.cgroups.sandbox(id.as_str());
+        blocking(move || cg.freeze()).await?.map_err(internal)?;
+        self.save(&rec)?;
+        Ok(self.info(&rec))
+    }
+
+    async fn resume(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
+        let rec = self.transition(id, LifecycleEvent::Resume)?;
+        let cg = self.inner.cgroups.sandbox(id.as_str());
+        blocking(move || cg.thaw()).await?.map_err(internal)?;
+        self.save(&rec)?;
+        Ok(self.info(&rec))
+    }
+
+    async fn kill(&self, id: &SandboxId) -> InfraResult<()> {
+        self.kill_sandbox(id).await
+    }
+
+    async fn metrics(&self, id: &SandboxId) -> InfraResult<SandboxMetrics> {
+        self.sandbox_metrics(id).await
+    }
+
+    async fn logs(&self, id: &SandboxId) -> InfraResult<Vec<paddock_infra::LogLine>> {
+        self.sandbox_logs(id).await
+    }
+
+    fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded> {
+        self.inner.ended.subscribe()
+    }
+
+    async fn templates(&self) -> InfraResult<Vec<TemplateInfo>> {
+        let t = &self.inner.templates;
+        t.specs()
+            .map(|s| {
+                Ok(TemplateInfo {
+                    name: s.name.clone(),
+                    built: t.layers(&s.name).map_err(template_err)?.is_some(),
+                    limits: s.limits.clone(),
+                    pool_size: s.pool_size,
+                    pool_ready: self.pool_len(&s.name),
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use crate::container::ContainerError;
+
+    /// Errors crossing the `Infra` boundary keep their type and cause, not just their text.
+    #[test]
+    fn internal_errors_keep_their_source_chain() {
+        let e = super::internal(ContainerError::Io {
+            id: "x".into(),
+            op: "open log",
+            source: std::io::Error::other("disk on fire"),
+        });
+        let c = e
+            .source()
+            .and_then(|s| s.downcast_ref::<ContainerError>())
+            .expect("the container error itself");
+        assert_eq!(
+            c.source().map(|s| s.to_string()).as_deref(),
+            Some("disk on fire")
+        );
+    }
+}

@@ -1,0 +1,38 @@
+//! Where one sandbox's files live under the data dir.
+
+use std::path::PathBuf;
+
+use paddock_infra::SandboxId;
+
+/// Per-sandbox paths under the data dir.
+#[derive(Debug, Clone)]
+pub(super) struct Paths {
+    pub(super) dir: PathBuf,
+}
+
+impl Paths {
+    pub(super) fn new(data: &std::path::Path, id: &SandboxId) -> Self {
+        Self {
+            dir: data.join("sandboxes").join(id.as_str()),
+        }
+    }
+    /// Holds the writable layer; a size-limited tmpfs when the sandbox has a disk limit.
+    pub(super) fn disk(&self) -> PathBuf {
+        self.dir.join("disk")
+    }
+    pub(super) fn upper(&self) -> PathBuf {
+        self.disk().join("upper")
+    }
+    pub(super) fn work(&self) -> PathBuf {
+        self.disk().join("work")
+    }
+    pub(super) fn rootfs(&self) -> PathBuf {
+        self.dir.join("rootfs")
+    }
+    pub(super) fn bundle(&self) -> PathBuf {
+        self.dir.join("bundle")
+    }
+    pub(super) fn log(&self) -> PathBuf {
+        self.dir.join("runtime.log")
+    }
+}

@@ -1,0 +1,126 @@
+//! Releasing a sandbox's resources: kill, kill all, and the idempotent teardown under both.
+
+use paddock_infra::{InfraResult, LifecycleEvent, SandboxId, SandboxState};
+use tracing::{Instrument, info_span, warn};
+
+use super::{EmbeddedInfra, blocking, internal};
+use crate::{container, mounts, network};
+
+impl EmbeddedInfra {
+    /// Releases everything of sandbox `id`: processes, mounts, cgroup, veth, address, state
+    /// and record. Idempotent and tolerant of half-made sandboxes. Keeps a dead entry in memory
+    /// only if the sandbox died on its own (so `get` can report it).
+    pub(super) async fn teardown(&self, id: &SandboxId) -> InfraResult<()> {
+        let rec = {
+            let st = self.state();
+            st.sandboxes.get(id).map(|e| e.rec.clone())
+        };
+        let rec = match rec {
+            Some(r) => Some(r),
+            None => self
+                .inner
+                .store
+                .all()
+                .map_err(internal)?
+                .into_iter()
+                .find(|r| &r.id == id),
+        };
+        let cg = self.inner.cgroups.sandbox(id.as_str());
+        let paths = self.paths(id);
+        let root = self.state_root();
+        let (idc, pid) = (id.clone(), rec.as_ref().map(|r| r.init_pid).unwrap_or(0));
+        blocking(move || -> InfraResult<()> {
+            if cg.exists() {
+                cg.kill_all().map_err(internal)?;
+            }
+            if pid > 0 {
+                // Our child: reap it here unless its watcher already did.
+                let _ = container::try_reap(pid);
+            }
+            container::forget(&root, idc.as_str());
+            mounts::unmount_all_under(&paths.dir).map_err(internal)?;
+            match std::fs::remove_dir_all(&paths.dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(internal(e)),
+            }
+            cg.remove().map_err(internal)
+        })
+        .await??;
+        if let Some(r) = &rec {
+            network::detach(&self.inner.cfg.net, r.ip)
+                .await
+                .map_err(internal)?;
+        }
+        self.inner.store.delete(id).map_err(internal)?;
+        let mut st = self.state();
+        // A handed-out sandbox that died on its own keeps its tombstone, and with it its
+        // address, until `kill`: its user may still route to that address (see
+        // `Infra::ended`), so it must not reach the next sandbox (M2). Nobody routes to a
+        // pool member, so a dead one is forgotten at once.
+        let tombstone = st
+            .sandboxes
+            .get(id)
+            .is_some_and(|e| e.dead_reason.is_some() && !e.rec.pooled);
+        if !tombstone {
+            if let Some(r) = &rec {
+                st.used_ips.remove(&r.ip);
+            }
+            st.sandboxes.remove(id);
+        }
+        Ok(())
+    }
+
+    /// Drops a sandbox's tombstone and frees the address it held.
+    fn forget(&self, id: &SandboxId) {
+        let mut st = self.state();
+        if let Some(e) = st.sandboxes.remove(id) {
+            st.used_ips.remove(&e.rec.ip);
+        }
+    }
+
+    /// Kills every sandbox, pooled ones included (tests and uninstall).
+    pub async fn kill_all(&self) -> InfraResult<()> {
+        self.shutdown();
+        let ids: Vec<SandboxId> = self.state().sandboxes.keys().cloned().collect();
+        for id in ids {
+            self.mark_dead(&id);
+            self.teardown(&id).await?;
+            self.forget(&id);
+        }
+        self.state().pools.clear();
+        Ok(())
+    }
+
+    /// Kills sandbox `id` (the body of [`paddock_infra::Infra::kill`]).
+    pub(super) async fn kill_sandbox(&self, id: &SandboxId) -> InfraResult<()> {
+        let dead_tombstone = self
+            .state()
+            .sandboxes
+            .get(id)
+            .is_some_and(|e| e.dead_reason.is_some());
+        if dead_tombstone {
+            self.forget(id);
+            return Ok(());
+        }
+        // A kill whose teardown failed earlier left the sandbox Dead: tear down again.
+        let retry = self
+            .state()
+            .sandboxes
+            .get(id)
+            .is_some_and(|e| e.rec.state == SandboxState::Dead);
+        if retry {
+            warn!(%id, "retrying the teardown of a sandbox whose kill failed");
+            return self
+                .teardown(id)
+                .instrument(info_span!("sandbox_kill", %id))
+                .await;
+        }
+        let rec = self.transition(id, LifecycleEvent::Kill)?;
+        self.mark_dead(id);
+        let _ = rec;
+        self.teardown(id)
+            .instrument(info_span!("sandbox_kill", %id))
+            .await
+    }
+}

@@ -1,0 +1,496 @@
+//! Root-only tests of the network findings of the security review (H3, H4, one instance per
+//! network set), run against real bridges, namespaces and nftables, with sandbox root doing
+//! the attacking. "Outside" targets are network namespaces this test creates; no test sends
+//! anything beyond this host.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::AsFd;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use paddock_infra::{CreateSandbox, Infra};
+use support::sh;
+
+fn req(allow_internet_access: bool) -> CreateSandbox {
+    CreateSandbox {
+        template: "base".into(),
+        allow_internet_access,
+        ..Default::default()
+    }
+}
+
+fn ip(args: &[&str]) {
+    let st = Command::new("ip").args(args).status().expect("run ip");
+    assert!(st.success(), "ip {args:?}");
+}
+
+/// A stand-in for the world outside the host: a network namespace joined to the host by a
+/// veth, owning `198.18.K.2` (198.18/15 is set aside for benchmarks and routed nowhere, so it
+/// stands for a public address here; the host's own uplink is in TEST-NET-1) plus any extra
+/// addresses, to which the host routes through it. An HTTP stand-in answers 204 on port 8080
+/// of every address. Everything is removed on drop.
+struct Outside {
+    ns: String,
+    host_if: String,
+    k: u16,
+    servers: Vec<std::process::Child>,
+}
+
+impl Outside {
+    fn new(n: u8, extra: &[Ipv4Addr]) -> Self {
+        let k = u16::from(support::slot()) * u16::from(support::SLOT_WIDTH) + u16::from(n);
+        let (ns, host_if, peer) = (
+            format!("pdkto{k}"),
+            format!("pdkto{k}a"),
+            format!("pdkto{k}b"),
+        );
+        let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).status();
+        let mut me = Self {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            k,
+            servers: Vec::new(),
+        };
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &peer,
+        ]);
+        ip(&["link", "set", &peer, "netns", &ns]);
+        ip(&["addr", "add", &format!("198.18.{k}.1/24"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("198.18.{k}.2/24"),
+            "dev",
+            &peer,
+        ]);
+        for a in extra {
+            ip(&["-n", &ns, "addr", "add", &format!("{a}/32"), "dev", &peer]);
+        }
+        ip(&["-n", &ns, "link", "set", &peer, "up"]);
+        ip(&["-n", &ns, "link", "set", "lo", "up"]);
+        for a in extra {
+            // Replaced, not added: a test process in another slot may have left the shared
+            // metadata address routed to its own namespace (the route goes with its veth).
+            ip(&[
+                "route",
+                "replace",
+                &format!("{a}/32"),
+                "via",
+                &format!("198.18.{k}.2"),
+                "dev",
+                &host_if,
+            ]);
+        }
+        me.serve("0.0.0.0:8080");
+        me
+    }
+
+    /// The outside's "public" address.
+    fn public(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.k as u8, 2)
+    }
+
+    /// The host's own address on the outside link.
+    fn host_side(&self) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.k as u8, 1)
+    }
+
+    /// Starts an HTTP stand-in (204 to everything) inside the namespace.
+    fn serve(&mut self, listen: &str) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns])
+            .arg(support::standin_binary())
+            .args(["--listen", listen])
+            .spawn()
+            .expect("start server");
+        self.servers.push(child);
+    }
+
+    /// A UDP socket bound inside the namespace (a socket stays in the namespace it was made
+    /// in, whichever thread uses it later).
+    fn udp(&self, port: u16) -> UdpSocket {
+        let path = format!("/run/netns/{}", self.ns);
+        let addr = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+        std::thread::spawn(move || {
+            let ns = std::fs::File::open(&path).expect("open netns");
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            UdpSocket::bind(addr).expect("bind udp")
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
+    }
+}
+
+/// `curl`'s status code for `url` from inside a sandbox ("000": no connection).
+async fn curl(
+    infra: &paddock_embedded::EmbeddedInfra,
+    id: &paddock_infra::SandboxId,
+    url: &str,
+) -> String {
+    let (_, out, _) = sh(
+        infra,
+        id,
+        &format!("curl -s -o /dev/null -w '%{{http_code}}' --max-time 2 {url}; true"),
+    )
+    .await;
+    out
+}
+
+/// Polls until a sandbox gets `204` from `url` (the outside's server takes a moment to start).
+async fn wait_reachable(
+    infra: &paddock_embedded::EmbeddedInfra,
+    id: &paddock_infra::SandboxId,
+    url: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = curl(infra, id, url).await;
+        if got == "204" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{url} never answered: {got:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The host's neighbour entry (hardware address) for `addr` on `dev`, if any.
+fn host_neighbour(dev: &str, addr: Ipv4Addr) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["-4", "neigh", "show", &addr.to_string(), "dev", dev])
+        .output()
+        .expect("ip neigh");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut words = text.split_whitespace();
+    words.find(|w| *w == "lladdr")?;
+    words.next().map(str::to_owned)
+}
+
+/// `GET /health` from the host; true when the runtime answers at all (the stand-in and the
+/// real runtime answer differently; reachability is what counts here).
+fn runtime_answers(addr: SocketAddr) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if s.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 ")
+}
+
+/// Sandbox-side attack tool (python3 of the base template, as sandbox root with
+/// `CAP_NET_RAW`): `arp VICTIM_IP TARGET_IP` broadcasts ARP requests and gratuitous ARPs that
+/// claim VICTIM_IP for this sandbox's hardware address; `udp SRC DST PORT TEXT` sends a UDP
+/// datagram with a forged source address; `ping DST` sends one ICMP echo over a raw socket and
+/// prints `reply` when the answer comes back.
+const TOOL: &str = r#"
+import socket, struct, sys, time
+def csum(b):
+    if len(b) % 2: b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+cmd = sys.argv[1]
+if cmd == "arp":
+    victim, target = socket.inet_aton(sys.argv[2]), socket.inet_aton(sys.argv[3])
+    mac = bytes.fromhex(open("/sys/class/net/eth0/address").read().strip().replace(":", ""))
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.bind(("eth0", 0))
+    for _ in range(5):
+        for tpa in (target, victim):
+            arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 1, mac, victim, b"\0" * 6, tpa)
+            s.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+        time.sleep(0.2)
+    print("sent")
+elif cmd == "udp":
+    src, dst, port, text = sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5].encode()
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(text), 0) + text
+    iph = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0,
+                      socket.inet_aton(src), socket.inet_aton(dst))
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    for _ in range(5):
+        s.sendto(iph + udp, (dst, 0))
+        time.sleep(0.1)
+    print("sent")
+elif cmd == "ping":
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+    s.settimeout(3)
+    body = struct.pack("!HH", 0x7064, 1) + b"paddock"
+    s.sendto(struct.pack("!BBH", 8, 0, csum(b"\x08\0\0\0" + body)) + body, (sys.argv[2], 0))
+    while True:
+        data, _ = s.recvfrom(1500)
+        if data[20] == 0 and data[24:26] == b"\x70\x64":
+            print("reply"); break
+"#;
+
+async fn tool(
+    infra: &paddock_embedded::EmbeddedInfra,
+    id: &paddock_infra::SandboxId,
+    args: &str,
+) -> (i32, String, String) {
+    sh(
+        infra,
+        id,
+        &format!("cat > /tmp/tool.py <<'EOF'\n{TOOL}\nEOF\npython3 /tmp/tool.py {args}"),
+    )
+    .await
+}
+
+/// Security review H3: a sandbox (root, `CAP_NET_RAW`) claims a neighbour's IP with ARP and
+/// forges the neighbour's source address; the host keeps the neighbour's hardware address,
+/// the neighbour's runtime stays reachable, and the forged datagram never leaves the host.
+/// Raw-socket `ping` keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_cannot_take_a_neighbours_addresses() {
+    let outside = Outside::new(32, &[]);
+    let sink = outside.udp(9999);
+    sink.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let public = outside.public();
+    support::with_infra(32, move |infra, env| async move {
+        let attacker = infra.create(req(false)).await.expect("create attacker");
+        let victim = infra.create(req(true)).await.expect("create victim");
+        let SocketAddr::V4(b) = victim.address else {
+            panic!("IPv6 sandbox address: {}", victim.address);
+        };
+        let b_ip = *b.ip();
+        let br = env.cfg.net.bridge.clone();
+        let gw = env.cfg.net.cidr.gateway();
+
+        // The host resolved the victim while waiting for it to become ready.
+        let victim_mac = host_neighbour(&br, b_ip).expect("host knows the victim");
+        let (_, attacker_mac, _) =
+            sh(&infra, &attacker.id, "cat /sys/class/net/eth0/address").await;
+        assert_ne!(victim_mac, attacker_mac.trim());
+
+        // Legitimate raw-socket use: ping the outside from the sandbox with internet access.
+        let (code, out, err) = tool(&infra, &victim.id, &format!("ping {public}")).await;
+        assert_eq!((code, out.trim()), (0, "reply"), "ping failed: {err}");
+
+        // (a) ARP: "who-has <gateway> tell <victim ip>" and gratuitous ARPs, from the attacker.
+        let (code, out, err) = tool(&infra, &attacker.id, &format!("arp {b_ip} {gw}")).await;
+        assert_eq!(
+            (code, out.trim()),
+            (0, "sent"),
+            "the attack itself must run: {err}"
+        );
+        assert_eq!(
+            host_neighbour(&br, b_ip).as_deref(),
+            Some(victim_mac.as_str()),
+            "the host's neighbour entry for the victim was taken over"
+        );
+        assert!(
+            runtime_answers(victim.address),
+            "the victim's runtime is unreachable from the host"
+        );
+
+        // (b) Forged source: the attacker (no internet) borrows the victim's egress-allowed
+        // address. Control first: the victim's own datagram does arrive.
+        let (code, out, err) = tool(
+            &infra,
+            &victim.id,
+            &format!("udp {b_ip} {public} 9999 from-victim"),
+        )
+        .await;
+        assert_eq!((code, out.trim()), (0, "sent"), "{err}");
+        let mut buf = [0u8; 64];
+        let n = sink
+            .recv(&mut buf)
+            .expect("the victim's own datagram arrives");
+        assert_eq!(&buf[..n], b"from-victim");
+        while sink.recv(&mut buf).is_ok() {} // the other copies
+        let (code, out, err) = tool(
+            &infra,
+            &attacker.id,
+            &format!("udp {b_ip} {public} 9999 forged"),
+        )
+        .await;
+        assert_eq!((code, out.trim()), (0, "sent"), "{err}");
+        if let Ok(n) = sink.recv(&mut buf) {
+            panic!(
+                "a datagram with a forged source got out: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+
+        for id in [&attacker.id, &victim.id] {
+            infra.kill(id).await.expect("kill");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+    drop(outside);
+}
+
+/// Security review H4: a sandbox with internet access reaches a public address but not cloud
+/// metadata, private or shared ranges, nor the host's own addresses; DNS to the host's
+/// resolver works even though it sits in a private range, and only on port 53.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn internet_access_stops_at_private_metadata_and_host_addresses() {
+    // 169.254.169.254 is one address for the whole host: take turns with other test processes.
+    let metadata_lock = std::fs::File::create("/run/paddock-test-slots/metadata.lock")
+        .or_else(|_| {
+            std::fs::create_dir_all("/run/paddock-test-slots")?;
+            std::fs::File::create("/run/paddock-test-slots/metadata.lock")
+        })
+        .expect("metadata lock file");
+    metadata_lock.lock().expect("metadata lock");
+    let k = support::slot() * support::SLOT_WIDTH + 33;
+    let metadata = Ipv4Addr::new(169, 254, 169, 254);
+    let private10 = Ipv4Addr::new(10, 218, k, 2);
+    let private172 = Ipv4Addr::new(172, 31, 218, k);
+    let private192 = Ipv4Addr::new(192, 168, 218, k);
+    let shared100 = Ipv4Addr::new(100, 64, 218, k);
+    let resolver = Ipv4Addr::new(10, 218, k, 53);
+    let mut outside = Outside::new(
+        33,
+        &[
+            metadata, private10, private172, private192, shared100, resolver,
+        ],
+    );
+    // "DNS" (any TCP service on port 53 will do) on the resolver's address.
+    outside.serve(&format!("{resolver}:53"));
+    let host_listener = std::net::TcpListener::bind("0.0.0.0:0").expect("host listener");
+    let host_port = host_listener.local_addr().expect("addr").port();
+    let (public, host_side) = (outside.public(), outside.host_side());
+
+    let mut env = support::Env::new(33);
+    let resolv = env.dir.path().join("resolv.conf");
+    std::fs::write(&resolv, format!("nameserver {resolver}\n")).expect("resolv.conf");
+    env.cfg.resolv_conf = Some(resolv);
+    support::with_env(env, move |infra, env| async move {
+        let open = infra.create(req(true)).await.expect("create");
+        wait_reachable(&infra, &open.id, &format!("http://{public}:8080/")).await;
+        for (what, url) in [
+            ("cloud metadata", format!("http://{metadata}:8080/")),
+            ("10/8", format!("http://{private10}:8080/")),
+            ("172.16/12", format!("http://{private172}:8080/")),
+            ("192.168/16", format!("http://{private192}:8080/")),
+            ("100.64/10", format!("http://{shared100}:8080/")),
+            (
+                "the resolver off port 53",
+                format!("http://{resolver}:8080/"),
+            ),
+            (
+                "the host's own address",
+                format!("http://{host_side}:{host_port}/"),
+            ),
+        ] {
+            assert_eq!(
+                curl(&infra, &open.id, &url).await,
+                "000",
+                "{what} reachable: {url}"
+            );
+        }
+        assert_eq!(
+            curl(&infra, &open.id, &format!("http://{resolver}:53/")).await,
+            "204",
+            "the host's resolver is unreachable on port 53"
+        );
+        infra.kill(&open.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+    drop((outside, host_listener, metadata_lock));
+}
+
+/// Two Paddock instances on one host with the same bridge, subnet, firewall table and cgroup
+/// parent break each other: the second is refused with the first one's pid and the flags to
+/// pick another set, and starts once the first has gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_instance_on_the_same_network_is_refused() {
+    let first_env = support::Env::new(34);
+    let first = first_env.start().await;
+    // Another data dir, the same host-wide names.
+    let second_env = support::Env::new(34);
+    let mut cfg = second_env.cfg.clone();
+    cfg.net = first_env.cfg.net.clone();
+    cfg.cgroup_parent = first_env.cfg.cgroup_parent.clone();
+    let refused = paddock_embedded::EmbeddedInfra::start(cfg.clone()).await;
+    let outcome = match &refused {
+        Ok(_) => Err("the second instance started".to_owned()),
+        Err(e) => {
+            let msg = e.to_string();
+            if msg.contains(&format!("pid {}", std::process::id())) && msg.contains("--bridge") {
+                Ok(())
+            } else {
+                Err(format!("unclear refusal: {msg}"))
+            }
+        }
+    };
+    if let Ok(second) = refused {
+        second_env.cleanup(Some(&second)).await;
+    }
+    first.kill_all().await.expect("stop the first");
+    drop(first);
+    // The first instance's background tasks let go of it once they see the shutdown.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        match paddock_embedded::EmbeddedInfra::start(cfg.clone()).await {
+            Ok(s) => break Ok(s),
+            Err(e) if Instant::now() > deadline => break Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    let second_ok = second.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    second_env.cleanup(second.as_ref().ok()).await;
+    first_env.cleanup(None).await;
+    outcome.expect("the second start must be refused");
+    second_ok.expect("a start after the first instance stopped");
+}
+
+/// Security review H3, after a restart: the firewall is loaded afresh with an empty `ports`
+/// set, so a sandbox that outlived its Paddock must be bound again when the next one adopts
+/// it, or the bridge would drop everything it sends (its runtime included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopted_sandbox_is_bound_again_and_stays_reachable() {
+    let env = support::Env::new(35);
+    let first = env.start().await;
+    let sbx = first.create(req(false)).await.expect("create");
+    assert!(runtime_answers(sbx.address), "reachable before the restart");
+    // Paddock stops without killing its sandboxes, as on an upgrade.
+    first.shutdown();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let second = loop {
+        match paddock_embedded::EmbeddedInfra::start(env.cfg.clone()).await {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("restart: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    // The host forgets the sandbox's hardware address, as it would after a while.
+    let _ = Command::new("ip")
+        .args(["neigh", "flush", "dev", &env.cfg.net.bridge])
+        .status();
+    let reachable = runtime_answers(sbx.address);
+    let _ = second.kill(&sbx.id).await;
+    let leaks = env.leaks().await;
+    env.cleanup(Some(&second)).await;
+    assert!(reachable, "the adopted sandbox's runtime is unreachable");
+    assert_eq!(leaks, Vec::<String>::new());
+}

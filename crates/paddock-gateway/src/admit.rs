@@ -1,0 +1,121 @@
+//! The admission phase: the circuit breakers' `max_requests` and
+//! `max_pending_requests` slots for one request.
+//!
+//! It runs after the route and token checks, so requests that would be
+//! refused anyway never take a slot, and before anything is sent, so a
+//! tripped breaker refuses at once instead of queueing. The request slot
+//! lives as long as the response body ([`Admission::hold`]); the pending slot
+//! only until the response headers arrive.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::response::Response;
+use tokio::sync::OwnedSemaphorePermit;
+
+use crate::breaker::{Breakers, Tripped};
+
+/// The slots an admitted request holds.
+pub struct Admission {
+    request: OwnedSemaphorePermit,
+    pending: Option<OwnedSemaphorePermit>,
+}
+
+pub fn admit(breakers: &Breakers) -> Result<Admission, Tripped> {
+    let (request, pending) = breakers.admit()?;
+    Ok(Admission {
+        request,
+        pending: Some(pending),
+    })
+}
+
+impl Admission {
+    /// The response headers are in: the request no longer counts as pending.
+    pub fn headers_received(&mut self) {
+        self.pending = None;
+    }
+
+    /// Ties the request slot to `resp`'s body, so a streaming response
+    /// counts as in flight until its last byte.
+    pub fn hold(self, resp: Response) -> Response {
+        let slot = self.request;
+        resp.map(|inner| Body::new(Guarded { inner, _slot: slot }))
+    }
+
+    /// Hands the request slot to whatever outlives the response (an
+    /// upgraded connection's pipe).
+    pub fn into_request_slot(self) -> OwnedSemaphorePermit {
+        self.request
+    }
+}
+
+/// A response body that holds its `max_requests` slot until it is done.
+struct Guarded {
+    inner: Body,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Guarded {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::breaker::Thresholds;
+
+    fn breakers() -> Breakers {
+        Breakers::new(Thresholds {
+            max_requests: 1,
+            max_pending_requests: 1,
+            ..Thresholds::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn the_request_slot_lives_as_long_as_the_body() {
+        let b = breakers();
+        let mut a = admit(&b).unwrap();
+        assert_eq!(admit(&b).err(), Some(Tripped::Requests));
+        a.headers_received();
+        let resp = a.hold(Response::new(Body::from("done")));
+        assert_eq!(b.active_requests(), 1);
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"done");
+        // Collected bodies are dropped: the slot is back.
+        assert_eq!(b.active_requests(), 0);
+        assert!(admit(&b).is_ok());
+    }
+
+    #[test]
+    fn the_pending_slot_goes_when_headers_arrive() {
+        let b = Breakers::new(Thresholds {
+            max_pending_requests: 1,
+            ..Thresholds::default()
+        });
+        let mut a = admit(&b).unwrap();
+        assert_eq!(admit(&b).err(), Some(Tripped::Pending));
+        a.headers_received();
+        let _second = admit(&b).unwrap();
+        drop(a);
+    }
+}

@@ -1,0 +1,96 @@
+//! Where a named sandbox lives: the route table seam and the lookup phase.
+//!
+//! [`crate::target`] says which sandbox and port a request names; this module
+//! says whether that sandbox can take traffic and at which address. The
+//! table behind [`Routes`] is the one thing that differs between the modes:
+//! in `paddock up` it is the embedded manager's in-memory records; in
+//! Kubernetes it will be a store fed by a watch on Sandbox resources. The
+//! gateway only ever reads it, once per request.
+
+use std::net::IpAddr;
+
+use crate::access::Tokens;
+use crate::errors::GatewayError;
+use crate::target::Target;
+
+/// What the gateway needs to know about a sandbox.
+#[derive(Debug, Clone)]
+pub struct RouteInfo {
+    pub ip: IpAddr,
+    pub paused: bool,
+    pub tokens: Tokens,
+}
+
+/// Looks sandboxes up for the gateway.
+///
+/// Implementations must be cheap and must not block: `lookup` runs on every
+/// request, on the request's task.
+pub trait Routes: Send + Sync + 'static {
+    /// The sandbox's route, or `None` if no such sandbox exists.
+    fn lookup(&self, id: &str) -> Option<RouteInfo>;
+}
+
+/// The lookup phase: the route of a sandbox that can take traffic now.
+///
+/// It comes before the token check because the tokens live in the route, and
+/// before admission so that a request for a missing or paused sandbox never
+/// takes a breaker slot.
+pub fn resolve(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, GatewayError> {
+    let route = routes
+        .lookup(&target.sandbox)
+        .ok_or_else(|| GatewayError::NotFound {
+            sandbox: target.sandbox.clone(),
+        })?;
+    // A paused sandbox keeps its record, but its address is not serving.
+    if route.paused {
+        return Err(GatewayError::Paused {
+            sandbox: target.sandbox.clone(),
+        });
+    }
+    Ok(route)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    impl Routes for HashMap<&'static str, RouteInfo> {
+        fn lookup(&self, id: &str) -> Option<RouteInfo> {
+            self.get(id).cloned()
+        }
+    }
+
+    fn route(paused: bool) -> RouteInfo {
+        RouteInfo {
+            ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)),
+            paused,
+            tokens: Tokens::default(),
+        }
+    }
+
+    fn target(id: &str) -> Target {
+        Target {
+            sandbox: id.into(),
+            port: 8080,
+            path: None,
+        }
+    }
+
+    #[test]
+    fn running_sandboxes_resolve_others_fail_with_their_reason() {
+        let table = HashMap::from([("up", route(false)), ("zz", route(true))]);
+        let r = resolve(&table, &target("up")).unwrap();
+        assert_eq!(r.ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
+        assert!(matches!(
+            resolve(&table, &target("zz")),
+            Err(GatewayError::Paused { sandbox }) if sandbox == "zz"
+        ));
+        assert!(matches!(
+            resolve(&table, &target("gone")),
+            Err(GatewayError::NotFound { sandbox }) if sandbox == "gone"
+        ));
+    }
+}
