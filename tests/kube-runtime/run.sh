@@ -5,7 +5,8 @@
 # --runtime-image, and checks in a fresh namespace:
 #  (a) a Sandbox from sandbox-code-interpreter-v1 serves /health on 49983 and, after an /init
 #      with a token, runs `1+1` through /execute on 49999, from the host to the pod IP;
-#  (b) a SandboxSet of 2 from an image without the runtime (the test bed's sandbox-base) and
+#  (b) a Sandbox from sandbox-base serves the runtime (a command runs) but no interpreter;
+#  (c) a SandboxSet of 2 from an image without the runtime (the test bed's sandbox-base) and
 #      `runtimes: [{name: agent-runtime}]`: both members become ready, and their injected
 #      runtime answers /health and runs a command through the Connect JSON API.
 # Prints `N passed, M failed` last; exits non-zero on failure. Run it under the suites lock:
@@ -26,6 +27,7 @@ WORK=$(mktemp -d)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 RUNTIME_IMAGE=paddock.local/paddock-runtime:$VERSION
 CI_IMAGE=paddock.local/sandbox-code-interpreter-v1:$VERSION
+BASE_IMAGE=paddock.local/sandbox-base:$VERSION
 # An image without the runtime: Debian + python3, from the test bed.
 PLAIN_IMAGE=$TB_IMAGE_PREFIX/sandbox-base:$TB_IMAGE_TAG
 PORT_BASE=$((20000 + RANDOM % 20000))
@@ -169,6 +171,32 @@ YAML
   matches '"text": *"2"' <"$WORK/execute.out"
 }
 
+t_base_image() {
+  manifest Sandbox base <<YAML | k apply -f -
+spec:
+  template:
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+        - name: main
+          image: $BASE_IMAGE
+          imagePullPolicy: Never
+          readinessProbe:
+            httpGet: {path: /health, port: 49983}
+            periodSeconds: 1
+YAML
+  poll 120 is sandbox/base '{.status.conditions[?(@.type=="Ready")].status}' True || pod_says base
+  local ip
+  ip=$(jp sandbox/base '{.status.sandboxIp}')
+  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$ip:49983/health") == 204 ]]
+  connect_run "$ip" /bin/bash -c 'echo base-$(id -un)' | matches '^base-user$'
+  # no code interpreter in the base image (`! cmd` would not fail the step under set -e)
+  if curl -s --max-time 3 -o /dev/null "http://$ip:49999/health"; then
+    say "something answers on $ip:49999"
+    return 1
+  fi
+}
+
 t_injected_pool() {
   manifest SandboxSet plain <<YAML | k apply -f -
 spec:
@@ -191,7 +219,7 @@ YAML
   local sb ip n=0
   for sb in $(k get sandbox -o name); do
     sb=${sb#*/}
-    [[ $sb == ci ]] && continue
+    [[ $sb == ci || $sb == base ]] && continue
     ip=$(jp "sandbox/$sb" '{.status.sandboxIp}')
     # the Pod (same name as its Sandbox) carries the injected pieces
     [[ $(jp "pod/$sb" '{.spec.initContainers[0].name} {.spec.initContainers[0].image}') == "runtime $RUNTIME_IMAGE" ]]
@@ -255,6 +283,7 @@ if ((FAILED == 0)); then
 fi
 if ((FAILED == 0)); then
   step "sandbox-code-interpreter-v1: /health on 49983, /init, 1+1 on 49999" t_code_interpreter_image
+  step "sandbox-base: /health and a command on 49983, nothing on 49999" t_base_image
   step "SandboxSet of 2 from an image without the runtime, runtime injected" t_injected_pool
   step "sandboxes and pods are deleted" t_cleanup
 fi
