@@ -73,6 +73,12 @@ ensure_legacy_sdk() {
     "e2b, pytest" "e2b 2.45"
 }
 
+# Schemathesis, which fuzzes the manager's API from its OpenAPI document (tests/fuzz).
+ensure_fuzz_venv() {
+  ensure_venv "$PADDOCK_ROOT/.venv-fuzz" python3 "$PADDOCK_ROOT/tests/fuzz/requirements.txt" \
+    "schemathesis" "schemathesis, the API fuzzer"
+}
+
 ensure_js_sdk() {
   if [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/e2b" ] || [ ! -d "$PADDOCK_ROOT/tests/js/node_modules/@e2b/code-interpreter" ]; then
     log "installing the E2B JS SDK"

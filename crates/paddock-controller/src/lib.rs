@@ -55,6 +55,8 @@ pub struct Config {
     pub leader_election: Option<LeaderConfig>,
     /// The identity allowed to delete live sandbox Pods; asked from the API server if `None`.
     pub controller_username: Option<String>,
+    /// Image of the init container that injects the runtime (`runtimes: [{name: agent-runtime}]`).
+    pub runtime_image: String,
 }
 
 #[derive(Debug, thiserror::Error)]

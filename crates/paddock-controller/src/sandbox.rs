@@ -299,6 +299,8 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
     let name = sbx.name_any();
     let ns = sbx.namespace().unwrap_or_default();
     let mut spec = template.spec.clone().unwrap_or_default();
+    let runtimes = sbx.spec.persistence.runtimes.as_deref();
+    crate::desired::inject::inject_runtime(&mut spec, runtimes, &ctx.config.runtime_image);
 
     for vct in sbx.spec.pod.volume_claim_templates.iter().flatten() {
         let vname = vct.name_any();

@@ -81,10 +81,14 @@ fn same(a: &str, b: &str) -> bool {
 
 impl KeyStore {
     pub fn open(data_dir: &Path, admin_key: &str) -> std::io::Result<Self> {
-        std::fs::create_dir_all(data_dir)?;
+        crate::secret_file::create_dir(data_dir)?;
         let path = data_dir.join("api-keys.json");
         let keys = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
+            Ok(b) => {
+                // Key hashes are secrets too (audit H2).
+                crate::secret_file::restrict(&path)?;
+                serde_json::from_slice(&b).map_err(std::io::Error::other)?
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
             Err(e) => return Err(e),
         };
@@ -99,13 +103,10 @@ impl KeyStore {
         self.keys.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Writes every key, owner-only (audit H2), atomically.
     fn save(&self, keys: &BTreeMap<String, StoredKey>) -> std::io::Result<()> {
-        let tmp = self.path.with_extension("json.tmp");
-        std::fs::write(
-            &tmp,
-            serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?,
-        )?;
-        std::fs::rename(tmp, &self.path)
+        let bytes = serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?;
+        Ok(crate::secret_file::write(&self.path, &bytes)?)
     }
 
     /// The team a presented key belongs to.

@@ -4,6 +4,7 @@
 //! It owns the sandbox records (team, timeouts, access tokens, metadata) and
 //! exposes them to the data plane through [`RouteTable`].
 
+pub mod admin_key;
 mod api;
 mod error;
 mod idempotency;
@@ -13,6 +14,7 @@ mod logs;
 mod metrics;
 mod quota;
 mod records;
+pub mod secret_file;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -32,32 +32,65 @@ impl Usage {
     }
 }
 
-/// Whether `used + wanted` fits `quota`; the message names the limit hit.
-pub fn fits(quota: &Quota, team: &str, used: Usage, wanted: Usage) -> Result<(), String> {
+/// A create that would take a team past one of its key's limits.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaError {
+    #[error(
+        "quota exceeded: team '{team}' may run at most {max} sandboxes ({used} running or paused)"
+    )]
+    Sandboxes { team: String, max: u32, used: u32 },
+    #[error(
+        "quota exceeded: team '{team}' may use at most {max} vCPUs ({used} in use, {wanted} requested)"
+    )]
+    Cpu {
+        team: String,
+        max: u32,
+        used: u32,
+        wanted: u32,
+    },
+    #[error(
+        "quota exceeded: team '{team}' may use at most {max} MiB of memory ({used} MiB in use, {wanted} MiB requested)"
+    )]
+    Memory {
+        team: String,
+        max: u64,
+        used: u64,
+        wanted: u64,
+    },
+}
+
+/// Whether `used + wanted` fits `quota`; the error names the limit hit.
+pub fn fits(quota: &Quota, team: &str, used: Usage, wanted: Usage) -> Result<(), QuotaError> {
     let total = used.add(wanted);
+    let team = team.to_string();
     if let Some(max) = quota.max_sandboxes
         && total.sandboxes > max
     {
-        return Err(format!(
-            "quota exceeded: team '{team}' may run at most {max} sandboxes ({} running or paused)",
-            used.sandboxes
-        ));
+        return Err(QuotaError::Sandboxes {
+            team,
+            max,
+            used: used.sandboxes,
+        });
     }
     if let Some(max) = quota.max_cpu
         && total.cpu > max
     {
-        return Err(format!(
-            "quota exceeded: team '{team}' may use at most {max} vCPUs ({} in use, {} requested)",
-            used.cpu, wanted.cpu
-        ));
+        return Err(QuotaError::Cpu {
+            team,
+            max,
+            used: used.cpu,
+            wanted: wanted.cpu,
+        });
     }
     if let Some(max) = quota.max_memory_mb
         && total.memory_mb > max
     {
-        return Err(format!(
-            "quota exceeded: team '{team}' may use at most {max} MiB of memory ({} MiB in use, {} MiB requested)",
-            used.memory_mb, wanted.memory_mb
-        ));
+        return Err(QuotaError::Memory {
+            team,
+            max,
+            used: used.memory_mb,
+            wanted: wanted.memory_mb,
+        });
     }
     Ok(())
 }
@@ -88,18 +121,22 @@ impl Drop for Reservation {
 }
 
 impl Reservations {
-    /// Reserves `wanted` for `team` if `recorded` (its existing sandboxes)
+    /// Reserves `wanted` for `team` if `recorded()` (its existing sandboxes)
     /// plus what is already reserved plus `wanted` fits the quota.
+    ///
+    /// `recorded` is read under the reservations' lock (audit L3): read before it, a create
+    /// that finished in between (recorded its sandbox, then gave its reservation back) would
+    /// be counted by neither, and two creates could together overshoot the quota.
     pub fn reserve(
         &self,
         quota: &Quota,
         team: &str,
-        recorded: Usage,
+        recorded: impl FnOnce() -> Usage,
         wanted: Usage,
-    ) -> Result<Reservation, String> {
+    ) -> Result<Reservation, QuotaError> {
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let pending = map.get(team).copied().unwrap_or_default();
-        fits(quota, team, recorded.add(pending), wanted)?;
+        fits(quota, team, recorded().add(pending), wanted)?;
         let e = map.entry(team.to_string()).or_default();
         *e = e.add(wanted);
         Ok(Reservation {
@@ -127,14 +164,40 @@ mod tests {
             ..Quota::default()
         };
         let r = Reservations::default();
-        let a = r.reserve(&q, "t", Usage::default(), ONE).unwrap();
-        let _b = r.reserve(&q, "t", Usage::default(), ONE).unwrap();
-        let err = r.reserve(&q, "t", Usage::default(), ONE).err().unwrap();
-        assert!(err.contains("at most 2 sandboxes"), "{err}");
+        let a = r.reserve(&q, "t", Usage::default, ONE).unwrap();
+        let _b = r.reserve(&q, "t", Usage::default, ONE).unwrap();
+        let err = r.reserve(&q, "t", Usage::default, ONE).err().unwrap();
+        assert!(matches!(err, QuotaError::Sandboxes { max: 2, .. }), "{err}");
+        assert!(err.to_string().contains("at most 2 sandboxes"), "{err}");
         // Another team is not affected.
-        assert!(r.reserve(&q, "u", Usage::default(), ONE).is_ok());
+        assert!(r.reserve(&q, "u", Usage::default, ONE).is_ok());
         drop(a);
-        assert!(r.reserve(&q, "t", Usage::default(), ONE).is_ok());
+        assert!(r.reserve(&q, "t", Usage::default, ONE).is_ok());
+    }
+
+    /// Audit L3: the team's recorded usage is read while the reservations are locked, so a
+    /// create that records its sandbox and gives back its reservation in between cannot be
+    /// missed by both counts.
+    #[test]
+    fn recorded_usage_is_read_under_the_lock() {
+        let q = Quota {
+            max_sandboxes: Some(1),
+            ..Quota::default()
+        };
+        let r = Reservations::default();
+        let mut locked = false;
+        let _a = r
+            .reserve(
+                &q,
+                "t",
+                || {
+                    locked = r.inner.try_lock().is_err();
+                    Usage::default()
+                },
+                ONE,
+            )
+            .unwrap();
+        assert!(locked, "the usage was read outside the lock");
     }
 
     #[test]
@@ -144,13 +207,13 @@ mod tests {
             ..Quota::default()
         };
         let err = fits(&q, "t", ONE, ONE).unwrap_err();
-        assert!(err.contains("3 vCPUs"), "{err}");
+        assert!(err.to_string().contains("3 vCPUs"), "{err}");
         let q = Quota {
             max_memory_mb: Some(1000),
             ..Quota::default()
         };
         let err = fits(&q, "t", ONE, ONE).unwrap_err();
-        assert!(err.contains("1000 MiB"), "{err}");
+        assert!(err.to_string().contains("1000 MiB"), "{err}");
         assert!(fits(&Quota::default(), "t", ONE, ONE).is_ok());
     }
 }

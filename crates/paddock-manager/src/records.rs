@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use paddock_infra::SandboxId;
@@ -153,10 +154,25 @@ impl RouteTable {
 /// The records, written through to a file so that a restarted manager
 /// still knows the sandboxes (and their tokens) the infrastructure kept
 /// running.
+///
+/// The file is written outside the map's lock (audit L3): the data plane reads routes through
+/// that lock, and must not wait for a disk sync. Each change takes a version under the lock;
+/// the writer skips a snapshot older than the one already on disk, so the newest state
+/// always wins and writers that queue up behind a slow disk coalesce.
 #[derive(Default)]
 pub struct Records {
     inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
     file: Option<PathBuf>,
+    /// The version of the last change, taken under the map's lock.
+    version: AtomicU64,
+    /// Serializes file writes; holds the version on disk.
+    written: Mutex<u64>,
+}
+
+/// The map as it was at one version, ready to be written.
+struct Snapshot {
+    version: u64,
+    bytes: std::io::Result<Vec<u8>>,
 }
 
 impl Records {
@@ -164,6 +180,8 @@ impl Records {
     pub fn open(file: PathBuf) -> std::io::Result<Self> {
         let map: HashMap<SandboxId, SandboxRecord> = match std::fs::read(&file) {
             Ok(bytes) => {
+                // Every access token is in there (audit H2).
+                crate::secret_file::restrict(&file)?;
                 let list: Vec<SandboxRecord> = serde_json::from_slice(&bytes).map_err(|e| {
                     std::io::Error::other(format!("{} is corrupt: {e}", file.display()))
                 })?;
@@ -175,6 +193,7 @@ impl Records {
         Ok(Self {
             inner: Arc::new(RwLock::new(map)),
             file: Some(file),
+            ..Self::default()
         })
     }
 
@@ -182,19 +201,35 @@ impl Records {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Writes the whole map (temp file + rename, so a crash never leaves half a file).
-    fn persist(&self, map: &HashMap<SandboxId, SandboxRecord>) {
-        let Some(file) = &self.file else { return };
+    /// Takes the map's state after a change; call with the map's write lock held.
+    fn snapshot(&self, map: &HashMap<SandboxId, SandboxRecord>) -> Option<Snapshot> {
+        self.file.as_ref()?;
         let list: Vec<&SandboxRecord> = map.values().collect();
-        let result = serde_json::to_vec(&list)
-            .map_err(std::io::Error::other)
-            .and_then(|bytes| {
-                let tmp = file.with_extension("json.tmp");
-                std::fs::write(&tmp, bytes)?;
-                std::fs::rename(&tmp, file)
-            });
-        if let Err(e) = result {
-            tracing::error!(file = %file.display(), error = %e, "could not save sandbox records");
+        Some(Snapshot {
+            version: self.version.fetch_add(1, Ordering::SeqCst) + 1,
+            bytes: serde_json::to_vec(&list).map_err(std::io::Error::other),
+        })
+    }
+
+    /// Writes a snapshot, owner-only (it holds every access token: audit H2), through a temp
+    /// file + rename so a crash never leaves half a file; a snapshot older than the file is
+    /// skipped. Returns once this state (or a newer one) is on disk.
+    fn persist(&self, snapshot: Option<Snapshot>) {
+        let (Some(file), Some(snap)) = (&self.file, snapshot) else {
+            return;
+        };
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if *written >= snap.version {
+            return;
+        }
+        let result = snap
+            .bytes
+            .and_then(|bytes| Ok(crate::secret_file::write(file, &bytes)?));
+        match result {
+            Ok(()) => *written = snap.version,
+            Err(e) => {
+                tracing::error!(file = %file.display(), error = %e, "could not save sandbox records")
+            }
         }
     }
 
@@ -205,17 +240,22 @@ impl Records {
     }
 
     pub fn insert(&self, r: SandboxRecord) {
-        let mut map = self.write();
-        map.insert(r.id.clone(), r);
-        self.persist(&map);
+        let snapshot = {
+            let mut map = self.write();
+            map.insert(r.id.clone(), r);
+            self.snapshot(&map)
+        };
+        self.persist(snapshot);
     }
 
     pub fn remove(&self, id: &SandboxId) -> Option<SandboxRecord> {
-        let mut map = self.write();
-        let gone = map.remove(id);
-        if gone.is_some() {
-            self.persist(&map);
-        }
+        let (gone, snapshot) = {
+            let mut map = self.write();
+            let gone = map.remove(id);
+            let snapshot = gone.as_ref().and_then(|_| self.snapshot(&map));
+            (gone, snapshot)
+        };
+        self.persist(snapshot);
         gone
     }
 
@@ -228,15 +268,16 @@ impl Records {
 
     /// Changes a record in place; false if it is gone.
     pub fn update(&self, id: &SandboxId, f: impl FnOnce(&mut SandboxRecord)) -> bool {
-        let mut map = self.write();
-        match map.get_mut(id) {
-            Some(r) => {
-                f(r);
-                self.persist(&map);
-                true
-            }
-            None => false,
-        }
+        let snapshot = {
+            let mut map = self.write();
+            let Some(r) = map.get_mut(id) else {
+                return false;
+            };
+            f(r);
+            self.snapshot(&map)
+        };
+        self.persist(snapshot);
+        true
     }
 
     pub fn all(&self) -> Vec<SandboxRecord> {
@@ -287,6 +328,52 @@ mod tests {
             auto_resume: false,
             allow_internet_access: true,
         }
+    }
+
+    /// Audit L3: the file was written (and is now synced) under the lock the data plane reads
+    /// routes through. A lookup must not wait for a write in progress.
+    #[test]
+    fn route_lookups_do_not_wait_for_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Arc::new(Records::open(dir.path().join("sandboxes.json")).unwrap());
+        r.insert(record("aaaaaaaaaaaaaaaaaaaa"));
+        // Hold the file writer, as a slow disk would, while another thread changes a record.
+        let held = r.written.lock().unwrap();
+        let writer = {
+            let r = r.clone();
+            std::thread::spawn(move || {
+                r.update(&SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(), |x| {
+                    x.state = ApiState::Paused
+                })
+            })
+        };
+        // The change is visible to the data plane while its write waits: the map's lock is
+        // free (try_read, so a lock held across the write fails here instead of hanging).
+        let id = SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let paused = r
+                .inner
+                .try_read()
+                .ok()
+                .is_some_and(|m| m[&id].state == ApiState::Paused);
+            if paused {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the map stayed locked"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        drop(held);
+        assert!(writer.join().unwrap());
+        let again = Records::open(dir.path().join("sandboxes.json")).unwrap();
+        assert_eq!(
+            again.all()[0].state,
+            ApiState::Paused,
+            "and it reached the disk"
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod filesystem;
 mod http;
 mod identity;
 pub mod interpreter;
+pub mod launch;
 mod paths;
 mod process;
 mod server;

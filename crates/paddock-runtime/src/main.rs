@@ -1,11 +1,13 @@
 //! `paddock-runtime`: the agent inside every Paddock sandbox.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use paddock_runtime::{Runtime, RuntimeOptions};
+use paddock_runtime::{Runtime, RuntimeOptions, launch};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,17 +58,62 @@ struct Args {
     /// Log filter, e.g. `info` or `paddock_runtime=debug`.
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
+    /// Copy this binary to DIR/paddock-runtime and exit (an injection init container).
+    #[arg(long, value_name = "DIR", exclusive = true)]
+    install_to: Option<PathBuf>,
+    /// Start in the background (a new session, output to --log-file) and exit 0 once serving
+    /// on --listen (a `postStart` hook); exit non-zero if the runtime fails to start.
+    #[arg(long)]
+    detach: bool,
+    /// Where a detached runtime writes its log (the child gets every argument but --detach,
+    /// so these two are accepted without it).
+    #[arg(long, default_value = "/tmp/paddock-runtime.log")]
+    log_file: PathBuf,
+    /// How long --detach waits for the runtime to listen.
+    #[arg(long, default_value_t = 30)]
+    detach_wait_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Both run before any thread exists: `--detach` re-executes this binary.
+    if let Some(dir) = &args.install_to {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let dest = launch::install(&exe, dir)?;
+        println!("{}", dest.display());
+        return Ok(());
+    }
+    if args.detach {
+        let exe = std::env::current_exe().context("locating this binary")?;
+        let child_args: Vec<OsString> = std::env::args_os()
+            .skip(1)
+            .filter(|a| a != "--detach")
+            .collect();
+        let pid = launch::detach(
+            &exe,
+            &child_args,
+            &args.log_file,
+            args.listen,
+            Duration::from_secs(args.detach_wait_secs),
+        )?;
+        println!("{pid}");
+        return Ok(());
+    }
+    launch::become_session_leader();
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(serve(args))
+}
+
+async fn serve(args: Args) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
         )
         .with_writer(std::io::stderr)
         .init();
+
+    raise_file_limit();
 
     let opts = RuntimeOptions {
         access_token: args.access_token,
@@ -125,4 +172,21 @@ async fn main() -> anyhow::Result<()> {
     };
     tokio::try_join!(envd, interpreter)?;
     Ok(())
+}
+
+/// Raises the soft open-file limit to the hard one. Sandboxes start with the conventional soft
+/// limit of 1024, which a runtime serving many connections, watches and processes can
+/// exhaust; the hard limit is the real bound (the sandbox's own processes may raise their soft
+/// limit to it just the same, so this grants nothing new).
+fn raise_file_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current != lim.maximum {
+        let before = lim.current;
+        lim.current = lim.maximum;
+        match setrlimit(Resource::Nofile, lim) {
+            Ok(()) => tracing::debug!(?before, now = ?lim.current, "raised the open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
+    }
 }

@@ -53,6 +53,10 @@ pub struct ControllerArgs {
     /// asked from the API server (SelfSubjectReview) when absent.
     #[arg(long, env = "SANDBOX_CONTROLLER_USERNAME")]
     controller_username: Option<String>,
+    /// Image whose entrypoint is `paddock-runtime`, used to inject the runtime into sandboxes
+    /// with `runtimes: [{name: agent-runtime}]` (built by hack/images).
+    #[arg(long, default_value = paddock_controller::desired::inject::DEFAULT_RUNTIME_IMAGE)]
+    runtime_image: String,
 }
 
 pub fn crds(args: CrdsArgs) -> anyhow::Result<()> {
@@ -114,6 +118,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
                 args.leader_elect_namespace,
             )),
         controller_username: args.controller_username,
+        runtime_image: args.runtime_image,
     };
     paddock_controller::run(config).await?;
     Ok(())

@@ -12,7 +12,7 @@ use axum::response::IntoResponse;
 use clap::{Parser, Subcommand};
 use paddock_embedded::{EmbeddedConfig, EmbeddedInfra};
 use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
-use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable};
+use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable, admin_key};
 use tower::ServiceExt;
 
 mod kubernetes;
@@ -79,9 +79,14 @@ struct UpArgs {
     /// Domain for host-routed data-plane traffic (`<port>-<id>.<domain>`).
     #[arg(long, default_value = "localhost")]
     domain: String,
-    /// The admin API key; generated (and kept in the data dir) when absent.
+    /// The admin API key; generated (and kept in the data dir, mode 0600) when absent.
+    /// Prefer `PADDOCK_ADMIN_API_KEY` or `--admin-api-key-file`: argv is visible to every user
+    /// of the host.
     #[arg(long, env = "PADDOCK_ADMIN_API_KEY", hide_env_values = true)]
     admin_api_key: Option<String>,
+    /// A file holding the admin API key.
+    #[arg(long, conflicts_with = "admin_api_key")]
+    admin_api_key_file: Option<PathBuf>,
     /// The static runtime injected into sandboxes.
     #[arg(long, env = "PADDOCK_RUNTIME_BIN")]
     runtime: Option<PathBuf>,
@@ -194,23 +199,12 @@ async fn template(cmd: TemplateCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn admin_key(args: &UpArgs) -> anyhow::Result<String> {
-    if let Some(k) = args.admin_api_key.clone().filter(|k| !k.is_empty()) {
-        return Ok(k);
-    }
-    let path = args.data_dir.join("admin-api-key");
-    if let Ok(k) = std::fs::read_to_string(&path) {
-        return Ok(k.trim().to_string());
-    }
-    let mut buf = [0u8; 20];
-    getrandom::fill(&mut buf).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
-    let key = format!(
-        "e2b_{}",
-        buf.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    );
-    std::fs::create_dir_all(&args.data_dir)?;
-    std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
-    Ok(key)
+fn admin_key(args: &UpArgs) -> anyhow::Result<(String, admin_key::Source)> {
+    Ok(admin_key::resolve(
+        args.admin_api_key.as_deref(),
+        args.admin_api_key_file.as_deref(),
+        &args.data_dir,
+    )?)
 }
 
 fn runtime_binary(args: &UpArgs) -> anyhow::Result<PathBuf> {
@@ -238,7 +232,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // Sandbox roots live below the data dir: host users must not reach them (security review H1).
     paddock_embedded::private_dir::create_private_dir(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let key = admin_key(&args)?;
+    let (key, key_source) = admin_key(&args)?;
     let runtime = runtime_binary(&args)?;
     anyhow::ensure!(
         runtime.is_file(),
@@ -323,7 +317,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     println!("Paddock is up. Point the E2B SDKs at it:");
     println!("export E2B_API_URL={url}");
     println!("export E2B_SANDBOX_URL={url}");
-    println!("export E2B_API_KEY={key}");
+    // The key itself is shown only when it was just generated: anyone who can read this
+    // output (logs, a terminal recording) would hold the admin key (audit H2).
+    match &key_source {
+        admin_key::Source::Generated(path) => {
+            println!("export E2B_API_KEY={key}");
+            println!("# a new admin API key, kept in {}", path.display());
+        }
+        admin_key::Source::File(path) => {
+            println!("export E2B_API_KEY=$(cat {})", path.display());
+        }
+        admin_key::Source::Given => {
+            println!("# E2B_API_KEY: the admin API key you gave Paddock");
+        }
+    }
     use axum::serve::ListenerExt;
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

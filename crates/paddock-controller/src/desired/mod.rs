@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod claim;
 pub mod duration;
+pub mod inject;
 pub mod pool;
 pub mod revision;
 pub mod sandbox;

@@ -1,0 +1,264 @@
+//! `POST /sandboxes` (v1) and `POST /v2/sandboxes`: claim or create a sandbox, hand it its
+//! configuration through `/init`, record it. With `Idempotency-Key`, a retried create gets
+//! the first answer.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use paddock_infra::{CreateSandbox, Infra};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::extract::{Caller, RawBody, parse_json};
+use super::{ApiResult, M};
+use crate::Manager;
+use crate::error::ApiError;
+use crate::keys::random_hex;
+use crate::records::{ApiState, OnTimeout, SandboxRecord};
+
+/// Default timeout of a v1 create, seconds.
+const V1_DEFAULT_TIMEOUT: u64 = 15;
+/// Default timeout of a v2 create, seconds.
+const V2_DEFAULT_TIMEOUT: u64 = 300;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct NewSandbox {
+    #[serde(rename = "templateID")]
+    template_id: Option<String>,
+    timeout: Option<i64>,
+    auto_pause: Option<bool>,
+    auto_resume: Option<AutoResume>,
+    #[serde(rename = "allow_internet_access")]
+    allow_internet_access: Option<bool>,
+    pub(super) metadata: Option<BTreeMap<String, String>>,
+    pub(super) env_vars: Option<BTreeMap<String, String>>,
+    // `secure` is not read: every sandbox gets an access token, which is what `secure: true`
+    // asks for; serde skips the field like any other unknown one.
+    network: Option<NetworkConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkConfig {
+    allow_public_traffic: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct AutoResume {
+    #[serde(default)]
+    enabled: bool,
+}
+
+pub async fn create_v1<I: Infra>(
+    m: M<I>,
+    caller: Caller,
+    headers: http::HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult {
+    create_idempotent(m, caller, headers, body, V1_DEFAULT_TIMEOUT).await
+}
+
+pub async fn create_v2<I: Infra>(
+    m: M<I>,
+    caller: Caller,
+    headers: http::HeaderMap,
+    RawBody(body): RawBody,
+) -> ApiResult {
+    create_idempotent(m, caller, headers, body, V2_DEFAULT_TIMEOUT).await
+}
+
+/// The `Idempotency-Key` header, checked.
+fn idempotency_key(headers: &http::HeaderMap) -> ApiResult<Option<String>> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let k = v
+        .to_str()
+        .map_err(|_| ApiError::bad_request("Idempotency-Key must be ASCII"))?;
+    crate::idempotency::validate(k)?;
+    Ok(Some(k.to_string()))
+}
+
+async fn create_idempotent<I: Infra>(
+    State(m): M<I>,
+    caller: Caller,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+    default_timeout: u64,
+) -> ApiResult {
+    let b: NewSandbox = parse_json(&body)?;
+    super::validate::new_sandbox(&b)?;
+    let idem_key = idempotency_key(&headers)?;
+    // The create runs in its own task: a client that disconnects halfway
+    // must not cancel it between "sandbox claimed" and "sandbox recorded",
+    // which would leave a sandbox running that nothing tracks. Once
+    // recorded, the sandbox's timeout reaps it if nobody ever uses it.
+    let task = tokio::spawn(async move {
+        match idem_key {
+            None => create(&m, &caller, b, default_timeout).await,
+            Some(k) => {
+                // The route is part of the request: v1 and v2 defaults differ.
+                let mut fingerprint = default_timeout.to_be_bytes().to_vec();
+                fingerprint.extend_from_slice(&body);
+                m.idempotency
+                    .run(caller.team.name(), &k, &fingerprint, || {
+                        create(&m, &caller, b, default_timeout)
+                    })
+                    .await
+            }
+        }
+    });
+    let (status, json) = task
+        .await
+        .map_err(|e| ApiError::internal("the create task failed", e))??;
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::CREATED);
+    Ok((status, Json(json)).into_response())
+}
+
+/// A requested timeout (or `default`), checked against the manager's maximum.
+pub(super) fn timeout_secs(
+    cfg: &crate::ManagerConfig,
+    requested: Option<i64>,
+    default: u64,
+) -> ApiResult<Duration> {
+    let t = requested.unwrap_or(default as i64);
+    if t <= 0 {
+        return Err(ApiError::bad_request("timeout must be greater than 0"));
+    }
+    if t as u64 > cfg.max_timeout_secs {
+        return Err(ApiError::bad_request(format!(
+            "timeout {t}s exceeds the maximum of {}s",
+            cfg.max_timeout_secs
+        )));
+    }
+    Ok(Duration::from_secs(t as u64))
+}
+
+async fn create<I: Infra>(
+    m: &Manager<I>,
+    caller: &Caller,
+    b: NewSandbox,
+    default_timeout: u64,
+) -> ApiResult<(u16, Value)> {
+    let team = &caller.team;
+    let template = b
+        .template_id
+        .clone()
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| "base".into());
+    let timeout = timeout_secs(&m.config, b.timeout, default_timeout)?;
+    let templates = m.infra.templates().await?;
+    let Some(tpl) = templates.iter().find(|t| t.name == template) else {
+        return Err(ApiError::not_found(format!(
+            "template '{template}' not found: GET /templates lists the templates"
+        )));
+    };
+    let quota = caller.key.as_ref().map(|k| k.quota).unwrap_or_default();
+    let wanted = crate::quota::Usage {
+        sandboxes: 1,
+        cpu: tpl.limits.cpu_millis.div_ceil(1000),
+        memory_mb: tpl.limits.memory_bytes >> 20,
+    };
+    let _reservation = m.reservations.reserve(
+        &quota,
+        team.name(),
+        || m.records.usage_of(team.name()),
+        wanted,
+    )?;
+    let allow_internet_access = b.allow_internet_access.unwrap_or(true);
+    let metadata = b.metadata.clone().unwrap_or_default();
+    let started = std::time::Instant::now();
+    // maxClaimWorkers: a burst beyond it queues here instead of all at once.
+    let _worker = m
+        .claim_workers
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal("the manager is shutting down", e))?;
+    let created = m
+        .infra
+        .create(CreateSandbox {
+            template: template.clone(),
+            limits: None,
+            allow_internet_access,
+            metadata: metadata.clone(),
+        })
+        .await;
+    let info = match created {
+        Ok(info) => info,
+        Err(e) => {
+            m.metrics
+                .claims
+                .get_or_create(&crate::metrics::ClaimLabels { source: "failed" })
+                .inc();
+            return Err(e.into());
+        }
+    };
+    let token = random_hex(24);
+    let traffic_token = b
+        .network
+        .as_ref()
+        .and_then(|n| n.allow_public_traffic)
+        .is_some_and(|public| !public)
+        .then(|| random_hex(24));
+    // The runtime learns its env vars and access token through /init.
+    let init = paddock_contract::InitRequest {
+        env_vars: Some(b.env_vars.clone().unwrap_or_default()),
+        access_token: Some(token.clone()),
+        default_user: Some("user".into()),
+        default_workdir: None,
+        timestamp: Some(crate::records::rfc3339(SystemTime::now())),
+    };
+    // A runtime started with a bootstrap token accepts /init only with it.
+    if let Err(e) = m
+        .runtime
+        .init(info.address, &init, info.bootstrap_token.as_deref())
+        .await
+    {
+        if let Err(k) = m.infra.kill(&info.id).await {
+            tracing::warn!(sandbox = %info.id, error = %k, "killing a sandbox whose /init failed");
+        }
+        return Err(ApiError::internal(
+            format!("initialising sandbox {} failed", info.id),
+            e,
+        ));
+    }
+    let now = SystemTime::now();
+    let record = SandboxRecord {
+        id: info.id.clone(),
+        team: team.name().to_string(),
+        template,
+        metadata,
+        started_at: now,
+        end_at: now + timeout,
+        state: ApiState::Running,
+        access_token: token,
+        traffic_token,
+        address: info.address,
+        cpu_count: info.limits.cpu_millis.div_ceil(1000),
+        memory_mb: info.limits.memory_bytes >> 20,
+        disk_mb: info.limits.disk_bytes.map(|d| d >> 20).unwrap_or(0),
+        on_timeout: if b.auto_pause.unwrap_or(false) {
+            OnTimeout::Pause
+        } else {
+            OnTimeout::Kill
+        },
+        auto_resume: b.auto_resume.map(|a| a.enabled).unwrap_or(false),
+        allow_internet_access,
+    };
+    let body = record.sandbox_json(&m.config.envd_version);
+    let source = if info.from_pool { "warm" } else { "cold" };
+    let labels = crate::metrics::ClaimLabels { source };
+    m.metrics.claims.get_or_create(&labels).inc();
+    m.metrics
+        .claim_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    tracing::info!(sandbox = %record.id, team = %record.team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
+    m.records.insert(record);
+    Ok((StatusCode::CREATED.as_u16(), body))
+}

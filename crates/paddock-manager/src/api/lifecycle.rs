@@ -1,0 +1,115 @@
+//! A sandbox's timeout and state: set or extend the timeout, pause, resume/connect.
+
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use paddock_infra::Infra;
+use serde::Deserialize;
+
+use super::create::timeout_secs;
+use super::extract::{Body, OwnedSandbox};
+use super::{ApiResult, M};
+use crate::error::ApiError;
+use crate::records::ApiState;
+
+/// Timeout a connect/resume gives when the body names none, seconds.
+const CONNECT_DEFAULT_TIMEOUT: u64 = 300;
+/// Longest extension one refresh may ask for, seconds.
+const MAX_REFRESH: i64 = 3600;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct TimeoutBody {
+    timeout: Option<i64>,
+}
+
+/// `POST /sandboxes/{id}/timeout`: the sandbox now ends `timeout` seconds from now.
+pub async fn set_timeout<I: Infra>(
+    State(m): M<I>,
+    s: OwnedSandbox,
+    Body(b): Body<TimeoutBody>,
+) -> ApiResult {
+    let t = b
+        .timeout
+        .ok_or_else(|| ApiError::bad_request("timeout is required"))?;
+    if t < 0 {
+        return Err(ApiError::bad_request("timeout must not be negative"));
+    }
+    let t = timeout_secs(&m.config, Some(t.max(1)), 0)?;
+    m.records
+        .update(&s.record.id, |rec| rec.end_at = SystemTime::now() + t);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshBody {
+    duration: Option<i64>,
+}
+
+/// `POST /sandboxes/{id}/refreshes`: the sandbox lives at least `duration` more seconds.
+pub async fn refresh<I: Infra>(
+    State(m): M<I>,
+    s: OwnedSandbox,
+    Body(b): Body<RefreshBody>,
+) -> ApiResult {
+    let d = b.duration.unwrap_or(60);
+    if !(0..=MAX_REFRESH).contains(&d) {
+        return Err(ApiError::bad_request(
+            "duration must be between 0 and 3600 seconds",
+        ));
+    }
+    m.records.update(&s.record.id, |rec| {
+        rec.extend_to(Duration::from_secs(d as u64))
+    });
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /sandboxes/{id}/pause`.
+pub async fn pause<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
+    let r = s.record;
+    if r.state == ApiState::Paused {
+        return Err(ApiError::conflict(format!(
+            "sandbox '{}' is already paused",
+            r.id
+        )));
+    }
+    m.infra.pause(&r.id).await?;
+    m.records.update(&r.id, |rec| rec.state = ApiState::Paused);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectBody {
+    timeout: Option<i64>,
+}
+
+/// `POST /sandboxes/{id}/connect` (and `/resume`, and v2 connect): resumes a paused
+/// sandbox (201) or just extends a running one's timeout (200).
+pub async fn connect<I: Infra>(
+    State(m): M<I>,
+    s: OwnedSandbox,
+    Body(b): Body<ConnectBody>,
+) -> ApiResult {
+    let r = s.record;
+    let timeout = timeout_secs(&m.config, b.timeout, CONNECT_DEFAULT_TIMEOUT)?;
+    let resumed = r.state == ApiState::Paused;
+    if resumed {
+        m.infra.resume(&r.id).await?;
+    }
+    m.records.update(&r.id, |rec| {
+        rec.state = ApiState::Running;
+        rec.extend_to(timeout);
+    });
+    let r = m
+        .records
+        .get(r.id.as_str(), &s.caller.team)
+        .ok_or_else(|| ApiError::sandbox_not_found(r.id.as_str()))?;
+    let status = if resumed {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(r.sandbox_json(&m.config.envd_version))).into_response())
+}
