@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Removes what an interrupted run of the paddock-embedded root tests may leave behind:
 # processes in test cgroups, mounts under /var/tmp/paddock-test*, test bridges (pdktbr*),
-# test veths (pdt*, pdkte*, pdkto*), netns pdktnet* and pdkto*, nft tables paddock_test* (inet and
+# loop devices backed by sandbox disk images there, test veths (pdt*, pdkte*, pdkto*), netns pdktnet* and pdkto*, nft tables paddock_test* (inet and
 # bridge), cgroups paddock-test*. Touches nothing else.
 set -uo pipefail
 mem_own=$(awk -F: '$2=="memory"{print $3}' /proc/self/cgroup)
@@ -21,6 +21,12 @@ done
 awk '$5 ~ "^/var/tmp/paddock-test" {print $5}' /proc/self/mountinfo | sort -r | while read -r m; do
   umount -l "$m" 2>/dev/null
 done
+# Sandbox disk images' loop devices clear themselves on the last unmount; a device whose
+# mount was never made (a crash between losetup and mount) does not.
+losetup -nO NAME,BACK-FILE 2>/dev/null | awk '$2 ~ "^/var/tmp/paddock-test" {print $1}' |
+  while read -r dev; do
+    losetup -d "$dev" 2>/dev/null
+  done
 for l in $(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(pdktbr[0-9]+|pdkte[0-9]+a|pdkto[0-9]+a|pdt[0-9a-f]{2}[0-9a-f]{8})$'); do
   ip link del "$l" 2>/dev/null
 done

@@ -192,6 +192,11 @@ def stray_processes(data: pathlib.Path, keep: set[str]) -> list[str]:
             owners.add(m.group(1))
         if owners - keep:
             strays.append(f"{pid} {cmd[:120]!r} of {sorted(owners - keep)}")
-        if "__paddock-container" in cmd and str(data) in cmd:
+        if "__paddock-container relay " in cmd and str(data) in cmd:
+            # A sandbox's log relay lives as long as its sandbox, in the sandbox's cgroup (so a
+            # relay of a sandbox that is gone is caught above); outside any, it has leaked.
+            if not owners:
+                strays.append(f"{pid} {cmd[:120]!r}: a log relay outside any sandbox's cgroup")
+        elif "__paddock-container" in cmd and str(data) in cmd:
             strays.append(f"{pid} {cmd[:120]!r}: a container helper outlived its paddock")
     return strays

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::disk::DiskBackend;
 use crate::network::NetConfig;
 use crate::template::TemplateSpec;
 
@@ -15,6 +16,8 @@ pub const TEMPLATE_CACHE_ENV: &str = "PADDOCK_TEMPLATE_CACHE";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/paddock";
 /// Default init binary, from Debian's `tini` package.
 pub const DEFAULT_INIT: &str = "/usr/bin/tini-static";
+/// Disk limit of a sandbox whose template and request set none (security review H5).
+pub const DEFAULT_DISK_BYTES: u64 = 2 << 30;
 /// Cold creations per second by default: the install guide's chart value of `maxCreateQPS`.
 pub const DEFAULT_MAX_CREATE_QPS: f64 = 200.0;
 
@@ -43,6 +46,11 @@ pub struct EmbeddedConfig {
     pub templates: Vec<TemplateSpec>,
     /// How long a new sandbox may take to answer `/health`.
     pub ready_timeout: Duration,
+    /// Disk limit given to every template (and request) that sets none: no sandbox runs
+    /// without one (security review H5).
+    pub default_disk_bytes: u64,
+    /// How disk limits are enforced.
+    pub disk_backend: DiskBackend,
     /// Size of each sandbox's `/tmp` tmpfs (counts against its memory limit).
     pub tmp_bytes: u64,
     /// Host file bind-mounted as the sandboxes' `/etc/resolv.conf`.
@@ -52,6 +60,18 @@ pub struct EmbeddedConfig {
 }
 
 impl EmbeddedConfig {
+    /// The templates offered, each with a disk limit: the template's own, else
+    /// [`Self::default_disk_bytes`].
+    pub fn templates_with_disk_limits(&self) -> Vec<TemplateSpec> {
+        let mut t = self.templates.clone();
+        for spec in &mut t {
+            spec.limits
+                .disk_bytes
+                .get_or_insert(self.default_disk_bytes);
+        }
+        t
+    }
+
     /// Defaults, with the data dir and template cache taken from the environment when set.
     pub fn from_env(runtime_binary: PathBuf) -> Self {
         let data_dir: PathBuf = std::env::var_os(DATA_DIR_ENV)
@@ -71,9 +91,42 @@ impl EmbeddedConfig {
             cgroup_parent: "paddock".into(),
             templates: vec![TemplateSpec::base(), TemplateSpec::code_interpreter()],
             ready_timeout: Duration::from_secs(30),
+            default_disk_bytes: DEFAULT_DISK_BYTES,
+            disk_backend: DiskBackend::default(),
             tmp_bytes: 256 << 20,
             resolv_conf: Some("/etc/resolv.conf".into()),
             max_create_qps: DEFAULT_MAX_CREATE_QPS,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Security review H5: every template, built-in or added without one, has a disk limit.
+    #[test]
+    fn every_template_has_a_disk_limit() {
+        let mut cfg = EmbeddedConfig::from_env("/bin/true".into());
+        for t in &cfg.templates {
+            assert!(
+                t.limits.disk_bytes.is_some(),
+                "built-in {} has none",
+                t.name
+            );
+        }
+        let mut bare = TemplateSpec::base();
+        bare.name = "bare".into();
+        bare.limits.disk_bytes = None;
+        cfg.templates.push(bare);
+        cfg.default_disk_bytes = 8 << 20;
+        let t = cfg.templates_with_disk_limits();
+        assert!(t.iter().all(|t| t.limits.disk_bytes.is_some()));
+        assert_eq!(
+            t.iter()
+                .find(|t| t.name == "bare")
+                .map(|t| t.limits.disk_bytes),
+            Some(Some(8 << 20))
+        );
     }
 }

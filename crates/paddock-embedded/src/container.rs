@@ -93,11 +93,12 @@ pub fn run_helper_if_requested() -> Option<i32> {
     let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let r: Result<i32, ContainerError> = match a.as_slice() {
         ["create", root, id, bundle, log] => {
-            create_here(Path::new(root), id, Path::new(bundle), Path::new(log)).map(|pid| {
-                println!("{pid}");
+            create_here(Path::new(root), id, Path::new(bundle), Path::new(log)).map(|c| {
+                println!("{} {}", c.init_pid, c.relay_pid);
                 0
             })
         }
+        [crate::logrelay::RELAY_CMD, log] => Ok(crate::logrelay::run(Path::new(log))),
         ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
             let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
@@ -135,16 +136,27 @@ fn helper_failed(id: &str, op: &'static str, out: &std::process::Output) -> Cont
     }
 }
 
+/// What [`create`] made.
+#[derive(Debug, Clone, Copy)]
+pub struct Created {
+    /// The container's init (blocked until [`start`]).
+    pub init_pid: i32,
+    /// The [`crate::logrelay`] process draining the init's output; belongs in the sandbox's
+    /// cgroup.
+    pub relay_pid: i32,
+}
+
 /// Creates the container from the bundle (with `config.json`) in the helper and returns its
-/// init pid. The init waits for [`start`]; its output goes to `log`. The init is not our
-/// child (the helper exits), so watch it through `/proc`.
+/// init pid. The init waits for [`start`]; its output goes through a pipe to a log relay that
+/// keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`. The init is not our child
+/// (the helper exits), so watch it through `/proc`.
 pub fn create(
     helper_bin: &Path,
     state_root: &Path,
     id: &str,
     bundle: &Path,
     log: &Path,
-) -> Result<i32, ContainerError> {
+) -> Result<Created, ContainerError> {
     let out = helper(
         helper_bin,
         id,
@@ -159,10 +171,15 @@ pub fn create(
     if !out.status.success() {
         return Err(helper_failed(id, "create", &out));
     }
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| helper_failed(id, "create (no pid)", &out))
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut pids = text.split_whitespace().map(str::parse::<i32>);
+    match (pids.next(), pids.next()) {
+        (Some(Ok(init_pid)), Some(Ok(relay_pid))) => Ok(Created {
+            init_pid,
+            relay_pid,
+        }),
+        _ => Err(helper_failed(id, "create (no pids)", &out)),
+    }
 }
 
 /// Lets a created container's init exec (in the helper).
@@ -209,14 +226,16 @@ fn create_here(
     id: &str,
     bundle: &Path,
     log: &Path,
-) -> Result<i32, ContainerError> {
+) -> Result<Created, ContainerError> {
     std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io(id, "open log"))?;
-    let err = out.try_clone().map_err(io(id, "open log"))?;
+    // A pipe, not the log file itself: sandbox root can write to `/proc/1/fd/1`, and a host
+    // file would grow without bound (security review H5). Close-on-exec, so only the init's
+    // stdout/stderr (dup'ed by libcontainer) and the relay's stdin keep the ends open.
+    let (read_end, out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| io(id, "log pipe")(e.into()))?;
+    let relay_pid = crate::logrelay::spawn(read_end, log).map_err(io(id, "start log relay"))?;
+    let out = std::fs::File::from(out);
+    let err = out.try_clone().map_err(io(id, "log pipe"))?;
     let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
     let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(state_root)
@@ -235,8 +254,11 @@ fn create_here(
         .as_sibling(false)
         .build()
         .map_err(rt(id, "create"))?;
-    let pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
-    Ok(pid)
+    let init_pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    Ok(Created {
+        init_pid,
+        relay_pid,
+    })
 }
 
 fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {

@@ -10,9 +10,11 @@
 
 pub mod config;
 pub mod container;
+pub mod disk;
 pub mod firewall;
 mod infra;
 pub mod instance_lock;
+pub mod logrelay;
 mod logs;
 pub mod mounts;
 pub mod network;

@@ -93,7 +93,10 @@ impl TemplateSpec {
                 .map(String::from)
                 .to_vec(),
             },
-            limits: Limits::default(),
+            limits: Limits {
+                disk_bytes: Some(crate::config::DEFAULT_DISK_BYTES),
+                ..Limits::default()
+            },
             env: BTreeMap::new(),
             user: None,
             pool_size: 2,

@@ -176,6 +176,41 @@ async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest()
                 .memory_bytes
                 > 0
         );
+        // The log relays outlived the crash (security review H5): an adopted sandbox's output
+        // still reaches its log, and the log stays within its cap.
+        let marker = "written-after-the-crash";
+        let flood =
+            format!("yes flood | head -c 10485760 > /proc/1/fd/1 && echo {marker} > /proc/1/fd/1");
+        let out = infra
+            .exec(&ready[1].0, &["/bin/sh", "-c", &flood])
+            .await
+            .expect("exec adopted");
+        assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !infra
+            .logs(&ready[1].0)
+            .await
+            .expect("logs")
+            .iter()
+            .any(|l| l.message.contains(marker))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "output written after the crash never reached the log"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let dir = env.dir.path().join("sandboxes").join(ready[1].0.as_str());
+        let log = dir.join("runtime.log");
+        let on_host: u64 = [log.clone(), paddock_embedded::logrelay::rotated(&log)]
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum();
+        assert!(
+            on_host <= paddock_embedded::logrelay::LOG_CAP_BYTES,
+            "{on_host} bytes of log on the host"
+        );
         // The half-made one is gone.
         let leaks = env.leaks().await;
         assert!(!leaks.iter().any(|l| l.contains(half)), "{leaks:?}");

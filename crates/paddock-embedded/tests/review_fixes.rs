@@ -1,5 +1,6 @@
 //! Root-only tests of the security review's embedded findings
-//! (/work/shared/research/security-audit.md): M2 (stale routes) and M4 (pool tokens).
+//! (/work/shared/research/security-audit.md): H5 (filling the host disk), M2 (stale routes)
+//! and M4 (pool tokens).
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use paddock_contract::InitRequest;
 use paddock_contract::client::{InitError, RuntimeClient};
 use paddock_embedded::EmbeddedInfra;
-use paddock_infra::{CreateSandbox, Infra, InfraError, SandboxState};
+use paddock_infra::{CreateSandbox, Infra, InfraError, Limits, SandboxState};
 
 fn req() -> CreateSandbox {
     CreateSandbox {
@@ -160,5 +161,215 @@ async fn pooled_runtimes_need_their_bootstrap_token_until_the_claim_rotates_it()
             .expect("the issued token works");
         infra.kill(&claimed.id).await.expect("kill");
     })
+    .await;
+}
+
+/// Host disk used under `dir`, in bytes, without crossing into other file systems (the
+/// sandboxes' overlay roots and disk mounts): what a sandbox could make the host store.
+fn host_bytes_under(dir: &std::path::Path) -> u64 {
+    let out = std::process::Command::new("du")
+        .args(["-sx", "--block-size=1"])
+        .arg(dir)
+        .output()
+        .expect("du");
+    assert!(
+        out.status.success(),
+        "du: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("du output")
+}
+
+fn limits_with_disk(bytes: Option<u64>) -> Limits {
+    Limits {
+        disk_bytes: bytes,
+        ..Limits::default()
+    }
+}
+
+/// Security review H5 (filling the host disk): a sandbox whose template and request set no
+/// disk limit still gets one (the configured default, 2 GiB here), so its root file system is
+/// not the host's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_never_runs_without_a_disk_limit() {
+    let tune = |cfg: &mut paddock_embedded::EmbeddedConfig| {
+        for t in &mut cfg.templates {
+            t.limits.disk_bytes = None;
+        }
+    };
+    with_tuned_infra(2, tune, |infra, env| async move {
+        for limits in [None, Some(limits_with_disk(None))] {
+            let s = infra
+                .create(CreateSandbox { limits, ..req() })
+                .await
+                .expect("create");
+            let out = infra
+                .exec(&s.id, &["/bin/df", "-B1", "--output=size", "/"])
+                .await
+                .expect("df");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let size: u64 = text
+                .lines()
+                .last()
+                .and_then(|l| l.trim().parse().ok())
+                .unwrap_or_else(|| panic!("df: {text} {}", String::from_utf8_lossy(&out.stderr)));
+            assert!(
+                size <= 2 << 30,
+                "the root file system has {size} bytes: no disk limit"
+            );
+            infra.kill(&s.id).await.expect("kill");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
+/// Security review H5: a disk limit that cannot be put in place fails the create with an error
+/// naming the limit (here one far past what a file on the host can hold), instead of the
+/// sandbox running with a limit that is not enforced; and nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_limit_that_cannot_be_enforced_fails_the_create() {
+    with_tuned_infra(
+        3,
+        |_| {},
+        |infra, env| async move {
+            let huge = 1u64 << 60;
+            let r = infra
+                .create(CreateSandbox {
+                    limits: Some(limits_with_disk(Some(huge))),
+                    ..req()
+                })
+                .await;
+            match r {
+                Err(e) => assert!(e.to_string().contains(&huge.to_string()), "{e}"),
+                Ok(s) => panic!(
+                    "{} runs with an unenforceable disk limit of {huge} bytes",
+                    s.id
+                ),
+            }
+            assert!(infra.list().await.expect("list").is_empty());
+            assert_eq!(env.leaks().await, Vec::<String>::new());
+        },
+    )
+    .await;
+}
+
+/// Security review H5: with an 8 MiB disk limit, sandbox root writing 100 MiB to the init's
+/// stdout and 100 MiB to its stderr (`/proc/1/fd/1` and `/proc/1/fd/2`) grows the host's data
+/// dir by less than the 2 MiB log cap (plus 1 MiB of slack for the store), and the logs still
+/// show the runtime's lines written after the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inits_output_cannot_fill_the_host_disk() {
+    with_tuned_infra(
+        4,
+        |_| {},
+        |infra, env| async move {
+            let s = infra
+                .create(CreateSandbox {
+                    limits: Some(limits_with_disk(Some(8 << 20))),
+                    ..req()
+                })
+                .await
+                .expect("create");
+            let before = host_bytes_under(env.dir.path());
+            let flood = "yes 'stdout flood' | head -c 104857600 > /proc/1/fd/1 && \
+                     yes 'stderr flood' | head -c 104857600 > /proc/1/fd/2";
+            let out = infra
+                .exec(&s.id, &["/bin/sh", "-c", flood])
+                .await
+                .expect("exec");
+            assert_eq!(out.code, 0, "{}", String::from_utf8_lossy(&out.stderr));
+            // Make the runtime log a line after the flood: an authorised `/init`.
+            let token = s.bootstrap_token.clone().expect("bootstrap token");
+            let init = InitRequest {
+                access_token: Some(token.clone()),
+                ..Default::default()
+            };
+            RuntimeClient::new()
+                .init(s.address, &init, Some(&token))
+                .await
+                .expect("init");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let lines = infra.logs(&s.id).await.expect("logs");
+                if lines.iter().any(|l| l.message.contains("applied /init")) {
+                    assert!(
+                        lines.iter().any(|l| l.message.contains("flood")),
+                        "the flood's tail is in the log too"
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the runtime's line after the flood is not in the logs; last: {:?}",
+                    lines.last()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let grown = host_bytes_under(env.dir.path()).saturating_sub(before);
+            assert!(
+                grown < (2 << 20) + (1 << 20),
+                "the data dir grew by {grown} bytes after 200 MiB written to the init's output"
+            );
+            infra.kill(&s.id).await.expect("kill");
+            assert_eq!(env.leaks().await, Vec::<String>::new());
+        },
+    )
+    .await;
+}
+
+/// Security review H5: an upload through the runtime's `/files` larger than the sandbox's disk
+/// limit is refused with envd's error body, and leaves no partial file: 413 from the runtime's
+/// upload cap, which the infra sets to the disk limit (507 when the disk fills first).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_past_the_disk_limit_is_refused_and_leaves_nothing() {
+    with_tuned_infra(
+        5,
+        |_| {},
+        |infra, env| async move {
+            let s = infra
+                .create(CreateSandbox {
+                    limits: Some(limits_with_disk(Some(8 << 20))),
+                    ..req()
+                })
+                .await
+                .expect("create");
+            let token = s.bootstrap_token.clone().expect("bootstrap token");
+            // From inside, to the sandbox's own runtime: the host has no HTTP client here.
+            let upload = format!(
+                "head -c 16777216 /dev/urandom > /tmp/big && \
+             curl -s -o /tmp/resp -w '%{{http_code}}' -H 'X-Access-Token: {token}' \
+               -H 'Content-Type: application/octet-stream' --data-binary @/tmp/big \
+               'http://{addr}/files?path=/root/big&username=root'; echo; cat /tmp/resp; echo; \
+             if test -e /root/big; then echo PARTIAL; fi",
+                addr = s.address
+            );
+            let out = infra
+                .exec(&s.id, &["/bin/sh", "-c", &upload])
+                .await
+                .expect("exec");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let mut lines = text.lines();
+            let status = lines.next().unwrap_or_default();
+            assert!(matches!(status, "413" | "507"), "{text}");
+            let body: serde_json::Value =
+                serde_json::from_str(lines.next().unwrap_or_default()).expect("JSON error body");
+            assert_eq!(body["code"].to_string(), status, "{body}");
+            assert!(
+                body["message"].as_str().is_some_and(|m| !m.is_empty()),
+                "{body}"
+            );
+            assert!(
+                !text.contains("PARTIAL"),
+                "a partial upload was left behind: {text}"
+            );
+            infra.kill(&s.id).await.expect("kill");
+            assert_eq!(env.leaks().await, Vec::<String>::new());
+        },
+    )
     .await;
 }

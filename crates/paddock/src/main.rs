@@ -102,6 +102,14 @@ struct UpArgs {
     /// Cold sandbox creations per second (pool refills included); 0 = unlimited.
     #[arg(long, default_value_t = paddock_embedded::config::DEFAULT_MAX_CREATE_QPS)]
     max_create_qps: f64,
+    /// Disk limit of every sandbox whose request sets none, MiB (the built-in templates take
+    /// it as theirs).
+    #[arg(long, default_value_t = paddock_embedded::config::DEFAULT_DISK_BYTES >> 20)]
+    default_disk_mb: u64,
+    /// How disk limits are enforced: `image` (a sparse ext4 image on a loop device) or
+    /// `tmpfs` (counts against the sandbox's memory limit).
+    #[arg(long, default_value = "image")]
+    disk_backend: paddock_embedded::disk::DiskBackend,
     /// Gateway circuit breaker: open connections to sandboxes.
     #[arg(long, default_value_t = Thresholds::default().max_connections)]
     gateway_max_connections: usize,
@@ -357,8 +365,11 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfi
     if std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV).is_none() {
         cfg.template_cache = args.data_dir.join("templates");
     }
+    cfg.default_disk_bytes = args.default_disk_mb << 20;
+    cfg.disk_backend = args.disk_backend;
     for t in &mut cfg.templates {
         t.pool_size = args.pool_size;
+        t.limits.disk_bytes = Some(cfg.default_disk_bytes);
     }
     cfg.max_create_qps = args.max_create_qps;
     Ok(cfg)

@@ -13,7 +13,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::state::Entry;
 use super::{EmbeddedInfra, blocking, cgroup_limits, internal, now_ms, template_err};
 use crate::store::SandboxRecord;
-use crate::{container, mounts, network, proc, spec};
+use crate::{container, disk, mounts, network, proc, spec};
 
 /// A fresh id: 20 characters of `[a-z0-9]` from the kernel's random pool.
 pub(super) fn new_id() -> InfraResult<SandboxId> {
@@ -28,6 +28,8 @@ pub(super) fn new_id() -> InfraResult<SandboxId> {
 
 /// The runtime's environment variable for the access token it requires at start.
 const RUNTIME_TOKEN_ENV: &str = "PADDOCK_RUNTIME_ACCESS_TOKEN";
+/// The runtime's environment variable for the largest upload it accepts.
+const RUNTIME_MAX_UPLOAD_ENV: &str = "PADDOCK_RUNTIME_MAX_UPLOAD_BYTES";
 
 fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
     let mut bytes = [0u8; N];
@@ -54,9 +56,20 @@ impl EmbeddedInfra {
             .get(&req.template)
             .map_err(template_err)?
             .clone();
-        let limits = req.limits.clone().unwrap_or_else(|| tspec.limits.clone());
+        let mut limits = req.limits.clone().unwrap_or_else(|| tspec.limits.clone());
+        // No sandbox runs without a disk limit (security review H5).
+        limits
+            .disk_bytes
+            .get_or_insert(self.inner.cfg.default_disk_bytes);
         limits.validate()?;
-        if let Some(mut rec) = self.claim(&req.template) {
+        // A pool member's disk was made with the template's limit and cannot be resized, so
+        // a request for another limit is created cold.
+        let claim = if limits.disk_bytes == tspec.limits.disk_bytes {
+            self.claim(&req.template)
+        } else {
+            None
+        };
+        if let Some(mut rec) = claim {
             self.inner.pool_wakeup.notify_one();
             let span = info_span!("sandbox_claim", id = %rec.id, template = %req.template);
             let _g = span.enter();
@@ -185,13 +198,17 @@ impl EmbeddedInfra {
         if let Some(token) = &rec.bootstrap_token {
             env.insert(RUNTIME_TOKEN_ENV.to_owned(), token.clone());
         }
+        // No upload can be larger than the disk it goes to: the runtime refuses one past the
+        // limit up front (413) instead of filling the disk first (security review H5).
+        if let Some(bytes) = rec.limits.disk_bytes {
+            env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
+        }
         let pid = blocking(move || -> InfraResult<i32> {
-            if let Some(bytes) = limits.disk_bytes {
-                // The data dir's file system (ext4 here) has no per-directory quota, so a disk
-                // limit puts the writable layer on a tmpfs of that size. Its pages are charged
-                // to the sandbox's memory cgroup as well.
-                mounts::mount_tmpfs(&paths.disk(), bytes).map_err(internal)?;
-            }
+            // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
+            // enforced fails the create rather than being ignored (security review H5).
+            let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);
+            disk::mount_limited(&paths.disk(), &paths.disk_image(), bytes, cfg.disk_backend)
+                .map_err(internal)?;
             for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
                 std::fs::create_dir_all(&d).map_err(internal)?;
             }
@@ -212,14 +229,18 @@ impl EmbeddedInfra {
                 tmp_bytes: cfg.tmp_bytes,
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
-            container::create(
+            let created = container::create(
                 &cfg.helper_binary,
                 &state_root,
                 id.as_str(),
                 &paths.bundle(),
                 &paths.log(),
             )
-            .map_err(internal)
+            .map_err(internal)?;
+            // The relay goes with the sandbox: killed by its teardown, charged to its memory,
+            // and out of Paddock's own cgroup, so a Paddock restart does not end it.
+            cg.add_process(created.relay_pid).map_err(internal)?;
+            Ok(created.init_pid)
         })
         .await??;
         rec.init_pid = pid;

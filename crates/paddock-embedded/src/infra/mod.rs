@@ -116,7 +116,8 @@ impl EmbeddedInfra {
         network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
             .await
             .map_err(internal)?;
-        let templates = Templates::new(cfg.template_cache.clone(), cfg.templates.clone());
+        let templates =
+            Templates::new(cfg.template_cache.clone(), cfg.templates_with_disk_limits());
         let max_create_qps = cfg.max_create_qps;
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let infra = Self {

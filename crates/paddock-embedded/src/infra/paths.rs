@@ -16,9 +16,13 @@ impl Paths {
             dir: data.join("sandboxes").join(id.as_str()),
         }
     }
-    /// Holds the writable layer; a size-limited tmpfs when the sandbox has a disk limit.
+    /// Holds the writable layer: a file system as big as the sandbox's disk limit.
     pub(super) fn disk(&self) -> PathBuf {
         self.dir.join("disk")
+    }
+    /// The image file behind [`Self::disk`] with the image disk backend.
+    pub(super) fn disk_image(&self) -> PathBuf {
+        self.dir.join("disk.img")
     }
     pub(super) fn upper(&self) -> PathBuf {
         self.disk().join("upper")

@@ -4,7 +4,7 @@ use paddock_infra::{InfraResult, LifecycleEvent, SandboxId, SandboxState};
 use tracing::{Instrument, info_span, warn};
 
 use super::{EmbeddedInfra, blocking, internal};
-use crate::{container, mounts, network};
+use crate::{container, disk, mounts, network};
 
 impl EmbeddedInfra {
     /// Releases everything of sandbox `id`: processes, mounts, cgroup, veth, address, state
@@ -39,6 +39,11 @@ impl EmbeddedInfra {
             }
             container::forget(&root, idc.as_str());
             mounts::unmount_all_under(&paths.dir).map_err(internal)?;
+            // The disk image's loop device outlives the lazy unmount by a moment.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            for file in disk::release_loops_under(&paths.dir, deadline) {
+                warn!(id = %idc, image = %file.display(), "loop device still attached");
+            }
             match std::fs::remove_dir_all(&paths.dir) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

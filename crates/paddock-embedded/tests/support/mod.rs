@@ -162,6 +162,12 @@ impl Env {
         for m in paddock_embedded::mounts::mounts_under(self.dir.path()) {
             out.push(format!("mount {}", m.display()));
         }
+        for l in paddock_embedded::disk::loops_under(self.dir.path()) {
+            out.push(format!("loop device backed by {}", l.display()));
+        }
+        for p in relays_under(self.dir.path()) {
+            out.push(format!("log relay {p}"));
+        }
         let h = paddock_cgroups::Hierarchy::detect(&self.cfg.cgroup_parent).expect("cgroups");
         for c in h.list().expect("list cgroups") {
             out.push(format!("cgroup {c}"));
@@ -268,4 +274,28 @@ pub async fn sh(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Live log relays (see `paddock_embedded::logrelay`) writing under `dir`: pid and command line.
+pub fn relays_under(dir: &std::path::Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().into_owned();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter_map(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmd
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let is_relay = args.get(1).map(String::as_str)
+                == Some(paddock_embedded::container::HELPER_ARG)
+                && args.get(2).map(String::as_str) == Some(paddock_embedded::logrelay::RELAY_CMD)
+                && args.get(3).is_some_and(|l| l.starts_with(&dir));
+            // A zombie has an empty command line and holds nothing.
+            is_relay.then(|| format!("{} {}", e.file_name().to_string_lossy(), args.join(" ")))
+        })
+        .collect()
 }
