@@ -4,7 +4,8 @@
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 # libelf-dev and zlib1g-dev: libcontainer's cgroup v2 device filter (eBPF) builds libbpf.
-pkgs=(debootstrap libseccomp-dev libelf-dev zlib1g-dev pkg-config nftables iproute2 tini ca-certificates)
+# e2fsprogs and mount: every sandbox's writable layer is a sparse ext4 image on a loop device (disk.rs).
+pkgs=(debootstrap libseccomp-dev libelf-dev zlib1g-dev e2fsprogs mount pkg-config nftables iproute2 tini ca-certificates)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep 'install ok installed' >/dev/null || missing+=("$p")
