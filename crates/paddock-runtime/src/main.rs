@@ -59,7 +59,11 @@ struct Args {
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
     /// Copy this binary to DIR/paddock-runtime and exit (an injection init container).
-    #[arg(long, value_name = "DIR", exclusive = true)]
+    // Not `exclusive`: clap counts values from the environment (PADDOCK_KERNEL_PYTHON and the
+    // like, which an image or a Pod may well set) as given, and the copy would then refuse to
+    // run. It conflicts with `--detach` (which has no environment variable), the one option
+    // that would suggest a mistaken command line; the others are ignored.
+    #[arg(long, value_name = "DIR", conflicts_with = "detach")]
     install_to: Option<PathBuf>,
     /// Start in the background (a new session, output to --log-file) and exit 0 once serving
     /// on --listen (a `postStart` hook); exit non-zero if the runtime fails to start.

@@ -43,9 +43,12 @@ impl Drop for Kill {
 fn install_to_copies_a_working_binary() {
     let dir = tempfile::tempdir().expect("tempdir");
     let target = dir.path().join("mnt/runtime");
+    // Options set through the environment (as an image or a Pod may do) do not stop the copy.
     let out = Command::new(BIN)
         .arg("--install-to")
         .arg(&target)
+        .env("PADDOCK_KERNEL_PYTHON", "/usr/bin/python3")
+        .env("PADDOCK_LOG", "debug")
         .output()
         .expect("run");
     assert!(out.status.success(), "{out:?}");
