@@ -76,5 +76,9 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("1d").is_err());
         assert!(parse("s").is_err());
+        assert_eq!(
+            parse("1d").unwrap_err().to_string(),
+            "invalid duration \"1d\" (want e.g. \"30s\", \"1m\", \"1h30m\")"
+        );
     }
 }

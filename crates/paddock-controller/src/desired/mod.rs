@@ -67,6 +67,17 @@ mod tests {
         assert_eq!(scaled_value(&p("abc"), 7), None);
         assert!(validate_int_or_percent(&p("x%")).is_err());
         assert!(validate_int_or_percent(&IntOrString::Int(-1)).is_err());
+        // The denial text the webhook answers with, word for word.
+        assert_eq!(
+            validate_int_or_percent(&IntOrString::Int(-1))
+                .unwrap_err()
+                .to_string(),
+            "must not be negative, got -1"
+        );
+        assert_eq!(
+            validate_int_or_percent(&p("x%")).unwrap_err().to_string(),
+            "must be a non-negative integer or a percentage between 0% and 100%, got \"x%\""
+        );
         assert!(validate_int_or_percent(&p("50%")).is_ok());
     }
 }
