@@ -24,12 +24,13 @@ use paddock_crds::{ClaimPhase, Sandbox, SandboxClaim, SandboxSet, keys, set_cond
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::context::{Context, Kind, ReconcileError, track};
+use crate::context::{Context, Kind, ReconcileError, api_message, track};
 use crate::desired::claim::{self as plan, AfterCompletion, Candidate, Held, Round};
 use crate::desired::duration;
 use crate::desired::sandbox::is_gone;
 use crate::expectations::Expect;
 use crate::sandbox::{ignore_not_found, patch_status};
+use crate::sandboxset::SourceError;
 
 /// Most sandboxes claimed in one round (the original's batch limit).
 const MAX_BATCH: usize = 50;
@@ -210,7 +211,8 @@ async fn apply(claim: &SandboxClaim, ctx: &Context) -> Result<Action, ReconcileE
                                 Some("waiting for claimed sandboxes to be ready".into());
                         }
                     }
-                    Err(msg) => {
+                    Err(e) => {
+                        let msg = e.to_string();
                         if old.message.as_deref() != Some(msg.as_str()) {
                             ctx.event(claim, true, "ClaimFailed", msg.clone()).await;
                         }
@@ -283,25 +285,55 @@ async fn give_up(
     Ok(())
 }
 
+/// Why claiming sandboxes failed; the message is the claim's condition and event message.
+#[derive(Debug, thiserror::Error)]
+enum TakeError {
+    #[error("SandboxSet {name} not found in namespace {namespace}")]
+    SetNotFound { name: String, namespace: String },
+    #[error("reading SandboxSet {name}: {}", api_message(.source))]
+    ReadSet {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("reading the pool: {0}")]
+    Pool(#[source] ReconcileError),
+    #[error("claiming {sandbox}: {}", api_message(.source))]
+    Claim {
+        sandbox: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("creating a sandbox (createOnNoStock): {}", api_message(.0))]
+    CreateOnNoStock(#[source] kube::Error),
+}
+
 /// Claims up to `need` sandboxes; returns how many it got.
 async fn take(
     claim: &SandboxClaim,
     ctx: &Context,
     need: usize,
     now: Timestamp,
-) -> Result<usize, String> {
+) -> Result<usize, TakeError> {
     let ns = claim.namespace().unwrap_or_default();
     let set_name = &claim.spec.template_name;
     let sets: Api<SandboxSet> = ctx.api(&ns);
     let sandboxes: Api<Sandbox> = ctx.api(&ns);
     let sbs = match sets.get_opt(set_name).await {
         Ok(Some(s)) => s,
-        Ok(None) => return Err(format!("SandboxSet {set_name} not found in namespace {ns}")),
-        Err(e) => {
-            return Err(format!(
-                "reading SandboxSet {set_name}: {}",
-                crate::context::api_message(&e)
-            ));
+        Ok(None) => {
+            return Err(TakeError::SetNotFound {
+                name: set_name.clone(),
+                namespace: ns,
+            });
+        }
+        Err(source) => {
+            return Err(TakeError::ReadSet {
+                name: set_name.clone(),
+                source,
+            });
         }
     };
     // A stale cached candidate is harmless: the claim's PUT carries its resourceVersion and a
@@ -315,7 +347,7 @@ async fn take(
                     == Some("false")
         })
         .await
-        .map_err(|e| format!("reading the pool: {e}"))?;
+        .map_err(TakeError::Pool)?;
     let owner_key = writes_key(&ns, &claim.name_any());
     let sbs_uid = sbs.metadata.uid.clone().unwrap_or_default();
     let candidates: Vec<Candidate> = pool
@@ -351,12 +383,11 @@ async fn take(
             Err(kube::Error::Api(ae)) if ae.code == 409 || ae.code == 404 => {
                 tracing::debug!(sandbox = %s.name_any(), "lost the race for a sandbox");
             }
-            Err(e) => {
-                return Err(format!(
-                    "claiming {}: {}",
-                    s.name_any(),
-                    crate::context::api_message(&e)
-                ));
+            Err(source) => {
+                return Err(TakeError::Claim {
+                    sandbox: s.name_any(),
+                    source,
+                });
             }
         }
     }
@@ -450,7 +481,7 @@ async fn create_on_no_stock(
     sbs: &SandboxSet,
     n: usize,
     now: Timestamp,
-) -> Result<usize, String> {
+) -> Result<usize, TakeError> {
     let ns = claim.namespace().unwrap_or_default();
     let api: Api<Sandbox> = ctx.api(&ns);
     let source = crate::sandboxset::resolve(sbs, ctx).await?;
@@ -492,12 +523,7 @@ async fn create_on_no_stock(
                 );
                 tracing::info!(sandbox = %created.name_any(), "created a sandbox for the claim (no stock)");
             }
-            Err(e) => {
-                return Err(format!(
-                    "creating a sandbox (createOnNoStock): {}",
-                    crate::context::api_message(&e)
-                ));
-            }
+            Err(e) => return Err(TakeError::CreateOnNoStock(e)),
         }
     }
     Ok(made)

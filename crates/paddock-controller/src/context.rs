@@ -30,6 +30,12 @@ pub enum ReconcileError {
     WaitingForPod(String),
     #[error("{0}")]
     Invalid(String),
+    /// A SandboxSet's template cannot be resolved or stored.
+    #[error(transparent)]
+    Template(#[from] crate::sandboxset::SourceError),
+    /// A Sandbox's Pod cannot be created.
+    #[error(transparent)]
+    CreatePod(#[from] crate::sandbox::CreatePodError),
     #[error("the shared Sandbox cache stopped")]
     CacheStopped,
 }

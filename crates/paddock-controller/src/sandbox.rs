@@ -24,7 +24,7 @@ use paddock_crds::{Sandbox, SandboxStatus, SandboxTemplate, keys};
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::context::{Context, Kind, ReconcileError, track};
+use crate::context::{Context, Kind, ReconcileError, api_message, track};
 use crate::desired::revision;
 use crate::desired::sandbox::{PodView, Step, plan};
 
@@ -103,7 +103,8 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
                 Ok(rev) => {
                     status.update_revision = Some(rev);
                 }
-                Err(msg) => {
+                Err(e) => {
+                    let msg = e.to_string();
                     let now_t = Time(now);
                     paddock_crds::set_condition(
                         &mut status.conditions,
@@ -115,9 +116,9 @@ async fn apply(sbx: &Sandbox, ctx: &Context) -> Result<Action, ReconcileError> {
                         sbx.metadata.generation,
                     );
                     status.message = Some(msg.clone());
-                    ctx.event(sbx, true, cond::REASON_POD_CREATE_FAILED, msg.clone())
+                    ctx.event(sbx, true, cond::REASON_POD_CREATE_FAILED, msg)
                         .await;
-                    failure = Some(ReconcileError::Invalid(msg));
+                    failure = Some(e.into());
                 }
             },
             Step::DeletePod => {
@@ -264,13 +265,40 @@ pub(crate) fn ignore_not_found(res: Result<(), kube::Error>) -> Result<(), kube:
     }
 }
 
+/// Why a Sandbox's Pod cannot be created; the message is the Ready condition's.
+#[derive(Debug, thiserror::Error)]
+pub enum CreatePodError {
+    #[error("spec.template or spec.templateRef is required")]
+    NoTemplate,
+    #[error("SandboxTemplate {0} has no template")]
+    EmptyTemplate(String),
+    #[error("SandboxTemplate {0} not found")]
+    TemplateNotFound(String),
+    #[error("reading SandboxTemplate {name}: {}", api_message(.source))]
+    ReadTemplate {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the Sandbox has no UID yet")]
+    NoUid,
+    #[error("creating PersistentVolumeClaim {name}: {}", api_message(.source))]
+    CreateClaim {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("creating Pod: {}", api_message(.0))]
+    CreatePod(#[source] kube::Error),
+}
+
 /// The pod template a Sandbox runs: inline, or from the named SandboxTemplate.
-async fn resolve_template(sbx: &Sandbox, ctx: &Context) -> Result<PodTemplateSpec, String> {
+async fn resolve_template(sbx: &Sandbox, ctx: &Context) -> Result<PodTemplateSpec, CreatePodError> {
     if let Some(t) = &sbx.spec.pod.template {
         return Ok(t.clone());
     }
     let Some(r) = &sbx.spec.template_ref else {
-        return Err("spec.template or spec.templateRef is required".into());
+        return Err(CreatePodError::NoTemplate);
     };
     let ns = sbx.namespace().unwrap_or_default();
     let templates: Api<SandboxTemplate> = ctx.api(&ns);
@@ -279,23 +307,24 @@ async fn resolve_template(sbx: &Sandbox, ctx: &Context) -> Result<PodTemplateSpe
             .spec
             .pod
             .template
-            .ok_or_else(|| format!("SandboxTemplate {} has no template", r.name)),
-        Ok(None) => Err(format!("SandboxTemplate {} not found", r.name)),
-        Err(e) => Err(format!(
-            "reading SandboxTemplate {}: {}",
-            r.name,
-            crate::context::api_message(&e)
-        )),
+            .ok_or_else(|| CreatePodError::EmptyTemplate(r.name.clone())),
+        Ok(None) => Err(CreatePodError::TemplateNotFound(r.name.clone())),
+        Err(source) => Err(CreatePodError::ReadTemplate {
+            name: r.name.clone(),
+            source,
+        }),
     }
 }
 
 /// Creates the Sandbox's Pod (and its PVCs); returns the template revision it was made from.
-async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<String, String> {
+async fn create_pod(
+    sbx: &Sandbox,
+    ctx: &Context,
+    pods: &Api<Pod>,
+) -> Result<String, CreatePodError> {
     let template = resolve_template(sbx, ctx).await?;
     let rev = revision::hash(&template);
-    let owner = sbx
-        .controller_owner_ref(&())
-        .ok_or("the Sandbox has no UID yet")?;
+    let owner = sbx.controller_owner_ref(&()).ok_or(CreatePodError::NoUid)?;
     let name = sbx.name_any();
     let ns = sbx.namespace().unwrap_or_default();
     let mut spec = template.spec.clone().unwrap_or_default();
@@ -320,11 +349,11 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
         match pvcs.create(&PostParams::default(), &pvc).await {
             Ok(_) => {}
             Err(kube::Error::Api(ae)) if ae.code == 409 => {}
-            Err(e) => {
-                return Err(format!(
-                    "creating PersistentVolumeClaim {claim}: {}",
-                    crate::context::api_message(&e)
-                ));
+            Err(source) => {
+                return Err(CreatePodError::CreateClaim {
+                    name: claim,
+                    source,
+                });
             }
         }
         let volumes = spec.volumes.get_or_insert_with(Vec::new);
@@ -373,8 +402,7 @@ async fn create_pod(sbx: &Sandbox, ctx: &Context, pods: &Api<Pod>) -> Result<Str
         }
         // Our own create from a reconcile the cache has not caught up with.
         Err(kube::Error::Api(ae)) if ae.code == 409 => Ok(rev),
-        Err(kube::Error::Api(ae)) => Err(format!("creating Pod: {}", ae.message)),
-        Err(e) => Err(format!("creating Pod: {}", crate::context::api_message(&e))),
+        Err(e) => Err(CreatePodError::CreatePod(e)),
     }
 }
 

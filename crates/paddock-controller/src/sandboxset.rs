@@ -27,7 +27,7 @@ use paddock_crds::{
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::context::{Context, Kind, ReconcileError, track};
+use crate::context::{Context, Kind, ReconcileError, api_message, track};
 use crate::desired::pool::{self, Member, MemberState};
 use crate::desired::revision;
 use crate::desired::sandbox::{SandboxState, state};
@@ -99,7 +99,51 @@ pub(crate) struct Source {
     pub current_revision: String,
 }
 
-pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, String> {
+/// Why a SandboxSet's [`Source`] cannot be resolved; the message is the Ready condition's.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("SandboxTemplate {0} not found")]
+    TemplateNotFound(String),
+    #[error("reading SandboxTemplate {name}: {}", api_message(.source))]
+    ReadTemplate {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("spec.template or spec.templateRef is required")]
+    NoTemplate,
+    #[error("SandboxSet has no UID")]
+    NoUid,
+    #[error("creating SandboxTemplate {name}: {}", api_message(.source))]
+    CreateTemplate {
+        name: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl SourceError {
+    /// The condition and event reason: a template that is not there (including a create the
+    /// API server answers 404, e.g. for a missing namespace) or one that is unusable.
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            SourceError::TemplateNotFound(_) => "TemplateNotFound",
+            SourceError::ReadTemplate { source, .. }
+            | SourceError::CreateTemplate { source, .. }
+                if is_not_found(source) =>
+            {
+                "TemplateNotFound"
+            }
+            _ => "InvalidTemplate",
+        }
+    }
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(ae) if ae.code == 404)
+}
+
+pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, SourceError> {
     let ns = sbs.namespace().unwrap_or_default();
     let s = &sbs.spec;
     let mut spec = SandboxSpec {
@@ -126,13 +170,12 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
             let templates: Api<SandboxTemplate> = ctx.api(&ns);
             let t = match templates.get_opt(&r.name).await {
                 Ok(Some(t)) => t,
-                Ok(None) => return Err(format!("SandboxTemplate {} not found", r.name)),
-                Err(e) => {
-                    return Err(format!(
-                        "reading SandboxTemplate {}: {}",
-                        r.name,
-                        crate::context::api_message(&e)
-                    ));
+                Ok(None) => return Err(SourceError::TemplateNotFound(r.name.clone())),
+                Err(source) => {
+                    return Err(SourceError::ReadTemplate {
+                        name: r.name.clone(),
+                        source,
+                    });
                 }
             };
             spec.template_ref = Some(r.clone());
@@ -144,13 +187,13 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
                 current_revision: r.name.clone(),
             })
         }
-        (None, None) => Err("spec.template or spec.templateRef is required".into()),
+        (None, None) => Err(SourceError::NoTemplate),
     }
 }
 
 /// Stores the inline template as SandboxTemplate `<set>-<revision>` (owned by the set) and
 /// drops all but the newest [`REVISION_HISTORY`] of them.
-async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<String, String> {
+async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<String, SourceError> {
     let ns = sbs.namespace().unwrap_or_default();
     let set = sbs.name_any();
     let name = format!("{set}-{rev}");
@@ -164,9 +207,7 @@ async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<Strin
         return Ok(name);
     }
     let api: Api<SandboxTemplate> = ctx.api(&ns);
-    let owner = sbs
-        .controller_owner_ref(&())
-        .ok_or("SandboxSet has no UID")?;
+    let owner = sbs.controller_owner_ref(&()).ok_or(SourceError::NoUid)?;
     let t = SandboxTemplate {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -193,12 +234,7 @@ async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<Strin
             gc_revisions(&api, sbs, &name).await;
         }
         Err(kube::Error::Api(ae)) if ae.code == 409 => {}
-        Err(e) => {
-            return Err(format!(
-                "creating SandboxTemplate {name}: {}",
-                crate::context::api_message(&e)
-            ));
-        }
+        Err(source) => return Err(SourceError::CreateTemplate { name, source }),
     }
     Ok(name)
 }
@@ -281,12 +317,9 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
 
     let source = match resolve(sbs, ctx).await {
         Ok(s) => s,
-        Err(msg) => {
-            let reason = if msg.contains("not found") {
-                "TemplateNotFound"
-            } else {
-                "InvalidTemplate"
-            };
+        Err(e) => {
+            let reason = e.reason();
+            let msg = e.to_string();
             paddock_crds::set_condition(
                 &mut status.conditions,
                 READY,
@@ -300,7 +333,7 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
                 ctx.event(sbs, true, reason, msg.clone()).await;
                 patch_status(&sets, &name, &old, &status).await?;
             }
-            return Err(ReconcileError::Invalid(msg));
+            return Err(e.into());
         }
     };
 

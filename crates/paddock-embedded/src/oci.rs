@@ -164,6 +164,74 @@ fn remove_any(p: &Path) -> std::io::Result<()> {
     }
 }
 
+/// What is wrong with an OCI image layout; [`TemplateError::Oci`] adds the layout path.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// The directory has no `oci-layout` marker file.
+    #[error("no oci-layout file")]
+    NoLayoutFile,
+    /// `index.json` is missing or malformed.
+    #[error("index.json: {0}")]
+    Index(#[source] oci_spec::OciSpecError),
+    /// No manifest carries the requested reference.
+    #[error("no manifest for reference {0:?}")]
+    NoManifest(Option<String>),
+    /// A nested (multi-platform) index is malformed.
+    #[error("nested index: {0}")]
+    NestedIndex(#[source] serde_json::Error),
+    /// A nested index lists no manifests.
+    #[error("nested index has no manifests")]
+    EmptyNestedIndex,
+    /// The image manifest is malformed.
+    #[error("manifest: {0}")]
+    Manifest(#[source] serde_json::Error),
+    /// A layer has a media type we do not unpack.
+    #[error("unsupported layer media type {0}")]
+    UnsupportedMediaType(String),
+    /// A layer failed to apply.
+    #[error("layer {digest}: {source}")]
+    Layer {
+        /// The layer's digest.
+        digest: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob digest uses an algorithm other than sha256.
+    #[error("unsupported digest algorithm {0}")]
+    DigestAlgorithm(String),
+    /// A blob digest is not 64 hex digits.
+    #[error("malformed digest {0}")]
+    MalformedDigest(String),
+    /// A blob cannot be read.
+    #[error("{}: {source}", path.display())]
+    BlobRead {
+        /// The blob file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blob's size differs from its descriptor's.
+    #[error("{digest}: size {got} != {want}")]
+    BlobSize {
+        /// The blob's digest.
+        digest: String,
+        /// Bytes read.
+        got: usize,
+        /// Bytes the descriptor states.
+        want: u64,
+    },
+    /// A blob's content does not hash to its digest.
+    #[error("{digest}: content hash is {got}")]
+    BlobHash {
+        /// The blob's digest.
+        digest: String,
+        /// The sha256 of the content, hex.
+        got: String,
+    },
+}
+
 /// Unpacks the image `reference` (or the first manifest) of the OCI layout at `layout` into
 /// `dest`.
 pub fn unpack_layout(
@@ -172,19 +240,19 @@ pub fn unpack_layout(
     dest: &Path,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), TemplateError> {
-    let bad = |detail: String| TemplateError::Oci {
+    let bad = |source: OciError| TemplateError::Oci {
         path: layout.to_owned(),
-        detail,
+        source,
     };
     if !layout.join("oci-layout").is_file() {
-        return Err(bad("no oci-layout file".into()));
+        return Err(bad(OciError::NoLayoutFile));
     }
-    let index = ImageIndex::from_file(layout.join("index.json"))
-        .map_err(|e| bad(format!("index.json: {e}")))?;
+    let index =
+        ImageIndex::from_file(layout.join("index.json")).map_err(|e| bad(OciError::Index(e)))?;
     let manifest_desc = pick_manifest(layout, &index, reference).map_err(bad)?;
     let manifest: ImageManifest =
         serde_json::from_slice(&read_blob(layout, &manifest_desc).map_err(bad)?)
-            .map_err(|e| bad(format!("manifest: {e}")))?;
+            .map_err(|e| bad(OciError::Manifest(e)))?;
     std::fs::create_dir_all(dest).map_err(io(dest))?;
     for (i, layer) in manifest.layers().iter().enumerate() {
         progress(&format!(
@@ -203,10 +271,14 @@ pub fn unpack_layout(
             MediaType::Other(s) if s.ends_with("tar.gzip") || s.ends_with("tar+gzip") => {
                 Box::new(flate2::read::GzDecoder::new(&blob[..]))
             }
-            other => return Err(bad(format!("unsupported layer media type {other}"))),
+            other => return Err(bad(OciError::UnsupportedMediaType(other.to_string()))),
         };
-        apply_layer(reader, dest, true)
-            .map_err(|e| bad(format!("layer {}: {e}", layer.digest())))?;
+        apply_layer(reader, dest, true).map_err(|source| {
+            bad(OciError::Layer {
+                digest: layer.digest().to_string(),
+                source,
+            })
+        })?;
     }
     Ok(())
 }
@@ -215,7 +287,7 @@ fn pick_manifest(
     layout: &Path,
     index: &ImageIndex,
     reference: Option<&str>,
-) -> Result<Descriptor, String> {
+) -> Result<Descriptor, OciError> {
     let matches = |d: &Descriptor| match reference {
         None => true,
         Some(r) => d
@@ -228,11 +300,11 @@ fn pick_manifest(
         .manifests()
         .iter()
         .find(|d| matches(d))
-        .ok_or_else(|| format!("no manifest for reference {reference:?}"))?;
+        .ok_or_else(|| OciError::NoManifest(reference.map(str::to_owned)))?;
     if *desc.media_type() == MediaType::ImageIndex {
         // A nested index (multi-platform image): take its linux/amd64 (or first) manifest.
-        let nested: ImageIndex = serde_json::from_slice(&read_blob(layout, desc)?)
-            .map_err(|e| format!("nested index: {e}"))?;
+        let nested: ImageIndex =
+            serde_json::from_slice(&read_blob(layout, desc)?).map_err(OciError::NestedIndex)?;
         let pick = nested
             .manifests()
             .iter()
@@ -242,31 +314,41 @@ fn pick_manifest(
                 })
             })
             .or_else(|| nested.manifests().first())
-            .ok_or("nested index has no manifests")?;
+            .ok_or(OciError::EmptyNestedIndex)?;
         return Ok(pick.clone());
     }
     Ok(desc.clone())
 }
 
 /// Reads a blob and checks its sha256 digest and size.
-fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, String> {
+fn read_blob(layout: &Path, desc: &Descriptor) -> Result<Vec<u8>, OciError> {
     let digest = desc.digest();
     let algo = digest.algorithm().to_string();
     if algo != "sha256" {
-        return Err(format!("unsupported digest algorithm {algo}"));
+        return Err(OciError::DigestAlgorithm(algo));
     }
     let hex_digest = digest.digest();
     if hex_digest.len() != 64 || !hex_digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!("malformed digest {digest}"));
+        return Err(OciError::MalformedDigest(digest.to_string()));
     }
     let path = layout.join("blobs/sha256").join(hex_digest);
-    let data = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let data = match std::fs::read(&path) {
+        Ok(data) => data,
+        Err(source) => return Err(OciError::BlobRead { path, source }),
+    };
     if data.len() as u64 != desc.size() {
-        return Err(format!("{digest}: size {} != {}", data.len(), desc.size()));
+        return Err(OciError::BlobSize {
+            digest: digest.to_string(),
+            got: data.len(),
+            want: desc.size(),
+        });
     }
     let got = hex::encode(Sha256::digest(&data));
     if got != hex_digest {
-        return Err(format!("{digest}: content hash is {got}"));
+        return Err(OciError::BlobHash {
+            digest: digest.to_string(),
+            got,
+        });
     }
     Ok(data)
 }

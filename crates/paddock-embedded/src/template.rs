@@ -142,22 +142,24 @@ pub enum TemplateError {
     #[error("template {0:?} has a cyclic parent chain")]
     Cycle(String),
     /// A build step failed; the partial build was removed.
-    #[error("building template {template:?} failed at {step}: {detail}")]
+    #[error("building template {template:?} failed at {step}: {source}")]
     Build {
         /// Which template.
         template: String,
         /// Which step.
         step: String,
-        /// What went wrong (the last lines of the tool's output).
-        detail: String,
+        /// What went wrong.
+        #[source]
+        source: BuildStepError,
     },
     /// The OCI image layout is malformed.
-    #[error("OCI layout {path}: {detail}")]
+    #[error("OCI layout {path}: {source}")]
     Oci {
         /// The layout directory.
         path: PathBuf,
         /// What is wrong.
-        detail: String,
+        #[source]
+        source: crate::oci::OciError,
     },
     /// File system error.
     #[error("template io on {path}: {source}")]
@@ -167,6 +169,51 @@ pub enum TemplateError {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// Why one step of a template build failed; [`TemplateError::Build`] names the step.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildStepError {
+    /// A build tool failed.
+    #[error(transparent)]
+    Run(#[from] RunError),
+    /// Mounting or unmounting the build's file systems failed.
+    #[error(transparent)]
+    Mount(#[from] mounts::MountError),
+    /// Unpacking the source tarball failed.
+    #[error(transparent)]
+    Unpack(Box<TemplateError>),
+    /// The build finished without leaving its layer.
+    #[error("layer missing after build")]
+    LayerMissing,
+}
+
+/// Why a build tool could not be run or did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The output pipe could not be set up.
+    #[error("{0}")]
+    Pipe(#[source] std::io::Error),
+    /// The tool could not be started.
+    #[error("cannot run {command}: {source}")]
+    Spawn {
+        /// The command line, as `Command`'s `Debug` shows it.
+        command: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Waiting for the tool failed.
+    #[error("{0}")]
+    Wait(#[source] std::io::Error),
+    /// The tool exited unsuccessfully.
+    #[error("{status}; last output:\n{output}")]
+    Failed {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// Its last lines of merged output.
+        output: String,
     },
 }
 
@@ -329,7 +376,7 @@ impl Templates {
         self.layers(name)?.ok_or_else(|| TemplateError::Build {
             template: name.into(),
             step: "finish".into(),
-            detail: "layer missing after build".into(),
+            source: BuildStepError::LayerMissing,
         })
     }
 }
@@ -341,10 +388,10 @@ fn build_into(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), TemplateError> {
     let layer = tmp.join("layer");
-    let fail = |step: &str, detail: String| TemplateError::Build {
+    let fail = |step: &str, source: BuildStepError| TemplateError::Build {
         template: spec.name.clone(),
         step: step.into(),
-        detail,
+        source,
     };
     match &spec.source {
         TemplateSource::RootfsDir(_) => Ok(()),
@@ -359,7 +406,7 @@ fn build_into(
                 cmd.arg(format!("--include={}", packages.join(",")));
             }
             cmd.arg(suite).arg(&layer).arg(mirror);
-            run(&mut cmd, progress).map_err(|d| fail("debootstrap", d))?;
+            run(&mut cmd, progress).map_err(|e| fail("debootstrap", e.into()))?;
             for junk in ["var/cache/apt/archives", "var/lib/apt/lists"] {
                 clear_dir_files(&layer.join(junk));
             }
@@ -373,10 +420,9 @@ fn build_into(
                 std::fs::create_dir_all(d).map_err(io(d))?;
             }
             mounts::mount_overlay(parent_layers, &layer, &work, &merged)
-                .map_err(|e| fail("overlay", e.to_string()))?;
+                .map_err(|e| fail("overlay", e.into()))?;
             let r = (|| {
-                mounts::mount_proc(&merged.join("proc"))
-                    .map_err(|e| fail("proc", e.to_string()))?;
+                mounts::mount_proc(&merged.join("proc")).map_err(|e| fail("proc", e.into()))?;
                 let _ = std::fs::copy("/etc/resolv.conf", merged.join("etc/resolv.conf"));
                 let chroot = |args: &[&str]| {
                     let mut c = Command::new("chroot");
@@ -386,34 +432,36 @@ fn build_into(
                     c
                 };
                 run(&mut chroot(&["apt-get", "update", "-q"]), progress)
-                    .map_err(|d| fail("apt-get update", d))?;
+                    .map_err(|e| fail("apt-get update", e.into()))?;
                 if !apt.is_empty() {
                     let mut args =
                         vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
                     args.extend(apt.iter().map(String::as_str));
-                    run(&mut chroot(&args), progress).map_err(|d| fail("apt-get install", d))?;
+                    run(&mut chroot(&args), progress)
+                        .map_err(|e| fail("apt-get install", e.into()))?;
                 }
                 if !pip.is_empty() {
                     let mut args =
                         vec!["python3", "-m", "pip", "install", "--break-system-packages"];
                     args.extend(pip.iter().map(String::as_str));
-                    run(&mut chroot(&args), progress).map_err(|d| fail("pip install", d))?;
+                    run(&mut chroot(&args), progress).map_err(|e| fail("pip install", e.into()))?;
                 }
                 run(&mut chroot(&["apt-get", "clean"]), progress)
-                    .map_err(|d| fail("apt-get clean", d))?;
+                    .map_err(|e| fail("apt-get clean", e.into()))?;
                 clear_dir_files(&merged.join("var/lib/apt/lists"));
                 Ok(())
             })();
             let u = mounts::unmount_all_under(tmp);
             r?;
-            u.map_err(|e| fail("unmount", e.to_string()))?;
+            u.map_err(|e| fail("unmount", e.into()))?;
             remove_tree(&work)?;
             remove_tree(&merged)?;
             Ok(())
         }
         TemplateSource::Tarball(path) => {
             progress(&format!("unpacking {}", path.display()));
-            crate::oci::unpack_tar_file(path, &layer).map_err(|e| fail("unpack", e.to_string()))
+            crate::oci::unpack_tar_file(path, &layer)
+                .map_err(|e| fail("unpack", BuildStepError::Unpack(Box::new(e))))
         }
         TemplateSource::OciLayout { path, reference } => {
             progress(&format!("unpacking OCI layout {}", path.display()));
@@ -424,16 +472,17 @@ fn build_into(
 
 /// Runs a build tool, streaming its merged output to `progress`; on failure returns its last
 /// lines.
-fn run(cmd: &mut Command, progress: &(dyn Fn(&str) + Sync)) -> Result<(), String> {
-    let (reader, writer) = std::io::pipe().map_err(|e| e.to_string())?;
-    let writer2 = writer.try_clone().map_err(|e| e.to_string())?;
+fn run(cmd: &mut Command, progress: &(dyn Fn(&str) + Sync)) -> Result<(), RunError> {
+    let (reader, writer) = std::io::pipe().map_err(RunError::Pipe)?;
+    let writer2 = writer.try_clone().map_err(RunError::Pipe)?;
     cmd.stdout(writer)
         .stderr(writer2)
         .stdin(std::process::Stdio::null());
     progress(&format!("$ {cmd:?}"));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let mut child = cmd.spawn().map_err(|source| RunError::Spawn {
+        command: format!("{cmd:?}"),
+        source,
+    })?;
     // The Command still holds the write ends; drop them so EOF arrives when the child exits.
     cmd.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
@@ -446,14 +495,14 @@ fn run(cmd: &mut Command, progress: &(dyn Fn(&str) + Sync)) -> Result<(), String
         }
         tail.push_back(line);
     }
-    let status = child.wait().map_err(|e| e.to_string())?;
+    let status = child.wait().map_err(RunError::Wait)?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "{status}; last output:\n{}",
-            Vec::from(tail).join("\n")
-        ))
+        Err(RunError::Failed {
+            status,
+            output: Vec::from(tail).join("\n"),
+        })
     }
 }
 

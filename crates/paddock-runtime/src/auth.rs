@@ -95,22 +95,32 @@ pub async fn require_token_on_interpreter(
     (StatusCode::UNAUTHORIZED, message).into_response()
 }
 
+/// Why an `Authorization` header does not name a user.
+#[derive(Debug, thiserror::Error)]
+pub enum BasicAuthError {
+    #[error("authorization header is not valid text")]
+    NotText(#[source] http::header::ToStrError),
+    #[error("authorization header must use the Basic scheme")]
+    NotBasic,
+    #[error("authorization header is not valid base64")]
+    NotBase64(#[source] base64::DecodeError),
+    #[error("authorization header is not valid UTF-8")]
+    NotUtf8(#[source] std::string::FromUtf8Error),
+}
+
 /// The user named by `Authorization: Basic base64("<user>:")`, if any.
-pub fn basic_auth_user(headers: &HeaderMap) -> Result<Option<String>, String> {
+pub fn basic_auth_user(headers: &HeaderMap) -> Result<Option<String>, BasicAuthError> {
     let Some(value) = headers.get(http::header::AUTHORIZATION) else {
         return Ok(None);
     };
-    let value = value
-        .to_str()
-        .map_err(|_| "authorization header is not valid text".to_string())?;
+    let value = value.to_str().map_err(BasicAuthError::NotText)?;
     let Some(encoded) = value.strip_prefix("Basic ") else {
-        return Err("authorization header must use the Basic scheme".to_string());
+        return Err(BasicAuthError::NotBasic);
     };
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
-        .map_err(|_| "authorization header is not valid base64".to_string())?;
-    let text = String::from_utf8(decoded)
-        .map_err(|_| "authorization header is not valid UTF-8".to_string())?;
+        .map_err(BasicAuthError::NotBase64)?;
+    let text = String::from_utf8(decoded).map_err(BasicAuthError::NotUtf8)?;
     let name = text.split(':').next().unwrap_or_default();
     Ok((!name.is_empty()).then(|| name.to_string()))
 }
@@ -118,7 +128,7 @@ pub fn basic_auth_user(headers: &HeaderMap) -> Result<Option<String>, String> {
 /// Resolves the user an RPC acts as: the Basic-auth user or the default.
 pub fn rpc_user(rt: &Runtime, headers: &HeaderMap) -> Result<User, ConnectError> {
     let name = basic_auth_user(headers)
-        .map_err(ConnectError::unauthenticated)?
+        .map_err(|e| ConnectError::unauthenticated(e.to_string()))?
         .unwrap_or_else(|| rt.settings().default_user);
     rt.users.lookup(&name).map_err(user_error)
 }
@@ -208,13 +218,16 @@ mod tests {
     #[test]
     fn basic_auth_names_the_user() {
         let mut h = HeaderMap::new();
-        assert_eq!(basic_auth_user(&h), Ok(None));
+        assert_eq!(basic_auth_user(&h).unwrap(), None);
         h.insert("authorization", "Basic cm9vdDo=".parse().unwrap());
-        assert_eq!(basic_auth_user(&h), Ok(Some("root".to_string())));
+        assert_eq!(basic_auth_user(&h).unwrap(), Some("root".to_string()));
         h.insert("authorization", "Bearer x".parse().unwrap());
-        assert!(basic_auth_user(&h).is_err());
+        assert!(matches!(basic_auth_user(&h), Err(BasicAuthError::NotBasic)));
         h.insert("authorization", "Basic !!!".parse().unwrap());
-        assert!(basic_auth_user(&h).is_err());
+        assert!(matches!(
+            basic_auth_user(&h),
+            Err(BasicAuthError::NotBase64(_))
+        ));
     }
 
     #[test]

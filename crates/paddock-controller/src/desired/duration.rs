@@ -6,9 +6,14 @@ use std::time::Duration;
 /// A signed duration in milliseconds.
 pub type Millis = i64;
 
+/// A string that is not a Go duration; carries the text as given.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?} (want e.g. \"30s\", \"1m\", \"1h30m\")")]
+pub struct InvalidDuration(pub String);
+
 /// Parses a Go duration into signed milliseconds (sub-millisecond parts are truncated).
-pub fn parse(s: &str) -> Result<Millis, String> {
-    let bad = || format!("invalid duration {s:?} (want e.g. \"30s\", \"1m\", \"1h30m\")");
+pub fn parse(s: &str) -> Result<Millis, InvalidDuration> {
+    let bad = || InvalidDuration(s.to_string());
     let (neg, mut rest) = match s.strip_prefix('-') {
         Some(r) => (true, r),
         None => (false, s.strip_prefix('+').unwrap_or(s)),
@@ -71,5 +76,9 @@ mod tests {
         assert!(parse("10").is_err());
         assert!(parse("1d").is_err());
         assert!(parse("s").is_err());
+        assert_eq!(
+            parse("1d").unwrap_err().to_string(),
+            "invalid duration \"1d\" (want e.g. \"30s\", \"1m\", \"1h30m\")"
+        );
     }
 }

@@ -27,16 +27,25 @@ pub fn scaled_value(v: &IntOrString, total: i32) -> Option<i32> {
     }
 }
 
+/// Why an int-or-percent is rejected; the messages are the webhook's denial text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IntOrPercentError {
+    /// A negative integer.
+    #[error("must not be negative, got {0}")]
+    Negative(i32),
+    /// A string that is not a percentage in `0%..=100%`.
+    #[error("must be a non-negative integer or a percentage between 0% and 100%, got {0:?}")]
+    NotAPercentage(String),
+}
+
 /// Checks an int-or-percent as the validating webhook does.
-pub fn validate_int_or_percent(v: &IntOrString) -> Result<(), String> {
+pub fn validate_int_or_percent(v: &IntOrString) -> Result<(), IntOrPercentError> {
     match v {
-        IntOrString::Int(n) if *n < 0 => Err(format!("must not be negative, got {n}")),
+        IntOrString::Int(n) if *n < 0 => Err(IntOrPercentError::Negative(*n)),
         IntOrString::Int(_) => Ok(()),
         IntOrString::String(s) => match s.strip_suffix('%').map(|p| p.parse::<i64>()) {
             Some(Ok(p)) if (0..=100).contains(&p) => Ok(()),
-            _ => Err(format!(
-                "must be a non-negative integer or a percentage between 0% and 100%, got {s:?}"
-            )),
+            _ => Err(IntOrPercentError::NotAPercentage(s.clone())),
         },
     }
 }
@@ -58,6 +67,17 @@ mod tests {
         assert_eq!(scaled_value(&p("abc"), 7), None);
         assert!(validate_int_or_percent(&p("x%")).is_err());
         assert!(validate_int_or_percent(&IntOrString::Int(-1)).is_err());
+        // The denial text the webhook answers with, word for word.
+        assert_eq!(
+            validate_int_or_percent(&IntOrString::Int(-1))
+                .unwrap_err()
+                .to_string(),
+            "must not be negative, got -1"
+        );
+        assert_eq!(
+            validate_int_or_percent(&p("x%")).unwrap_err().to_string(),
+            "must be a non-negative integer or a percentage between 0% and 100%, got \"x%\""
+        );
         assert!(validate_int_or_percent(&p("50%")).is_ok());
     }
 }

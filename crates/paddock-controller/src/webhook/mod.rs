@@ -154,7 +154,7 @@ type Handled = Json<serde_json::Value>;
 fn handle(body: &[u8], decide: impl FnOnce(&Request) -> Verdict) -> Handled {
     Json(review::to_wire(&match review::request(body) {
         Ok(req) => respond(&req, decide(&req)),
-        Err(e) => review::rejection(e),
+        Err(e) => review::rejection(&e),
     }))
 }
 
@@ -162,10 +162,10 @@ fn handle(body: &[u8], decide: impl FnOnce(&Request) -> Verdict) -> Handled {
 fn typed<K: serde::de::DeserializeOwned>(
     kind: &str,
     obj: Option<&DynamicObject>,
-) -> Option<Result<K, String>> {
+) -> Option<Result<K, rules::ParseError>> {
     obj.map(|o| {
         serde_json::to_value(o)
-            .map_err(|e| format!("{kind}: {e}"))
+            .map_err(|e| rules::ParseError::new(kind, e))
             .and_then(|v| rules::parse::<K>(kind, &v))
     })
 }
@@ -173,7 +173,7 @@ fn typed<K: serde::de::DeserializeOwned>(
 async fn pod_delete(State(ctx): State<Arc<Context>>, body: Bytes) -> Handled {
     let req = match review::request(&body) {
         Ok(req) => req,
-        Err(e) => return Json(review::to_wire(&review::rejection(e))),
+        Err(e) => return Json(review::to_wire(&review::rejection(&e))),
     };
     let ns = req.namespace.clone().unwrap_or_default();
     let pods: Api<Pod> = ctx.api(&ns);
@@ -210,7 +210,7 @@ fn pod_delete_verdict(
     let user = req.user_info.username.as_deref().unwrap_or_default();
     match rules::pod_delete(pod, sandbox.as_ref(), user, controller) {
         Ok(()) => Verdict::Allow,
-        Err(msg) => Verdict::deny(msg),
+        Err(denied) => Verdict::deny(denied.to_string()),
     }
 }
 
@@ -230,7 +230,7 @@ async fn validate_sandboxset(body: Bytes) -> Handled {
     handle(&body, |req| {
         match typed::<SandboxSet>("SandboxSet", req.object.as_ref()) {
             Some(Ok(s)) => Verdict::invalid(rules::sandboxset(&s)),
-            Some(Err(e)) => Verdict::invalid(vec![e]),
+            Some(Err(e)) => Verdict::invalid(vec![e.to_string()]),
             None => Verdict::Allow,
         }
     })
@@ -240,7 +240,7 @@ async fn validate_sandboxtemplate(body: Bytes) -> Handled {
     handle(&body, |req| {
         match typed::<SandboxTemplate>("SandboxTemplate", req.object.as_ref()) {
             Some(Ok(s)) => Verdict::invalid(rules::sandboxtemplate(&s)),
-            Some(Err(e)) => Verdict::invalid(vec![e]),
+            Some(Err(e)) => Verdict::invalid(vec![e.to_string()]),
             None => Verdict::Allow,
         }
     })
@@ -253,7 +253,7 @@ async fn validate_sandboxclaim(body: Bytes) -> Handled {
             typed::<SandboxClaim>("SandboxClaim", req.old_object.as_ref()).and_then(Result::ok);
         match new {
             Some(Ok(c)) => Verdict::invalid(rules::sandboxclaim(&c, old.as_ref())),
-            Some(Err(e)) => Verdict::invalid(vec![e]),
+            Some(Err(e)) => Verdict::invalid(vec![e.to_string()]),
             None => Verdict::Allow,
         }
     })

@@ -2,7 +2,9 @@
 //! [`kube::core::admission`] types), a [`Verdict`] out as the response review.
 
 use kube::core::DynamicObject;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, ConvertAdmissionReviewError,
+};
 
 /// A review as the API server sends it and as we answer it.
 pub type Review = AdmissionReview<DynamicObject>;
@@ -42,18 +44,27 @@ impl Verdict {
     }
 }
 
+/// A body that is not an AdmissionReview with a request; its message is the rejection's.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    /// Not an AdmissionReview.
+    #[error("malformed AdmissionReview: {0}")]
+    Malformed(#[source] serde_json::Error),
+    /// A review without a request (e.g. a response sent back to us).
+    #[error("the AdmissionReview has no request")]
+    NoRequest(#[source] ConvertAdmissionReviewError),
+}
+
 /// Reads a review body; a body that is not a review with a request gets the error to answer
 /// with ([`rejection`]).
-pub fn request(body: &[u8]) -> Result<Request, String> {
-    let review: Review =
-        serde_json::from_slice(body).map_err(|e| format!("malformed AdmissionReview: {e}"))?;
-    review
-        .try_into()
-        .map_err(|_| "the AdmissionReview has no request".to_string())
+pub fn request(body: &[u8]) -> Result<Request, ReviewError> {
+    let review: Review = serde_json::from_slice(body).map_err(ReviewError::Malformed)?;
+    review.try_into().map_err(ReviewError::NoRequest)
 }
 
 /// The (denying) answer to a body [`request`] could not read.
-pub fn rejection(message: String) -> Review {
+pub fn rejection(error: &ReviewError) -> Review {
+    let message = error.to_string();
     tracing::info!(%message, "admission review rejected");
     AdmissionResponse::invalid(message).into_review()
 }

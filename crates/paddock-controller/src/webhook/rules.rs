@@ -14,6 +14,21 @@ const SYSTEM_DELETERS: &[&str] = &[
     "system:serviceaccount:kube-system:namespace-controller",
 ];
 
+/// The answer to a Pod delete that would destroy a live sandbox; its text is the denial
+/// message. A domain value (the webhook's answer), not a failure.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "Pod {namespace}/{pod} runs Sandbox {sandbox}; deleting or evicting it would destroy the sandbox: delete the Sandbox instead"
+)]
+pub struct PodDeleteDenied {
+    /// The Pod's namespace.
+    pub namespace: String,
+    /// The Pod's name.
+    pub pod: String,
+    /// The Sandbox it runs.
+    pub sandbox: String,
+}
+
 /// Whether `user` may delete (or evict) `pod`, whose same-named Sandbox is `sandbox`. Only the
 /// controller may take away the Pod of a live Sandbox: anyone else would silently destroy the
 /// sandbox, so they are told to delete the Sandbox instead.
@@ -22,7 +37,7 @@ pub fn pod_delete(
     sandbox: Option<&Sandbox>,
     user: &str,
     controller: &str,
-) -> Result<(), String> {
+) -> Result<(), PodDeleteDenied> {
     if user == controller || SYSTEM_DELETERS.contains(&user) {
         return Ok(());
     }
@@ -49,12 +64,11 @@ pub fn pod_delete(
     {
         return Ok(());
     }
-    Err(format!(
-        "Pod {}/{} runs Sandbox {}; deleting or evicting it would destroy the sandbox: delete the Sandbox instead",
-        pod.namespace().unwrap_or_default(),
-        pod.name_any(),
-        sbx.name_any()
-    ))
+    Err(PodDeleteDenied {
+        namespace: pod.namespace().unwrap_or_default(),
+        pod: pod.name_any(),
+        sandbox: sbx.name_any(),
+    })
 }
 
 fn reserved_metadata(field: &str, template: Option<&PodTemplateSpec>, errors: &mut Vec<String>) {
@@ -98,9 +112,29 @@ fn pod_template(field: &str, template: Option<&PodTemplateSpec>, errors: &mut Ve
     reserved_metadata(field, template, errors);
 }
 
+/// An admission object that does not fit its typed resource; the message names the bad field.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind}: {source}")]
+pub struct ParseError {
+    /// The resource kind it was read as.
+    pub kind: String,
+    /// What does not fit.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+impl ParseError {
+    pub fn new(kind: &str, source: serde_json::Error) -> Self {
+        ParseError {
+            kind: kind.to_string(),
+            source,
+        }
+    }
+}
+
 /// Parses an admission object into a typed resource, with a message naming the bad field.
-pub fn parse<K: serde::de::DeserializeOwned>(kind: &str, v: &Value) -> Result<K, String> {
-    serde_json::from_value(v.clone()).map_err(|e| format!("{kind}: {e}"))
+pub fn parse<K: serde::de::DeserializeOwned>(kind: &str, v: &Value) -> Result<K, ParseError> {
+    serde_json::from_value(v.clone()).map_err(|e| ParseError::new(kind, e))
 }
 
 pub fn sandboxset(new: &SandboxSet) -> Vec<String> {
@@ -265,7 +299,10 @@ mod tests {
     fn only_the_controller_deletes_the_pod_of_a_live_sandbox() {
         let sbx = sandbox("u1");
         let err = pod_delete(&pod("u1"), Some(&sbx), "alice", "ctl").unwrap_err();
-        assert!(err.contains("delete the Sandbox instead"), "{err}");
+        assert!(
+            err.to_string().contains("delete the Sandbox instead"),
+            "{err}"
+        );
         assert!(pod_delete(&pod("u1"), Some(&sbx), "ctl", "ctl").is_ok());
     }
 
