@@ -29,17 +29,7 @@ where
 {
     let mut env = support::Env::new(n);
     tune(&mut env.cfg);
-    let env = Arc::new(env);
-    let infra = env.start().await;
-    let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(f(
-        infra.clone(),
-        env.clone(),
-    )))
-    .await;
-    env.cleanup(Some(&infra)).await;
-    if let Err(p) = r {
-        std::panic::resume_unwind(p);
-    }
+    support::with_env(env, f).await
 }
 
 /// A /29: five sandbox addresses, so the sixth sandbox needs a dead one's address.

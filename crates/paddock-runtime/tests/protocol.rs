@@ -2,12 +2,13 @@
 //! Connect envelope framing, end-of-stream frames, proto3 JSON mapping and
 //! error codes.
 
+mod common;
+
 use std::sync::Arc;
 
 use axum::body::Body;
 use base64::Engine;
 use http::{Request, StatusCode};
-use http_body_util::BodyExt;
 use paddock_runtime::{Runtime, RuntimeOptions, app};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -50,21 +51,7 @@ async fn call(
         .header("content-type", ctype)
         .body(Body::from(body))
         .unwrap();
-    let resp = app(rt.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let ct = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let bytes = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, ct, bytes)
+    common::send(app(rt.clone()), req).await
 }
 
 async fn unary(rt: &Arc<Runtime>, path: &str, body: Value) -> (StatusCode, Value) {
