@@ -45,11 +45,11 @@ fn from_host(host: &str) -> Option<Target> {
     if !host.contains('.') {
         return None;
     }
+    // The first `-` ends the port; the id may hold more (`<namespace>--<name>` ids).
     let (port, id) = first.split_once('-')?;
     let port: u16 = port.parse().ok()?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-        return None;
-    }
+    // Host names are case insensitive; ids are lowercase.
+    let id = paddock_infra::SandboxId::new(id.to_ascii_lowercase()).ok()?;
     Some(Target {
         sandbox: id.to_string(),
         port,
@@ -60,7 +60,8 @@ fn from_host(host: &str) -> Option<Target> {
 /// `/kruise/<id>/<port>/rest`.
 fn from_path(path: &str, query: Option<&str>) -> Option<Target> {
     let rest = path.strip_prefix("/kruise/")?;
-    if rest.starts_with("api") {
+    // `/kruise/api/...` is the control plane; an id may still start with "api".
+    if rest == "api" || rest.starts_with("api/") {
         return None;
     }
     let mut parts = rest.splitn(3, '/');
@@ -105,6 +106,14 @@ mod tests {
         let t = target_of(&req("/x", &[("host", "8080-sbx1.example.com")])).unwrap();
         assert_eq!((t.sandbox.as_str(), t.port), ("sbx1", 8080));
         let t = target_of(&req(
+            "/",
+            &[("host", "49983-team-a--base-x7k2q.example.com")],
+        ))
+        .unwrap();
+        assert_eq!((t.sandbox.as_str(), t.port), ("team-a--base-x7k2q", 49983));
+        let t = target_of(&req("/", &[("host", "8080-SBX1.Example.com")])).unwrap();
+        assert_eq!(t.sandbox, "sbx1");
+        let t = target_of(&req(
             "/kruise/sbx2/3000/a/b?q=1",
             &[("host", "localhost:3000")],
         ))
@@ -115,6 +124,8 @@ mod tests {
         );
         let t = target_of(&req("/files", &[("e2b-sandbox-id", "abc")])).unwrap();
         assert_eq!(t.port, DEFAULT_PORT);
+        let t = target_of(&req("/kruise/apiq7x/8080/", &[("host", "localhost")])).unwrap();
+        assert_eq!((t.sandbox.as_str(), t.port), ("apiq7x", 8080));
     }
 
     #[test]

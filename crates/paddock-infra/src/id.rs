@@ -2,9 +2,17 @@
 
 use std::fmt;
 
-/// A sandbox id: 1 to 32 characters of `[a-z0-9]`. The E2B SDK splits host names on `-`, and
-/// the id is also used as a hostname, a cgroup name and a path component, so nothing else is
-/// allowed.
+/// A sandbox id, in one of two forms:
+///
+/// * embedded sandboxes: 1 to 32 characters of `[a-z0-9]`;
+/// * Kubernetes sandboxes: the original system's `<namespace>--<name>`, e.g.
+///   `default--base-x7k2q`, so clients written for it keep their ids.
+///
+/// Both are lowercase: the id is a DNS label in `<port>-<id>.<domain>` host names (DNS is case
+/// insensitive, so `ABC` and `abc` would reach the same sandbox) and a path component and
+/// cgroup name in embedded mode, so nothing but `[a-z0-9-]` is allowed, never a leading or
+/// trailing `-`. Host names are parsed on their *first* `-` (the port never holds one), so a
+/// `-` inside the id is unambiguous.
 #[derive(
     Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
 )]
@@ -13,12 +21,16 @@ pub struct SandboxId(String);
 
 /// The string given is not a valid [`SandboxId`].
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("invalid sandbox id {0:?}: expected 1 to 32 characters of [a-z0-9]")]
+#[error(
+    "invalid sandbox id {0:?}: expected [a-z0-9] characters (embedded) or <namespace>--<name> (Kubernetes)"
+)]
 pub struct InvalidSandboxId(pub String);
 
 impl SandboxId {
-    /// Longest id accepted.
-    pub const MAX_LEN: usize = 32;
+    /// Longest id accepted: a namespace (63), `--` and a Sandbox name (253).
+    pub const MAX_LEN: usize = 63 + 2 + 253;
+    /// Separates the namespace from the name in Kubernetes ids.
+    pub const NAMESPACE_SEPARATOR: &'static str = "--";
 
     /// Validates `s` as a sandbox id.
     pub fn new(s: impl Into<String>) -> Result<Self, InvalidSandboxId> {
@@ -26,12 +38,30 @@ impl SandboxId {
         let ok = !s.is_empty()
             && s.len() <= Self::MAX_LEN
             && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !s.starts_with('-')
+            && !s.ends_with('-');
         if ok {
             Ok(Self(s))
         } else {
             Err(InvalidSandboxId(s))
         }
+    }
+
+    /// The id of the Sandbox resource `name` in `namespace`.
+    pub fn for_resource(namespace: &str, name: &str) -> Result<Self, InvalidSandboxId> {
+        if namespace.is_empty() || namespace.contains(Self::NAMESPACE_SEPARATOR) {
+            return Err(InvalidSandboxId(format!("{namespace}--{name}")));
+        }
+        Self::new(format!("{namespace}{}{name}", Self::NAMESPACE_SEPARATOR))
+    }
+
+    /// The namespace and name of a Kubernetes id (split at its first `--`: Kubernetes
+    /// namespaces are DNS labels and never hold one); `None` for an embedded id.
+    pub fn resource(&self) -> Option<(&str, &str)> {
+        self.0
+            .split_once(Self::NAMESPACE_SEPARATOR)
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty())
     }
 
     /// The id as a string slice.
@@ -72,9 +102,22 @@ mod tests {
     }
 
     #[test]
-    fn rejects_dashes_uppercase_empty_and_long() {
-        for bad in ["", "a-b", "ABC", "a/b", "..", &"a".repeat(33)] {
+    fn accepts_the_kubernetes_form_and_splits_it_back() {
+        let id = SandboxId::new("team-a--base-x7k2q").unwrap();
+        assert_eq!(id.resource(), Some(("team-a", "base-x7k2q")));
+        assert_eq!(SandboxId::for_resource("team-a", "base-x7k2q").unwrap(), id);
+        assert_eq!(SandboxId::new("abc123").unwrap().resource(), None);
+        assert_eq!(SandboxId::new("a-b").unwrap().resource(), None);
+    }
+
+    #[test]
+    fn rejects_uppercase_empty_edges_and_long() {
+        let long = "a".repeat(SandboxId::MAX_LEN + 1);
+        for bad in ["", "-ab", "ab-", "ABC", "a/b", "..", "a.b", "a_b", &long] {
             assert!(SandboxId::new(bad).is_err(), "{bad:?} accepted");
         }
+        assert!(SandboxId::for_resource("", "x").is_err());
+        assert!(SandboxId::for_resource("a--b", "x").is_err());
+        assert!(SandboxId::for_resource("ns", "Upper").is_err());
     }
 }
