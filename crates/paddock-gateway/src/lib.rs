@@ -27,6 +27,7 @@ mod admit;
 pub mod breaker;
 pub mod errors;
 pub mod metrics;
+pub mod peer;
 mod protocol;
 mod retry;
 mod rewrite;
