@@ -6,6 +6,7 @@
 
 mod error;
 mod id;
+pub mod record;
 mod state;
 mod types;
 
@@ -13,6 +14,7 @@ use std::future::Future;
 
 pub use error::{InfraError, InfraResult};
 pub use id::{InvalidSandboxId, SandboxId};
+pub use record::{ApiState, Lease, OnTimeout, RecordStore, SandboxRecord};
 pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
 pub use types::{
     CreateSandbox, Limits, LimitsError, LogLine, SandboxEnded, SandboxInfo, SandboxMetrics,
@@ -61,4 +63,10 @@ pub trait Infra: Send + Sync + 'static {
     /// A receiver that falls behind gets `RecvError::Lagged`: it has missed events and should
     /// look its sandboxes up again ([`Infra::get`]) to find the dead ones.
     fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded>;
+
+    /// The backend's own record store, when it keeps the manager's records itself (Kubernetes:
+    /// in the Sandbox resources). `None` (the default): the manager keeps them in its data dir.
+    fn records(&self) -> Option<std::sync::Arc<dyn RecordStore>> {
+        None
+    }
 }

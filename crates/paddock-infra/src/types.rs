@@ -77,6 +77,9 @@ pub struct CreateSandbox {
     pub allow_internet_access: bool,
     /// Free-form labels kept with the sandbox.
     pub metadata: BTreeMap<String, String>,
+    /// What the manager decided about the sandbox (owner, tokens, timeout). Backends that keep
+    /// records themselves write it with the claim; the others ignore it.
+    pub lease: Option<crate::Lease>,
 }
 
 /// What the infrastructure knows about one sandbox.

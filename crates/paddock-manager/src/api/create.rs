@@ -186,6 +186,7 @@ async fn create<I: Infra>(
             limits: None,
             allow_internet_access,
             metadata: metadata.clone(),
+            lease: None,
         })
         .await;
     let info = match created {
