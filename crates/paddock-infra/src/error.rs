@@ -30,6 +30,15 @@ pub enum InfraError {
     /// A limit of the host was reached (address pool exhausted, ...).
     #[error("out of capacity: {0}")]
     Capacity(String),
+    /// No warm sandbox of the template was ready and the request forbade a cold create
+    /// ([`crate::CreateSandbox::create_on_no_stock`] false).
+    #[error(
+        "no ready sandbox of template {template:?} in stock, and creating one was not allowed (create-on-no-stock is false)"
+    )]
+    NoStock {
+        /// The template asked for.
+        template: String,
+    },
     /// The sandbox started but its init died or it never became ready.
     #[error("sandbox {id} failed: {reason}")]
     SandboxFailed {

@@ -67,7 +67,7 @@ impl Limits {
 }
 
 /// A request to create a sandbox.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateSandbox {
     /// Template name, e.g. `base`.
     pub template: String,
@@ -80,6 +80,30 @@ pub struct CreateSandbox {
     /// What the manager decided about the sandbox (owner, tokens, timeout). Backends that keep
     /// records themselves write it with the claim; the others ignore it.
     pub lease: Option<crate::Lease>,
+    /// Labels of the sandbox (the original's `label:` metadata keys, prefix removed), already
+    /// checked as Kubernetes label keys and values. A backend with a label concept sets them
+    /// (Kubernetes: on the Sandbox and its pod); the others may ignore them.
+    pub labels: BTreeMap<String, String>,
+    /// Whether the sandbox may be created cold when no warm one is ready. `false` (the
+    /// original's `create-on-no-stock: "false"`) makes such a create fail with
+    /// [`crate::InfraError::NoStock`] instead of waiting for a cold start.
+    pub create_on_no_stock: bool,
+}
+
+impl Default for CreateSandbox {
+    /// A create of no template with the template's limits and no internet access; creating
+    /// cold on no stock is allowed, as without the extension.
+    fn default() -> Self {
+        Self {
+            template: String::new(),
+            limits: None,
+            allow_internet_access: false,
+            metadata: BTreeMap::new(),
+            lease: None,
+            labels: BTreeMap::new(),
+            create_on_no_stock: true,
+        }
+    }
 }
 
 /// What the infrastructure knows about one sandbox.

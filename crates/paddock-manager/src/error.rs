@@ -100,7 +100,9 @@ impl From<InfraError> for ApiError {
             }
             InfraError::InvalidLimits(_) => (StatusCode::BAD_REQUEST, e.to_string()),
             InfraError::IllegalTransition { .. } => (StatusCode::CONFLICT, e.to_string()),
-            InfraError::Capacity(_) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            InfraError::Capacity(_) | InfraError::NoStock { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             InfraError::SandboxFailed { id, .. } => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("sandbox {id} failed to start"),

@@ -20,7 +20,7 @@ pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
             tick.tick().await;
             let now = SystemTime::now();
             for r in manager.records.all() {
-                if r.end_at > now {
+                if r.end_at > now || crate::api::never_ends(r.end_at) {
                     continue;
                 }
                 match (r.on_timeout, r.state) {

@@ -75,6 +75,8 @@ impl SandboxRecord {
             "trafficAccessToken": self.traffic_token,
             "domain": null,
             "alias": self.template,
+            // As the original's create and connect answers (it may carry the sandbox's IP).
+            "metadata": self.metadata,
         })
     }
 
@@ -86,7 +88,7 @@ impl SandboxRecord {
             "sandboxID": self.id.as_str(),
             "clientID": "paddock",
             "startedAt": rfc3339(self.started_at),
-            "endAt": rfc3339(self.end_at),
+            "endAt": crate::api::end_at_json(self.end_at),
             "cpuCount": self.cpu_count,
             "memoryMB": self.memory_mb,
             "diskSizeMB": self.disk_mb,
@@ -116,6 +118,10 @@ impl SandboxRecord {
     }
 
     pub fn extend_to(&mut self, timeout: Duration) {
+        // A never-timeout sandbox stays one (as in the original).
+        if crate::api::never_ends(self.end_at) {
+            return;
+        }
         let wanted = SystemTime::now() + timeout;
         if wanted > self.end_at {
             self.end_at = wanted;

@@ -90,6 +90,15 @@ impl EmbeddedInfra {
             info.from_pool = true;
             return Ok(info);
         }
+        // The original's `create-on-no-stock: "false"`: no cold start, the caller retries or
+        // waits for the pool instead.
+        if !req.create_on_no_stock {
+            return Err(InfraError::NoStock {
+                template: req.template,
+            });
+        }
+        // Labels (`req.labels`) are not kept here: an embedded sandbox has no label concept;
+        // the manager lists them as part of the sandbox's metadata from its own record.
         self.cold_create(
             &req.template,
             limits,

@@ -152,6 +152,9 @@ async fn create<I: Infra>(
         .filter(|t| !t.is_empty())
         .unwrap_or_else(|| "base".into());
     let timeout = timeout_secs(&m.config, b.timeout, default_timeout)?;
+    // The original's extensions come out of the metadata before anything else reads it.
+    let mut metadata = b.metadata.clone().unwrap_or_default();
+    let ext = super::extensions::Extensions::take(&mut metadata)?;
     let templates = m.infra.templates().await?;
     let Some(tpl) = templates.iter().find(|t| t.name == template) else {
         return Err(ApiError::not_found(format!(
@@ -171,7 +174,6 @@ async fn create<I: Infra>(
         wanted,
     )?;
     let allow_internet_access = b.allow_internet_access.unwrap_or(true);
-    let metadata = b.metadata.clone().unwrap_or_default();
     let started = std::time::Instant::now();
     // maxClaimWorkers: a burst beyond it queues here instead of all at once.
     let _worker = m
@@ -187,6 +189,8 @@ async fn create<I: Infra>(
             allow_internet_access,
             metadata: metadata.clone(),
             lease: None,
+            labels: ext.labels.clone(),
+            create_on_no_stock: ext.create_on_no_stock,
         })
         .await;
     let info = match created {
@@ -233,9 +237,9 @@ async fn create<I: Infra>(
         id: info.id.clone(),
         team: team.name().to_string(),
         template,
-        metadata,
+        metadata: ext.listed_metadata(&metadata, info.address.ip()),
         started_at: now,
-        end_at: now + timeout,
+        end_at: ext.end_at(now, timeout),
         state: ApiState::Running,
         access_token: token,
         traffic_token,

@@ -38,8 +38,12 @@ pub async fn set_timeout<I: Infra>(
         return Err(ApiError::bad_request("timeout must not be negative"));
     }
     let t = timeout_secs(&m.config, Some(t.max(1)), 0)?;
-    m.records
-        .update(&s.record.id, |rec| rec.end_at = SystemTime::now() + t);
+    m.records.update(&s.record.id, |rec| {
+        // A never-timeout sandbox is never turned into a timed one (as in the original).
+        if !super::extensions::never_ends(rec.end_at) {
+            rec.end_at = SystemTime::now() + t
+        }
+    });
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

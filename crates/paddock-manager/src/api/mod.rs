@@ -4,6 +4,7 @@
 
 mod auth;
 mod create;
+mod extensions;
 mod extract;
 mod keys;
 mod lifecycle;
@@ -29,6 +30,8 @@ use paddock_infra::Infra;
 use crate::Manager;
 use crate::error::ApiError;
 
+pub(crate) use extensions::{end_at_json, never_ends};
+
 /// The manager as handlers see it.
 type M<I> = State<Arc<Manager<I>>>;
 type ApiResult<T = Response> = Result<T, ApiError>;
@@ -36,11 +39,18 @@ type ApiResult<T = Response> = Result<T, ApiError>;
 /// Encodes every metric of the process in Prometheus text format.
 pub type Exporter = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Where the original serves its API besides the root (`/kruise/api/sandboxes`, ...).
+pub const KRUISE_API_PREFIX: &str = "/kruise/api";
+
 /// This API's OpenAPI document.
 pub const OPENAPI: &str = include_str!("../../openapi/openapi.json");
 
 /// The routes, behind API-key authentication (except `/health` and
 /// `/openapi.json`). `/metrics` (admin key) serves what `exporter` encodes.
+///
+/// Every route is served twice: at its own path, and under [`KRUISE_API_PREFIX`], where
+/// clients written for the original (its "customized protocol", e.g. its SDK patch that sets
+/// the API URL to `<domain>/kruise/api`) find the API. One router serves both, in every mode.
 pub fn router<I: Infra>(manager: Arc<Manager<I>>, exporter: Exporter) -> Router {
     let api = Router::new()
         .route(
@@ -68,19 +78,23 @@ pub fn router<I: Infra>(manager: Arc<Manager<I>>, exporter: Exporter) -> Router 
         .route("/templates/aliases/{alias}", get(templates::alias::<I>))
         .route("/api-keys", post(keys::create::<I>).get(keys::list::<I>))
         .route("/api-keys/{id}", delete(keys::delete::<I>))
+        .route("/teams", get(keys::teams::<I>))
         .route("/metrics", get(metrics::prometheus::<I>))
         .layer(axum::Extension(metrics::ExporterHandle(exporter)))
         .layer(axum::middleware::from_fn_with_state(
             manager.clone(),
             auth::authenticate::<I>,
         ));
-    Router::new()
+    let all = Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route(
             "/openapi.json",
             get(|| async { ([("content-type", "application/json")], OPENAPI) }),
         )
-        .merge(api)
+        .merge(api);
+    Router::new()
+        .merge(all.clone())
+        .nest(KRUISE_API_PREFIX, all)
         .fallback(|| async { ApiError::not_found("no such route") })
         .route_layer(axum::middleware::from_fn_with_state(
             manager.clone(),

@@ -32,6 +32,11 @@ struct State_ {
     sandboxes: BTreeMap<SandboxId, SandboxInfo>,
     next: u32,
     failures: HashMap<Op, fn() -> InfraError>,
+    /// Whether the warm pools are empty: creates are then cold, or refused when the
+    /// request forbids a cold create.
+    out_of_stock: bool,
+    /// Every create request, in order.
+    requests: Vec<CreateSandbox>,
 }
 
 pub struct FakeInfra {
@@ -58,6 +63,16 @@ impl FakeInfra {
     /// Every later `op` fails with `error()` until [`Self::heal`].
     pub fn fail(&self, op: Op, error: fn() -> InfraError) {
         self.lock().failures.insert(op, error);
+    }
+
+    /// Empties (or refills) every warm pool.
+    pub fn set_out_of_stock(&self, out: bool) {
+        self.lock().out_of_stock = out;
+    }
+
+    /// The create requests seen so far.
+    pub fn requests(&self) -> Vec<CreateSandbox> {
+        self.lock().requests.clone()
     }
 
     pub fn heal(&self, op: Op) {
@@ -113,6 +128,12 @@ impl Infra for FakeInfra {
             .find(|t| t.name == req.template)
             .ok_or_else(|| InfraError::UnknownTemplate(req.template.clone()))?;
         let mut s = self.lock();
+        s.requests.push(req.clone());
+        if s.out_of_stock && !req.create_on_no_stock {
+            return Err(InfraError::NoStock {
+                template: req.template,
+            });
+        }
         s.next += 1;
         let id = SandboxId::new(format!("fake{:016}", s.next)).expect("a valid id");
         let info = SandboxInfo {
@@ -124,7 +145,7 @@ impl Infra for FakeInfra {
             allow_internet_access: req.allow_internet_access,
             metadata: req.metadata,
             created_at_ms: 0,
-            from_pool: s.next.is_multiple_of(2),
+            from_pool: !s.out_of_stock && s.next.is_multiple_of(2),
             bootstrap_token: None,
         };
         s.sandboxes.insert(id, info.clone());

@@ -1,5 +1,6 @@
 //! The API driven as a `tower::Service` (no socket) over a [`fake::FakeInfra`].
 
+mod extensions;
 mod fake;
 mod keys_and_auth;
 mod sandboxes;
