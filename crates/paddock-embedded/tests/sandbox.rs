@@ -75,6 +75,20 @@ async fn bad_input_is_refused_cleanly() {
         let e = infra.create(bad).await.expect_err("impossible limits");
         assert!(matches!(e, InfraError::InvalidLimits(_)), "{e}");
         assert!(e.is_client_error());
+        // The pools are empty here: a create that forbids a cold start is refused at once,
+        // and starts nothing.
+        let e = infra
+            .create(CreateSandbox {
+                create_on_no_stock: false,
+                ..req("base")
+            })
+            .await
+            .expect_err("no stock");
+        assert!(
+            matches!(e, InfraError::NoStock { ref template } if template == "base"),
+            "{e}"
+        );
+        assert!(infra.list().await.expect("list").is_empty());
         assert_eq!(env.leaks().await, Vec::<String>::new());
     })
     .await;
