@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::error::ApiError;
 
@@ -66,17 +66,19 @@ const UNSUPPORTED: [&str; 11] = [
     "reserve-paused-sandbox-duration",
 ];
 
-/// The `endAt` stored for a sandbox that never times out. `SystemTime` cannot go before the
-/// epoch in the record file (serde refuses), so the epoch itself marks "never": no real
-/// deadline is ever set that far in the past.
-pub const NEVER: SystemTime = SystemTime::UNIX_EPOCH;
+/// The `endAt` stored for a sandbox that never times out: the last second RFC 3339 can
+/// write (9999-12-31T23:59:59Z), so nothing that compares deadlines (the reaper, refreshes)
+/// ever reaches it. The kube-store branch stores a lease without a timeout the same way.
+pub fn never() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+}
 
 /// Whether a record's `end_at` means "never times out".
 pub fn never_ends(end_at: SystemTime) -> bool {
-    end_at == NEVER
+    end_at >= never()
 }
 
-/// How the API shows a deadline: RFC 3339, and for [`NEVER`] the zero time the original
+/// How the API shows a deadline: RFC 3339, and for [`never()`] the zero time the original
 /// shows (Go's zero `time.Time`), which the E2B SDKs parse as a date.
 pub fn end_at_json(end_at: SystemTime) -> String {
     if never_ends(end_at) {
@@ -181,7 +183,7 @@ impl Extensions {
     /// The deadline of a sandbox created now with `timeout`.
     pub fn end_at(&self, now: SystemTime, timeout: std::time::Duration) -> SystemTime {
         if self.never_timeout {
-            NEVER
+            never()
         } else {
             now + timeout
         }
@@ -412,10 +414,11 @@ mod tests {
             never_timeout: true,
             ..Extensions::default()
         };
-        let end = ext.end_at(SystemTime::now(), std::time::Duration::from_secs(5));
+        let end = ext.end_at(SystemTime::now(), Duration::from_secs(5));
         assert!(never_ends(end));
+        assert_eq!(crate::records::rfc3339(end), "9999-12-31T23:59:59Z");
         assert_eq!(end_at_json(end), "0001-01-01T00:00:00Z");
-        let timed = Extensions::default().end_at(SystemTime::now(), std::time::Duration::ZERO);
+        let timed = Extensions::default().end_at(SystemTime::now(), Duration::ZERO);
         assert!(!never_ends(timed));
         assert_ne!(end_at_json(timed), "0001-01-01T00:00:00Z");
     }

@@ -24,7 +24,7 @@ async fn never_timeout_outlives_its_timeout_and_shows_the_zero_time() {
         .await;
     let timed = h.create(ADMIN, json!({"timeout": 1})).await;
     // The reaper passes over every record on each tick; once it has reaped the timed
-    // sandbox, it has also looked at the never-timeout one (whose stored deadline is older).
+    // sandbox, it has also looked at the never-timeout one.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while h.infra.alive().contains(&timed) {
         assert!(std::time::Instant::now() < deadline, "never reaped");
