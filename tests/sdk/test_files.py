@@ -159,6 +159,24 @@ def test_watch_dir_events(sbx):
         handle.stop()
 
 
+def test_a_write_makes_the_events_envd_makes(sbx):
+    # envd: create, then an attribute change (its handover to the user), then the write.
+    sbx.files.make_dir("/tmp/watched3")
+    handle = sbx.files.watch_dir("/tmp/watched3")
+    try:
+        sbx.files.write("/tmp/watched3/f.txt", "data")
+        seen = []
+
+        def three_seen():
+            seen.extend(e.type.name for e in handle.get_new_events() if e.name == "f.txt")
+            return len(seen) >= 3
+
+        wait_until(three_seen, 10, "three events of f.txt", interval=0.1)
+        assert seen[:3] == ["CREATE", "CHMOD", "WRITE"], seen
+    finally:
+        handle.stop()
+
+
 def test_watch_dir_on_missing_path(sbx):
     with pytest.raises(NotFoundException):
         sbx.files.watch_dir("/tmp/never-created")

@@ -343,7 +343,7 @@ struct Opened {
 /// `/etc/hosts` must not hand it to the user). This is no privilege boundary: whoever holds
 /// the sandbox's access token can already run any command as root.
 async fn open_for_upload(user: &User, path: &std::path::Path) -> Result<Opened, HttpError> {
-    let p = path.to_path_buf();
+    let (p, uid, gid) = (path.to_path_buf(), user.uid, user.gid);
     let as_itself = as_user(user, move || {
         if let Some(parent) = p.parent() {
             std::fs::create_dir_all(parent)?;
@@ -354,6 +354,11 @@ async fn open_for_upload(user: &User, path: &std::path::Path) -> Result<Opened, 
             .create(true)
             .truncate(true)
             .open(&p)?;
+        if !existed {
+            // Changes nothing (the user made it), but it is the attribute change envd's
+            // handover makes: watchers see create, attribute change, write, as with envd.
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
         Ok(Opened {
             file,
             existed,
