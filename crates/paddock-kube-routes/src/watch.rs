@@ -56,7 +56,7 @@ fn describe(namespace: Option<&str>) -> String {
 fn classify(verb: &'static str, namespace: Option<&str>, e: kube::Error) -> StartError {
     match &e {
         kube::Error::Api(s) if s.code == 404 && verb != "get" => StartError::NoCrds,
-        kube::Error::Api(s) if s.is_forbidden() => StartError::Forbidden {
+        kube::Error::Api(s) if s.code == 403 || s.is_forbidden() => StartError::Forbidden {
             verb,
             scope: describe(namespace),
             message: s.message.clone(),
@@ -156,5 +156,47 @@ async fn run(
                 tracing::warn!(scope = %describe(namespace.as_deref()), error = %e, "sandbox watch failed; retrying");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn api_error(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Box::new(Status {
+            code,
+            message: message.into(),
+            ..Default::default()
+        }))
+    }
+
+    #[test]
+    fn start_errors_name_the_crds_or_the_verb() {
+        let e = classify(
+            "list",
+            None,
+            api_error(404, "the server could not find the requested resource"),
+        );
+        assert_eq!(
+            e.to_string(),
+            "the agents.kruise.io CRDs are not installed: run `paddock crds | kubectl apply -f -`"
+        );
+        let e = classify("watch", Some("team-a"), api_error(403, "cannot watch"));
+        assert_eq!(
+            e.to_string(),
+            "RBAC forbids `watch` on sandboxes.agents.kruise.io in namespace team-a: cannot watch"
+        );
+        // a 404 on `get` of a made-up name only means the name does not exist
+        assert!(matches!(
+            classify("get", None, api_error(404, "not found")),
+            StartError::Api { verb: "get", .. }
+        ));
+        assert!(matches!(
+            classify("list", None, api_error(500, "etcd down")),
+            StartError::Api { verb: "list", .. }
+        ));
     }
 }
