@@ -210,7 +210,8 @@ async fn a_failed_store_write_is_a_5xx_and_leaves_no_sandbox() {
 
 /// With a store that enforces timeouts, the manager's reaper does not run. Proven against a
 /// second manager whose store does not: once that one has reaped a sandbox created after ours
-/// with the same timeout, ours would have been reaped too.
+/// with the same timeout, and then one more created after that (so more than a reaper tick has
+/// passed since ours ended, whatever the two reapers' phases), ours would have been reaped too.
 #[tokio::test]
 async fn no_reaper_runs_when_the_store_enforces_timeouts() {
     let enforcing = FakeStore::new(true);
@@ -226,6 +227,14 @@ async fn no_reaper_runs_when_the_store_enforces_timeouts() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(control_store.record(&theirs).is_none());
+    let later = control.create(ADMIN, json!({"timeout": 1})).await;
+    while control.infra.alive().contains(&later) {
+        assert!(
+            Instant::now() < deadline,
+            "the second control was never reaped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         h.infra.alive().contains(&ours),
         "the enforcing store's sandbox stays"
