@@ -272,9 +272,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
+            auth_enabled: true,
         },
         manager_metrics,
-    )?;
+    )
+    .await?;
     // Sandboxes that outlived a crash of an earlier run are served again.
     manager
         .reconcile()
