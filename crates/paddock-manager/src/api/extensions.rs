@@ -68,7 +68,7 @@ const UNSUPPORTED: [&str; 11] = [
 
 /// The `endAt` stored for a sandbox that never times out: the last second RFC 3339 can
 /// write (9999-12-31T23:59:59Z), so nothing that compares deadlines (the reaper, refreshes)
-/// ever reaches it. The kube-store branch stores a lease without a timeout the same way.
+/// ever reaches it: what the create stores for a lease without a timeout (`create::end_at`).
 pub fn never() -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
 }
@@ -178,15 +178,6 @@ impl Extensions {
             shown.insert(SANDBOX_IP_KEY.to_string(), ip.to_string());
         }
         shown
-    }
-
-    /// The deadline of a sandbox created now with `timeout`.
-    pub fn end_at(&self, now: SystemTime, timeout: std::time::Duration) -> SystemTime {
-        if self.never_timeout {
-            never()
-        } else {
-            now + timeout
-        }
     }
 }
 
@@ -410,15 +401,11 @@ mod tests {
 
     #[test]
     fn never_timeout_shows_the_zero_time() {
-        let ext = Extensions {
-            never_timeout: true,
-            ..Extensions::default()
-        };
-        let end = ext.end_at(SystemTime::now(), Duration::from_secs(5));
+        let end = never();
         assert!(never_ends(end));
         assert_eq!(crate::records::rfc3339(end), "9999-12-31T23:59:59Z");
         assert_eq!(end_at_json(end), "0001-01-01T00:00:00Z");
-        let timed = Extensions::default().end_at(SystemTime::now(), Duration::ZERO);
+        let timed = SystemTime::now() + Duration::from_secs(3600);
         assert!(!never_ends(timed));
         assert_ne!(end_at_json(timed), "0001-01-01T00:00:00Z");
     }

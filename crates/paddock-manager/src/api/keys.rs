@@ -95,6 +95,7 @@ pub async fn create<I: Infra>(State(m): M<I>, caller: Caller, Body(b): Body<NewK
     let (k, secret) = m
         .keys
         .create(&team, b.name.as_deref().unwrap_or("default"), quota)
+        .await
         .map_err(|e| ApiError::internal("storing the key failed", e))?;
     let mut body = key_json(&k);
     body["key"] = json!(secret);
@@ -129,7 +130,7 @@ pub async fn delete<I: Infra>(
     if !owned {
         return Err(not_found());
     }
-    match m.keys.delete(&id) {
+    match m.keys.delete(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(not_found()),
         Err(e) => Err(ApiError::internal("storing the keys failed", e)),

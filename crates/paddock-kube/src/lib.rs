@@ -1,0 +1,3 @@
+//! The Kubernetes backend of the Sandbox Manager.
+
+pub mod keys;
