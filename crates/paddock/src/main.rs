@@ -16,6 +16,7 @@ use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable, admin_
 use tower::ServiceExt;
 
 mod kubernetes;
+mod manager;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,6 +40,8 @@ enum Command {
     Crds(kubernetes::CrdsArgs),
     /// Run the Kubernetes Sandbox Controller (reconcilers, webhooks) against KUBECONFIG.
     Controller(kubernetes::ControllerArgs),
+    /// Run the Sandbox Manager (the E2B API) against the agents.kruise.io resources.
+    Manager(manager::ManagerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +158,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Template(cmd) => template(cmd).await,
                 Command::Crds(args) => kubernetes::crds(args),
                 Command::Controller(args) => kubernetes::controller(args).await,
+                Command::Manager(args) => manager::run(args).await,
             }
         })
 }
