@@ -30,14 +30,16 @@ enum Written {
 pub struct Cache {
     sandboxes: Vec<Store<Sandbox>>,
     sets: Vec<Store<SandboxSet>>,
-    overlay: Mutex<HashMap<Key, (Written, Instant)>>,
+    overlay: Arc<Overlay>,
     /// Woken on every Sandbox event, for waits on readiness.
     pub changed: Arc<Notify>,
 }
 
-/// How long an overlay entry outlives a watch that never shows the write (a lost event is
-/// replaced by the next relist well before that).
-const OVERLAY_TTL: Duration = Duration::from_secs(300);
+type Overlay = Mutex<HashMap<Key, (Written, Instant)>>;
+
+/// How long an overlay entry may stand in for a watch that has not shown the write yet (it
+/// normally does within milliseconds; this bounds what a stalled watch can make us believe).
+const OVERLAY_TTL: Duration = Duration::from_secs(60);
 
 fn rv(s: &Sandbox) -> Option<u64> {
     s.metadata.resource_version.as_deref()?.parse().ok()
@@ -54,6 +56,7 @@ impl Cache {
         killed: Arc<Mutex<HashMap<Key, Instant>>>,
     ) -> Self {
         let changed = Arc::new(Notify::new());
+        let overlay: Arc<Overlay> = Arc::default();
         let scopes: Vec<Option<&String>> = if namespaces.is_empty() {
             vec![None]
         } else {
@@ -74,6 +77,7 @@ impl Cache {
             let notify = changed.clone();
             let ended = ended.clone();
             let killed = killed.clone();
+            let overlay = overlay.clone();
             let stream = watcher(sbx_api, watcher::Config::default())
                 .default_backoff()
                 .reflect(writer);
@@ -81,7 +85,15 @@ impl Cache {
                 futures::pin_mut!(stream);
                 while let Some(ev) = stream.next().await {
                     match ev {
-                        Ok(watcher::Event::Delete(s)) => report_end(&s, &ended, &killed),
+                        Ok(watcher::Event::Delete(s)) => {
+                            // Gone for good: our own last write of it no longer stands in.
+                            let key = (s.namespace().unwrap_or_default(), s.name_any());
+                            overlay
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&key);
+                            report_end(&s, &ended, &killed)
+                        }
                         Ok(_) => {}
                         Err(e) => tracing::warn!(error = %e, "Sandbox watch failed; retrying"),
                     }
@@ -110,7 +122,7 @@ impl Cache {
         Cache {
             sandboxes,
             sets,
-            overlay: Mutex::new(HashMap::new()),
+            overlay,
             changed,
         }
     }
@@ -266,5 +278,64 @@ fn report_end(
             id,
             reason: "the Sandbox resource was deleted".into(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::runtime::reflector::store::Writer;
+
+    fn sbx(rv: &str, claimed: &str) -> Sandbox {
+        let mut s = Sandbox::new("a", Default::default());
+        s.metadata.namespace = Some("ns".into());
+        s.metadata.resource_version = Some(rv.into());
+        s.labels_mut()
+            .insert(keys::LABEL_SANDBOX_CLAIMED.into(), claimed.into());
+        s
+    }
+
+    fn cache() -> (Cache, Writer<Sandbox>) {
+        let (store, writer) = reflector::store();
+        let c = Cache {
+            sandboxes: vec![store],
+            sets: vec![],
+            overlay: Arc::default(),
+            changed: Arc::new(Notify::new()),
+        };
+        (c, writer)
+    }
+
+    fn key() -> Key {
+        ("ns".into(), "a".into())
+    }
+
+    #[test]
+    fn own_writes_are_read_back_until_the_watch_catches_up() {
+        let (c, mut w) = cache();
+        w.apply_watcher_event(&watcher::Event::Apply(sbx("5", "false")));
+        c.wrote(sbx("6", "true"));
+        let got = c.get(&key()).unwrap();
+        assert_eq!(got.resource_version().as_deref(), Some("6"));
+        assert_eq!(c.sandboxes(crate::convert::is_claimed).len(), 1);
+        // The watch shows a newer version: it wins and the overlay entry goes.
+        w.apply_watcher_event(&watcher::Event::Apply(sbx("7", "true")));
+        assert_eq!(
+            c.get(&key()).unwrap().resource_version().as_deref(),
+            Some("7")
+        );
+        assert!(c.overlay.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_delete_hides_the_sandbox_before_the_watch_drops_it() {
+        let (c, mut w) = cache();
+        w.apply_watcher_event(&watcher::Event::Apply(sbx("5", "true")));
+        c.deleted(key());
+        assert!(c.get(&key()).is_none());
+        assert!(c.sandboxes(|_| true).is_empty());
+        w.apply_watcher_event(&watcher::Event::Delete(sbx("6", "true")));
+        assert!(c.get(&key()).is_none());
+        assert!(c.overlay.lock().unwrap().is_empty());
     }
 }
