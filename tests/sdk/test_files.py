@@ -107,9 +107,39 @@ def test_permissions_follow_the_user(sbx):
         sbx.files.read("/root/secret.txt")
     assert "permission" in str(exc.value).lower() or "403" in str(exc.value)
     assert sbx.files.read("/root/secret.txt", user="root") == "secret\n"
-    with pytest.raises(Exception):
-        sbx.files.write("/etc/paddock-denied", "x")
-    assert not sbx.files.exists("/etc/paddock-denied", user="root")
+
+
+def test_writes_where_the_user_may_not_are_handed_over(sbx):
+    # envd writes as root and hands what it creates to the user: SDK code writes to
+    # /app/config.json as the default user. (Under /tmp here: this runtime shares the host's /.)
+    sbx.commands.run(
+        "mkdir -p /tmp/rootonly && chmod 755 /tmp/rootonly"
+        " && echo keep > /tmp/rootonly/owned && chmod 644 /tmp/rootonly/owned",
+        user="root",
+    )
+    sbx.files.write("/tmp/rootonly/app/conf/config.json", "{}")
+    assert sbx.files.read("/tmp/rootonly/app/conf/config.json") == "{}"
+    assert sbx.files.get_info("/tmp/rootonly/app").owner == "user"
+    assert sbx.files.get_info("/tmp/rootonly/app/conf").owner == "user"
+    assert sbx.files.get_info("/tmp/rootonly/app/conf/config.json").owner == "user"
+    # An existing file of someone else's gets the content, not a new owner.
+    sbx.files.write("/tmp/rootonly/owned", "replaced")
+    assert sbx.files.read("/tmp/rootonly/owned") == "replaced"
+    assert sbx.files.get_info("/tmp/rootonly/owned").owner == "root"
+
+
+def test_remove_of_a_missing_path_succeeds(sbx):
+    sbx.files.remove("/tmp/never-existed")
+    sbx.files.remove("/tmp/never/existed/either")
+    assert not sbx.files.exists("/tmp/never-existed")
+
+
+def test_a_write_without_metadata_clears_it(sbx):
+    sbx.files.write("/home/user/md.txt", "1", metadata={"a": "1", "b": "2"})
+    sbx.files.write("/home/user/md.txt", "2", metadata={"b": "3"})
+    assert sbx.files.get_info("/home/user/md.txt").metadata == {"b": "3"}
+    sbx.files.write("/home/user/md.txt", "3")
+    assert not sbx.files.get_info("/home/user/md.txt").metadata
 
 
 def test_watch_dir_events(sbx):
@@ -125,6 +155,24 @@ def test_watch_dir_events(sbx):
             return {("new.txt", "CREATE"), ("new.txt", "REMOVE")} <= kinds
 
         wait_until(both_seen, 10, "CREATE and REMOVE events of new.txt", interval=0.1)
+    finally:
+        handle.stop()
+
+
+def test_a_write_makes_the_events_envd_makes(sbx):
+    # envd: create, then an attribute change (its handover to the user), then the write.
+    sbx.files.make_dir("/tmp/watched3")
+    handle = sbx.files.watch_dir("/tmp/watched3")
+    try:
+        sbx.files.write("/tmp/watched3/f.txt", "data")
+        seen = []
+
+        def three_seen():
+            seen.extend(e.type.name for e in handle.get_new_events() if e.name == "f.txt")
+            return len(seen) >= 3
+
+        wait_until(three_seen, 10, "three events of f.txt", interval=0.1)
+        assert seen[:3] == ["CREATE", "CHMOD", "WRITE"], seen
     finally:
         handle.stop()
 

@@ -16,6 +16,7 @@
 mod bucket;
 mod cache;
 pub mod convert;
+pub mod keys;
 mod peers;
 mod records;
 
@@ -39,7 +40,8 @@ use kube::runtime::reflector;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use paddock_controller::desired::claim::{self as plan, Candidate, ClaimRequest, InitRuntime};
-use paddock_crds::{Sandbox, SandboxSet, keys};
+use paddock_crds::keys as crd_keys;
+use paddock_crds::{Sandbox, SandboxSet};
 use paddock_gateway::peer::{RouteState, RouteUpdate};
 use paddock_infra::{
     CreateSandbox, IllegalTransition, Infra, InfraError, InfraResult, Lease, LifecycleEvent,
@@ -259,10 +261,10 @@ impl KubeInfra {
                 }
             } else if k == META_CREATE_ON_NO_STOCK {
                 no_stock = v != "false";
-            } else if k.starts_with(keys::E2B_PREFIX) {
+            } else if k.starts_with(crd_keys::E2B_PREFIX) {
                 // The original's other per-create switches: not metadata.
             } else {
-                if convert::valid_key(k) && !keys::is_reserved_key(k) {
+                if convert::valid_key(k) && !crd_keys::is_reserved_key(k) {
                     annotations.insert(k.clone(), v.clone());
                 }
                 metadata.insert(k.clone(), v.clone());
@@ -294,7 +296,7 @@ impl KubeInfra {
             ),
         ]);
         if let Some(t) = &lease.traffic_token {
-            extra.insert(keys::ANNOTATION_TRAFFIC_ACCESS_TOKEN.into(), t.clone());
+            extra.insert(crd_keys::ANNOTATION_TRAFFIC_ACCESS_TOKEN.into(), t.clone());
         }
         let stamp = Stamp {
             claim: ClaimRequest {
@@ -498,11 +500,11 @@ impl Inner {
             state,
             access_token: s
                 .annotations()
-                .get(keys::ANNOTATION_RUNTIME_ACCESS_TOKEN)
+                .get(crd_keys::ANNOTATION_RUNTIME_ACCESS_TOKEN)
                 .cloned(),
             traffic_token: s
                 .annotations()
-                .get(keys::ANNOTATION_TRAFFIC_ACCESS_TOKEN)
+                .get(crd_keys::ANNOTATION_TRAFFIC_ACCESS_TOKEN)
                 .cloned(),
             resource_version: s.resource_version(),
         })
@@ -526,9 +528,9 @@ impl Inner {
         let now = Timestamp::now();
         let pool = self.cache.sandboxes(|s| {
             s.metadata.namespace.as_deref() == Some(ns.as_str())
-                && s.labels().get(keys::LABEL_SANDBOX_POOL) == Some(&set_name)
+                && s.labels().get(crd_keys::LABEL_SANDBOX_POOL) == Some(&set_name)
                 && s.labels()
-                    .get(keys::LABEL_SANDBOX_CLAIMED)
+                    .get(crd_keys::LABEL_SANDBOX_CLAIMED)
                     .map(String::as_str)
                     == Some("false")
         });
@@ -632,7 +634,7 @@ impl Inner {
     async fn init(&self, s: &Sandbox, default_user: bool) -> Result<(), String> {
         let body = s
             .annotations()
-            .get(keys::ANNOTATION_INIT_RUNTIME_REQUEST)
+            .get(crd_keys::ANNOTATION_INIT_RUNTIME_REQUEST)
             .cloned()
             .unwrap_or_default();
         let mut req: paddock_contract::InitRequest = if body.is_empty() {
@@ -829,7 +831,10 @@ impl Infra for KubeInfra {
             return Ok(SandboxMetrics::default());
         }
         let mut req = hyper::Request::get(format!("http://{}/metrics", convert::address(&s)));
-        if let Some(t) = s.annotations().get(keys::ANNOTATION_RUNTIME_ACCESS_TOKEN) {
+        if let Some(t) = s
+            .annotations()
+            .get(crd_keys::ANNOTATION_RUNTIME_ACCESS_TOKEN)
+        {
             req = req.header(paddock_contract::ACCESS_TOKEN_HEADER, t);
         }
         let req = req.body(Empty::new()).map_err(InfraError::internal)?;

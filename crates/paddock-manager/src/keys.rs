@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,10 +55,180 @@ pub struct Quota {
     pub max_memory_mb: Option<u64>,
 }
 
-pub struct KeyStore {
+/// A boxed future, for the object-safe [`KeyBackend`].
+pub type BoxFuture<'a, T> = paddock_infra::record::BoxFuture<'a, T>;
+
+/// Why stored keys could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("the API key file: {0}")]
+    Io(#[from] std::io::Error),
+    /// A backend's own failure (the Kubernetes API, ...).
+    #[error("the API key store: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl KeyError {
+    pub fn backend(e: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        Self::Backend(e.into())
+    }
+}
+
+/// Where team keys are kept (only their salted hashes, never the secrets).
+///
+/// The [`KeyStore`] keeps every key in memory ([`KeyIndex`]) and authenticates from there;
+/// the backend persists them and keeps the index up to date, including with changes another
+/// process made (a second manager replica on the same Secret).
+pub trait KeyBackend: Send + Sync + 'static {
+    /// Stores one key (adds it, or replaces one with its id). Other keys are left alone, so two
+    /// processes adding keys at once both keep theirs.
+    fn put<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), KeyError>>;
+    /// Forgets one key; forgetting an unknown one is no error.
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), KeyError>>;
+    /// Fills `index` with the stored keys before returning, and from then on keeps it up to
+    /// date with changes made elsewhere.
+    fn sync(&self, index: KeyIndex) -> BoxFuture<'_, Result<(), KeyError>>;
+}
+
+/// The keys in memory, shared by the [`KeyStore`] and its backend's watch.
+#[derive(Clone, Default)]
+pub struct KeyIndex {
+    inner: Arc<RwLock<IndexState>>,
+}
+
+#[derive(Default)]
+struct IndexState {
+    keys: BTreeMap<String, StoredKey>,
+    /// The version of the stored set `keys` came from, when the backend has versions.
+    version: Option<u64>,
+}
+
+impl KeyIndex {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, IndexState> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, IndexState> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Replaces every key with `keys`, the stored set at `version`. A set older than the one
+    /// already held is ignored: a watch may deliver the state from just before this process's
+    /// own write after that write's answer was applied, and must not undo it for a moment.
+    pub fn replace(&self, keys: BTreeMap<String, StoredKey>, version: Option<u64>) {
+        let mut state = self.write();
+        if let (Some(new), Some(held)) = (version, state.version)
+            && new < held
+        {
+            return;
+        }
+        state.keys = keys;
+        state.version = version.or(state.version);
+    }
+
+    fn insert(&self, key: StoredKey) {
+        self.write().keys.insert(key.id.clone(), key);
+    }
+
+    fn remove(&self, id: &str) {
+        self.write().keys.remove(id);
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.read().keys.contains_key(id)
+    }
+
+    fn list(&self) -> Vec<StoredKey> {
+        self.read().keys.values().cloned().collect()
+    }
+
+    fn find(&self, presented: &str) -> Option<StoredKey> {
+        self.read()
+            .keys
+            .values()
+            .find(|k| same(&hash(&k.salt, presented), &k.hash))
+            .cloned()
+    }
+}
+
+/// Keys in `api-keys.json` in the data dir (`paddock up`), owner-only (audit H2).
+pub struct FileKeys {
     path: PathBuf,
+    /// What the file holds; each write rewrites the whole file from it.
+    keys: Arc<Mutex<BTreeMap<String, StoredKey>>>,
+}
+
+impl FileKeys {
+    pub fn open(data_dir: &Path) -> std::io::Result<Self> {
+        crate::secret_file::create_dir(data_dir)?;
+        let path = data_dir.join("api-keys.json");
+        let keys = match std::fs::read(&path) {
+            Ok(b) => {
+                // Key hashes are secrets too (audit H2).
+                crate::secret_file::restrict(&path)?;
+                serde_json::from_slice(&b).map_err(std::io::Error::other)?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(e),
+        };
+        Ok(Self {
+            path,
+            keys: Arc::new(Mutex::new(keys)),
+        })
+    }
+
+    /// Applies `change` and writes every key, atomically, on the blocking pool; the change is
+    /// undone when the write fails, so memory and file agree.
+    async fn change(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, StoredKey>) + Send + 'static,
+    ) -> Result<(), KeyError> {
+        let path = self.path.clone();
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut keys = keys.lock().unwrap_or_else(|p| p.into_inner());
+            let mut next = keys.clone();
+            change(&mut next);
+            let bytes = serde_json::to_vec_pretty(&next).map_err(std::io::Error::other)?;
+            crate::secret_file::write(&path, &bytes)?;
+            *keys = next;
+            Ok::<_, std::io::Error>(())
+        })
+        .await
+        .map_err(KeyError::backend)??;
+        Ok(())
+    }
+}
+
+impl KeyBackend for FileKeys {
+    fn put<'a>(&'a self, key: &'a StoredKey) -> BoxFuture<'a, Result<(), KeyError>> {
+        let key = key.clone();
+        Box::pin(self.change(move |keys| {
+            keys.insert(key.id.clone(), key);
+        }))
+    }
+
+    fn remove<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<(), KeyError>> {
+        let id = id.to_string();
+        Box::pin(self.change(move |keys| {
+            keys.remove(&id);
+        }))
+    }
+
+    fn sync(&self, index: KeyIndex) -> BoxFuture<'_, Result<(), KeyError>> {
+        // Only this process writes the file: what it loaded is all there is to follow.
+        let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        index.replace(keys, None);
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// Authenticates API keys: the admin key (held only here, as a hash; never handed to a
+/// backend) and the team keys of a [`KeyBackend`], from memory.
+pub struct KeyStore {
     admin_hash: String,
-    keys: Mutex<BTreeMap<String, StoredKey>>,
+    index: KeyIndex,
+    backend: Arc<dyn KeyBackend>,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -80,33 +250,23 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl KeyStore {
-    pub fn open(data_dir: &Path, admin_key: &str) -> std::io::Result<Self> {
-        crate::secret_file::create_dir(data_dir)?;
-        let path = data_dir.join("api-keys.json");
-        let keys = match std::fs::read(&path) {
-            Ok(b) => {
-                // Key hashes are secrets too (audit H2).
-                crate::secret_file::restrict(&path)?;
-                serde_json::from_slice(&b).map_err(std::io::Error::other)?
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(e),
-        };
+    /// The file store in `data_dir` (`paddock up`).
+    pub async fn open(data_dir: &Path, admin_key: &str) -> Result<Self, KeyError> {
+        Self::with_backend(Arc::new(FileKeys::open(data_dir)?), admin_key).await
+    }
+
+    /// Keys kept by `backend`, loaded before this returns.
+    pub async fn with_backend(
+        backend: Arc<dyn KeyBackend>,
+        admin_key: &str,
+    ) -> Result<Self, KeyError> {
+        let index = KeyIndex::default();
+        backend.sync(index.clone()).await?;
         Ok(Self {
-            path,
             admin_hash: hash("admin", admin_key),
-            keys: Mutex::new(keys),
+            index,
+            backend,
         })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, StoredKey>> {
-        self.keys.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Writes every key, owner-only (audit H2), atomically.
-    fn save(&self, keys: &BTreeMap<String, StoredKey>) -> std::io::Result<()> {
-        let bytes = serde_json::to_vec_pretty(keys).map_err(std::io::Error::other)?;
-        Ok(crate::secret_file::write(&self.path, &bytes)?)
     }
 
     /// The team a presented key belongs to.
@@ -114,19 +274,18 @@ impl KeyStore {
         if same(&hash("admin", key), &self.admin_hash) {
             return Some((Team::Admin, None));
         }
-        self.lock()
-            .values()
-            .find(|k| same(&hash(&k.salt, key), &k.hash))
-            .map(|k| (Team::Named(k.team.clone()), Some(k.clone())))
+        self.index
+            .find(key)
+            .map(|k| (Team::Named(k.team.clone()), Some(k)))
     }
 
     /// Creates a key for `team`; the secret is returned once and never stored.
-    pub fn create(
+    pub async fn create(
         &self,
         team: &str,
         name: &str,
         quota: Quota,
-    ) -> std::io::Result<(StoredKey, String)> {
+    ) -> Result<(StoredKey, String), KeyError> {
         let secret = format!("e2b_{}", random_hex(20));
         let salt = random_hex(16);
         let key = StoredKey {
@@ -138,23 +297,23 @@ impl KeyStore {
             created_at: crate::records::rfc3339(std::time::SystemTime::now()),
             quota,
         };
-        let mut keys = self.lock();
-        keys.insert(key.id.clone(), key.clone());
-        self.save(&keys)?;
+        self.backend.put(&key).await?;
+        // Usable here at once, before any watch reports it back.
+        self.index.insert(key.clone());
         Ok((key, secret))
     }
 
     pub fn list(&self) -> Vec<StoredKey> {
-        self.lock().values().cloned().collect()
+        self.index.list()
     }
 
-    pub fn delete(&self, id: &str) -> std::io::Result<bool> {
-        let mut keys = self.lock();
-        let found = keys.remove(id).is_some();
-        if found {
-            self.save(&keys)?;
+    pub async fn delete(&self, id: &str) -> Result<bool, KeyError> {
+        if !self.index.contains(id) {
+            return Ok(false);
         }
-        Ok(found)
+        self.backend.remove(id).await?;
+        self.index.remove(id);
+        Ok(true)
     }
 }
 
@@ -162,10 +321,10 @@ impl KeyStore {
 mod tests {
     use super::*;
 
-    #[test]
-    fn keys_are_stored_hashed_and_authenticate_their_team() {
+    #[tokio::test]
+    async fn keys_are_stored_hashed_and_authenticate_their_team() {
         let dir = tempfile::tempdir().unwrap();
-        let store = KeyStore::open(dir.path(), "e2b_admin").unwrap();
+        let store = KeyStore::open(dir.path(), "e2b_admin").await.unwrap();
         assert_eq!(store.authenticate("e2b_admin").unwrap().0, Team::Admin);
         let (k, secret) = store
             .create(
@@ -176,17 +335,48 @@ mod tests {
                     ..Quota::default()
                 },
             )
+            .await
             .unwrap();
         assert!(secret.starts_with("e2b_"));
         let on_disk = std::fs::read_to_string(dir.path().join("api-keys.json")).unwrap();
         assert!(!on_disk.contains(&secret), "the secret must not be stored");
-        let reopened = KeyStore::open(dir.path(), "e2b_admin").unwrap();
+        assert!(!on_disk.contains("e2b_admin"), "nor the admin key");
+        let reopened = KeyStore::open(dir.path(), "e2b_admin").await.unwrap();
         assert_eq!(
             reopened.authenticate(&secret).unwrap().0,
             Team::Named("blue".into())
         );
         assert!(reopened.authenticate("e2b_wrong").is_none());
-        assert!(reopened.delete(&k.id).unwrap());
+        assert!(reopened.delete(&k.id).await.unwrap());
+        assert!(!reopened.delete(&k.id).await.unwrap(), "already gone");
         assert!(reopened.authenticate(&secret).is_none());
+        let again = KeyStore::open(dir.path(), "e2b_admin").await.unwrap();
+        assert!(again.list().is_empty(), "the delete reached the file");
+    }
+
+    fn stored(id: &str) -> StoredKey {
+        StoredKey {
+            id: id.into(),
+            team: "blue".into(),
+            name: "n".into(),
+            salt: "s".into(),
+            hash: "h".into(),
+            created_at: String::new(),
+            quota: Quota::default(),
+        }
+    }
+
+    /// A watch that delivers the set from before this process's write must not undo it.
+    #[test]
+    fn an_older_stored_set_does_not_replace_a_newer_one() {
+        let index = KeyIndex::default();
+        index.replace(BTreeMap::from([("a".into(), stored("a"))]), Some(7));
+        index.replace(BTreeMap::new(), Some(5));
+        assert!(index.contains("a"));
+        index.replace(BTreeMap::from([("b".into(), stored("b"))]), Some(9));
+        assert!(!index.contains("a") && index.contains("b"));
+        // Backends without versions always replace.
+        index.replace(BTreeMap::new(), None);
+        assert!(index.list().is_empty());
     }
 }

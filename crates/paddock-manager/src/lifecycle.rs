@@ -1,5 +1,5 @@
 //! Timeouts: a sandbox whose `endAt` has passed is killed, or paused when it
-//! asked for that. Deaths: a sandbox that ends on its own loses its record (and
+//! asked for that (unless the record store's backend enforces timeouts itself). Deaths: a sandbox that ends on its own loses its record (and
 //! so its route) at once.
 
 use std::sync::Arc;
@@ -28,9 +28,13 @@ pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
                         tracing::info!(sandbox = %r.id, "timeout reached: pausing");
                         match manager.infra.pause(&r.id).await {
                             Ok(_) => {
-                                manager
+                                let saved = manager
                                     .records
-                                    .update(&r.id, |rec| rec.state = ApiState::Paused);
+                                    .update(&r.id, Box::new(|rec| rec.state = ApiState::Paused))
+                                    .await;
+                                if let Err(e) = saved {
+                                    tracing::error!(sandbox = %r.id, error = %e, "recording a pause on timeout failed");
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(sandbox = %r.id, error = %e, "pause on timeout failed")
@@ -40,7 +44,11 @@ pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
                     (OnTimeout::Pause, ApiState::Paused) => {}
                     (OnTimeout::Kill, _) => {
                         tracing::info!(sandbox = %r.id, "timeout reached: killing");
-                        manager.records.remove(&r.id);
+                        if let Err(e) = manager.records.remove(&r.id).await {
+                            // Killed anyway: the timeout is the user's decision, and a record
+                            // without a sandbox is dropped by the next reconcile.
+                            tracing::error!(sandbox = %r.id, error = %e, "forgetting a timed-out sandbox failed");
+                        }
                         if let Err(e) = manager.infra.kill(&r.id).await {
                             tracing::warn!(sandbox = %r.id, error = %e, "kill on timeout failed");
                         }
@@ -85,7 +93,9 @@ pub fn spawn_ended_watcher<I: Infra>(manager: Arc<Manager<I>>) {
 }
 
 async fn forget_dead<I: Infra>(manager: &Manager<I>, id: &SandboxId) {
-    manager.records.remove(id);
+    if let Err(e) = manager.records.remove(id).await {
+        tracing::error!(sandbox = %id, error = %e, "forgetting the record of a dead sandbox failed");
+    }
     match manager.infra.kill(id).await {
         Ok(()) | Err(InfraError::NotFound(_)) => {}
         Err(e) => tracing::warn!(sandbox = %id, error = %e, "forgetting a dead sandbox failed"),

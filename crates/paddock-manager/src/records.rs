@@ -1,61 +1,17 @@
 //! What the manager remembers about each sandbox, and the views of it that
 //! the API returns and the data plane routes by.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use paddock_infra::SandboxId;
+use paddock_infra::record::{BoxFuture, RecordChange, RecordStore};
+use paddock_infra::{InfraError, InfraResult, SandboxId};
 use serde_json::{Value, json};
 
-/// What happens when a sandbox's timeout passes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum OnTimeout {
-    Kill,
-    Pause,
-}
-
-/// The two states the E2B API exposes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum ApiState {
-    Running,
-    Paused,
-}
-
-impl ApiState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ApiState::Running => "running",
-            ApiState::Paused => "paused",
-        }
-    }
-}
-
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct SandboxRecord {
-    pub id: SandboxId,
-    pub team: String,
-    pub template: String,
-    pub metadata: BTreeMap<String, String>,
-    pub started_at: SystemTime,
-    pub end_at: SystemTime,
-    pub state: ApiState,
-    pub access_token: String,
-    /// Set when the sandbox's other ports are private (`allowPublicTraffic: false`).
-    #[serde(default)]
-    pub traffic_token: Option<String>,
-    /// The runtime's address; other ports live on the same ip.
-    pub address: SocketAddr,
-    pub cpu_count: u32,
-    pub memory_mb: u64,
-    pub disk_mb: u64,
-    pub on_timeout: OnTimeout,
-    pub auto_resume: bool,
-    pub allow_internet_access: bool,
-}
+pub use paddock_infra::record::{ApiState, OnTimeout, SandboxRecord};
 
 pub fn rfc3339(t: SystemTime) -> String {
     time::OffsetDateTime::from(t)
@@ -63,9 +19,19 @@ pub fn rfc3339(t: SystemTime) -> String {
         .unwrap_or_default()
 }
 
-impl SandboxRecord {
+/// The API's JSON views of a record (the record type lives in `paddock-infra`, shared with
+/// the backends that keep records themselves).
+pub trait RecordJson {
     /// The `Sandbox` body of create/connect responses.
-    pub fn sandbox_json(&self, envd_version: &str) -> Value {
+    fn sandbox_json(&self, envd_version: &str) -> Value;
+    /// `ListedSandbox`.
+    fn listed_json(&self, envd_version: &str) -> Value;
+    /// `SandboxDetail`: `ListedSandbox` with more fields.
+    fn detail_json(&self, envd_version: &str) -> Value;
+}
+
+impl RecordJson for SandboxRecord {
+    fn sandbox_json(&self, envd_version: &str) -> Value {
         json!({
             "templateID": self.template,
             "sandboxID": self.id.as_str(),
@@ -78,8 +44,7 @@ impl SandboxRecord {
         })
     }
 
-    /// `ListedSandbox` (and, with more fields, `SandboxDetail`).
-    pub fn listed_json(&self, envd_version: &str) -> Value {
+    fn listed_json(&self, envd_version: &str) -> Value {
         json!({
             "templateID": self.template,
             "alias": self.template,
@@ -96,7 +61,7 @@ impl SandboxRecord {
         })
     }
 
-    pub fn detail_json(&self, envd_version: &str) -> Value {
+    fn detail_json(&self, envd_version: &str) -> Value {
         let mut v = self.listed_json(envd_version);
         let o = v.as_object_mut().expect("listed_json is an object");
         o.insert("envdAccessToken".into(), json!(self.access_token));
@@ -114,13 +79,6 @@ impl SandboxRecord {
         );
         v
     }
-
-    pub fn extend_to(&mut self, timeout: Duration) {
-        let wanted = SystemTime::now() + timeout;
-        if wanted > self.end_at {
-            self.end_at = wanted;
-        }
-    }
 }
 
 /// Where the data plane sends a sandbox's traffic.
@@ -132,17 +90,21 @@ pub struct Route {
     pub paused: bool,
 }
 
-/// Read access to the sandboxes for the data plane.
+/// Read access to the sandboxes for the data plane: a view of the manager's record store,
+/// whichever backend keeps it (its reads are synchronous and cheap by contract).
 #[derive(Clone)]
 pub struct RouteTable {
-    inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
+    store: Arc<dyn RecordStore>,
 }
 
 impl RouteTable {
+    pub fn new(store: Arc<dyn RecordStore>) -> Self {
+        Self { store }
+    }
+
     pub fn get(&self, id: &str) -> Option<Route> {
         let id = SandboxId::new(id).ok()?;
-        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&id).map(|r| Route {
+        self.store.get(&id).map(|r| Route {
             ip: r.address.ip(),
             access_token: r.access_token.clone(),
             traffic_token: r.traffic_token.clone(),
@@ -151,17 +113,33 @@ impl RouteTable {
     }
 }
 
+/// Why the records could not be saved.
+#[derive(Debug, thiserror::Error)]
+#[error("could not save the sandbox records to {file}: {source}")]
+pub struct SaveError {
+    file: String,
+    #[source]
+    source: std::io::Error,
+}
+
 /// The records, written through to a file so that a restarted manager
 /// still knows the sandboxes (and their tokens) the infrastructure kept
-/// running.
+/// running. This is the store of `paddock up`; a backend may bring its own
+/// ([`paddock_infra::Infra::records`]).
 ///
 /// The file is written outside the map's lock (audit L3): the data plane reads routes through
 /// that lock, and must not wait for a disk sync. Each change takes a version under the lock;
 /// the writer skips a snapshot older than the one already on disk, so the newest state
-/// always wins and writers that queue up behind a slow disk coalesce.
-#[derive(Default)]
+/// always wins and writers that queue up behind a slow disk coalesce. The write itself runs
+/// on the blocking pool, never on an async worker.
+#[derive(Clone, Default)]
 pub struct Records {
-    inner: Arc<RwLock<HashMap<SandboxId, SandboxRecord>>>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    inner: RwLock<HashMap<SandboxId, SandboxRecord>>,
     file: Option<PathBuf>,
     /// The version of the last change, taken under the map's lock.
     version: AtomicU64,
@@ -191,121 +169,145 @@ impl Records {
             Err(e) => return Err(e),
         };
         Ok(Self {
-            inner: Arc::new(RwLock::new(map)),
-            file: Some(file),
-            ..Self::default()
+            shared: Arc::new(Shared {
+                inner: RwLock::new(map),
+                file: Some(file),
+                ..Shared::default()
+            }),
         })
     }
 
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<SandboxId, SandboxRecord>> {
+        self.shared.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<SandboxId, SandboxRecord>> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+        self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Takes the map's state after a change; call with the map's write lock held.
     fn snapshot(&self, map: &HashMap<SandboxId, SandboxRecord>) -> Option<Snapshot> {
-        self.file.as_ref()?;
+        self.shared.file.as_ref()?;
         let list: Vec<&SandboxRecord> = map.values().collect();
         Some(Snapshot {
-            version: self.version.fetch_add(1, Ordering::SeqCst) + 1,
+            version: self.shared.version.fetch_add(1, Ordering::SeqCst) + 1,
             bytes: serde_json::to_vec(&list).map_err(std::io::Error::other),
         })
     }
 
     /// Writes a snapshot, owner-only (it holds every access token: audit H2), through a temp
     /// file + rename so a crash never leaves half a file; a snapshot older than the file is
-    /// skipped. Returns once this state (or a newer one) is on disk.
-    fn persist(&self, snapshot: Option<Snapshot>) {
-        let (Some(file), Some(snap)) = (&self.file, snapshot) else {
-            return;
+    /// skipped. Returns once this state (or a newer one) is on disk. Blocks: call it from
+    /// [`Self::persist`] or a plain thread.
+    fn persist_blocking(shared: &Shared, snapshot: Option<Snapshot>) -> Result<(), SaveError> {
+        let (Some(file), Some(snap)) = (&shared.file, snapshot) else {
+            return Ok(());
         };
-        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let mut written = shared.written.lock().unwrap_or_else(|p| p.into_inner());
         if *written >= snap.version {
-            return;
+            return Ok(());
         }
-        let result = snap
-            .bytes
-            .and_then(|bytes| Ok(crate::secret_file::write(file, &bytes)?));
-        match result {
-            Ok(()) => *written = snap.version,
-            Err(e) => {
-                tracing::error!(file = %file.display(), error = %e, "could not save sandbox records")
-            }
+        snap.bytes
+            .and_then(|bytes| Ok(crate::secret_file::write(file, &bytes)?))
+            .map_err(|source| SaveError {
+                file: file.display().to_string(),
+                source,
+            })?;
+        *written = snap.version;
+        Ok(())
+    }
+
+    /// [`Self::persist_blocking`] on the blocking pool.
+    async fn persist(&self, snapshot: Option<Snapshot>) -> InfraResult<()> {
+        if snapshot.is_none() {
+            return Ok(());
         }
-    }
-
-    pub fn route_table(&self) -> RouteTable {
-        RouteTable {
-            inner: self.inner.clone(),
-        }
-    }
-
-    pub fn insert(&self, r: SandboxRecord) {
-        let snapshot = {
-            let mut map = self.write();
-            map.insert(r.id.clone(), r);
-            self.snapshot(&map)
-        };
-        self.persist(snapshot);
-    }
-
-    pub fn remove(&self, id: &SandboxId) -> Option<SandboxRecord> {
-        let (gone, snapshot) = {
-            let mut map = self.write();
-            let gone = map.remove(id);
-            let snapshot = gone.as_ref().and_then(|_| self.snapshot(&map));
-            (gone, snapshot)
-        };
-        self.persist(snapshot);
-        gone
-    }
-
-    /// The record, if `team` may see it.
-    pub fn get(&self, id: &str, team: &crate::Team) -> Option<SandboxRecord> {
-        let id = SandboxId::new(id).ok()?;
-        let map = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&id).filter(|r| team.sees(&r.team)).cloned()
-    }
-
-    /// Changes a record in place; false if it is gone.
-    pub fn update(&self, id: &SandboxId, f: impl FnOnce(&mut SandboxRecord)) -> bool {
-        let snapshot = {
-            let mut map = self.write();
-            let Some(r) = map.get_mut(id) else {
-                return false;
-            };
-            f(r);
-            self.snapshot(&map)
-        };
-        self.persist(snapshot);
-        true
-    }
-
-    pub fn all(&self) -> Vec<SandboxRecord> {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
-    }
-
-    /// What `team`'s sandboxes count against its quota.
-    pub fn usage_of(&self, team: &str) -> crate::quota::Usage {
-        self.inner
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|r| r.team == team)
-            .fold(crate::quota::Usage::default(), |u, r| crate::quota::Usage {
-                sandboxes: u.sandboxes + 1,
-                cpu: u.cpu + r.cpu_count,
-                memory_mb: u.memory_mb + r.memory_mb,
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || Self::persist_blocking(&shared, snapshot))
+            .await
+            .map_err(InfraError::internal)?
+            .map_err(|e| {
+                tracing::error!(error = %e, "could not save sandbox records");
+                InfraError::internal(e)
             })
     }
+
+    fn insert_now(&self, r: SandboxRecord) -> Option<Snapshot> {
+        let mut map = self.write();
+        map.insert(r.id.clone(), r);
+        self.snapshot(&map)
+    }
+
+    fn update_now(&self, id: &SandboxId, f: RecordChange<'_>) -> Option<Option<Snapshot>> {
+        let mut map = self.write();
+        let r = map.get_mut(id)?;
+        f(r);
+        Some(self.snapshot(&map))
+    }
+
+    fn remove_now(&self, id: &SandboxId) -> (Option<SandboxRecord>, Option<Snapshot>) {
+        let mut map = self.write();
+        let gone = map.remove(id);
+        let snapshot = gone.as_ref().and_then(|_| self.snapshot(&map));
+        (gone, snapshot)
+    }
+}
+
+impl RecordStore for Records {
+    fn get(&self, id: &SandboxId) -> Option<SandboxRecord> {
+        self.read().get(id).cloned()
+    }
+
+    fn all(&self) -> Vec<SandboxRecord> {
+        self.read().values().cloned().collect()
+    }
+
+    fn insert(&self, record: SandboxRecord) -> BoxFuture<'_, InfraResult<()>> {
+        let snapshot = self.insert_now(record);
+        Box::pin(self.persist(snapshot))
+    }
+
+    fn update<'a>(
+        &'a self,
+        id: &'a SandboxId,
+        change: RecordChange<'a>,
+    ) -> BoxFuture<'a, InfraResult<bool>> {
+        let changed = self.update_now(id, change);
+        Box::pin(async move {
+            match changed {
+                None => Ok(false),
+                Some(snapshot) => self.persist(snapshot).await.map(|()| true),
+            }
+        })
+    }
+
+    fn remove<'a>(
+        &'a self,
+        id: &'a SandboxId,
+    ) -> BoxFuture<'a, InfraResult<Option<SandboxRecord>>> {
+        let (gone, snapshot) = self.remove_now(id);
+        Box::pin(async move { self.persist(snapshot).await.map(|()| gone) })
+    }
+}
+
+/// What `team`'s sandboxes count against its quota, from every record of `store`.
+pub fn usage_of(store: &dyn RecordStore, team: &str) -> crate::quota::Usage {
+    store
+        .all()
+        .iter()
+        .filter(|r| r.team == team)
+        .fold(crate::quota::Usage::default(), |u, r| crate::quota::Usage {
+            sandboxes: u.sandboxes + 1,
+            cpu: u.cpu + r.cpu_count,
+            memory_mb: u.memory_mb + r.memory_mb,
+        })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
     use super::*;
 
     fn record(id: &str) -> SandboxRecord {
@@ -330,33 +332,40 @@ mod tests {
         }
     }
 
+    fn id(s: &str) -> SandboxId {
+        SandboxId::new(s).unwrap()
+    }
+
     /// Audit L3: the file was written (and is now synced) under the lock the data plane reads
     /// routes through. A lookup must not wait for a write in progress.
-    #[test]
-    fn route_lookups_do_not_wait_for_the_file() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn route_lookups_do_not_wait_for_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Arc::new(Records::open(dir.path().join("sandboxes.json")).unwrap());
-        r.insert(record("aaaaaaaaaaaaaaaaaaaa"));
-        // Hold the file writer, as a slow disk would, while another thread changes a record.
-        let held = r.written.lock().unwrap();
+        let r = Records::open(dir.path().join("sandboxes.json")).unwrap();
+        r.insert(record("aaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+        // Hold the file writer, as a slow disk would, while another task changes a record.
+        let held = r.shared.written.lock().unwrap();
         let writer = {
             let r = r.clone();
-            std::thread::spawn(move || {
-                r.update(&SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(), |x| {
-                    x.state = ApiState::Paused
-                })
+            tokio::spawn(async move {
+                r.update(
+                    &id("aaaaaaaaaaaaaaaaaaaa"),
+                    Box::new(|x| x.state = ApiState::Paused),
+                )
+                .await
             })
         };
         // The change is visible to the data plane while its write waits: the map's lock is
         // free (try_read, so a lock held across the write fails here instead of hanging).
-        let id = SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap();
+        let routes = RouteTable::new(Arc::new(r.clone()));
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let paused = r
+                .shared
                 .inner
                 .try_read()
                 .ok()
-                .is_some_and(|m| m[&id].state == ApiState::Paused);
+                .is_some_and(|m| m[&id("aaaaaaaaaaaaaaaaaaaa")].state == ApiState::Paused);
             if paused {
                 break;
             }
@@ -366,8 +375,9 @@ mod tests {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+        assert!(routes.get("aaaaaaaaaaaaaaaaaaaa").unwrap().paused);
         drop(held);
-        assert!(writer.join().unwrap());
+        assert!(writer.await.unwrap().unwrap());
         let again = Records::open(dir.path().join("sandboxes.json")).unwrap();
         assert_eq!(
             again.all()[0].state,
@@ -376,17 +386,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn records_survive_a_reopen() {
+    #[tokio::test]
+    async fn records_survive_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("sandboxes.json");
         let r = Records::open(file.clone()).unwrap();
-        r.insert(record("aaaaaaaaaaaaaaaaaaaa"));
-        r.insert(record("bbbbbbbbbbbbbbbbbbbb"));
-        r.update(&SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(), |x| {
-            x.state = ApiState::Paused
-        });
-        r.remove(&SandboxId::new("bbbbbbbbbbbbbbbbbbbb").unwrap());
+        r.insert(record("aaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+        r.insert(record("bbbbbbbbbbbbbbbbbbbb")).await.unwrap();
+        let changed = r
+            .update(
+                &id("aaaaaaaaaaaaaaaaaaaa"),
+                Box::new(|x| x.state = ApiState::Paused),
+            )
+            .await
+            .unwrap();
+        assert!(changed);
+        assert!(
+            !r.update(&id("cccccccccccccccccccc"), Box::new(|_| {}))
+                .await
+                .unwrap(),
+            "an unknown id is reported, not created"
+        );
+        let gone = r.remove(&id("bbbbbbbbbbbbbbbbbbbb")).await.unwrap();
+        assert_eq!(gone.unwrap().id, id("bbbbbbbbbbbbbbbbbbbb"));
+        assert!(
+            r.remove(&id("bbbbbbbbbbbbbbbbbbbb"))
+                .await
+                .unwrap()
+                .is_none()
+        );
         let again = Records::open(file.clone()).unwrap();
         let all = again.all();
         assert_eq!(all.len(), 1);
@@ -396,5 +424,37 @@ mod tests {
         std::fs::write(&file, b"{broken").unwrap();
         let err = Records::open(file).err().unwrap();
         assert!(err.to_string().contains("corrupt"), "{err}");
+    }
+
+    /// A write that cannot reach the disk is an error the caller sees (the API answers 5xx),
+    /// not only a log line.
+    #[tokio::test]
+    async fn a_failed_save_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("data");
+        std::fs::create_dir(&sub).unwrap();
+        let r = Records::open(sub.join("sandboxes.json")).unwrap();
+        // The records file's directory becomes a file: every save fails (root ignores modes).
+        std::fs::remove_dir(&sub).unwrap();
+        std::fs::write(&sub, b"").unwrap();
+        let err = r.insert(record("aaaaaaaaaaaaaaaaaaaa")).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("could not save the sandbox records"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn usage_counts_a_teams_records() {
+        let r = Records::default();
+        let _ = r.insert_now(record("aaaaaaaaaaaaaaaaaaaa"));
+        let _ = r.insert_now(record("bbbbbbbbbbbbbbbbbbbb"));
+        let mut other = record("cccccccccccccccccccc");
+        other.team = "red".into();
+        let _ = r.insert_now(other);
+        let u = usage_of(&r, "blue");
+        assert_eq!((u.sandboxes, u.cpu, u.memory_mb), (2, 2, 1024));
+        assert_eq!(usage_of(&r, "green").sandboxes, 0);
     }
 }

@@ -155,14 +155,15 @@ mod h2 {
 
     use crate::keys::{KeyStore, Quota};
     use crate::records::{ApiState, OnTimeout, Records, SandboxRecord};
+    use paddock_infra::record::RecordStore;
 
     fn assert_owner_only(p: &std::path::Path) {
         let mode = std::fs::metadata(p).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "{} is {:o}", p.display(), mode & 0o777);
     }
 
-    #[test]
-    fn secrets_at_rest_are_owner_only_under_umask_022() {
+    #[tokio::test]
+    async fn secrets_at_rest_are_owner_only_under_umask_022() {
         // Process-wide, but 022 is what every test expects anyway.
         umask(Mode::from_bits_truncate(0o022));
         let dir = tempfile::tempdir().unwrap();
@@ -175,31 +176,34 @@ mod h2 {
         assert_owner_only(&admin);
         assert_owner_only(&data);
 
-        let keys = KeyStore::open(&data, "e2b_admin").unwrap();
-        keys.create("blue", "ci", Quota::default()).unwrap();
+        let keys = KeyStore::open(&data, "e2b_admin").await.unwrap();
+        keys.create("blue", "ci", Quota::default()).await.unwrap();
         assert_owner_only(&data.join("api-keys.json"));
 
         let file = data.join("sandboxes.json");
         let records = Records::open(file.clone()).unwrap();
         let now = SystemTime::now();
-        records.insert(SandboxRecord {
-            id: paddock_infra::SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(),
-            team: "blue".into(),
-            template: "base".into(),
-            metadata: Default::default(),
-            started_at: now,
-            end_at: now + Duration::from_secs(60),
-            state: ApiState::Running,
-            access_token: "secret-token".into(),
-            traffic_token: None,
-            address: "10.0.0.2:49983".parse().unwrap(),
-            cpu_count: 1,
-            memory_mb: 512,
-            disk_mb: 0,
-            on_timeout: OnTimeout::Kill,
-            auto_resume: false,
-            allow_internet_access: true,
-        });
+        records
+            .insert(SandboxRecord {
+                id: paddock_infra::SandboxId::new("aaaaaaaaaaaaaaaaaaaa").unwrap(),
+                team: "blue".into(),
+                template: "base".into(),
+                metadata: Default::default(),
+                started_at: now,
+                end_at: now + Duration::from_secs(60),
+                state: ApiState::Running,
+                access_token: "secret-token".into(),
+                traffic_token: None,
+                address: "10.0.0.2:49983".parse().unwrap(),
+                cpu_count: 1,
+                memory_mb: 512,
+                disk_mb: 0,
+                on_timeout: OnTimeout::Kill,
+                auto_resume: false,
+                allow_internet_access: true,
+            })
+            .await
+            .unwrap();
         assert_owner_only(&file);
 
         // Files an older version left world-readable are tightened when opened.

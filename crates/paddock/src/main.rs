@@ -15,6 +15,7 @@ use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
 use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable, admin_key};
 use tower::ServiceExt;
 
+mod gateway;
 mod kubernetes;
 mod manager;
 
@@ -42,6 +43,9 @@ enum Command {
     Controller(kubernetes::ControllerArgs),
     /// Run the Sandbox Manager (the E2B API) against the agents.kruise.io resources.
     Manager(manager::ManagerArgs),
+    /// Run the Sandbox Gateway on Kubernetes: routes from a watch of Sandboxes and from
+    /// the managers' pushes.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Crds(args) => kubernetes::crds(args),
                 Command::Controller(args) => kubernetes::controller(args).await,
                 Command::Manager(args) => manager::run(args).await,
+                Command::Gateway(args) => gateway::gateway(args).await,
             }
         })
 }
@@ -271,9 +276,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             data_dir: args.data_dir.clone(),
             envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
+            auth_enabled: true,
         },
         manager_metrics,
-    )?;
+    )
+    .await?;
     // Sandboxes that outlived a crash of an earlier run are served again.
     manager
         .reconcile()

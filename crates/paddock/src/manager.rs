@@ -91,6 +91,16 @@ fn read_secret_file(p: &std::path::Path, what: &str) -> anyhow::Result<String> {
     Ok(s)
 }
 
+fn uuid_like() -> String {
+    let mut b = [0u8; 16];
+    // /dev/urandom: the key is never shown, it only has to be unguessable.
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = f.read_exact(&mut b);
+    }
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -99,16 +109,13 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    if !args.enable_auth {
-        // SEAM(kube-store): `--enable-auth=false` needs the manager's auth switch; refused
-        // rather than silently ignored until it lands.
-        bail!("--enable-auth=false is not supported by this build yet");
-    }
     let admin_key = match (&args.admin_api_key, &args.admin_api_key_file) {
         (Some(k), _) if !k.trim().is_empty() => k.trim().to_string(),
         (_, Some(f)) => read_secret_file(f, "admin API key file")?,
         _ => match std::env::var("E2B_ADMIN_API_KEY") {
             Ok(k) if !k.trim().is_empty() => k.trim().to_string(),
+            // Without auth no key is checked; a random one keeps the admin key unguessable.
+            _ if !args.enable_auth => uuid_like(),
             _ => bail!(
                 "no admin API key: pass --admin-api-key, --admin-api-key-file or set \
                  PADDOCK_ADMIN_API_KEY / E2B_ADMIN_API_KEY"
@@ -123,7 +130,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     };
     let client = kube_client(args.kubeconfig.as_deref()).await?;
     let infra = KubeInfra::start(
-        client,
+        client.clone(),
         KubeConfig {
             namespaces: args.namespaces.clone(),
             system_namespace: args.system_namespace.clone(),
@@ -143,26 +150,40 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         "watching the agents.kruise.io resources"
     );
 
-    // SEAM(kube-store): keys and records still live in a private per-process directory until
-    // the manager takes the Kubernetes Secret key store (`--key-secret` in
-    // `--system-namespace`) and `Infra::records()`; then this directory goes away.
+    // The records live in the Sandboxes (`Infra::records`), the keys in a Secret of the
+    // system namespace: every replica sees both, none keeps state of its own. The data dir
+    // is only the manager's scratch space (nothing is written there on this backend).
     let data_dir = std::env::temp_dir().join(format!("paddock-manager-{}", std::process::id()));
-    paddock_manager::secret_file::create_dir(&data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
-    tracing::info!(secret = %args.key_secret, namespace = %args.system_namespace, "API keys: Secret store not wired yet; keys are kept per process");
-
+    let keys = paddock_manager::KeyStore::with_backend(
+        Arc::new(paddock_kube::keys::SecretKeys::new(
+            client,
+            &args.system_namespace,
+            &args.key_secret,
+        )),
+        &admin_key,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{e}"))
+    .with_context(|| {
+        format!(
+            "opening the API key Secret {}/{}",
+            args.system_namespace, args.key_secret
+        )
+    })?;
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = ManagerMetrics::register(&mut registry);
-    let manager = Manager::start(
+    let manager = Manager::start_with_keys(
         Arc::new(infra),
         ManagerConfig {
             admin_api_key: admin_key,
             max_timeout_secs: args.max_timeout,
             data_dir,
+            auth_enabled: args.enable_auth,
             envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
         },
         metrics,
+        keys,
     )?;
     let _ = &args.domain;
     let registry = Arc::new(registry);

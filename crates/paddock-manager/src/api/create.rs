@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use paddock_infra::{CreateSandbox, Infra};
+use paddock_infra::{CreateSandbox, Infra, Lease};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -18,7 +18,7 @@ use super::{ApiResult, M};
 use crate::Manager;
 use crate::error::ApiError;
 use crate::keys::random_hex;
-use crate::records::{ApiState, OnTimeout, SandboxRecord};
+use crate::records::{ApiState, OnTimeout, RecordJson, SandboxRecord};
 
 /// Default timeout of a v1 create, seconds.
 const V1_DEFAULT_TIMEOUT: u64 = 15;
@@ -167,11 +167,31 @@ async fn create<I: Infra>(
     let _reservation = m.reservations.reserve(
         &quota,
         team.name(),
-        || m.records.usage_of(team.name()),
+        || crate::records::usage_of(&*m.records, team.name()),
         wanted,
     )?;
     let allow_internet_access = b.allow_internet_access.unwrap_or(true);
     let metadata = b.metadata.clone().unwrap_or_default();
+    // Everything the creator decides is settled before the sandbox exists: a backend that
+    // keeps records writes it together with its claim.
+    let lease = Lease {
+        team: team.name().to_string(),
+        access_token: random_hex(24),
+        traffic_token: b
+            .network
+            .as_ref()
+            .and_then(|n| n.allow_public_traffic)
+            .is_some_and(|public| !public)
+            .then(|| random_hex(24)),
+        env_vars: b.env_vars.clone().unwrap_or_default(),
+        timeout: Some(timeout),
+        on_timeout: if b.auto_pause.unwrap_or(false) {
+            OnTimeout::Pause
+        } else {
+            OnTimeout::Kill
+        },
+        auto_resume: b.auto_resume.as_ref().is_some_and(|a| a.enabled),
+    };
     let started = std::time::Instant::now();
     // maxClaimWorkers: a burst beyond it queues here instead of all at once.
     let _worker = m
@@ -179,18 +199,6 @@ async fn create<I: Infra>(
         .acquire()
         .await
         .map_err(|e| ApiError::internal("the manager is shutting down", e))?;
-    let token = random_hex(24);
-    let traffic_token = b
-        .network
-        .as_ref()
-        .and_then(|n| n.allow_public_traffic)
-        .is_some_and(|public| !public)
-        .then(|| random_hex(24));
-    let on_timeout = if b.auto_pause.unwrap_or(false) {
-        OnTimeout::Pause
-    } else {
-        OnTimeout::Kill
-    };
     let created = m
         .infra
         .create(CreateSandbox {
@@ -198,19 +206,7 @@ async fn create<I: Infra>(
             limits: None,
             allow_internet_access,
             metadata: metadata.clone(),
-            // Backends that keep records (Kubernetes) write the lease with the claim.
-            lease: Some(paddock_infra::Lease {
-                team: team.name().to_string(),
-                access_token: token.clone(),
-                traffic_token: traffic_token.clone(),
-                env_vars: b.env_vars.clone().unwrap_or_default(),
-                timeout: Some(timeout),
-                on_timeout: match on_timeout {
-                    OnTimeout::Pause => paddock_infra::OnTimeout::Pause,
-                    OnTimeout::Kill => paddock_infra::OnTimeout::Kill,
-                },
-                auto_resume: b.auto_resume.as_ref().is_some_and(|a| a.enabled),
-            }),
+            lease: Some(lease.clone()),
         })
         .await;
     let info = match created {
@@ -223,10 +219,11 @@ async fn create<I: Infra>(
             return Err(e.into());
         }
     };
-    // The runtime learns its env vars and access token through /init.
+    // The runtime learns its env vars and access token through /init, sent by the manager
+    // for every backend.
     let init = paddock_contract::InitRequest {
-        env_vars: Some(b.env_vars.clone().unwrap_or_default()),
-        access_token: Some(token.clone()),
+        env_vars: Some(lease.env_vars.clone()),
+        access_token: Some(lease.access_token.clone()),
         default_user: Some("user".into()),
         default_workdir: None,
         timestamp: Some(crate::records::rfc3339(SystemTime::now())),
@@ -248,20 +245,20 @@ async fn create<I: Infra>(
     let now = SystemTime::now();
     let record = SandboxRecord {
         id: info.id.clone(),
-        team: team.name().to_string(),
+        team: lease.team,
         template,
         metadata,
         started_at: now,
-        end_at: now + timeout,
+        end_at: end_at(now, lease.timeout),
         state: ApiState::Running,
-        access_token: token,
-        traffic_token,
+        access_token: lease.access_token,
+        traffic_token: lease.traffic_token,
         address: info.address,
         cpu_count: info.limits.cpu_millis.div_ceil(1000),
         memory_mb: info.limits.memory_bytes >> 20,
         disk_mb: info.limits.disk_bytes.map(|d| d >> 20).unwrap_or(0),
-        on_timeout,
-        auto_resume: b.auto_resume.map(|a| a.enabled).unwrap_or(false),
+        on_timeout: lease.on_timeout,
+        auto_resume: lease.auto_resume,
         allow_internet_access,
     };
     let body = record.sandbox_json(&m.config.envd_version);
@@ -272,7 +269,27 @@ async fn create<I: Infra>(
         .claim_seconds
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
-    tracing::info!(sandbox = %record.id, team = %record.team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
-    m.records.insert(record);
+    let id = record.id.clone();
+    let team = record.team.clone();
+    // A sandbox nobody can find again must not keep running: without its record the caller
+    // gets a 5xx and the sandbox goes.
+    if let Err(e) = m.records.insert(record).await {
+        if let Err(k) = m.infra.kill(&id).await {
+            tracing::warn!(sandbox = %id, error = %k, "killing a sandbox whose record was not saved");
+        }
+        return Err(e.into());
+    }
+    tracing::info!(sandbox = %id, %team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
     Ok((StatusCode::CREATED.as_u16(), body))
+}
+
+/// When a sandbox created at `now` with `timeout` ends. A sandbox that never times out keeps
+/// the largest end the API's timestamps can show.
+fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
+    // Year 9999: RFC 3339 has four-digit years.
+    const NEVER: Duration = Duration::from_secs(253_402_300_799);
+    match timeout {
+        Some(t) => now + t,
+        None => SystemTime::UNIX_EPOCH + NEVER,
+    }
 }

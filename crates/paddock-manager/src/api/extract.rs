@@ -64,8 +64,7 @@ impl<I: Infra> FromRequestParts<Arc<Manager<I>>> for OwnedSandbox {
         let caller = Caller::from_request_parts(parts, m).await?;
         let PathParam(id) = PathParam::from_request_parts(parts, m).await?;
         let record = m
-            .records
-            .get(&id, &caller.team)
+            .record_for(&id, &caller.team)
             .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
         Ok(Self { caller, record })
     }

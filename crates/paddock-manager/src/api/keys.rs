@@ -46,6 +46,7 @@ pub async fn create<I: Infra>(State(m): M<I>, _: Admin, Body(b): Body<NewKey>) -
     let (k, secret) = m
         .keys
         .create(&t, b.name.as_deref().unwrap_or("default"), b.quota)
+        .await
         .map_err(|e| ApiError::internal("storing the key failed", e))?;
     let mut body = key_json(&k);
     body["key"] = json!(secret);
@@ -60,7 +61,7 @@ pub async fn list<I: Infra>(State(m): M<I>, _: Admin) -> ApiResult {
 
 /// `DELETE /api-keys/{id}`.
 pub async fn delete<I: Infra>(State(m): M<I>, _: Admin, PathParam(id): PathParam) -> ApiResult {
-    match m.keys.delete(&id) {
+    match m.keys.delete(&id).await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(ApiError::not_found(format!("API key '{id}' not found"))),
         Err(e) => Err(ApiError::internal("storing the keys failed", e)),

@@ -13,7 +13,7 @@ use super::create::timeout_secs;
 use super::extract::{Body, OwnedSandbox};
 use super::{ApiResult, M};
 use crate::error::ApiError;
-use crate::records::ApiState;
+use crate::records::{ApiState, RecordJson};
 
 /// Timeout a connect/resume gives when the body names none, seconds.
 const CONNECT_DEFAULT_TIMEOUT: u64 = 300;
@@ -39,7 +39,11 @@ pub async fn set_timeout<I: Infra>(
     }
     let t = timeout_secs(&m.config, Some(t.max(1)), 0)?;
     m.records
-        .update(&s.record.id, |rec| rec.end_at = SystemTime::now() + t);
+        .update(
+            &s.record.id,
+            Box::new(move |rec| rec.end_at = SystemTime::now() + t),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -60,9 +64,12 @@ pub async fn refresh<I: Infra>(
             "duration must be between 0 and 3600 seconds",
         ));
     }
-    m.records.update(&s.record.id, |rec| {
-        rec.extend_to(Duration::from_secs(d as u64))
-    });
+    m.records
+        .update(
+            &s.record.id,
+            Box::new(move |rec| rec.extend_to(Duration::from_secs(d as u64))),
+        )
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -76,7 +83,9 @@ pub async fn pause<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
         )));
     }
     m.infra.pause(&r.id).await?;
-    m.records.update(&r.id, |rec| rec.state = ApiState::Paused);
+    m.records
+        .update(&r.id, Box::new(|rec| rec.state = ApiState::Paused))
+        .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -98,13 +107,17 @@ pub async fn connect<I: Infra>(
     if resumed {
         m.infra.resume(&r.id).await?;
     }
-    m.records.update(&r.id, |rec| {
-        rec.state = ApiState::Running;
-        rec.extend_to(timeout);
-    });
+    m.records
+        .update(
+            &r.id,
+            Box::new(move |rec| {
+                rec.state = ApiState::Running;
+                rec.extend_to(timeout);
+            }),
+        )
+        .await?;
     let r = m
-        .records
-        .get(r.id.as_str(), &s.caller.team)
+        .record_for(r.id.as_str(), &s.caller.team)
         .ok_or_else(|| ApiError::sandbox_not_found(r.id.as_str()))?;
     let status = if resumed {
         StatusCode::CREATED

@@ -14,7 +14,7 @@ use super::extract::{Caller, OwnedSandbox, Query};
 use super::{ApiResult, M};
 use crate::Manager;
 use crate::error::ApiError;
-use crate::records::{ApiState, SandboxRecord};
+use crate::records::{ApiState, RecordJson, SandboxRecord};
 
 /// Most sandboxes one v2 list page holds.
 const MAX_PAGE: usize = 100;
@@ -161,7 +161,7 @@ pub async fn kill<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
         Ok(()) | Err(InfraError::NotFound(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    m.records.remove(id);
+    m.records.remove(id).await?;
     tracing::info!(sandbox = %id, "sandbox killed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

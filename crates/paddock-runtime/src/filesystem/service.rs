@@ -213,7 +213,13 @@ impl Filesystem for FilesystemService {
         }
         let p = path.clone();
         self.run(&user, &path, move |_| {
-            let meta = std::fs::symlink_metadata(&p)?;
+            // Removing what is not there succeeds, as envd's remove does (the SDKs' callers
+            // treat remove as "make sure it is gone").
+            let meta = match std::fs::symlink_metadata(&p) {
+                Ok(m) => m,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) => return Err(e),
+            };
             if meta.is_dir() {
                 std::fs::remove_dir_all(&p)
             } else {

@@ -230,25 +230,15 @@ where
     S: Stream<Item = std::io::Result<B>> + Unpin,
     B: AsRef<[u8]>,
 {
-    let p = path.clone();
-    let (file, existed) = as_user(user, move || {
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent)?;
-        }
-        let existed = p.exists();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&p)?;
-        Ok((file, existed))
-    })
-    .await
-    .map_err(|e| HttpError::from_io(&e, &path))?;
-
+    let opened = open_for_upload(user, &path).await?;
+    let Opened {
+        file,
+        existed,
+        by_root,
+    } = opened;
     let mut file = tokio::fs::File::from_std(file);
     if let Err(e) = copy_stream(body, &mut file, budget).await {
-        discard(user, &path, file, existed).await;
+        discard(user, &path, file, existed, by_root).await;
         return Err(match e {
             CopyError::TooLarge(e) => {
                 tracing::warn!(path = %path.display(), max = e.max, "refused an upload over the size cap");
@@ -262,18 +252,33 @@ where
             },
         });
     }
-    if !metadata.is_empty() {
-        let p = path.clone();
-        let md = metadata.clone();
-        as_user(user, move || {
-            for (k, v) in &md {
-                xattr::set(&p, format!("{METADATA_XATTR_PREFIX}{k}"), v.as_bytes())?;
+    // The new metadata replaces the old, all of it: a write without metadata leaves none
+    // (envd's behaviour; the file was truncated, but extended attributes outlive that).
+    let p = path.clone();
+    let md = metadata.clone();
+    let set_metadata = move || -> std::io::Result<()> {
+        for old in xattr::list(&p)? {
+            if old
+                .to_str()
+                .is_some_and(|k| k.starts_with(METADATA_XATTR_PREFIX))
+            {
+                xattr::remove(&p, &old)?;
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| HttpError::from_io(&e, &path))?;
-    }
+        }
+        for (k, v) in &md {
+            xattr::set(&p, format!("{METADATA_XATTR_PREFIX}{k}"), v.as_bytes())?;
+        }
+        Ok(())
+    };
+    let done = if by_root {
+        tokio::task::spawn_blocking(set_metadata)
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+    } else {
+        as_user(user, set_metadata).await
+    };
+    done.map_err(|e| HttpError::from_io(&e, &path))?;
     Ok(WriteInfo {
         name: path
             .file_name()
@@ -290,7 +295,13 @@ where
 /// path, so (security review L1) that runs as the user: if the user swapped
 /// a parent for a symlink mid-upload, the unlink lands wherever the link
 /// points but with no more rights than the user has there.
-async fn discard(user: &User, path: &std::path::Path, file: tokio::fs::File, existed: bool) {
+async fn discard(
+    user: &User,
+    path: &std::path::Path,
+    file: tokio::fs::File,
+    existed: bool,
+    by_root: bool,
+) {
     if existed {
         if let Err(e) = file.set_len(0).await {
             tracing::warn!(path = %path.display(), error = %e, "could not empty a failed upload");
@@ -299,9 +310,104 @@ async fn discard(user: &User, path: &std::path::Path, file: tokio::fs::File, exi
     }
     drop(file);
     let p = path.to_path_buf();
-    if let Err(e) = as_user(user, move || std::fs::remove_file(&p)).await {
+    let removed = if by_root {
+        // Created by root (see `open_for_upload`), in a directory the user may not write.
+        tokio::task::spawn_blocking(move || std::fs::remove_file(&p))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+    } else {
+        as_user(user, move || std::fs::remove_file(&p)).await
+    };
+    if let Err(e) = removed {
         tracing::warn!(path = %path.display(), error = %e, "could not remove a failed upload");
     }
+}
+
+/// An upload's destination, opened for writing.
+struct Opened {
+    file: std::fs::File,
+    /// Whether the file was there before (a failed upload empties it instead of removing it).
+    existed: bool,
+    /// Whether root opened it on the user's behalf (see [`open_for_upload`]).
+    by_root: bool,
+}
+
+/// Opens `path` for an upload as `user`: missing parents are created, the file is created or
+/// truncated.
+///
+/// Where the user may not write (`/app/config.json` in a root-owned `/`), envd writes anyway:
+/// it runs as root and hands what it creates over to the user. The SDKs' users rely on that,
+/// so this does the same: new directories and a new file belong to the user; an existing file
+/// owned by someone else gets the new content but keeps its owner and mode (overwriting
+/// `/etc/hosts` must not hand it to the user). This is no privilege boundary: whoever holds
+/// the sandbox's access token can already run any command as root.
+async fn open_for_upload(user: &User, path: &std::path::Path) -> Result<Opened, HttpError> {
+    let (p, uid, gid) = (path.to_path_buf(), user.uid, user.gid);
+    let as_itself = as_user(user, move || {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let existed = p.exists();
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&p)?;
+        if !existed {
+            // Changes nothing (the user made it), but it is the attribute change envd's
+            // handover makes: watchers see create, attribute change, write, as with envd.
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+        }
+        Ok(Opened {
+            file,
+            existed,
+            by_root: false,
+        })
+    })
+    .await;
+    let denied = matches!(&as_itself, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+    if !denied || user.uid == 0 || !rustix::process::geteuid().is_root() {
+        return as_itself.map_err(|e| HttpError::from_io(&e, path));
+    }
+    let (p, uid, gid) = (path.to_path_buf(), user.uid, user.gid);
+    tokio::task::spawn_blocking(move || open_handing_over(&p, uid, gid))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|e| HttpError::from_io(&e, path))
+}
+
+/// Root's half of [`open_for_upload`].
+fn open_handing_over(p: &std::path::Path, uid: u32, gid: u32) -> std::io::Result<Opened> {
+    if let Some(parent) = p.parent() {
+        // Outermost missing ancestor first, each new directory handed over as it is made.
+        let missing: Vec<_> = parent
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && std::fs::symlink_metadata(a).is_err())
+            .collect();
+        for dir in missing.into_iter().rev() {
+            match std::fs::create_dir(dir) {
+                Ok(()) => std::os::unix::fs::lchown(dir, Some(uid), Some(gid))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let existed = p.exists();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)?;
+    if !existed {
+        std::os::unix::fs::fchown(&file, Some(uid), Some(gid))?;
+    }
+    Ok(Opened {
+        file,
+        existed,
+        by_root: true,
+    })
 }
 
 enum CopyError {

@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use paddock_infra::{
-    CreateSandbox, Infra, InfraError, InfraResult, Limits, LogLine, SandboxEnded, SandboxId,
-    SandboxInfo, SandboxMetrics, SandboxState, TemplateInfo,
+    CreateSandbox, Infra, InfraError, InfraResult, Lease, Limits, LogLine, RecordStore,
+    SandboxEnded, SandboxId, SandboxInfo, SandboxMetrics, SandboxState, TemplateInfo,
 };
 
 /// Infra calls a test can make fail.
@@ -40,6 +40,10 @@ pub struct FakeInfra {
     state: Mutex<State_>,
     /// Sandboxes that end on their own (none do here, unless a test says so).
     ended: tokio::sync::broadcast::Sender<SandboxEnded>,
+    /// The record store this infra keeps, if any ([`Infra::records`]).
+    records: Option<Arc<dyn RecordStore>>,
+    /// The lease of every create, in order.
+    leases: Mutex<Vec<Option<Lease>>>,
 }
 
 impl FakeInfra {
@@ -48,7 +52,19 @@ impl FakeInfra {
             address,
             state: Mutex::default(),
             ended: tokio::sync::broadcast::channel(16).0,
+            records: None,
+            leases: Mutex::default(),
         }
+    }
+
+    pub fn with_records(mut self, records: Option<Arc<dyn RecordStore>>) -> Self {
+        self.records = records;
+        self
+    }
+
+    /// The leases the manager passed to `create`, in order.
+    pub fn leases(&self) -> Vec<Option<Lease>> {
+        self.leases.lock().unwrap().clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State_> {
@@ -107,6 +123,7 @@ fn templates() -> Vec<TemplateInfo> {
 
 impl Infra for FakeInfra {
     async fn create(&self, req: CreateSandbox) -> InfraResult<SandboxInfo> {
+        self.leases.lock().unwrap().push(req.lease.clone());
         self.check(Op::Create)?;
         let tpl = templates()
             .into_iter()
@@ -192,6 +209,10 @@ impl Infra for FakeInfra {
 
     fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded> {
         self.ended.subscribe()
+    }
+
+    fn records(&self) -> Option<Arc<dyn RecordStore>> {
+        self.records.clone()
     }
 }
 

@@ -271,3 +271,29 @@ async fn a_body_over_the_limit_is_413_with_the_error_shape() {
     h.send(req).await.error(StatusCode::PAYLOAD_TOO_LARGE);
     assert!(h.infra.alive().is_empty());
 }
+
+/// `--enable-auth=false` (chart value `e2b.enableAuth: false`): no key needed, and every
+/// caller is the admin team (sees every sandbox, may manage keys).
+#[tokio::test]
+async fn with_auth_off_every_caller_is_the_admin_team() {
+    let h = Harness::with(super::Options {
+        no_auth: true,
+        ..super::Options::default()
+    })
+    .await;
+    let created = h
+        .call(Method::POST, "/v2/sandboxes", None, Some(json!({})))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let listed = h.call(Method::GET, "/v2/sandboxes", None, None).await;
+    assert_eq!(listed.body.as_array().unwrap().len(), 1);
+    let key = h
+        .call(
+            Method::POST,
+            "/api-keys",
+            Some("anything"),
+            Some(json!({"team": "blue"})),
+        )
+        .await;
+    assert_eq!(key.status, StatusCode::CREATED, "{}", key.text);
+}

@@ -2,6 +2,7 @@
 
 mod fake;
 mod keys_and_auth;
+mod record_store;
 mod sandboxes;
 
 use std::sync::Arc;
@@ -22,10 +23,11 @@ pub const MAX_TIMEOUT: u64 = 3600;
 
 pub struct Harness {
     pub app: Router,
+    pub manager: Arc<Manager<FakeInfra>>,
     pub infra: Arc<FakeInfra>,
     pub init: InitServer,
     /// The data dir; kept until the test ends.
-    _dir: tempfile::TempDir,
+    pub dir: tempfile::TempDir,
 }
 
 /// An answer: status, headers and the body as JSON (`Null` when it is not JSON).
@@ -54,10 +56,23 @@ impl Answer {
     }
 }
 
+/// How a [`Harness`] differs from the default.
+#[derive(Default)]
+pub struct Options {
+    /// A record store the fake infra brings (as the Kubernetes backend does).
+    pub records: Option<Arc<dyn paddock_infra::RecordStore>>,
+    /// Turns API-key authentication off.
+    pub no_auth: bool,
+}
+
 impl Harness {
     pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
         let init = InitServer::start().await;
-        let infra = Arc::new(FakeInfra::new(init.address));
+        let infra = Arc::new(FakeInfra::new(init.address).with_records(options.records));
         let dir = tempfile::tempdir().unwrap();
         let mut registry = prometheus_client::registry::Registry::default();
         let manager = Manager::start(
@@ -68,17 +83,20 @@ impl Harness {
                 data_dir: dir.path().to_path_buf(),
                 envd_version: "0.6.4".into(),
                 max_claim_workers: 4,
+                auth_enabled: !options.no_auth,
             },
             ManagerMetrics::register(&mut registry),
         )
+        .await
         .unwrap();
         let exporter: crate::Exporter = Arc::new(|| "# paddock test metrics\n".to_string());
         let app = crate::router(manager.clone(), exporter);
         Self {
             app,
+            manager,
             infra,
             init,
-            _dir: dir,
+            dir,
         }
     }
 
