@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 mod gateway;
 mod kubernetes;
+mod manager;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -40,6 +41,8 @@ enum Command {
     Crds(kubernetes::CrdsArgs),
     /// Run the Kubernetes Sandbox Controller (reconcilers, webhooks) against KUBECONFIG.
     Controller(kubernetes::ControllerArgs),
+    /// Run the Sandbox Manager (the E2B API) against the agents.kruise.io resources.
+    Manager(manager::ManagerArgs),
     /// Run the Sandbox Gateway on Kubernetes: routes from a watch of Sandboxes and from
     /// the managers' pushes.
     Gateway(gateway::GatewayArgs),
@@ -159,6 +162,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Template(cmd) => template(cmd).await,
                 Command::Crds(args) => kubernetes::crds(args),
                 Command::Controller(args) => kubernetes::controller(args).await,
+                Command::Manager(args) => manager::run(args).await,
                 Command::Gateway(args) => gateway::gateway(args).await,
             }
         })
