@@ -17,7 +17,7 @@ mod token;
 pub mod client;
 
 pub use init::InitRequest;
-pub use token::same_secret;
+pub use token::{RandomUnavailable, random_hex, same_secret};
 
 /// The port the E2B SDKs expect the runtime (envd's protocol) on.
 pub const RUNTIME_PORT: u16 = 49983;

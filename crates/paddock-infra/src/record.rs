@@ -15,6 +15,19 @@ use std::time::{Duration, SystemTime};
 
 use crate::{InfraResult, SandboxId};
 
+/// The `end_at` of a sandbox that never times out (the original's never-timeout extension):
+/// the last second RFC 3339 can write, 9999-12-31T23:59:59Z, so nothing that compares
+/// deadlines (reapers, refreshes, the controller's timers) ever reaches it. Backends that
+/// keep records store no deadline for it and read this back.
+pub fn never() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
+}
+
+/// Whether an `end_at` means "never times out".
+pub fn never_ends(end_at: SystemTime) -> bool {
+    end_at >= never()
+}
+
 /// A boxed future, for the object-safe [`RecordStore`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

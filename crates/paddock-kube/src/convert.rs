@@ -19,11 +19,8 @@ pub const ANNOTATION_RECORD: &str = "e2b.agents.kruise.io/record";
 /// The E2B metadata, as JSON (lossless: E2B metadata keys need not be valid annotation keys).
 pub const ANNOTATION_METADATA: &str = "e2b.agents.kruise.io/metadata";
 
-/// The end of a sandbox that never times out (neither `shutdownTime` nor `pauseTime`): the
-/// manager's own "never", the last second of year 9999.
-pub fn never() -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(253_402_300_799)
-}
+/// The end of a sandbox that never times out (neither `shutdownTime` nor `pauseTime`).
+pub use paddock_infra::record::never;
 
 /// What [`ANNOTATION_RECORD`] holds.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -55,11 +55,6 @@ use cache::{Cache, Key};
 use convert::{ANNOTATION_METADATA, ANNOTATION_RECORD, RecordMeta};
 pub use records::KubeRecords;
 
-/// The metadata key of the original's per-create switch for creating on no stock.
-pub const META_CREATE_ON_NO_STOCK: &str = "e2b.agents.kruise.io/create-on-no-stock";
-/// Metadata keys with this prefix become labels of the Sandbox (the original's extension).
-pub const META_LABEL_PREFIX: &str = "label:";
-
 /// How long one call to the API server may take before the API answers 503.
 const API_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,8 +67,8 @@ pub struct KubeConfig {
     pub system_namespace: String,
     /// New Sandboxes per second when the pool is empty (token bucket, per replica).
     pub max_create_qps: f64,
-    /// Whether an empty pool creates a new Sandbox (a create may override it with metadata
-    /// [`META_CREATE_ON_NO_STOCK`]).
+    /// Whether an empty pool creates a new Sandbox (a create may turn it off with the
+    /// original's metadata `e2b.agents.kruise.io/create-on-no-stock: "false"`).
     pub create_on_no_stock: bool,
     /// Static gateway peers (`http://host:port`).
     pub gateway_peers: Vec<String>,
@@ -240,36 +235,26 @@ impl KubeInfra {
             .cache
             .set(&req.template, &i.config.namespaces)
             .ok_or_else(|| InfraError::UnknownTemplate(req.template.clone()))?;
-        let lease = req.lease.clone().unwrap_or_else(|| Lease {
-            access_token: random_token(),
-            ..Default::default()
-        });
+        let lease = match req.lease.clone() {
+            Some(l) => l,
+            None => Lease {
+                access_token: paddock_contract::random_hex(24).map_err(InfraError::internal)?,
+                ..Default::default()
+            },
+        };
         let now_sys = SystemTime::now();
         let end = lease.timeout.map_or_else(convert::never, |t| now_sys + t);
         let (shutdown_time, pause_time) = convert::deadline_fields(end, lease.on_timeout);
-        let mut no_stock = i.config.create_on_no_stock;
-        let mut labels = BTreeMap::new();
-        let mut annotations = BTreeMap::new();
-        let mut metadata = BTreeMap::new();
-        for (k, v) in &req.metadata {
-            if let Some(l) = k.strip_prefix(META_LABEL_PREFIX) {
-                if convert::valid_key(l) && convert::valid_label_value(v) {
-                    labels.insert(l.to_string(), v.clone());
-                } else {
-                    tracing::debug!(label = %l, "not a valid label; kept as metadata only");
-                    metadata.insert(k.clone(), v.clone());
-                }
-            } else if k == META_CREATE_ON_NO_STOCK {
-                no_stock = v != "false";
-            } else if k.starts_with(crd_keys::E2B_PREFIX) {
-                // The original's other per-create switches: not metadata.
-            } else {
-                if convert::valid_key(k) && !crd_keys::is_reserved_key(k) {
-                    annotations.insert(k.clone(), v.clone());
-                }
-                metadata.insert(k.clone(), v.clone());
-            }
-        }
+        // The manager has taken the original's extensions out of the metadata already
+        // (`label:` keys are in `req.labels`, create-on-no-stock in `req.create_on_no_stock`).
+        let no_stock = i.config.create_on_no_stock && req.create_on_no_stock;
+        let labels = req.labels.clone();
+        let metadata = req.metadata.clone();
+        let annotations: BTreeMap<String, String> = metadata
+            .iter()
+            .filter(|(k, _)| convert::valid_key(k) && !crd_keys::is_reserved_key(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         let limits = req
             .limits
             .clone()
@@ -325,11 +310,9 @@ impl KubeInfra {
             Some(s) => (s, true),
             None if no_stock => (i.create_fresh(&set, &apply).await?, false),
             None => {
-                return Err(InfraError::Capacity(format!(
-                    "no sandbox available in SandboxSet {}/{} and creation on no stock is off",
-                    set.namespace().unwrap_or_default(),
-                    set.name_any()
-                )));
+                return Err(InfraError::NoStock {
+                    template: req.template.clone(),
+                });
             }
         };
         let key = (s.namespace().unwrap_or_default(), s.name_any());
@@ -463,10 +446,6 @@ fn key_of(id: &SandboxId) -> InfraResult<Key> {
         .ok_or_else(|| InfraError::NotFound(id.clone()))
 }
 
-fn random_token() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
-}
-
 impl Inner {
     fn in_scope(&self, ns: &str) -> bool {
         self.config.namespaces.is_empty() || self.config.namespaces.iter().any(|n| n == ns)
@@ -541,7 +520,9 @@ impl Inner {
         let update_revision = set.status.as_ref().and_then(|s| s.update_revision.clone());
         // A random seed: concurrent creates (on this and other replicas) start at different
         // candidates, so they rarely collide.
-        let order = plan::pick(&candidates, update_revision.as_deref(), &random_token());
+        // (A seed, not a secret: a fixed one when the random source fails is harmless.)
+        let seed = uuid::Uuid::new_v4().simple().to_string();
+        let order = plan::pick(&candidates, update_revision.as_deref(), &seed);
         let api = self.sandboxes(&ns);
         for i in order {
             let key = (ns.clone(), pool[i].name_any());

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use paddock_contract::random_hex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -66,6 +67,9 @@ pub enum KeyError {
     /// A backend's own failure (the Kubernetes API, ...).
     #[error("the API key store: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+    /// No secret can be made.
+    #[error(transparent)]
+    Random(#[from] paddock_contract::RandomUnavailable),
 }
 
 impl KeyError {
@@ -235,12 +239,6 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-pub fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    let _ = getrandom::fill(&mut buf);
-    hex(&buf)
-}
-
 fn hash(salt: &str, key: &str) -> String {
     hex(&Sha256::digest(format!("{salt}:{key}").as_bytes()))
 }
@@ -286,10 +284,10 @@ impl KeyStore {
         name: &str,
         quota: Quota,
     ) -> Result<(StoredKey, String), KeyError> {
-        let secret = format!("e2b_{}", random_hex(20));
-        let salt = random_hex(16);
+        let secret = format!("e2b_{}", random_hex(20)?);
+        let salt = random_hex(16)?;
         let key = StoredKey {
-            id: random_hex(8),
+            id: random_hex(8)?,
             team: team.to_string(),
             name: name.to_string(),
             hash: hash(&salt, &secret),

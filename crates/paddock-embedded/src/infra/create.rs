@@ -43,8 +43,7 @@ fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
 
 /// A fresh bootstrap token: 32 random bytes, hex.
 fn new_token() -> InfraResult<String> {
-    let bytes: [u8; 32] = random_bytes()?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    paddock_contract::random_hex(32).map_err(internal)
 }
 
 impl EmbeddedInfra {

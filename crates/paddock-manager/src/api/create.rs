@@ -17,7 +17,6 @@ use super::extract::{Caller, RawBody, parse_json};
 use super::{ApiResult, M};
 use crate::Manager;
 use crate::error::ApiError;
-use crate::keys::random_hex;
 use crate::records::{ApiState, OnTimeout, RecordJson, SandboxRecord};
 
 /// Default timeout of a v1 create, seconds.
@@ -178,13 +177,16 @@ async fn create<I: Infra>(
     // keeps records writes it together with its claim.
     let lease = Lease {
         team: team.name().to_string(),
-        access_token: random_hex(24),
-        traffic_token: b
+        access_token: new_token()?,
+        traffic_token: match b
             .network
             .as_ref()
             .and_then(|n| n.allow_public_traffic)
             .is_some_and(|public| !public)
-            .then(|| random_hex(24)),
+        {
+            true => Some(new_token()?),
+            false => None,
+        },
         env_vars: b.env_vars.clone().unwrap_or_default(),
         // never-timeout: no deadline at all (as the original: no shutdownTime).
         timeout: (!ext.never_timeout).then_some(timeout),
@@ -295,4 +297,10 @@ fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
         Some(t) => now + t,
         None => super::extensions::never(),
     }
+}
+
+/// A fresh sandbox token (24 random bytes, hex).
+fn new_token() -> ApiResult<String> {
+    paddock_contract::random_hex(24)
+        .map_err(|e| ApiError::internal("making the sandbox's token", e))
 }

@@ -30,7 +30,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use crate::error::ApiError;
 
@@ -66,17 +66,7 @@ const UNSUPPORTED: [&str; 11] = [
     "reserve-paused-sandbox-duration",
 ];
 
-/// The `endAt` stored for a sandbox that never times out: the last second RFC 3339 can
-/// write (9999-12-31T23:59:59Z), so nothing that compares deadlines (the reaper, refreshes)
-/// ever reaches it: what the create stores for a lease without a timeout (`create::end_at`).
-pub fn never() -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(253_402_300_799)
-}
-
-/// Whether a record's `end_at` means "never times out".
-pub fn never_ends(end_at: SystemTime) -> bool {
-    end_at >= never()
-}
+pub use paddock_infra::record::{never, never_ends};
 
 /// How the API shows a deadline: RFC 3339, and for [`never()`] the zero time the original
 /// shows (Go's zero `time.Time`), which the E2B SDKs parse as a date.
@@ -405,7 +395,7 @@ mod tests {
         assert!(never_ends(end));
         assert_eq!(crate::records::rfc3339(end), "9999-12-31T23:59:59Z");
         assert_eq!(end_at_json(end), "0001-01-01T00:00:00Z");
-        let timed = SystemTime::now() + Duration::from_secs(3600);
+        let timed = SystemTime::now() + std::time::Duration::from_secs(3600);
         assert!(!never_ends(timed));
         assert_ne!(end_at_json(timed), "0001-01-01T00:00:00Z");
     }

@@ -71,11 +71,6 @@ fn lock(routes: &Routes) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Send
     routes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn random_hex(bytes: usize) -> String {
-    let mut buf = vec![0u8; bytes];
-    let _ = getrandom::fill(&mut buf);
-    buf.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// Forwards a message to the request it answers, waiting if that request's
 /// reader is slow (back-pressure instead of an unbounded buffer).
@@ -132,14 +127,16 @@ impl Kernel {
             stdin_port: ports[2],
             control_port: ports[3],
             hb_port: ports[4],
-            key: random_hex(32),
+            // The kernel's message-signing key: without randomness there is no kernel.
+            key: paddock_contract::random_hex(32).map_err(|e| fail(e.to_string()))?,
             signature_scheme: "hmac-sha256".into(),
             kernel_name: None,
         };
         let dir = std::env::temp_dir().join("paddock-kernels");
         std::fs::create_dir_all(&dir)
             .map_err(|e| fail(format!("creating {}: {e}", dir.display())))?;
-        let connection_file = dir.join(format!("kernel-{}.json", random_hex(8)));
+        let name = paddock_contract::random_hex(8).map_err(|e| fail(e.to_string()))?;
+        let connection_file = dir.join(format!("kernel-{name}.json"));
         write_connection_file(&connection_file, &info, &launch.user)
             .map_err(|e| fail(format!("writing the connection file: {e}")))?;
 
@@ -222,7 +219,7 @@ impl Kernel {
             }));
         }
 
-        let session = random_hex(16);
+        let session = paddock_contract::random_hex(16).map_err(|e| fail(e.to_string()))?;
         let connect = async {
             let iopub = create_client_iopub_connection(&info, "", &session).await?;
             let identity = peer_identity_for_session(&session)?;
