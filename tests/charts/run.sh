@@ -9,8 +9,9 @@
 #  (d) the controller chart installs into its own namespace (2 replicas, webhooks scoped to a
 #      second namespace): the Deployment becomes Available, one replica leads, both serve the
 #      webhook certificate kept in the chart's Secret (one CA: the configurations' caBundle),
-#      admission works through the Service (an invalid SandboxSet is refused), and a SandboxSet
-#      in the scoped namespace fills;
+#      admission works through the Service (an invalid SandboxSet is refused), a SandboxSet
+#      in the scoped namespace fills, and when the leader pod is deleted the other replica
+#      takes the Lease, admission keeps working and the pool is refilled;
 #  (e) `helm uninstall` leaves no Deployment, Service, Secret, webhook configuration or RBAC
 #      of the release (the CRDs stay, as Helm's crds/ convention has it).
 # The manager chart is checked by rendering only: `paddock manager` and `paddock gateway` are
@@ -245,6 +246,34 @@ EOF
   ks get sandboxset pool
 }
 
+t_failover() {
+  local old pod t0 new
+  old=$(k get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}')
+  pod=${old%%_*}
+  t0=$(date +%s)
+  k delete pod "$pod" --wait=false
+  # the follower takes the Lease once the old holder's has run out (15 s); how long it took is
+  # reported, not asserted
+  poll 90 bash -c "h=\$(kubectl -n $NS get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}'); [[ -n \$h && \$h != $old ]]"
+  new=$(k get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}')
+  say "leader $pod deleted; $new leads after $(($(date +%s) - t0))s"
+  [[ ${new%%_*} != "$pod" ]]
+  # admission keeps working (the remaining replica serves the same certificate)
+  if manifest SandboxSet bad2 <<EOF | ks apply -f - 2>"$WORK/denied.txt" >/dev/null; then
+spec:
+  replicas: 1
+  template: {spec: {containers: [{name: main}]}}
+EOF
+    say "an invalid SandboxSet was admitted after the failover"
+    return 1
+  fi
+  matches 'denied the request' <"$WORK/denied.txt"
+  # and the new leader reconciles: the pool is refilled after one member goes
+  ks delete sandbox "$(ks get sandbox -o jsonpath='{.items[0].metadata.name}')" --wait=false
+  poll 120 bash -c "[[ \$(kubectl -n $SBX get sandboxset pool -o jsonpath='{.status.availableReplicas}') == 2 && \$(kubectl -n $SBX get sandbox -o name | wc -l) == 2 ]]"
+  k wait --for=condition=Available --timeout=120s "deploy/$REL-sandbox-controller"
+}
+
 t_uninstall() {
   # the pool goes first, while the controller still releases its finalizers
   ks delete sandboxset --all --wait=true --timeout=60s >/dev/null
@@ -310,5 +339,6 @@ if [[ -n $(helm status "$REL" -n "$NS" -o json 2>/dev/null) ]]; then
   step "both replicas serve the one CA kept in the chart's Secret" t_one_ca
   step "admission through the webhook Service, scoped to $SBX" t_admission
   step "a SandboxSet in $SBX fills" t_pool_fills
+  step "the leader pod is deleted: the other replica leads, admission and reconciling go on" t_failover
   step "helm uninstall leaves no Deployment, Service, webhook configuration or RBAC" t_uninstall
 fi
