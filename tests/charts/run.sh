@@ -18,7 +18,8 @@
 # not on this branch yet.
 # Prints `N passed, M failed` last; exits non-zero on failure. Run it under the suites lock:
 #   flock /var/lock/paddock-suites.lock tests/charts/run.sh
-# Uses $PADDOCK_RELEASE_BIN (a release build of `paddock`) when set, otherwise builds one.
+# Packs $PADDOCK_RELEASE_BIN (a release build of `paddock`) when set, else $PADDOCK_BIN (set by
+# hack/test), else a release build made here.
 # Uses the test bed when it is already running and leaves it so; a test bed it started itself
 # it takes down again.
 set -euo pipefail
@@ -112,7 +113,8 @@ t_testbed() {
 }
 
 t_image() {
-  local bin=${PADDOCK_RELEASE_BIN:-} config
+  # a release build when given; else the build hack/test made (PADDOCK_BIN); else one made here
+  local bin=${PADDOCK_RELEASE_BIN:-${PADDOCK_BIN:-}} config
   if [[ -z $bin ]]; then
     (cd "$ROOT" && cargo build --release -p paddock)
     bin=${CARGO_TARGET_DIR:-$HOME/.cache/paddock/target}/release/paddock
