@@ -118,7 +118,8 @@ t_controller() {
   echo $! >"$WORK/controller.pid"
   poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
   curl -sf "http://$HEALTH/healthz" >/dev/null
-  curl -sf "http://$METRICS/metrics" | matches '^paddock_controller_leader 1'
+  # ready means serving webhooks; leading may come a moment later
+  poll 30 eval 'curl -sf "http://$METRICS/metrics" | grep -q "^paddock_controller_leader 1"'
   [[ -n $(kubectl -n "$NS-lease" get lease paddock-controller-leader -o jsonpath='{.spec.holderIdentity}') ]]
   kubectl get "validatingwebhookconfiguration/$NS-validating" "mutatingwebhookconfiguration/$NS-mutating" >/dev/null
 }

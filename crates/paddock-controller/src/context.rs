@@ -87,6 +87,7 @@ pub struct Context {
     /// Creates and claims the cache may not show yet.
     pub expectations: Expectations,
     ready: AtomicBool,
+    serving: AtomicBool,
 }
 
 impl Context {
@@ -112,6 +113,7 @@ impl Context {
             sandboxes,
             expectations: Expectations::default(),
             ready: AtomicBool::new(false),
+            serving: AtomicBool::new(false),
         }
     }
 
@@ -164,12 +166,22 @@ impl Context {
             .expect(owner, name, expect, std::time::Instant::now());
     }
 
+    /// This replica leads: its controllers run.
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Relaxed);
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
+    }
+
+    /// This replica serves what every replica serves (the webhooks), leader or not.
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
     }
 
     /// The namespaced API the controllers watch: one namespace or all.

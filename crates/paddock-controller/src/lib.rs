@@ -44,6 +44,10 @@ pub struct WebhookConfig {
     pub endpoint: WebhookEndpoint,
     /// Prefix of the Mutating/ValidatingWebhookConfiguration names.
     pub config_name: String,
+    /// Keep the CA and serving certificate in this Secret (in the Service's namespace) so
+    /// that every replica serves the same certificate and the `caBundle` they register
+    /// agrees; without it each replica issues its own (one replica only).
+    pub cert_secret: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -103,6 +107,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(wh) = &config.webhook {
         webhook::start(ctx.clone(), wh).await?;
     }
+    ctx.set_serving();
 
     let _lease = match &config.leader_election {
         Some(le) => Some(leader::acquire(client.clone(), le).await?),

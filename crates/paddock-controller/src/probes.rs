@@ -30,11 +30,14 @@ pub async fn serve_health(
         .route("/healthz", get(|| async { "ok" }))
         .route(
             "/readyz",
+            // Ready once the webhooks serve: followers too, since the webhook Service sends
+            // admission requests to every ready replica and a Deployment of 2 must become
+            // Available. Leadership is the `paddock_controller_leader` metric.
             get(|State(ctx): State<Arc<Context>>| async move {
-                if ctx.is_ready() {
+                if ctx.is_serving() {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not leading yet")
+                    (StatusCode::SERVICE_UNAVAILABLE, "webhooks not serving yet")
                 }
             }),
         )

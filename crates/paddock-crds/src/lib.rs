@@ -74,25 +74,32 @@ pub fn all_crds_yaml() -> String {
 mod tests {
     use super::*;
 
-    fn checked_in(plural: &str) -> String {
+    /// The directories holding a copy of the CRDs: the plain manifests and the controller
+    /// chart's `crds/` (Helm installs those before the chart's templates).
+    const CRD_DIRS: [&str; 2] = ["deploy/crds", "deploy/charts/sandbox-controller/crds"];
+
+    fn checked_in(dir: &str, plural: &str) -> String {
         let path = format!(
-            "{}/../../deploy/crds/agents.kruise.io_{plural}.yaml",
+            "{}/../../{dir}/agents.kruise.io_{plural}.yaml",
             env!("CARGO_MANIFEST_DIR")
         );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     /// The checked-in manifests are what the types generate; run
-    /// `paddock crds --out deploy/crds` after changing a type.
+    /// `paddock crds --out deploy/crds` and
+    /// `paddock crds --out deploy/charts/sandbox-controller/crds` after changing a type.
     #[test]
     fn checked_in_crds_match_the_types() {
-        for (plural, crd) in crds() {
-            assert_eq!(
-                checked_in(plural),
-                crd_yaml(&crd),
-                "deploy/crds/agents.kruise.io_{plural}.yaml drifted from the Rust types; \
-                 regenerate with `paddock crds --out deploy/crds`"
-            );
+        for dir in CRD_DIRS {
+            for (plural, crd) in crds() {
+                assert_eq!(
+                    checked_in(dir, plural),
+                    crd_yaml(&crd),
+                    "{dir}/agents.kruise.io_{plural}.yaml drifted from the Rust types; \
+                     regenerate with `paddock crds --out {dir}`"
+                );
+            }
         }
     }
 

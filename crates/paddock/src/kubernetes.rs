@@ -37,11 +37,16 @@ pub struct ControllerArgs {
     /// Prefix of the webhook configuration names (one controller per prefix).
     #[arg(long, default_value = "paddock-controller")]
     webhook_config_name: String,
-    /// Health probes (`/healthz`, `/readyz`; chart value healthProbe.port).
-    #[arg(long, default_value = "0.0.0.0:8081")]
+    /// Keep the webhook CA and serving certificate in this Secret (in the namespace of
+    /// --webhook-service), so that every replica serves the same certificate.
+    #[arg(long, requires = "webhook_service")]
+    webhook_cert_secret: Option<String>,
+    /// Health probes (`/healthz`, `/readyz`; chart value healthProbe.port). `HOST:PORT`, or
+    /// `:PORT` for every interface, as the chart passes it.
+    #[arg(long, default_value = "0.0.0.0:8081", value_parser = bind_address)]
     health_probe_bind_address: SocketAddr,
-    /// Prometheus metrics (chart value metrics.port).
-    #[arg(long, default_value = "0.0.0.0:8443")]
+    /// Prometheus metrics (chart value metrics.port); `HOST:PORT` or `:PORT`.
+    #[arg(long, default_value = "0.0.0.0:8443", value_parser = bind_address)]
     metrics_bind_address: SocketAddr,
     /// Run the controllers only while holding the leader Lease.
     #[arg(long)]
@@ -57,6 +62,20 @@ pub struct ControllerArgs {
     /// with `runtimes: [{name: agent-runtime}]` (built by hack/images).
     #[arg(long, default_value = paddock_controller::desired::inject::DEFAULT_RUNTIME_IMAGE)]
     runtime_image: String,
+}
+
+/// `HOST:PORT`, or `:PORT` for all IPv4 interfaces (the form the original chart passes).
+fn bind_address(s: &str) -> Result<SocketAddr, String> {
+    let full;
+    let s = match s.strip_prefix(':') {
+        Some(port) if !port.contains(':') => {
+            full = format!("0.0.0.0:{port}");
+            &full
+        }
+        _ => s,
+    };
+    s.parse()
+        .map_err(|e| format!("{e}: want HOST:PORT or :PORT (e.g. :8081)"))
 }
 
 pub fn crds(args: CrdsArgs) -> anyhow::Result<()> {
@@ -105,6 +124,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             port: args.webhook_port,
             endpoint,
             config_name: args.webhook_config_name,
+            cert_secret: args.webhook_cert_secret,
         })
     };
     let config = paddock_controller::Config {
@@ -122,4 +142,22 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     paddock_controller::run(config).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind_address;
+
+    #[test]
+    fn bind_addresses_take_the_charts_port_only_form() {
+        assert_eq!(bind_address(":8081").unwrap().to_string(), "0.0.0.0:8081");
+        assert_eq!(
+            bind_address("127.0.0.1:9").unwrap().to_string(),
+            "127.0.0.1:9"
+        );
+        assert_eq!(bind_address("[::1]:80").unwrap().to_string(), "[::1]:80");
+        for bad in [":", ":x", "8081", ":99999", "::1"] {
+            assert!(bind_address(bad).is_err(), "{bad} accepted");
+        }
+    }
 }

@@ -22,9 +22,10 @@ use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhook, MutatingWebhookConfiguration, RuleWithOperations, ServiceReference,
     ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{Api, Patch, PatchParams};
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::core::DynamicObject;
 use paddock_crds::{Sandbox, SandboxClaim, SandboxSet, SandboxTemplate, keys};
 use tokio::net::TcpListener;
@@ -47,6 +48,10 @@ pub enum WebhookError {
     },
     #[error("registering webhook configurations: {0}")]
     Register(#[from] kube::Error),
+    #[error("reading or writing the webhook certificate Secret: {0}")]
+    CertSecret(#[source] kube::Error),
+    #[error("the webhook certificate Secret holds bad PEM: {0}")]
+    Pem(String),
 }
 
 pub const PATH_POD_DELETE: &str = "/validate-pod-delete";
@@ -55,10 +60,23 @@ pub const PATH_VALIDATE_SANDBOXSET: &str = "/validate-sandboxset";
 pub const PATH_VALIDATE_SANDBOXTEMPLATE: &str = "/validate-sandboxtemplate";
 pub const PATH_VALIDATE_SANDBOXCLAIM: &str = "/validate-sandboxclaim";
 
+/// The webhook PKI, as PEM: what a Secret stores and what every replica serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct Certs {
     ca_pem: String,
-    cert_der: Vec<u8>,
-    key_der: Vec<u8>,
+    cert_pem: String,
+    key_pem: String,
+}
+
+/// The DNS names (or the IP) the serving certificate is issued for.
+fn cert_names(endpoint: &WebhookEndpoint) -> Vec<String> {
+    match endpoint {
+        WebhookEndpoint::Url { host } => vec![host.clone()],
+        WebhookEndpoint::Service { name, namespace } => vec![
+            format!("{name}.{namespace}.svc"),
+            format!("{name}.{namespace}.svc.cluster.local"),
+        ],
+    }
 }
 
 fn issue(endpoint: &WebhookEndpoint) -> Result<Certs, rcgen::Error> {
@@ -70,13 +88,7 @@ fn issue(endpoint: &WebhookEndpoint) -> Result<Certs, rcgen::Error> {
     ca.distinguished_name
         .push(DnType::CommonName, "paddock-controller-webhook-ca");
     let ca = rcgen::CertifiedIssuer::self_signed(ca, ca_key)?;
-    let names = match endpoint {
-        WebhookEndpoint::Url { host } => vec![host.clone()],
-        WebhookEndpoint::Service { name, namespace } => vec![
-            format!("{name}.{namespace}.svc"),
-            format!("{name}.{namespace}.svc.cluster.local"),
-        ],
-    };
+    let names = cert_names(endpoint);
     let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(names.clone())?;
     params
@@ -85,22 +97,135 @@ fn issue(endpoint: &WebhookEndpoint) -> Result<Certs, rcgen::Error> {
     let cert = params.signed_by(&key, &ca)?;
     Ok(Certs {
         ca_pem: ca.pem(),
-        cert_der: cert.der().to_vec(),
-        key_der: key.serialize_der(),
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
     })
+}
+
+/// Annotation on the certificate Secret naming what the certificate was issued for, so a
+/// Secret left by a differently named Service is replaced rather than served.
+const ANNOTATION_CERT_NAMES: &str = "paddock.dev/webhook-cert-names";
+const KEY_CA: &str = "ca.crt";
+const KEY_CERT: &str = "tls.crt";
+const KEY_KEY: &str = "tls.key";
+
+/// The certificates a Secret holds, if it holds a complete set issued for `names`.
+fn certs_from_secret(secret: &Secret, names: &str) -> Option<Certs> {
+    if secret
+        .annotations()
+        .get(ANNOTATION_CERT_NAMES)
+        .map(String::as_str)
+        != Some(names)
+    {
+        return None;
+    }
+    let data = secret.data.as_ref()?;
+    let text = |k: &str| {
+        data.get(k)
+            .and_then(|b| String::from_utf8(b.0.clone()).ok())
+    };
+    Some(Certs {
+        ca_pem: text(KEY_CA)?,
+        cert_pem: text(KEY_CERT)?,
+        key_pem: text(KEY_KEY)?,
+    })
+}
+
+fn secret_of(name: &str, names: &str, certs: &Certs) -> Secret {
+    let bytes = |s: &str| ByteString(s.as_bytes().to_vec());
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            annotations: Some([(ANNOTATION_CERT_NAMES.to_string(), names.to_string())].into()),
+            ..Default::default()
+        },
+        // Opaque, not kubernetes.io/tls: the chart creates the Secret empty (so that `helm
+        // uninstall` removes it) and a Secret's type cannot change.
+        type_: Some("Opaque".into()),
+        data: Some(
+            [
+                (KEY_CA.to_string(), bytes(&certs.ca_pem)),
+                (KEY_CERT.to_string(), bytes(&certs.cert_pem)),
+                (KEY_KEY.to_string(), bytes(&certs.key_pem)),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// The certificates every replica shares: read from the Secret, or issued and stored there
+/// (created, or filled in when the chart made it empty) by whichever replica gets there first (a create or update that loses a race re-reads the
+/// winner's).
+async fn shared_certs(
+    api: &Api<Secret>,
+    secret: &str,
+    endpoint: &WebhookEndpoint,
+) -> Result<Certs, WebhookError> {
+    let names = cert_names(endpoint).join(",");
+    loop {
+        let found = api
+            .get_opt(secret)
+            .await
+            .map_err(WebhookError::CertSecret)?;
+        if let Some(certs) = found.as_ref().and_then(|s| certs_from_secret(s, &names)) {
+            return Ok(certs);
+        }
+        let certs = issue(endpoint)?;
+        let mut wanted = secret_of(secret, &names, &certs);
+        let written = match found {
+            None => api.create(&PostParams::default(), &wanted).await,
+            Some(old) => {
+                tracing::info!(
+                    secret,
+                    "webhook certificate Secret is incomplete or for other names: replacing it"
+                );
+                // Keep what others put on it (Helm's labels and ownership annotations).
+                let mut meta = old.metadata;
+                meta.annotations
+                    .get_or_insert_with(Default::default)
+                    .insert(ANNOTATION_CERT_NAMES.to_string(), names.clone());
+                wanted.metadata = meta;
+                api.replace(secret, &PostParams::default(), &wanted).await
+            }
+        };
+        match written {
+            Ok(_) => {
+                tracing::info!(secret, "issued the webhook certificate and stored it");
+                return Ok(certs);
+            }
+            // Another replica wrote first: use what it stored.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(WebhookError::CertSecret(e)),
+        }
+    }
+}
+
+fn tls_config(certs: &Certs) -> Result<rustls::ServerConfig, WebhookError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(certs.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WebhookError::Pem(e.to_string()))?;
+    let key = PrivateKeyDer::from_pem_slice(certs.key_pem.as_bytes())
+        .map_err(|e| WebhookError::Pem(e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?)
 }
 
 /// Serves the webhooks and registers their configurations; returns once both are in place.
 pub async fn start(ctx: Arc<Context>, cfg: &WebhookConfig) -> Result<(), WebhookError> {
-    let certs = issue(&cfg.endpoint)?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![certs.cert_der.clone().into()],
-            rustls::pki_types::PrivateKeyDer::Pkcs8(certs.key_der.clone().into()),
-        )?;
+    let certs = match (&cfg.cert_secret, &cfg.endpoint) {
+        (Some(secret), WebhookEndpoint::Service { namespace, .. }) => {
+            let api: Api<Secret> = Api::namespaced(ctx.client.clone(), namespace);
+            shared_certs(&api, secret, &cfg.endpoint).await?
+        }
+        _ => issue(&cfg.endpoint)?,
+    };
+    let tls = tls_config(&certs)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
     let addr = SocketAddr::from(([0, 0, 0, 0], cfg.port));
     let listener = TcpListener::bind(addr)

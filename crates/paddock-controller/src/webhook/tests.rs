@@ -203,3 +203,44 @@ async fn a_body_that_is_not_a_review_is_denied_saying_so() {
             .contains("no request")
     );
 }
+
+fn service() -> WebhookEndpoint {
+    WebhookEndpoint::Service {
+        name: "hooks".into(),
+        namespace: "sys".into(),
+    }
+}
+
+#[test]
+fn issued_certificates_round_trip_through_a_secret_and_serve_tls() {
+    let certs = issue(&service()).unwrap();
+    let names = cert_names(&service()).join(",");
+    assert_eq!(names, "hooks.sys.svc,hooks.sys.svc.cluster.local");
+    let secret = secret_of("hook-certs", &names, &certs);
+    assert_eq!(secret.type_.as_deref(), Some("Opaque"));
+    // What one replica stored is what the next one serves.
+    let back = certs_from_secret(&secret, &names).unwrap();
+    assert_eq!(back, certs);
+    tls_config(&back).unwrap();
+}
+
+#[test]
+fn a_secret_for_other_names_or_incomplete_is_not_used() {
+    let certs = issue(&service()).unwrap();
+    let names = cert_names(&service()).join(",");
+    let secret = secret_of("hook-certs", &names, &certs);
+    assert!(certs_from_secret(&secret, "other.sys.svc").is_none());
+    let mut partial = secret.clone();
+    partial.data.as_mut().unwrap().remove(KEY_KEY);
+    assert!(certs_from_secret(&partial, &names).is_none());
+    let mut bare = secret;
+    bare.metadata.annotations = None;
+    assert!(certs_from_secret(&bare, &names).is_none());
+}
+
+#[test]
+fn bad_pem_is_an_error_not_a_panic() {
+    let mut certs = issue(&service()).unwrap();
+    certs.key_pem = "not a key".into();
+    assert!(matches!(tls_config(&certs), Err(WebhookError::Pem(_))));
+}
