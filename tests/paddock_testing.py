@@ -680,3 +680,52 @@ def kubeconfig_via(kubeconfig: str, kubectl_bin: str, server: str, path: str) ->
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
         json.dump(cfg, f)
     return path
+
+
+def _kube_up_main(argv: list[str]) -> int:
+    """The shell face of PaddockKube:
+
+        python3 tests/paddock_testing.py kube-up --env-file FILE [--pool N] [--namespace NS]
+
+    stands the stack up, writes `KEY=VALUE` lines to FILE (E2B_API_URL = the manager,
+    E2B_SANDBOX_URL = the gateway, E2B_API_KEY = the admin key, PADDOCK_KUBE_NAMESPACE,
+    PADDOCK_KUBE_DOMAIN, PADDOCK_KUBE_PEER_URL) once it is ready, then runs until SIGTERM or
+    SIGINT and tears it down; exits 1 when the teardown found something wrong (an unclean
+    exit, leftovers). Binaries: $PADDOCK_BIN / $PADDOCK_RUNTIME_BIN or hack/test's builds."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="paddock_testing.py kube-up")
+    ap.add_argument("--env-file", required=True)
+    ap.add_argument("--pool", type=int, default=None)
+    ap.add_argument("--namespace", default=None)
+    a = ap.parse_args(argv)
+    key = os.environ.get("E2B_API_KEY") or "e2b_" + random_suffix(40)
+    paddock, runtime = debug_binaries()
+    kube = PaddockKube(paddock, runtime, key, pool_size=a.pool, namespace=a.namespace)
+    stopping = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
+    signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
+    kube.start()
+    values = {**kube.sdk_env(), "PADDOCK_KUBE_NAMESPACE": kube.namespace, "PADDOCK_KUBE_DOMAIN": kube.domain,
+              "PADDOCK_KUBE_PEER_URL": kube.peer_url}
+    tmp = a.env_file + ".tmp"
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+        f.writelines(f"{k}={v}\n" for k, v in values.items())
+    os.rename(tmp, a.env_file)
+    print(f"paddock kube-up: ready in namespace {kube.namespace}; environment in {a.env_file}", flush=True)
+    while not stopping:
+        for p in (kube.controller, kube.gateway, kube.manager):
+            if not p.alive():
+                print(f"{p.name} exited with {p.proc.returncode}; see {p.log_path}", flush=True)
+                stopping.append(1)
+        time.sleep(0.5)
+    problems = kube.stop(check=False)
+    for p in problems:
+        print(f"teardown: {p}", flush=True)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    import sys
+    if sys.argv[1:2] != ["kube-up"]:
+        sys.exit("usage: paddock_testing.py kube-up --env-file FILE [--pool N] [--namespace NS]")
+    sys.exit(_kube_up_main(sys.argv[2:]))
