@@ -284,8 +284,10 @@ class KubeApi:
                 f.write(base64.b64decode(cluster[key] if name == "ca" else user[key]))
             files[name] = path
         self.server = cluster["server"]
-        self.client = httpx.Client(base_url=self.server, verify=files["ca"],
-                                   cert=(files["crt"], files["key"]), timeout=60)
+        import ssl
+        ctx = ssl.create_default_context(cafile=files["ca"])
+        ctx.load_cert_chain(files["crt"], files["key"])
+        self.client = httpx.Client(base_url=self.server, verify=ctx, timeout=60)
 
     def request(self, method: str, path: str, **kw) -> httpx.Response:
         return self.client.request(method, path, **kw)

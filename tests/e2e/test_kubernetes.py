@@ -140,6 +140,18 @@ def test_api_server_unreachable_is_a_fast_503(paddock, tmp_path):
         mgr.stop()
 
 
+def list_all(**params) -> list[dict]:
+    """Every sandbox `GET /v2/sandboxes` lists (all pages of 100)."""
+    out, token = [], None
+    while True:
+        r = admin("/v2/sandboxes", params={**params, "limit": 100, **({"nextToken": token} if token else {})})
+        assert r.status_code == 200, r.text
+        out += r.json()
+        token = r.headers.get("x-next-token")
+        if not token:
+            return out
+
+
 def locked(obj: dict) -> bool:
     return bool(obj["metadata"].get("annotations", {}).get(LOCK_ANNOTATION))
 
@@ -179,7 +191,7 @@ def test_a_manager_killed_mid_burst_leaves_no_locked_or_orphaned_sandbox(paddock
             assert sbx.commands.run("echo alive").stdout == "alive\n", sid
 
         def listed() -> set[str]:
-            return {s["sandboxID"] for s in admin("/v2/sandboxes", params={"limit": 1000}).json()}
+            return {s["sandboxID"] for s in list_all()}
 
         def leftovers():
             """Locked or claimed Sandboxes the API does not list (empty when all is well)."""
@@ -199,7 +211,7 @@ def test_a_manager_killed_mid_burst_leaves_no_locked_or_orphaned_sandbox(paddock
                    interval=2)
         assert set(created) <= listed()
     finally:
-        for s in admin("/v2/sandboxes", params={"metadata": f"burst={run}", "limit": 1000}).json():
+        for s in list_all(metadata=f"burst={run}"):
             admin(f"/sandboxes/{s['sandboxID']}", "DELETE")
         for sid in created:
             admin(f"/sandboxes/{sid}", "DELETE")
