@@ -75,23 +75,33 @@ expect() {
   [[ $got == "$want" ]] || { say "want $want, got $got from $*: $(head -c 400 "$WORK/body")"; return 1; }
 }
 
-# push JSON [AUTH] -- POST /refresh on the peer listener; prints the status
-push() {
-  curl -s -o "$WORK/push.body" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
-    -H "Authorization: ${2:-Bearer $PEER_TOKEN}" -d "$1" "http://$PEER/refresh"
+# pushed STATUS JSON [AUTH] -- POST /refresh on the peer listener answers STATUS
+pushed() {
+  local got
+  got=$(curl -s -o "$WORK/push.body" -w '%{http_code}' -X POST -H 'Content-Type: application/json' \
+    -H "Authorization: ${3-Bearer $PEER_TOKEN}" -d "$2" "http://$PEER/refresh")
+  [[ $got == "$1" ]] || { say "push: want $1, got $got: $(head -c 300 "$WORK/push.body")"; return 1; }
 }
 
+# Steps run in subshells: a wrapper waits for the gateway and keeps its exit status.
 start_gateway() {
-  PADDOCK_PEER_TOKEN=$PEER_TOKEN RUST_LOG=info,paddock_kube_routes=debug \
-    "$PADDOCK_BIN" gateway --namespace "$NS" --listen "$GW" --peer-listen "$PEER" \
-    --domain "$DOMAIN" >>"$WORK/gateway.log" 2>&1 &
-  echo $! >"$WORK/gateway.pid"
+  rm -f "$WORK/gateway.rc"
+  (
+    PADDOCK_PEER_TOKEN=$PEER_TOKEN RUST_LOG=info,paddock_kube_routes=debug \
+      "$PADDOCK_BIN" gateway --namespace "$NS" --listen "$GW" --peer-listen "$PEER" \
+      --domain "$DOMAIN" >>"$WORK/gateway.log" 2>&1 &
+    echo $! >"$WORK/gateway.pid"
+    rc=0
+    wait $! || rc=$?
+    echo "$rc" >"$WORK/gateway.rc"
+  ) &
+  poll 10 test -s "$WORK/gateway.pid"
 }
 
 stop_gateway() {
   [[ -f $WORK/gateway.pid ]] || return 0
   kill "$(cat "$WORK/gateway.pid")" 2>/dev/null || true
-  wait "$(cat "$WORK/gateway.pid")" 2>/dev/null || true
+  poll 30 test -f "$WORK/gateway.rc" || true
   rm -f "$WORK/gateway.pid"
 }
 
@@ -166,7 +176,7 @@ refused() {
   local rc=0
   "$PADDOCK_BIN" gateway --kubeconfig "$WORK/sa.kubeconfig" --namespace "$NS" \
     --listen 127.0.0.1:0 --peer-listen 127.0.0.1:0 >"$WORK/refused.out" 2>&1 || rc=$?
-  say "exit $rc: $(tail -n 1 "$WORK/refused.out")"
+  say "exit $rc: $(grep -m1 '^Error' "$WORK/refused.out")"
   ((rc != 0))
   matches "RBAC forbids \`$1\` on sandboxes.agents.kruise.io in namespace $NS" <"$WORK/refused.out"
 }
@@ -223,7 +233,7 @@ route_checks() {
   poll 30 expect 204 "$@" "$base/health"
   # /envs needs the token, at the gateway and at the runtime
   expect 200 "$@" -H "X-Access-Token: $ACCESS" "$base/envs"
-  matches 'PATH' <"$WORK/body"
+  matches 'E2B_SANDBOX' <"$WORK/body"
   expect 401 "$@" "$base/envs"
   matches 'X-Access-Token' <"$WORK/body"
   expect 401 "$@" -H "X-Access-Token: wrong" "$base/envs"
@@ -243,27 +253,28 @@ t_no_target() {
 }
 
 t_push() {
-  local ip pushed=$OUT_NS--pushed
+  local ip other=$OUT_NS--pushed
   ip=$(cat "$WORK/ip")
-  local running="{\"sandboxID\":\"$pushed\",\"ip\":\"$ip\",\"state\":\"running\",\"accessToken\":\"$ACCESS\",\"resourceVersion\":\"100\"}"
-  [[ $(push "$running" "Bearer wrong") == 401 ]]
-  [[ $(push "$running" "") == 401 ]]
-  [[ $(push '{"sandboxID":1}') == 400 ]]
+  local running="{\"sandboxID\":\"$other\",\"ip\":\"$ip\",\"state\":\"running\",\"accessToken\":\"$ACCESS\",\"resourceVersion\":\"100\"}"
+  pushed 401 "$running" "Bearer wrong"
+  pushed 401 "$running" ""
+  pushed 400 '{"sandboxID":1}'
   # nothing routes there before the push (the watch and the look-up never see $OUT_NS)
-  expect 502 -H "E2b-Sandbox-Id: $pushed" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
+  expect 502 -H "E2b-Sandbox-Id: $other" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
   matches 'The sandbox was not found' <"$WORK/body"
-  [[ $(push "$running") == 204 ]]
-  expect 200 -H "E2b-Sandbox-Id: $pushed" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
-  expect 401 -H "E2b-Sandbox-Id: $pushed" "http://$GW/envs"
-  [[ $(push "{\"sandboxID\":\"$pushed\",\"state\":\"dead\",\"resourceVersion\":\"101\"}") == 204 ]]
-  expect 502 -H "E2b-Sandbox-Id: $pushed" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
+  pushed 204 "$running"
+  expect 200 -H "E2b-Sandbox-Id: $other" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
+  expect 401 -H "E2b-Sandbox-Id: $other" "http://$GW/envs"
+  pushed 204 "{\"sandboxID\":\"$other\",\"state\":\"dead\",\"resourceVersion\":\"101\"}"
+  expect 502 -H "E2b-Sandbox-Id: $other" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
   matches 'The sandbox was not found' <"$WORK/body"
   # the claim's push, delivered late, does not bring it back
-  [[ $(push "$running") == 204 ]]
-  expect 502 -H "E2b-Sandbox-Id: $pushed" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
+  pushed 204 "$running"
+  expect 502 -H "E2b-Sandbox-Id: $other" -H "X-Access-Token: $ACCESS" "http://$GW/envs"
 }
 
-metric() { curl -sf "http://$PEER/metrics" | grep -F "$1" | awk '{print $NF}'; }
+# metric SERIES -- its value now (empty while the series does not exist)
+metric() { curl -sf "http://$PEER/metrics" | { grep -F "$1" || true; } | awk '{print $NF}'; }
 
 t_miss_lookup() {
   local before after
@@ -313,7 +324,8 @@ PY
   kill -TERM "$pid"
   wait "$client" || { say "the in-flight request failed: $(cat "$WORK/slow.out")"; return 1; }
   matches '^finished$' <"$WORK/slow.out"
-  wait "$pid" || rc=$?
+  poll 30 test -f "$WORK/gateway.rc"
+  rc=$(cat "$WORK/gateway.rc")
   rm -f "$WORK/gateway.pid"
   say "gateway exit $rc"
   ((rc == 0))
