@@ -46,6 +46,8 @@ pub const ANNOTATION_CLAIM_TIMESTAMP: &str = "agents.kruise.io/claim-timestamp";
 pub const ANNOTATION_INIT_RUNTIME_REQUEST: &str = "agents.kruise.io/init-runtime-request";
 /// The runtime's access token.
 pub const ANNOTATION_RUNTIME_ACCESS_TOKEN: &str = "agents.kruise.io/runtime-access-token";
+/// The token the sandbox's other ports require when its traffic is private.
+pub const ANNOTATION_TRAFFIC_ACCESS_TOKEN: &str = "agents.kruise.io/traffic-access-token";
 /// JSON `{labels[], annotations[]}`: metadata keys added at claim.
 pub const ANNOTATION_UPDATED_METADATA_IN_CLAIM: &str = "agents.kruise.io/updated-metadata-in-claim";
 /// Pod-creation priority: `0` for pool fills, `100` for claims and the manager.

@@ -32,7 +32,9 @@ pub enum Blame {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     /// Nothing in the request names a sandbox.
-    #[error("no sandbox named in this request")]
+    #[error(
+        "no sandbox named in this request: send the E2b-Sandbox-Id (and E2b-Sandbox-Port) headers, use the host <port>-<sandbox id>.<domain>, or the path /kruise/<sandbox id>/<port>/..."
+    )]
     NoTarget,
     /// The named sandbox does not exist (or no longer does).
     #[error("The sandbox was not found")]
@@ -151,15 +153,20 @@ impl GatewayError {
         }
     }
 
-    /// The response the client gets. Plain text for requests that are not
-    /// data-plane traffic at all; the SDKs' JSON shapes for the rest.
+    /// The response the client gets: plain text for a path that cannot be
+    /// joined, the SDKs' JSON shapes for the rest (a standalone gateway answers
+    /// every request, so one that names no sandbox is told how to name one).
     pub fn into_response(self) -> Response {
         let status = self.status();
         let message = self.to_string();
         let body = match &self {
-            GatewayError::NoTarget | GatewayError::InvalidPath => {
+            GatewayError::InvalidPath => {
                 return (status, message).into_response();
             }
+            GatewayError::NoTarget => serde_json::json!({
+                "code": status.as_u16(),
+                "message": message,
+            }),
             GatewayError::NotFound { sandbox }
             | GatewayError::Paused { sandbox }
             | GatewayError::ConnectionClosed { sandbox, .. } => serde_json::json!({
@@ -307,11 +314,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn requests_that_name_no_sandbox_get_plain_text() {
-        let resp = GatewayError::NoTarget.into_response();
-        assert_eq!(resp.status(), 404);
-        let body = resp.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(&body[..], b"no sandbox named in this request");
+    async fn requests_that_name_no_sandbox_are_told_how_to_name_one() {
+        let (status, _, json) = parts(GatewayError::NoTarget).await;
+        assert_eq!(status, 404);
+        assert_eq!(json["code"], 404);
+        let msg = json["message"].as_str().unwrap();
+        assert!(
+            msg.contains("E2b-Sandbox-Id") && msg.contains("/kruise/<sandbox id>/<port>/"),
+            "{msg}"
+        );
         assert_eq!(GatewayError::InvalidPath.into_response().status(), 400);
     }
 

@@ -48,7 +48,7 @@ pub use access::Tokens;
 pub use breaker::{Breakers, Thresholds};
 pub use errors::GatewayError;
 pub use metrics::GatewayMetrics;
-pub use route::{RouteInfo, Routes};
+pub use route::{Fetched, RouteInfo, Routes};
 pub use target::{DEFAULT_PORT, Target, target_of};
 
 use admit::Admission;
@@ -116,7 +116,7 @@ impl Gateway {
     ) -> Result<Response, GatewayError> {
         // Route first: every later phase needs the route (its tokens, its
         // address). A sandbox that is gone takes its connection pool along.
-        let route = route::resolve(&*self.routes, target).inspect_err(|e| {
+        let route = route::resolve(&*self.routes, target).await.inspect_err(|e| {
             if matches!(e, GatewayError::NotFound { .. }) {
                 self.pools.forget(&target.sandbox);
             }

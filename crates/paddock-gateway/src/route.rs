@@ -7,7 +7,9 @@
 //! Kubernetes it will be a store fed by a watch on Sandbox resources. The
 //! gateway only ever reads it, once per request.
 
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 
 use crate::access::Tokens;
 use crate::errors::GatewayError;
@@ -21,6 +23,9 @@ pub struct RouteInfo {
     pub tokens: Tokens,
 }
 
+/// A route fetched from the source of truth (see [`Routes::fetch`]).
+pub type Fetched<'a> = Pin<Box<dyn Future<Output = Option<RouteInfo>> + Send + 'a>>;
+
 /// Looks sandboxes up for the gateway.
 ///
 /// Implementations must be cheap and must not block: `lookup` runs on every
@@ -28,6 +33,17 @@ pub struct RouteInfo {
 pub trait Routes: Send + Sync + 'static {
     /// The sandbox's route, or `None` if no such sandbox exists.
     fn lookup(&self, id: &str) -> Option<RouteInfo>;
+
+    /// Asked only after `lookup` missed: a table fed by a watch may lag the
+    /// sandbox's creation (a lost push, a watch not yet delivered), so it may
+    /// look the sandbox up at its source before the request is answered
+    /// "not found". Implementations bound the time this takes and share one
+    /// look-up between concurrent misses. The default (a table that is the
+    /// source of truth, as in `paddock up`) knows nothing more.
+    fn fetch<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+        let _ = id;
+        Box::pin(std::future::ready(None))
+    }
 }
 
 /// The lookup phase: the route of a sandbox that can take traffic now.
@@ -35,12 +51,16 @@ pub trait Routes: Send + Sync + 'static {
 /// It comes before the token check because the tokens live in the route, and
 /// before admission so that a request for a missing or paused sandbox never
 /// takes a breaker slot.
-pub fn resolve(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, GatewayError> {
-    let route = routes
-        .lookup(&target.sandbox)
-        .ok_or_else(|| GatewayError::NotFound {
-            sandbox: target.sandbox.clone(),
-        })?;
+pub async fn resolve(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, GatewayError> {
+    let route = match routes.lookup(&target.sandbox) {
+        Some(r) => r,
+        None => routes
+            .fetch(&target.sandbox)
+            .await
+            .ok_or_else(|| GatewayError::NotFound {
+                sandbox: target.sandbox.clone(),
+            })?,
+    };
     // A paused sandbox keeps its record, but its address is not serving.
     if route.paused {
         return Err(GatewayError::Paused {
@@ -79,18 +99,39 @@ mod tests {
         }
     }
 
-    #[test]
-    fn running_sandboxes_resolve_others_fail_with_their_reason() {
+    #[tokio::test]
+    async fn running_sandboxes_resolve_others_fail_with_their_reason() {
         let table = HashMap::from([("up", route(false)), ("zz", route(true))]);
-        let r = resolve(&table, &target("up")).unwrap();
+        let r = resolve(&table, &target("up")).await.unwrap();
         assert_eq!(r.ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 7)));
         assert!(matches!(
-            resolve(&table, &target("zz")),
+            resolve(&table, &target("zz")).await,
             Err(GatewayError::Paused { sandbox }) if sandbox == "zz"
         ));
         assert!(matches!(
-            resolve(&table, &target("gone")),
+            resolve(&table, &target("gone")).await,
             Err(GatewayError::NotFound { sandbox }) if sandbox == "gone"
+        ));
+    }
+
+    /// A table whose `lookup` always misses and whose `fetch` knows one sandbox.
+    struct Lagging;
+
+    impl Routes for Lagging {
+        fn lookup(&self, _: &str) -> Option<RouteInfo> {
+            None
+        }
+        fn fetch<'a>(&'a self, id: &'a str) -> Fetched<'a> {
+            Box::pin(async move { (id == "late").then(|| route(false)) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_miss_asks_fetch_before_answering_not_found() {
+        assert!(resolve(&Lagging, &target("late")).await.is_ok());
+        assert!(matches!(
+            resolve(&Lagging, &target("never")).await,
+            Err(GatewayError::NotFound { sandbox }) if sandbox == "never"
         ));
     }
 }

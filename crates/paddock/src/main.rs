@@ -15,6 +15,7 @@ use paddock_gateway::{Gateway, GatewayMetrics, RouteInfo, Thresholds, Tokens};
 use paddock_manager::{Manager, ManagerConfig, ManagerMetrics, RouteTable, admin_key};
 use tower::ServiceExt;
 
+mod gateway;
 mod kubernetes;
 
 #[derive(Debug, Parser)]
@@ -39,6 +40,9 @@ enum Command {
     Crds(kubernetes::CrdsArgs),
     /// Run the Kubernetes Sandbox Controller (reconcilers, webhooks) against KUBECONFIG.
     Controller(kubernetes::ControllerArgs),
+    /// Run the Sandbox Gateway on Kubernetes: routes from a watch of Sandboxes and from
+    /// the managers' pushes.
+    Gateway(gateway::GatewayArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +159,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Template(cmd) => template(cmd).await,
                 Command::Crds(args) => kubernetes::crds(args),
                 Command::Controller(args) => kubernetes::controller(args).await,
+                Command::Gateway(args) => gateway::gateway(args).await,
             }
         })
 }

@@ -1,0 +1,100 @@
+//! `paddock gateway`: the Sandbox Gateway on Kubernetes, on its own (flags → config → run).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use paddock_gateway::Thresholds;
+
+/// Env var holding the token managers send with route pushes.
+pub const PEER_TOKEN_ENV: &str = "PADDOCK_PEER_TOKEN";
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// The data plane: header, host (`<port>-<id>.<domain>`) and path (`/kruise/<id>/<port>/`)
+    /// routing.
+    #[arg(long, default_value = "0.0.0.0:10000")]
+    listen: SocketAddr,
+    /// Route pushes (`POST /refresh`), `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], paddock_gateway::peer::DEFAULT_PEER_PORT)))]
+    peer_listen: SocketAddr,
+    /// Route to Sandboxes of this namespace (repeatable); all namespaces when absent.
+    #[arg(long = "namespace")]
+    namespaces: Vec<String>,
+    /// The host-routing domain.
+    #[arg(long)]
+    domain: Option<String>,
+    /// A file holding the peer token managers push routes with (else env PADDOCK_PEER_TOKEN;
+    /// with neither, pushes are refused).
+    #[arg(long)]
+    peer_token_file: Option<PathBuf>,
+    /// Circuit breaker: open connections to sandboxes.
+    #[arg(long, default_value_t = Thresholds::default().max_connections)]
+    max_connections: usize,
+    /// Circuit breaker: requests waiting for response headers.
+    #[arg(long, default_value_t = Thresholds::default().max_pending_requests)]
+    max_pending_requests: usize,
+    /// Circuit breaker: requests in flight.
+    #[arg(long, default_value_t = Thresholds::default().max_requests)]
+    max_requests: usize,
+    /// Circuit breaker: retries in flight.
+    #[arg(long, default_value_t = Thresholds::default().max_retries)]
+    max_retries: usize,
+    /// A kubeconfig file; else KUBECONFIG, ~/.kube/config or the in-cluster config.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// How long in-flight requests may run on after SIGTERM (inside Kubernetes' default
+/// 30-second termination grace period).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+fn peer_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
+    let token = match file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading --peer-token-file {}", path.display()))?,
+        ),
+        None => std::env::var(PEER_TOKEN_ENV).ok(),
+    };
+    match token.map(|t| t.trim().to_string()) {
+        Some(t) if t.is_empty() => anyhow::bail!("the peer token is empty"),
+        t => Ok(t),
+    }
+}
+
+pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = paddock_kube_routes::Config {
+        listen: args.listen,
+        peer_listen: args.peer_listen,
+        scope: paddock_kube_routes::Scope::of(args.namespaces),
+        domain: args.domain,
+        peer_token: peer_token(args.peer_token_file.as_ref())?,
+        thresholds: Thresholds {
+            max_connections: args.max_connections,
+            max_pending_requests: args.max_pending_requests,
+            max_requests: args.max_requests,
+            max_retries: args.max_retries,
+        },
+        kubeconfig: args.kubeconfig,
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    paddock_kube_routes::run(config, stop).await?;
+    Ok(())
+}
