@@ -29,6 +29,8 @@ TESTBED=$ROOT/hack/testbed
 STEP_PREFIX=kube-e2e
 # shellcheck source=../steps.sh
 source "$ROOT/tests/steps.sh"
+# hack/lib.sh sets PADDOCK_BIN to its build's path: keep the caller's.
+GIVEN_PADDOCK_BIN=${PADDOCK_BIN:-}
 # shellcheck source=../../hack/lib.sh
 source "$ROOT/hack/lib.sh"
 
@@ -58,7 +60,7 @@ finish() {
 trap finish EXIT
 
 t_binaries() {
-  [[ -n ${PADDOCK_BIN:-} ]] || { build_paddock; PADDOCK_BIN=$CARGO_TARGET_DIR/debug/paddock; }
+  if [[ -n $GIVEN_PADDOCK_BIN ]]; then PADDOCK_BIN=$GIVEN_PADDOCK_BIN; else build_paddock; fi
   [[ -n ${PADDOCK_RUNTIME_BIN:-} ]] || { build_runtime; PADDOCK_RUNTIME_BIN=$RUNTIME_BIN; }
   ensure_python_sdk
   [[ ${PADDOCK_KUBE_JS:-} == skip ]] || ensure_js_sdk
