@@ -7,13 +7,12 @@
 //! fail and the claim moves to the next candidate. The runtime's `/init` is then done by the
 //! Sandbox reconciler from the stored request, which also replays it after every resume.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -367,7 +366,12 @@ async fn take(
             break;
         }
         let mut s = Sandbox::clone(&pool[i]);
-        plan::claim_metadata(claim, &mut s, &sbs_uid, now, secrets());
+        plan::claim_metadata(
+            &plan::ClaimRequest::for_claim(claim, secrets()),
+            &mut s,
+            &sbs_uid,
+            now,
+        );
         match sandboxes
             .replace(&s.name_any(), &PostParams::default(), &s)
             .await
@@ -484,35 +488,17 @@ async fn create_on_no_stock(
 ) -> Result<usize, TakeError> {
     let ns = claim.namespace().unwrap_or_default();
     let api: Api<Sandbox> = ctx.api(&ns);
-    let source = crate::sandboxset::resolve(sbs, ctx).await?;
+    let source = crate::sandboxset::resolve(sbs, &ctx.client).await?;
     let set = sbs.name_any();
-    let mut prefix = format!("{set}-");
-    prefix.truncate(58);
     let mut made = 0;
     for _ in 0..n {
-        let mut s = Sandbox {
-            metadata: ObjectMeta {
-                generate_name: Some(prefix.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(BTreeMap::from([
-                    (keys::LABEL_SANDBOX_POOL.to_string(), set.clone()),
-                    (keys::LABEL_SANDBOX_TEMPLATE.to_string(), set.clone()),
-                    (
-                        keys::LABEL_TEMPLATE_HASH.to_string(),
-                        source.revision.clone(),
-                    ),
-                ])),
-                annotations: Some(BTreeMap::from([(
-                    keys::ANNOTATION_SANDBOX_PRIORITY.to_string(),
-                    "100".to_string(),
-                )])),
-                finalizers: Some(vec![keys::FINALIZER_SANDBOX.to_string()]),
-                ..Default::default()
-            },
-            spec: source.spec.clone(),
-            status: None,
-        };
-        plan::claim_metadata(claim, &mut s, "", now, secrets());
+        let mut s = plan::fresh_sandbox(&set, &ns, source.spec.clone(), &source.revision);
+        plan::claim_metadata(
+            &plan::ClaimRequest::for_claim(claim, secrets()),
+            &mut s,
+            "",
+            now,
+        );
         match api.create(&PostParams::default(), &s).await {
             Ok(created) => {
                 made += 1;

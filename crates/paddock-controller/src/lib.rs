@@ -27,6 +27,7 @@ use kube::Client;
 
 pub use context::Context;
 pub use leader::LeaderConfig;
+pub use sandboxset::{Source, SourceError, resolve};
 
 /// Where the API server reaches the webhook server.
 #[derive(Clone, Debug)]

@@ -93,7 +93,7 @@ async fn reconcile(sbs: Arc<SandboxSet>, ctx: Arc<Context>) -> Result<Action, Re
 }
 
 /// What a pool sandbox is made from.
-pub(crate) struct Source {
+pub struct Source {
     pub spec: SandboxSpec,
     pub revision: String,
     pub current_revision: String,
@@ -143,7 +143,10 @@ fn is_not_found(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(ae) if ae.code == 404)
 }
 
-pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, SourceError> {
+/// What the SandboxSet's sandboxes are made from: its inline template (materialised as a
+/// SandboxTemplate revision) or the SandboxTemplate it references. Shared by the SandboxSet and
+/// SandboxClaim reconcilers and the Kubernetes manager's create-on-no-stock.
+pub async fn resolve(sbs: &SandboxSet, client: &kube::Client) -> Result<Source, SourceError> {
     let ns = sbs.namespace().unwrap_or_default();
     let s = &sbs.spec;
     let mut spec = SandboxSpec {
@@ -159,7 +162,7 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
         (Some(t), _) => {
             spec.pod.template = Some(t.clone());
             let revision = revision::hash(&json!({"template": t, "shared": shared}));
-            let current_revision = materialise(sbs, ctx, &revision).await?;
+            let current_revision = materialise(sbs, client, &revision).await?;
             Ok(Source {
                 spec,
                 revision,
@@ -167,7 +170,7 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
             })
         }
         (None, Some(r)) => {
-            let templates: Api<SandboxTemplate> = ctx.api(&ns);
+            let templates: Api<SandboxTemplate> = Api::namespaced(client.clone(), &ns);
             let t = match templates.get_opt(&r.name).await {
                 Ok(Some(t)) => t,
                 Ok(None) => return Err(SourceError::TemplateNotFound(r.name.clone())),
@@ -193,7 +196,11 @@ pub(crate) async fn resolve(sbs: &SandboxSet, ctx: &Context) -> Result<Source, S
 
 /// Stores the inline template as SandboxTemplate `<set>-<revision>` (owned by the set) and
 /// drops all but the newest [`REVISION_HISTORY`] of them.
-async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<String, SourceError> {
+async fn materialise(
+    sbs: &SandboxSet,
+    client: &kube::Client,
+    rev: &str,
+) -> Result<String, SourceError> {
     let ns = sbs.namespace().unwrap_or_default();
     let set = sbs.name_any();
     let name = format!("{set}-{rev}");
@@ -206,7 +213,7 @@ async fn materialise(sbs: &SandboxSet, ctx: &Context, rev: &str) -> Result<Strin
     {
         return Ok(name);
     }
-    let api: Api<SandboxTemplate> = ctx.api(&ns);
+    let api: Api<SandboxTemplate> = Api::namespaced(client.clone(), &ns);
     let owner = sbs.controller_owner_ref(&()).ok_or(SourceError::NoUid)?;
     let t = SandboxTemplate {
         metadata: ObjectMeta {
@@ -315,7 +322,7 @@ async fn apply(sbs: &SandboxSet, ctx: &Context) -> Result<Action, ReconcileError
     let now_t = Time(now);
     let gen_ = sbs.metadata.generation;
 
-    let source = match resolve(sbs, ctx).await {
+    let source = match resolve(sbs, &ctx.client).await {
         Ok(s) => s,
         Err(e) => {
             let reason = e.reason();

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 
 mod gateway;
 mod kubernetes;
+mod manager;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -43,6 +44,8 @@ enum Command {
     /// Run the Sandbox Gateway on Kubernetes: routes from a watch of Sandboxes and from
     /// the managers' pushes.
     Gateway(gateway::GatewayArgs),
+    /// Run the Sandbox Manager (the E2B API) against the agents.kruise.io resources.
+    Manager(manager::ManagerArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -160,6 +163,7 @@ fn main() -> anyhow::Result<()> {
                 Command::Crds(args) => kubernetes::crds(args),
                 Command::Controller(args) => kubernetes::controller(args).await,
                 Command::Gateway(args) => gateway::gateway(args).await,
+                Command::Manager(args) => manager::run(args).await,
             }
         })
 }

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use paddock_crds::sandbox_conditions as sbx_cond;
 use paddock_crds::{
-    ClaimPhase, Sandbox, SandboxClaim, SandboxClaimStatus, find_condition, keys, set_condition,
+    ClaimPhase, Sandbox, SandboxClaim, SandboxClaimStatus, SandboxSpec, find_condition, keys,
+    set_condition,
 };
 use serde_json::json;
 
@@ -229,18 +230,59 @@ pub struct Secrets {
     pub access_token: String,
 }
 
-/// Turns a pool sandbox (or a fresh one) into `claim`'s sandbox: out of the SandboxSet
+/// The runtime's `/init` request a claim stores on the sandbox (the controller replays it
+/// after every resume).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InitRuntime {
+    pub env_vars: BTreeMap<String, String>,
+    pub access_token: String,
+}
+
+/// Everything one claim writes onto a sandbox, whoever claims: a SandboxClaim
+/// ([`ClaimRequest::for_claim`]) or the Kubernetes manager (an E2B create).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClaimRequest {
+    /// The owner annotation: a SandboxClaim UID, or the E2B team.
+    pub owner: String,
+    /// The value of the lock annotation (fresh and random per claim).
+    pub lock: String,
+    /// The SandboxClaim's name (its label on the sandbox); `None` for the manager.
+    pub claim_name: Option<String>,
+    /// User labels and annotations (reserved keys are dropped by [`claim_metadata`]).
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    /// The `/init` request to store; `None` skips the runtime's initialisation.
+    pub init: Option<InitRuntime>,
+    /// `spec.shutdownTime` / `spec.pauseTime` to set (`None` leaves the field as it is).
+    pub shutdown_time: Option<Time>,
+    pub pause_time: Option<Time>,
+}
+
+impl ClaimRequest {
+    /// What the SandboxClaim `claim` writes, with fresh `secrets`.
+    pub fn for_claim(claim: &SandboxClaim, secrets: Secrets) -> Self {
+        let spec = &claim.spec;
+        ClaimRequest {
+            owner: claim.metadata.uid.clone().unwrap_or_default(),
+            lock: secrets.lock,
+            claim_name: Some(claim.name_any()),
+            labels: spec.labels.clone().unwrap_or_default(),
+            annotations: spec.annotations.clone().unwrap_or_default(),
+            init: (!spec.skip_init_runtime.unwrap_or(false)).then(|| InitRuntime {
+                env_vars: spec.env_vars.clone().unwrap_or_default(),
+                access_token: secrets.access_token,
+            }),
+            shutdown_time: spec.shutdown_time.clone(),
+            pause_time: None,
+        }
+    }
+}
+
+/// Turns a pool sandbox (or a fresh one) into the claimant's sandbox: out of the SandboxSet
 /// `set_uid` (so the pool refills), locked, owned, stamped, and carrying the init request.
-pub fn claim_metadata(
-    claim: &SandboxClaim,
-    s: &mut Sandbox,
-    set_uid: &str,
-    now: Timestamp,
-    secrets: Secrets,
-) {
-    let spec = &claim.spec;
-    let user_labels = user_metadata(spec.labels.as_ref());
-    let user_annotations = user_metadata(spec.annotations.as_ref());
+pub fn claim_metadata(req: &ClaimRequest, s: &mut Sandbox, set_uid: &str, now: Timestamp) {
+    let user_labels = user_metadata(Some(&req.labels));
+    let user_annotations = user_metadata(Some(&req.annotations));
     let updated = json!({
         "labels": user_labels.keys().collect::<Vec<_>>(),
         "annotations": user_annotations.keys().collect::<Vec<_>>(),
@@ -251,14 +293,13 @@ pub fn claim_metadata(
     let labels = s.labels_mut();
     labels.extend(user_labels);
     labels.insert(keys::LABEL_SANDBOX_CLAIMED.into(), "true".into());
-    labels.insert(keys::LABEL_CLAIM_NAME.into(), claim.name_any());
+    if let Some(name) = &req.claim_name {
+        labels.insert(keys::LABEL_CLAIM_NAME.into(), name.clone());
+    }
     let annotations = s.annotations_mut();
     annotations.extend(user_annotations);
-    annotations.insert(keys::ANNOTATION_LOCK.into(), secrets.lock);
-    annotations.insert(
-        keys::ANNOTATION_OWNER.into(),
-        claim.metadata.uid.clone().unwrap_or_default(),
-    );
+    annotations.insert(keys::ANNOTATION_LOCK.into(), req.lock.clone());
+    annotations.insert(keys::ANNOTATION_OWNER.into(), req.owner.clone());
     annotations.insert(
         keys::ANNOTATION_CLAIM_TIMESTAMP.into(),
         now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
@@ -267,29 +308,60 @@ pub fn claim_metadata(
         keys::ANNOTATION_UPDATED_METADATA_IN_CLAIM.into(),
         updated.to_string(),
     );
-    if !spec.skip_init_runtime.unwrap_or(false) {
-        let req = json!({
-            "envVars": spec.env_vars.clone().unwrap_or_default(),
-            "accessToken": secrets.access_token,
+    if let Some(init) = &req.init {
+        let body = json!({
+            "envVars": init.env_vars,
+            "accessToken": init.access_token,
         });
         annotations.insert(
             keys::ANNOTATION_INIT_RUNTIME_REQUEST.into(),
-            req.to_string(),
+            body.to_string(),
         );
         annotations.insert(
             keys::ANNOTATION_RUNTIME_ACCESS_TOKEN.into(),
-            secrets.access_token,
+            init.access_token.clone(),
         );
     }
-    if spec.shutdown_time.is_some() {
-        s.spec.shutdown_time = spec.shutdown_time.clone();
+    if req.shutdown_time.is_some() {
+        s.spec.shutdown_time = req.shutdown_time.clone();
+    }
+    if req.pause_time.is_some() {
+        s.spec.pause_time = req.pause_time.clone();
+    }
+}
+
+/// A new sandbox of SandboxSet `set` in `ns`, made from its resolved `spec` at `revision`, for
+/// a claimant that found the pool empty (create on no stock): it is labelled as the set's but
+/// not owned by it, and has the claim priority; [`claim_metadata`] then claims it from birth.
+pub fn fresh_sandbox(set: &str, ns: &str, spec: SandboxSpec, revision: &str) -> Sandbox {
+    let mut prefix = format!("{set}-");
+    // generateName adds 5 characters; names stay within 63 (they are pod names too).
+    prefix.truncate(58);
+    Sandbox {
+        metadata: ObjectMeta {
+            generate_name: Some(prefix),
+            namespace: Some(ns.to_string()),
+            labels: Some(BTreeMap::from([
+                (keys::LABEL_SANDBOX_POOL.to_string(), set.to_string()),
+                (keys::LABEL_SANDBOX_TEMPLATE.to_string(), set.to_string()),
+                (keys::LABEL_TEMPLATE_HASH.to_string(), revision.to_string()),
+            ])),
+            annotations: Some(BTreeMap::from([(
+                keys::ANNOTATION_SANDBOX_PRIORITY.to_string(),
+                "100".to_string(),
+            )])),
+            finalizers: Some(vec![keys::FINALIZER_SANDBOX.to_string()]),
+            ..Default::default()
+        },
+        spec,
+        status: None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-    use paddock_crds::{SandboxClaimSpec, SandboxPhase, SandboxSpec, SandboxStatus};
+    use paddock_crds::{SandboxClaimSpec, SandboxPhase, SandboxStatus};
 
     use super::*;
 
@@ -385,7 +457,12 @@ mod tests {
     #[test]
     fn claiming_releases_the_pool_and_stamps_owner_lock_and_init_request() {
         let mut s = pooled();
-        claim_metadata(&claim(false), &mut s, "set-uid", at(0), secrets());
+        claim_metadata(
+            &ClaimRequest::for_claim(&claim(false), secrets()),
+            &mut s,
+            "set-uid",
+            at(0),
+        );
         assert!(s.owner_references().is_empty(), "the pool must refill");
         assert_eq!(s.labels()[keys::LABEL_SANDBOX_CLAIMED], "true");
         assert_eq!(s.labels()[keys::LABEL_CLAIM_NAME], "c1");
@@ -409,7 +486,12 @@ mod tests {
     #[test]
     fn skip_init_runtime_stores_no_init_request() {
         let mut s = pooled();
-        claim_metadata(&claim(true), &mut s, "set-uid", at(0), secrets());
+        claim_metadata(
+            &ClaimRequest::for_claim(&claim(true), secrets()),
+            &mut s,
+            "set-uid",
+            at(0),
+        );
         assert!(
             !s.annotations()
                 .contains_key(keys::ANNOTATION_INIT_RUNTIME_REQUEST)
@@ -458,7 +540,12 @@ mod tests {
         let c = Candidate::from_sandbox(&pooled(), "set-uid", at(0));
         assert!(!c.available && !c.has_ip, "{c:?}");
         let mut claimed = ready(pooled(), false);
-        claim_metadata(&claim(false), &mut claimed, "set-uid", at(0), secrets());
+        claim_metadata(
+            &ClaimRequest::for_claim(&claim(false), secrets()),
+            &mut claimed,
+            "set-uid",
+            at(0),
+        );
         let c = Candidate::from_sandbox(&claimed, "set-uid", at(0));
         assert!(c.locked && !c.pooled, "{c:?}");
     }
@@ -466,7 +553,12 @@ mod tests {
     #[test]
     fn a_held_sandbox_is_usable_once_ready_and_initialised_and_given_up_after_wait_ready() {
         let mut s = pooled();
-        claim_metadata(&claim(false), &mut s, "set-uid", at(100), secrets());
+        claim_metadata(
+            &ClaimRequest::for_claim(&claim(false), secrets()),
+            &mut s,
+            "set-uid",
+            at(100),
+        );
         assert_eq!(
             held(&ready(s.clone(), true), false, 30_000, at(200)),
             Held::Usable

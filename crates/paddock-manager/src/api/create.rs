@@ -179,6 +179,18 @@ async fn create<I: Infra>(
         .acquire()
         .await
         .map_err(|e| ApiError::internal("the manager is shutting down", e))?;
+    let token = random_hex(24);
+    let traffic_token = b
+        .network
+        .as_ref()
+        .and_then(|n| n.allow_public_traffic)
+        .is_some_and(|public| !public)
+        .then(|| random_hex(24));
+    let on_timeout = if b.auto_pause.unwrap_or(false) {
+        OnTimeout::Pause
+    } else {
+        OnTimeout::Kill
+    };
     let created = m
         .infra
         .create(CreateSandbox {
@@ -186,7 +198,19 @@ async fn create<I: Infra>(
             limits: None,
             allow_internet_access,
             metadata: metadata.clone(),
-            lease: None,
+            // Backends that keep records (Kubernetes) write the lease with the claim.
+            lease: Some(paddock_infra::Lease {
+                team: team.name().to_string(),
+                access_token: token.clone(),
+                traffic_token: traffic_token.clone(),
+                env_vars: b.env_vars.clone().unwrap_or_default(),
+                timeout: Some(timeout),
+                on_timeout: match on_timeout {
+                    OnTimeout::Pause => paddock_infra::OnTimeout::Pause,
+                    OnTimeout::Kill => paddock_infra::OnTimeout::Kill,
+                },
+                auto_resume: b.auto_resume.as_ref().is_some_and(|a| a.enabled),
+            }),
         })
         .await;
     let info = match created {
@@ -199,13 +223,6 @@ async fn create<I: Infra>(
             return Err(e.into());
         }
     };
-    let token = random_hex(24);
-    let traffic_token = b
-        .network
-        .as_ref()
-        .and_then(|n| n.allow_public_traffic)
-        .is_some_and(|public| !public)
-        .then(|| random_hex(24));
     // The runtime learns its env vars and access token through /init.
     let init = paddock_contract::InitRequest {
         env_vars: Some(b.env_vars.clone().unwrap_or_default()),
@@ -243,11 +260,7 @@ async fn create<I: Infra>(
         cpu_count: info.limits.cpu_millis.div_ceil(1000),
         memory_mb: info.limits.memory_bytes >> 20,
         disk_mb: info.limits.disk_bytes.map(|d| d >> 20).unwrap_or(0),
-        on_timeout: if b.auto_pause.unwrap_or(false) {
-            OnTimeout::Pause
-        } else {
-            OnTimeout::Kill
-        },
+        on_timeout,
         auto_resume: b.auto_resume.map(|a| a.enabled).unwrap_or(false),
         allow_internet_access,
     };
