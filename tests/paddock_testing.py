@@ -523,9 +523,9 @@ class PaddockKube:
 
     def start_manager(self, kubeconfig: str | None = None, extra=(), wait: bool = True,
                       name: str = "manager") -> HostProcess:
-        """A `paddock manager` on a free port (the session's, or another replica for a test:
-        those are stopped by stop() too). Its URL is `proc.url`."""
-        listen = f"127.0.0.1:{free_port()}"
+        """A `paddock manager`: the session's on `self.listen`, or another replica for a test on a
+        free port (stopped by stop() too). Its URL is `proc.url`."""
+        listen = self.listen if self.manager is None else f"127.0.0.1:{free_port()}"
         env = dict(self.env, PADDOCK_ADMIN_API_KEY=self.admin_key)
         if kubeconfig:
             env["KUBECONFIG"] = kubeconfig
