@@ -165,9 +165,13 @@ def test_a_manager_killed_mid_burst_leaves_no_locked_or_orphaned_sandbox(paddock
     run = uuid.uuid4().hex[:10]
     victim = kube.start_manager(name="manager-victim")
     created: dict[str, str] = {}
+    sent = []
     lock = threading.Lock()
+    before = {s["metadata"]["name"] for s in kube.sandboxes()}
 
     def one(i):
+        with lock:
+            sent.append(i)
         try:
             r = create(victim.url, metadata={"burst": run})
         except httpx.TransportError as e:
@@ -179,13 +183,22 @@ def test_a_manager_killed_mid_burst_leaves_no_locked_or_orphaned_sandbox(paddock
 
     with concurrent.futures.ThreadPoolExecutor(BURST) as pool:
         futures = [pool.submit(one, i) for i in range(BURST)]
-        wait_until(lambda: len(created) >= KILL_AFTER, 300, f"{KILL_AFTER} creates to answer 201")
+        def mid_burst():
+            # Some creates are answered, every one is on its way, and Sandboxes are being made
+            # for those the pool could not serve: the kill lands in the middle of claims.
+            made = [s for s in kube.sandboxes() if s["metadata"]["name"] not in before]
+            return len(created) >= KILL_AFTER and len(sent) == BURST and made
+
+        wait_until(mid_burst, 300, f"{KILL_AFTER} creates to answer 201 while the rest are in flight", interval=0.02)
         victim.kill()
         outcomes = [f.result() for f in futures]
     print(f"{len(created)} of {BURST} creates answered 201 before the kill: {sorted(map(str, outcomes))}")
     try:
-        # Every 201 is a live sandbox the session's manager knows, and it runs a command.
+        # Every 201 is a live sandbox the session's manager knows (once its informer has seen
+        # the other replica's claim), and it runs a command.
         for sid, token in created.items():
+            wait_until(lambda: admin(f"/sandboxes/{sid}").status_code == 200, 30,
+                       f"the session's manager to know {sid}", interval=0.1)
             sbx = Sandbox.connect(sid)
             assert sbx._envd_access_token == token, f"{sid}: the token of its 201 is the one in force"
             assert sbx.commands.run("echo alive").stdout == "alive\n", sid
@@ -306,7 +319,7 @@ def test_timeout_sets_shutdown_time_and_kill_deletes_the_sandbox(paddock):
         first = spec.get("shutdownTime")
         sbx.set_timeout(600)
         wait_until(lambda: kube.kubectl.json("get", "sandbox", name)["spec"].get("shutdownTime") != first, 30,
-                   "set_timeout to move spec.shutdownTime")
+                   f"set_timeout to move spec.shutdownTime (it was {first}, with spec {spec})")
     finally:
         assert sbx.kill() is True
     wait_until(lambda: kube.kubectl.run("get", "sandbox", name, check=False).returncode != 0, 120,
