@@ -233,7 +233,8 @@ def main():
         ok, failed = burst(kube, pool)
         print(f"concurrent: {len(ok)} of {pool} succeeded", flush=True)
         gw = [] if a.no_gateway_bench else gateway_vs_nginx(kube, a.duration, a.connections, a.rounds)
-        build = "debug" if a.debug else "release"
+        # Named by the binary's target dir (target/debug, target/release).
+        build = pathlib.Path(paddock).parent.name
         print()
         print(f"Kubernetes mode on the test bed ({build} build), pool of {pool}"
               f"{'' if pool == a.pool else f' (asked for {a.pool}: the test bed held {pool})'}; ms;"
