@@ -86,8 +86,17 @@ def unclaimed_ready(kube: PaddockKube) -> int:
     return n
 
 
-def wait_full(kube: PaddockKube, pool: int):
-    wait_until(lambda: unclaimed_ready(kube) >= pool, 600, f"the pool to refill to {pool}", interval=0.2)
+SHORT = []
+
+
+def wait_full(kube: PaddockKube, pool: int, timeout: float = 90):
+    """Until the pool is full again. The node's pods are shared with whoever else uses the test
+    bed (110 per node): a refill with no room is waited for `timeout` s, then the run goes on
+    from a pool one short, counted in SHORT and said under the table."""
+    try:
+        wait_until(lambda: unclaimed_ready(kube) >= pool, timeout, f"the pool to refill to {pool}", interval=0.2)
+    except WaitTimeout:
+        SHORT.append(unclaimed_ready(kube))
 
 
 def create_and_run():
@@ -243,6 +252,9 @@ def main():
         print(row(f"create -> run(true), {pool} concurrent", ok, ref))
         print(row("reference: SandboxClaim -> claimed + /init", ref))
         print(f"concurrent creates: {len(ok)} of {pool} succeeded")
+        if SHORT:
+            print(f"{len(SHORT)} measurement(s) started from a pool short of {pool} (the node had no room for"
+                  f" the refill): {SHORT}")
         for f in failed[:5]:
             print(f"  failed: {f}")
         if gw:
