@@ -17,8 +17,11 @@ import uuid
 import httpx
 from e2b import Sandbox
 
-from fixtures import ADMIN_KEY, up
+from fixtures import ADMIN_KEY, embedded_only, up
 from paddock_testing import wait_until
+
+pytestmark = embedded_only("SIGKILLs `paddock up` itself and checks its host resources (mounts, veths, "
+                           "cgroups); tests/e2e/test_kubernetes.py kills a manager replica instead")
 
 CREATES = 50
 # Kill once this many creates have their 201 (the rest are in flight).

@@ -1,6 +1,6 @@
-"""`paddock up` beyond the SDK calls: the gateway in front of a user's own
-servers (HTTP and WebSocket, by header, host and path), private ports, the
-OpenAPI document, Prometheus metrics, logs, idempotent creates and limits."""
+"""The product beyond the SDK calls (`paddock up`, or manager + gateway on Kubernetes): the
+gateway in front of a user's own servers (HTTP and WebSocket, by header, host and path),
+private ports, the OpenAPI document, Prometheus metrics, logs, idempotent creates and limits."""
 
 import base64
 import datetime
@@ -16,7 +16,7 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from fixtures import ADMIN_KEY, LISTEN, URL, admin
+from fixtures import ADMIN_KEY, DATA_URL, DOMAIN, GATEWAY_LISTEN, KUBE, URL, admin, up
 from paddock_testing import wait_until
 
 ASSETS = pathlib.Path(__file__).parent / "assets"
@@ -27,7 +27,7 @@ def wait_for_port(sbx, port):
     h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": str(port)}
 
     def opened():
-        r = httpx.get(f"{URL}/", headers=h)
+        r = httpx.get(f"{DATA_URL}/", headers=h)
         return r.status_code != 502 or "port is not open" not in r.json()["message"]
 
     wait_until(opened, 30, f"port {port} of {sbx.sandbox_id} to open")
@@ -46,19 +46,19 @@ def web(paddock):
 
 def test_user_server_by_header_host_and_path(web):
     sid = web.sandbox_id
-    by_header = httpx.get(f"{URL}/hello.txt", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000"})
+    by_header = httpx.get(f"{DATA_URL}/hello.txt", headers={"E2b-Sandbox-Id": sid, "E2b-Sandbox-Port": "8000"})
     assert by_header.status_code == 200 and by_header.text == "hello from the sandbox"
-    by_host = httpx.get(f"{URL}/hello.txt", headers={"Host": f"8000-{sid}.localhost"})
+    by_host = httpx.get(f"{DATA_URL}/hello.txt", headers={"Host": f"8000-{sid}.{DOMAIN}"})
     assert by_host.status_code == 200 and by_host.text == "hello from the sandbox"
     # The SDK's own host name for the port routes the same way.
     assert web.get_host(8000).startswith(f"8000-{sid}")
-    by_path = httpx.get(f"{URL}/kruise/{sid}/8000/hello.txt")
+    by_path = httpx.get(f"{DATA_URL}/kruise/{sid}/8000/hello.txt")
     assert by_path.status_code == 200 and by_path.text == "hello from the sandbox"
-    missing = httpx.get(f"{URL}/nope.txt", headers={"Host": f"8000-{sid}.localhost"})
+    missing = httpx.get(f"{DATA_URL}/nope.txt", headers={"Host": f"8000-{sid}.{DOMAIN}"})
     assert missing.status_code == 404, "the sandbox server's own status passes through"
-    closed = httpx.get(f"{URL}/", headers={"Host": f"8001-{sid}.localhost"})
+    closed = httpx.get(f"{DATA_URL}/", headers={"Host": f"8001-{sid}.{DOMAIN}"})
     assert closed.status_code == 502 and "port is not open" in closed.json()["message"]
-    gone = httpx.get(f"{URL}/", headers={"Host": f"8000-{'z' * 20}.localhost"})
+    gone = httpx.get(f"{DATA_URL}/", headers={"Host": f"8000-{'z' * 20}.{DOMAIN}"})
     assert gone.status_code == 502 and gone.json() == {
         "sandboxId": "z" * 20, "message": "The sandbox was not found", "code": 502}
 
@@ -84,12 +84,12 @@ def test_websocket_echo_through_the_gateway(paddock):
         sbx.files.write("/home/user/ws_echo.py", (ASSETS / "ws_echo.py").read_text())
         sbx.commands.run("python3 /home/user/ws_echo.py 8765", background=True)
         wait_for_port(sbx, 8765)
-        host, port = LISTEN.split(":")
+        host, port = GATEWAY_LISTEN.split(":")
         with socket.create_connection((host, int(port)), timeout=10) as s:
             key = base64.b64encode(os.urandom(16)).decode()
             s.sendall((
                 "GET /chat HTTP/1.1\r\n"
-                f"Host: 8765-{sbx.sandbox_id}.localhost\r\n"
+                f"Host: 8765-{sbx.sandbox_id}.{DOMAIN}\r\n"
                 "Upgrade: websocket\r\nConnection: Upgrade\r\n"
                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
             ).encode())
@@ -117,16 +117,16 @@ def test_private_ports_need_the_traffic_token(paddock):
         sbx = Sandbox.connect(sid)
         sbx.files.write("/home/user/site/x.txt", "private")
         sbx.commands.run("cd /home/user/site && python3 -m http.server 8000", background=True)
-        h = {"Host": f"8000-{sid}.localhost"}
+        h = {"Host": f"8000-{sid}.{DOMAIN}"}
 
         def served():
-            r = httpx.get(f"{URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": traffic})
+            r = httpx.get(f"{DATA_URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": traffic})
             return r.status_code == 200 and r.text
 
         assert wait_until(served, 30, "the private server to answer with the traffic token") == "private"
-        r = httpx.get(f"{URL}/x.txt", headers=h)
+        r = httpx.get(f"{DATA_URL}/x.txt", headers=h)
         assert r.status_code == 401 and "trafficAccessToken" in r.json()["message"]
-        r = httpx.get(f"{URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": "wrong"})
+        r = httpx.get(f"{DATA_URL}/x.txt", headers={**h, "E2B-Traffic-Access-Token": "wrong"})
         assert r.status_code == 401
     finally:
         admin(f"/sandboxes/{sid}", "DELETE")
@@ -187,22 +187,35 @@ def test_prometheus_metrics(paddock):
     r = httpx.get(f"{URL}/metrics", headers={"Authorization": f"Bearer {ADMIN_KEY}"})
     assert r.status_code == 200
     text = r.text
+    samples = _samples(text)
+
+    def total(prefix, samples=samples):
+        return sum(v for k, v in samples.items() if k.startswith(prefix))
+
+    assert total("paddock_manager_claims_total") >= 1
+    assert total('paddock_manager_requests_total{method="POST",route="/v2/sandboxes",status="201"}') >= 1
+    assert text.rstrip().endswith("# EOF")
+    if KUBE:
+        # The pools are SandboxSets (the controller's), and the gateway is a process of its own
+        # that serves its metrics on its peer listener.
+        gateway_text = httpx.get(f"{up().peer_url}/metrics").text
+        assert gateway_text.rstrip().endswith("# EOF")
+        gateway = _samples(gateway_text)
+    else:
+        assert 'paddock_manager_pool_target{template="base"} 1' in text
+        assert 'paddock_manager_pool_ready{template="base"}' in text
+        gateway = samples
+    assert total('paddock_gateway_requests_total{port="runtime",class="2xx"}', gateway) >= 1
+    assert total("paddock_gateway_response_header_seconds_count", gateway) >= 1
+
+
+def _samples(text):
     samples = {}
     for line in text.splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
             samples[name] = float(value)
-
-    def total(prefix):
-        return sum(v for k, v in samples.items() if k.startswith(prefix))
-
-    assert total("paddock_manager_claims_total") >= 1
-    assert total('paddock_manager_requests_total{method="POST",route="/v2/sandboxes",status="201"}') >= 1
-    assert 'paddock_manager_pool_target{template="base"} 1' in text
-    assert 'paddock_manager_pool_ready{template="base"}' in text
-    assert total('paddock_gateway_requests_total{port="runtime",class="2xx"}') >= 1
-    assert total("paddock_gateway_response_header_seconds_count") >= 1
-    assert text.rstrip().endswith("# EOF")
+    return samples
 
 
 def test_logs_routes(paddock):
@@ -272,17 +285,17 @@ def test_h2c_and_grpc_through_the_gateway(paddock):
         no_token = ["curl", "-sS", "--http2-prior-knowledge", "-H", f"E2b-Sandbox-Id: {sbx.sandbox_id}",
                     "-H", "E2b-Sandbox-Port: 49983"]
         base = no_token + ["-H", f"X-Access-Token: {sbx._envd_access_token}"]
-        out = subprocess.run(base + ["-o", "/dev/null", "-w", "%{http_version} %{http_code}", f"{URL}/health"],
+        out = subprocess.run(base + ["-o", "/dev/null", "-w", "%{http_version} %{http_code}", f"{DATA_URL}/health"],
                              capture_output=True, text=True, check=True).stdout
         assert out == "2 204", out
         # An empty gRPC message (5-byte frame header) to Process.List.
         out = subprocess.run(
             base + ["-D", "-", "-o", "/dev/null", "-H", "content-type: application/grpc", "-H", "te: trailers",
-                    "--data-binary", "@-", f"{URL}/process.Process/List"],
+                    "--data-binary", "@-", f"{DATA_URL}/process.Process/List"],
             input=b"\x00\x00\x00\x00\x00", capture_output=True, check=True).stdout.decode()
         assert "grpc-status: 0" in out.lower(), out
         out = subprocess.run(no_token + ["-o", "/dev/null", "-w", "%{http_code}", "-H", "content-type: application/grpc",
-                                         "--data-binary", "@-", f"{URL}/process.Process/List"],
+                                         "--data-binary", "@-", f"{DATA_URL}/process.Process/List"],
                              input=b"\x00\x00\x00\x00\x00", capture_output=True, check=True).stdout.decode()
         assert out == "401", out
     finally:
@@ -297,7 +310,12 @@ def test_timeout_pauses_when_the_lifecycle_says_so(paddock):
                    "the timeout to pause the sandbox", interval=0.2)
         assert not sbx.is_running()
         resumed = Sandbox.connect(sbx.sandbox_id, timeout=60)
-        assert resumed.files.read("/home/user/survives.txt") == "yes"
+        if KUBE:
+            # Paused on Kubernetes, the Pod is deleted: files survive only on a volume, and the
+            # base SandboxSet has none. The recreated Pod runs commands again.
+            assert resumed.commands.run("echo resumed").stdout == "resumed\n"
+        else:
+            assert resumed.files.read("/home/user/survives.txt") == "yes"
         assert Sandbox.get_info(sbx.sandbox_id).state.value == "running"
     finally:
         Sandbox.kill(sbx.sandbox_id)

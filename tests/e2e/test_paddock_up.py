@@ -1,5 +1,6 @@
-"""The embedded product end to end: the unmodified E2B SDKs against
-`paddock up` (E2B_API_URL and E2B_SANDBOX_URL both point at it)."""
+"""The product end to end: the unmodified E2B SDKs against `paddock up` (E2B_API_URL and
+E2B_SANDBOX_URL both point at it) or, with PADDOCK_E2E_MODE=kubernetes, against `paddock
+manager` (E2B_API_URL) and `paddock gateway` (E2B_SANDBOX_URL) on the test bed."""
 
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import pytest
 from e2b import AuthenticationException, NotFoundException, Sandbox, SandboxException
 from e2b.sandbox.sandbox_api import SandboxQuery
 
-from fixtures import ADMIN_KEY, URL, admin, up
+from fixtures import ADMIN_KEY, DATA_URL, URL, admin, embedded_only, hostname_of, up
 from paddock_testing import debug_binaries, free_port, wait_until
 
 
@@ -25,7 +26,7 @@ def test_create_run_files_kill(paddock):
     sbx = Sandbox.create()
     try:
         r = sbx.commands.run("echo hi; whoami; hostname")
-        assert r.stdout.split() == ["hi", "user", sbx.sandbox_id]
+        assert r.stdout.split() == ["hi", "user", hostname_of(sbx.sandbox_id)]
         sbx.files.write("/home/user/a.txt", "through the gateway")
         assert sbx.files.read("/home/user/a.txt") == "through the gateway"
         info = sbx.get_info()
@@ -33,7 +34,7 @@ def test_create_run_files_kill(paddock):
     finally:
         assert sbx.kill() is True
     assert Sandbox.kill(sbx.sandbox_id) is False
-    r = httpx.get(f"{URL}/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"})
+    r = httpx.get(f"{DATA_URL}/health", headers={"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"})
     assert r.status_code == 502 and "was not found" in r.json()["message"]
 
 
@@ -89,6 +90,8 @@ def test_timeout_expires_and_set_timeout_extends(paddock):
     kept.kill()
 
 
+@embedded_only("pausing on Kubernetes deletes the Pod (spec.paused): its processes end, and its files "
+               "survive only on a volume; tests/e2e/test_kubernetes.py covers pause/resume there")
 def test_pause_keeps_files_and_processes(paddock):
     sbx = Sandbox.create()
     try:
@@ -138,9 +141,9 @@ def test_data_plane_requires_the_sandbox_token(paddock):
     sbx = Sandbox.create()
     try:
         h = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "49983"}
-        r = httpx.post(f"{URL}/filesystem.Filesystem/Stat", json={"path": "/"}, headers=h)
+        r = httpx.post(f"{DATA_URL}/filesystem.Filesystem/Stat", json={"path": "/"}, headers=h)
         assert r.status_code == 401
-        r = httpx.post(f"{URL}/filesystem.Filesystem/Stat", json={"path": "/"},
+        r = httpx.post(f"{DATA_URL}/filesystem.Filesystem/Stat", json={"path": "/"},
                        headers={**h, "X-Access-Token": sbx._envd_access_token})
         assert r.status_code == 200
     finally:
@@ -171,6 +174,7 @@ def test_metrics_info_and_state_filter(paddock):
         Sandbox.kill(other.sandbox_id)
 
 
+@embedded_only("the network set (bridge, subnet) belongs to `paddock up`")
 def test_a_second_instance_on_the_same_network_is_refused(paddock):
     """One instance per network set: a second `paddock up` with the default bridge and subnet
     (its own data dir and port) exits at once, naming the running instance's pid and the

@@ -5,8 +5,10 @@ with their files, processes and tokens."""
 import httpx
 from e2b import Sandbox
 
-from fixtures import URL, admin, crash_and_restart
+from fixtures import URL, admin, crash_and_restart, embedded_only
 from paddock_testing import wait_until
+
+pytestmark = embedded_only("restarts `paddock up` on its data dir; the Kubernetes manager keeps no state of its own")
 
 
 def test_sandboxes_survive_a_crash_of_paddock(paddock):

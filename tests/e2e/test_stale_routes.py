@@ -9,8 +9,10 @@ import httpx
 import pytest
 from e2b import Sandbox
 
-from fixtures import ADMIN_KEY
+from fixtures import ADMIN_KEY, embedded_only
 from paddock_testing import PaddockUp, debug_binaries, wait_until
+
+pytestmark = embedded_only("a second `paddock up` on its own /29 decides which sandbox gets which address")
 
 # An instance of its own: a bridge and a /29 (the bridge plus five sandbox addresses), and no
 # warm pools, so the test decides who gets which address.

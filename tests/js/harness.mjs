@@ -94,9 +94,22 @@ export async function startRuntime ({ readyUrl = 'http://127.0.0.1:49983/health'
   return stop
 }
 
-// `paddock up` on a free port of 127.0.0.1 with its own data dir. Returns { url, stop }; stop()
-// shuts it down (SIGTERM), checks it exited cleanly and removes the data dir.
+// In Kubernetes mode (PADDOCK_E2E_MODE=kubernetes) the stack is stood up outside this process
+// (`python3 tests/paddock_testing.py kube-up`, as tests/kube-e2e/run.sh does) and named by the
+// SDK's own variables.
+export const kubernetes = process.env.PADDOCK_E2E_MODE === 'kubernetes'
+
+// `paddock up` on a free port of 127.0.0.1 with its own data dir. Returns { url, sandboxUrl,
+// adminKey, stop }; stop() shuts it down (SIGTERM), checks it exited cleanly and removes the
+// data dir. In Kubernetes mode: the manager (url) and gateway (sandboxUrl) of the environment,
+// with its admin key; stop() leaves them to whoever started them.
 export async function startPaddock ({ adminKey }) {
+  if (kubernetes) {
+    const { E2B_API_URL: url, E2B_SANDBOX_URL: sandboxUrl, E2B_API_KEY: key } = process.env
+    assert.ok(url && sandboxUrl && key, 'Kubernetes mode needs E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY')
+    paddockUrl = url
+    return { url, sandboxUrl, adminKey: key, stop: async () => {} }
+  }
   const paddock = process.env.PADDOCK_BIN ?? path.join(targetDir, 'debug/paddock')
   assert.ok(existsSync(paddock), `${paddock} missing: build it first (hack/test does)`)
   const data = mkdtempSync('/var/tmp/paddock-js-')
@@ -120,6 +133,8 @@ export async function startPaddock ({ adminKey }) {
   paddockUrl = url
   return {
     url,
+    sandboxUrl: url,
+    adminKey,
     stop: async () => {
       const code = await stop()
       rmSync(data, { recursive: true, force: true })

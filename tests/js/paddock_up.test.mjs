@@ -1,16 +1,19 @@
 // The unmodified E2B JS SDK against `paddock up` (control and data plane on
-// one address, as E2B_API_URL and E2B_SANDBOX_URL).
+// one address, as E2B_API_URL and E2B_SANDBOX_URL) or, with PADDOCK_E2E_MODE=kubernetes,
+// against `paddock manager` (E2B_API_URL) and `paddock gateway` (E2B_SANDBOX_URL) on the
+// test bed.
 import { test, before, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox } from 'e2b'
-import { sandboxLogs, startPaddock, waitUntil } from './harness.mjs'
+import { kubernetes, sandboxLogs, startPaddock, waitUntil } from './harness.mjs'
 
-const apiKey = 'e2b_' + 'js'.repeat(20)
+let apiKey = 'e2b_' + 'js'.repeat(20)
 const opts = { apiKey }
 let paddock
 before(async () => {
   paddock = await startPaddock({ adminKey: apiKey })
-  Object.assign(opts, { apiUrl: paddock.url, sandboxUrl: paddock.url })
+  apiKey = paddock.adminKey
+  Object.assign(opts, { apiKey, apiUrl: paddock.url, sandboxUrl: paddock.sandboxUrl })
 })
 after(async () => { await paddock?.stop() })
 
@@ -39,7 +42,13 @@ test('pause keeps files, connect resumes, timeouts, info, metrics, auth', async 
     assert.equal((await Sandbox.getInfo(sbx.sandboxId, opts)).state, 'paused')
     assert.equal(await sbx.isRunning(), false)
     const resumed = await Sandbox.connect(sbx.sandboxId, opts)
-    assert.equal(await resumed.files.read('/home/user/keep.txt'), 'kept')
+    if (kubernetes) {
+      // Paused on Kubernetes, the Pod is deleted: files survive only on a volume (the base
+      // SandboxSet has none). The recreated Pod runs commands again.
+      assert.equal((await resumed.commands.run('echo resumed')).stdout, 'resumed\n')
+    } else {
+      assert.equal(await resumed.files.read('/home/user/keep.txt'), 'kept')
+    }
     await resumed.setTimeout(120_000)
     const info = await resumed.getInfo()
     assert.equal(info.state, 'running')
@@ -62,7 +71,7 @@ test('a server in the sandbox is reachable through the gateway', async () => {
     const host = sbx.getHost(8000)
     assert.ok(host.startsWith(`8000-${sbx.sandboxId}`), host)
     const body = await waitUntil(async () => {
-      const r = await fetch(`${paddock.url}/index.html`, {
+      const r = await fetch(`${paddock.sandboxUrl}/index.html`, {
         headers: { 'E2b-Sandbox-Id': sbx.sandboxId, 'E2b-Sandbox-Port': '8000' }
       })
       return r.ok && await r.text()
