@@ -48,7 +48,7 @@ pub fn to_time(t: SystemTime) -> Time {
     Time(Timestamp::from_millisecond(ms).unwrap_or(Timestamp::UNIX_EPOCH))
 }
 
-fn from_time(t: &Time) -> SystemTime {
+pub fn from_time(t: &Time) -> SystemTime {
     let ms = t.0.as_millisecond();
     if ms <= 0 {
         UNIX_EPOCH

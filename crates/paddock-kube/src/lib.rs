@@ -34,6 +34,7 @@ use k8s_openapi::api::authorization::v1::{
     ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
 };
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams};
 use kube::runtime::reflector;
@@ -306,9 +307,28 @@ impl KubeInfra {
             extra,
         };
         let apply = |s: &mut Sandbox| stamp.apply(s);
+        // A new Sandbox first has to start: its deadline must not run out before it serves
+        // (a 2 s timeout would have the controller delete it mid-start). It gets the start
+        // allowance on top; the manager's record write after the create sets the real
+        // deadline, and a replica dying meanwhile still leaves a Sandbox that times out.
+        let fresh = {
+            let mut claim = stamp.claim.clone();
+            let later = |t: Option<Time>| {
+                t.map(|t| convert::to_time(convert::from_time(&t) + i.config.ready_timeout))
+            };
+            claim.shutdown_time = later(claim.shutdown_time);
+            claim.pause_time = later(claim.pause_time);
+            Stamp {
+                claim,
+                set_uid: stamp.set_uid.clone(),
+                now: stamp.now,
+                extra: stamp.extra.clone(),
+            }
+        };
+        let apply_fresh = |s: &mut Sandbox| fresh.apply(s);
         let (s, from_pool) = match i.claim_from_pool(&set, &apply).await? {
             Some(s) => (s, true),
-            None if no_stock => (i.create_fresh(&set, &apply).await?, false),
+            None if no_stock => (i.create_fresh(&set, &apply_fresh).await?, false),
             None => {
                 return Err(InfraError::NoStock {
                     template: req.template.clone(),

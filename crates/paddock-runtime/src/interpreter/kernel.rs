@@ -71,7 +71,6 @@ fn lock(routes: &Routes) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::Send
     routes.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-
 /// Forwards a message to the request it answers, waiting if that request's
 /// reader is slow (back-pressure instead of an unbounded buffer).
 async fn dispatch(routes: &Routes, msg: JupyterMessage) {
