@@ -31,6 +31,9 @@ use paddock_infra::{Infra, SandboxId};
 /// Settings of the manager.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
+    /// The domain the API returns with each sandbox (`e2b.domain`): the SDKs then reach a
+    /// sandbox's ports at `<port>-<id>.<domain>`. `None` answers `null` (the SDK's own setting).
+    pub domain: Option<String>,
     /// Key that may do everything, including managing team keys.
     pub admin_api_key: String,
     /// Longest timeout a sandbox may be given, seconds.

@@ -22,16 +22,17 @@ pub fn rfc3339(t: SystemTime) -> String {
 /// The API's JSON views of a record (the record type lives in `paddock-infra`, shared with
 /// the backends that keep records themselves).
 pub trait RecordJson {
-    /// The `Sandbox` body of create/connect responses.
-    fn sandbox_json(&self, envd_version: &str) -> Value;
+    /// The `Sandbox` body of create/connect responses (`domain`: where the SDK builds data-plane
+    /// hosts, `<port>-<id>.<domain>`; `None` leaves it to the SDK's own setting).
+    fn sandbox_json(&self, envd_version: &str, domain: Option<&str>) -> Value;
     /// `ListedSandbox`.
     fn listed_json(&self, envd_version: &str) -> Value;
     /// `SandboxDetail`: `ListedSandbox` with more fields.
-    fn detail_json(&self, envd_version: &str) -> Value;
+    fn detail_json(&self, envd_version: &str, domain: Option<&str>) -> Value;
 }
 
 impl RecordJson for SandboxRecord {
-    fn sandbox_json(&self, envd_version: &str) -> Value {
+    fn sandbox_json(&self, envd_version: &str, domain: Option<&str>) -> Value {
         json!({
             "templateID": self.template,
             "sandboxID": self.id.as_str(),
@@ -39,7 +40,7 @@ impl RecordJson for SandboxRecord {
             "envdVersion": envd_version,
             "envdAccessToken": self.access_token,
             "trafficAccessToken": self.traffic_token,
-            "domain": null,
+            "domain": domain,
             "alias": self.template,
             // As the original's create and connect answers (it may carry the sandbox's IP).
             "metadata": self.metadata,
@@ -63,11 +64,11 @@ impl RecordJson for SandboxRecord {
         })
     }
 
-    fn detail_json(&self, envd_version: &str) -> Value {
+    fn detail_json(&self, envd_version: &str, domain: Option<&str>) -> Value {
         let mut v = self.listed_json(envd_version);
         let o = v.as_object_mut().expect("listed_json is an object");
         o.insert("envdAccessToken".into(), json!(self.access_token));
-        o.insert("domain".into(), Value::Null);
+        o.insert("domain".into(), json!(domain));
         o.insert(
             "allowInternetAccess".into(),
             json!(self.allow_internet_access),

@@ -277,6 +277,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
             auth_enabled: true,
+            // `paddock up` serves the data plane on its one address (E2B_SANDBOX_URL); a domain
+            // would send SDKs without that setting to `<port>-<id>.<domain>` instead.
+            domain: None,
         },
         manager_metrics,
     )

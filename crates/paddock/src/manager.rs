@@ -181,11 +181,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
             auth_enabled: args.enable_auth,
             envd_version: paddock_contract::ENVD_VERSION.into(),
             max_claim_workers: args.max_claim_workers,
+            domain: args.domain.clone(),
         },
         metrics,
         keys,
     )?;
-    let _ = &args.domain;
     let registry = Arc::new(registry);
     let exporter: paddock_manager::Exporter = Arc::new(move || {
         let mut out = String::new();

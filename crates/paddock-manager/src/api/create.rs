@@ -268,7 +268,7 @@ async fn create<I: Infra>(
         auto_resume: lease.auto_resume,
         allow_internet_access,
     };
-    let body = record.sandbox_json(&m.config.envd_version);
+    let body = record.sandbox_json(&m.config.envd_version, m.config.domain.as_deref());
     let source = if info.from_pool { "warm" } else { "cold" };
     let labels = crate::metrics::ClaimLabels { source };
     m.metrics.claims.get_or_create(&labels).inc();

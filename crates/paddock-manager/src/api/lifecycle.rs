@@ -129,5 +129,9 @@ pub async fn connect<I: Infra>(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(r.sandbox_json(&m.config.envd_version))).into_response())
+    Ok((
+        status,
+        Json(r.sandbox_json(&m.config.envd_version, m.config.domain.as_deref())),
+    )
+        .into_response())
 }

@@ -149,7 +149,11 @@ pub async fn list_v2<I: Infra>(
 
 /// `GET /sandboxes/{id}`.
 pub async fn detail<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
-    Ok(Json(s.record.detail_json(&m.config.envd_version)).into_response())
+    Ok(Json(
+        s.record
+            .detail_json(&m.config.envd_version, m.config.domain.as_deref()),
+    )
+    .into_response())
 }
 
 /// `DELETE /sandboxes/{id}`.

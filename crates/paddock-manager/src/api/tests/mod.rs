@@ -64,6 +64,8 @@ pub struct Options {
     pub records: Option<Arc<dyn paddock_infra::RecordStore>>,
     /// Turns API-key authentication off.
     pub no_auth: bool,
+    /// The domain the API returns with each sandbox.
+    pub domain: Option<String>,
 }
 
 impl Harness {
@@ -85,6 +87,7 @@ impl Harness {
                 envd_version: "0.6.4".into(),
                 max_claim_workers: 4,
                 auth_enabled: !options.no_auth,
+                domain: options.domain,
             },
             ManagerMetrics::register(&mut registry),
         )

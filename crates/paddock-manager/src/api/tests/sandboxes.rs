@@ -521,3 +521,24 @@ async fn env_vars_the_runtime_cannot_take_are_400() {
     assert!(h.infra.alive().is_empty());
     assert!(h.init.bodies().is_empty(), "nothing reached /init");
 }
+
+#[tokio::test]
+async fn the_configured_domain_is_returned_with_each_sandbox() {
+    let h = Harness::with(super::Options {
+        domain: Some("sandbox.example.com".into()),
+        ..Default::default()
+    })
+    .await;
+    let a = h.post("/v2/sandboxes", ADMIN, serde_json::json!({})).await;
+    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
+    assert_eq!(a.body["domain"], "sandbox.example.com", "{}", a.text);
+    let id = a.body["sandboxID"].as_str().unwrap();
+    let got = h.get(&format!("/sandboxes/{id}"), ADMIN).await;
+    assert_eq!(got.body["domain"], "sandbox.example.com", "{}", got.text);
+    // Without one, `null`: the SDK keeps its own setting.
+    let plain = Harness::new().await;
+    let b = plain
+        .post("/v2/sandboxes", ADMIN, serde_json::json!({}))
+        .await;
+    assert!(b.body["domain"].is_null(), "{}", b.text);
+}
