@@ -25,6 +25,7 @@ export PATH=$TB_BIN:$PATH
 
 NS=pdk-km-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
+STARTED_MARK=$WORK/started-testbed
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 RUNTIME_IMAGE=paddock.local/paddock-runtime:$VERSION
 IMAGE=paddock.local/sandbox-base:$VERSION
@@ -90,7 +91,11 @@ start_manager() { # start_manager NAME ADDR [ARGS...]
 # ------------------------------------------------------------------ setup ----
 
 t_testbed() {
-  "$TESTBED" status >/dev/null 2>&1 || { say "the test bed is not up: hack/testbed up"; return 1; }
+  # A test bed this suite starts, it takes down again (finish); a running one it leaves up.
+  if ! "$TESTBED" status >/dev/null 2>&1; then
+    touch "$STARTED_MARK"
+    "$TESTBED" up
+  fi
   [[ $(kubectl get --raw /readyz) == ok ]]
 }
 
@@ -479,6 +484,11 @@ finish() {
       kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
     done
     kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
+  fi
+  if [[ -f $STARTED_MARK ]]; then
+    say "taking down the test bed this suite started"
+    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
+    rm -f "$STARTED_MARK"
   fi
   if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
   if ((FAILED > 0)); then
