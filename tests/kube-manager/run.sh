@@ -238,7 +238,7 @@ t_no_stock_off() {
   t1=$(date +%s%N)
   say "no stock: $r ($(((t1 - t0) / 1000000)) ms)"
   [[ $(status_of "$r") == 503 ]]
-  grep -q 'no ready sandbox of template \"empty\"' <<<"$r" || return 1
+  grep -qF 'no ready sandbox of template \"empty\"' <<<"$r" || return 1
   grep -q 'create-on-no-stock is false' <<<"$r" || return 1
   [[ -z $(k get sandbox -l agents.kruise.io/sandbox-pool=empty -o name) ]]
 }
