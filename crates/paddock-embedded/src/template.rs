@@ -441,6 +441,7 @@ fn build_into(
             Ok(())
         }
         TemplateSource::Layer { apt, pip, .. } => {
+            let bx = build_box.ok_or_else(|| fail("layer", BuildStepError::NoBuildBox))?;
             std::fs::create_dir_all(&layer).map_err(io(&layer))?;
             let merged = tmp.join("merged");
             let work = tmp.join("work");
@@ -450,7 +451,6 @@ fn build_into(
             mounts::mount_overlay(parent_layers, &layer, &work, &merged)
                 .map_err(|e| fail("overlay", e.into()))?;
             let r = (|| {
-                let bx = build_box.ok_or_else(|| fail("layer", BuildStepError::NoBuildBox))?;
                 let bundle = tmp.join("bundle");
                 let env =
                     BTreeMap::from([("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string())]);
@@ -641,6 +641,43 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         assert_eq!(t.layers("bad").expect("layers"), None);
+    }
+
+    /// Security review M6: without a build container a layer's steps never run (no chroot
+    /// fallback as host root), and the failed build leaves nothing behind.
+    #[test]
+    fn layer_builds_need_a_build_container() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "root".into(),
+            source: TemplateSource::RootfsDir(d.path().join("rootfs")),
+            ..TemplateSpec::base()
+        });
+        t.insert(TemplateSpec {
+            name: "layer".into(),
+            source: TemplateSource::Layer {
+                parent: "root".into(),
+                apt: vec!["hello".into()],
+                pip: vec![],
+            },
+            ..TemplateSpec::base()
+        });
+        let err = t.build("layer", &|_| {}).expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                TemplateError::Build {
+                    source: BuildStepError::NoBuildBox,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path().join("cache/layer"))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     /// `dir/r.tar`: a root filesystem holding only `etc/hello`.
