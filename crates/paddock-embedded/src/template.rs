@@ -371,6 +371,9 @@ impl Templates {
         let hash = self.hash(name)?;
         let final_dir = self.layer_dir(name, &hash);
         let tmp = final_dir.with_extension("tmp");
+        // A build cut short by a crash may have left its overlay mounted: removing the tree
+        // through it would fail on the mount point after emptying the layer under it.
+        let _ = mounts::unmount_all_under(&tmp);
         remove_tree(&tmp)?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         progress(&format!("building template {name} ({hash})"));
