@@ -231,12 +231,16 @@ impl BuildBox {
                             }
                         },
                     };
-                    // Anything but `start` (here: EOF) kills the init unstarted. Closed either
-                    // way: the helper reads one line only.
-                    if let Some(mut stdin) = stdin.take()
-                        && go
-                    {
-                        let _ = writeln!(stdin, "{}", container::RUN_START);
+                    // Anything but `start` (here: EOF) kills the init unstarted. Once started,
+                    // stdin stays open until the helper is gone: its EOF (our death) would
+                    // kill the container.
+                    if go {
+                        if let Some(s) = stdin.as_mut() {
+                            let _ = writeln!(s, "{}", container::RUN_START);
+                            let _ = s.flush();
+                        }
+                    } else {
+                        stdin = None;
                     }
                 } else if let Some(code) = line
                     .strip_prefix(container::RUN_EXIT)
@@ -249,8 +253,8 @@ impl BuildBox {
             }
             out.join().unwrap_or_default()
         });
-        drop(stdin);
         let status = child.wait().map_err(io("wait helper"))?;
+        drop(stdin);
         if let Some(l) = lease {
             l.release();
         }

@@ -347,8 +347,10 @@ pub fn forget(state_root: &Path, id: &str) {
 /// the helper's standard streams: the container's output (stdout and stderr merged) goes to
 /// the helper's stdout; the helper reports `created <init pid>` on stderr, then waits for a
 /// `start` line on stdin (time for the caller to wire the network namespace); any other line
-/// or EOF kills the init instead. At the end it reports `exit <code>` on stderr and drops
-/// libcontainer's state. Anything else on stderr is an error message.
+/// or EOF kills the init instead. The caller keeps stdin open until the helper has exited:
+/// EOF while the container runs (the caller died) kills it. At the end the helper reports
+/// `exit <code>` on stderr and drops libcontainer's state. Anything else on stderr is an
+/// error message.
 pub const RUN_CMD: &str = "run";
 /// Prefix of the helper's `created <pid>` report (see [`RUN_CMD`]).
 pub const RUN_CREATED: &str = "created ";
@@ -406,6 +408,25 @@ fn run_here(state_root: &Path, id: &str, bundle: &Path) -> Result<(), ContainerE
             // The caller gave up (or died): the payload never runs.
             let _ = nix::sys::signal::kill(Pid::from_raw(init), nix::sys::signal::SIGKILL);
         }
+        // The caller holds our stdin open until we are gone: EOF before the init ended means
+        // it died, and the payload must not run on unwatched. Safe to start a thread now, the
+        // container's processes exist already. `reaped` keeps the kill off a reused pid.
+        let reaped = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let watcher = reaped.clone();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink);
+            let done = watcher.lock().unwrap_or_else(|p| p.into_inner());
+            if !*done {
+                let _ = nix::sys::signal::kill(Pid::from_raw(init), nix::sys::signal::SIGKILL);
+            }
+        });
+        // Wait for the exit without reaping (the pid stays taken), then mark it, then reap.
+        while let Err(nix::Error::EINTR) = nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(Pid::from_raw(init)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL,
+        ) {}
+        *reaped.lock().unwrap_or_else(|p| p.into_inner()) = true;
         // The init is PID 1 of the container's pid namespace: when it exits the kernel kills
         // every other process in there, so nothing of the payload outlives this wait.
         let code = wait_child(init).map_err(io(id, "wait init"))?;

@@ -31,14 +31,14 @@ fn copy_with_libs(root: &Path, bin: &str) {
     }
 }
 
-/// A root filesystem with `sh`, `mknod` and `mount` from the host and `apt-get` = `script`.
+/// A root filesystem with `sh`, `mknod`, `mount` and `sleep` from the host and `apt-get` = `script`.
 fn rootfs(dir: &Path, script: &str) -> PathBuf {
     let root = dir.to_owned();
     for d in ["proc", "dev", "sys", "tmp", "etc", "mnt", "usr/bin"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
     std::fs::write(root.join("etc/resolv.conf"), "").expect("resolv.conf");
-    for bin in ["/bin/sh", "/usr/bin/mknod", "/bin/mount"] {
+    for bin in ["/bin/sh", "/usr/bin/mknod", "/bin/mount", "/bin/sleep"] {
         copy_with_libs(&root, bin);
     }
     let apt = root.join("usr/bin/apt-get");
@@ -268,4 +268,78 @@ async fn m6_a_failing_build_step_leaves_nothing_behind() {
     let left = cache_leftovers(&env.cfg.template_cache);
     assert!(left.is_empty(), "left in the cache: {left:?}");
     infra.kill_all().await.expect("kill all");
+}
+
+/// Security review M6: a build step does not outlive the process that runs it. The helper
+/// runs the container while its caller holds the helper's stdin; when that closes mid-step
+/// (the caller died), the step is killed and its cgroup empties.
+#[test]
+fn m6_a_build_step_dies_with_its_caller() {
+    use paddock_embedded::container;
+    use std::io::{BufRead, BufReader, Write};
+    if support::skip_unless_root() {
+        return;
+    }
+    let env = support::Env::new(2);
+    let scratch = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let root = rootfs(
+        &scratch.path().join("root"),
+        "#!/bin/sh\necho m6-sleeping\nexec sleep 1000\n",
+    );
+    let cgroups = paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent).expect("cgroups");
+    let cg = cgroups.sandbox("build-m6-caller");
+    cg.create().expect("cgroup");
+    let args = vec!["apt-get".to_string(), "update".into()];
+    let spec = paddock_embedded::spec::build_job(&paddock_embedded::spec::JobInput {
+        hostname: "m6",
+        rootfs: &root,
+        cgroup_path: cg.oci_path(),
+        init_binary: &env.cfg.init_binary,
+        args: &args,
+        env: &Default::default(),
+        resolv_conf: None,
+        tmp_bytes: 1 << 20,
+    });
+    let bundle = scratch.path().join("bundle");
+    paddock_embedded::spec::write(&bundle, &spec).expect("spec");
+    let state = scratch.path().join("state");
+    let mut helper = std::process::Command::new(env.cfg.helper_binary.clone())
+        .arg(container::HELPER_ARG)
+        .arg(container::RUN_CMD)
+        .arg(&state)
+        .arg("build-m6-caller")
+        .arg(&bundle)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("helper");
+    let mut stdin = helper.stdin.take().expect("stdin");
+    let mut stderr = BufReader::new(helper.stderr.take().expect("stderr")).lines();
+    let mut stdout = BufReader::new(helper.stdout.take().expect("stdout")).lines();
+    let created = stderr.next().expect("a report").expect("read");
+    assert!(created.starts_with(container::RUN_CREATED), "{created}");
+    writeln!(stdin, "{}", container::RUN_START).expect("start");
+    let first = stdout.next().expect("output").expect("read");
+    assert_eq!(first, "m6-sleeping");
+    assert!(!cg.pids().expect("pids").is_empty(), "the step runs");
+    // The caller goes away.
+    drop(stdin);
+    let rest: Vec<String> = stderr.map_while(Result::ok).collect();
+    assert_eq!(
+        rest,
+        [format!("{}137", container::RUN_EXIT)],
+        "killed (128 + SIGKILL)"
+    );
+    assert!(helper.wait().expect("wait").success());
+    assert_eq!(
+        cg.pids().expect("pids"),
+        Vec::<i32>::new(),
+        "nothing left running"
+    );
+    assert!(
+        !state.join("build-m6-caller").exists(),
+        "libcontainer state dropped"
+    );
+    cg.remove().expect("remove cgroup");
 }
