@@ -28,6 +28,7 @@ pub mod breaker;
 pub mod errors;
 pub mod metrics;
 pub mod peer;
+mod pipe;
 mod protocol;
 mod retry;
 mod rewrite;
@@ -73,6 +74,11 @@ impl Gateway {
             breakers: Breakers::new(thresholds),
             metrics,
         }
+    }
+
+    /// The circuit breakers' live counters.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
     }
 
     /// Brings the gauges up to date (call before encoding the registry).
@@ -135,7 +141,7 @@ impl Gateway {
         )?;
         // Admission before anything is sent, so a tripped breaker refuses
         // at once instead of queueing.
-        let admission = admit::admit(&self.breakers)?;
+        let admission = admit::admit(&self.breakers, &target.sandbox)?;
         // The routing headers are ours; the protocol choice must not see them
         // and neither must the sandbox.
         rewrite::strip_routing_headers(req.headers_mut());
