@@ -129,6 +129,14 @@ struct UpArgs {
     /// Gateway circuit breaker: retries in flight.
     #[arg(long, default_value_t = Thresholds::default().max_retries)]
     gateway_max_retries: usize,
+    /// Gateway circuit breaker: requests in flight to one sandbox, WebSockets included (its
+    /// share of --gateway-max-requests, so one sandbox's traffic cannot starve the others').
+    #[arg(long, default_value_t = Thresholds::default().max_requests_per_sandbox)]
+    gateway_max_requests_per_sandbox: usize,
+    /// Seconds an upgraded connection (WebSocket) may stay silent both ways before the gateway
+    /// closes it.
+    #[arg(long, default_value_t = Thresholds::default().upgrade_idle_timeout.as_secs())]
+    gateway_upgrade_idle_timeout_secs: u64,
 }
 
 /// The manager's routes, as the gateway wants them.
@@ -314,6 +322,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             max_pending_requests: args.gateway_max_pending_requests,
             max_requests: args.gateway_max_requests,
             max_retries: args.gateway_max_retries,
+            max_requests_per_sandbox: args.gateway_max_requests_per_sandbox,
+            upgrade_idle_timeout: std::time::Duration::from_secs(
+                args.gateway_upgrade_idle_timeout_secs,
+            ),
         },
         gateway_metrics,
     );
