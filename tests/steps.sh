@@ -48,11 +48,32 @@ summary() {
   echo "$PASSED passed, $FAILED failed${FAILED_STEPS[*]:+ (${FAILED_STEPS[*]})}"
 }
 
+# matches PATTERN -- stdin contains PATTERN; says what it got when not. Reads all of stdin,
+# unlike `grep -q`, which can SIGPIPE the writer under pipefail.
+matches() {
+  local got
+  got=$(cat)
+  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
+}
+
 # ---------------------------------------------------- Kubernetes test-bed suites ----
 # Steps and teardown shared by tests/{controller,kube-runtime,kube-gateway,kube-manager}.
-# They need $ROOT, $TESTBED (hack/testbed), $WORK (the suite's scratch dir) and $NS (its
-# namespace); the controller's need $HEALTH and $METRICS (its probe and metrics addresses).
-# Steps run in subshells, so what they learn reaches the main shell through files in $WORK.
+# They need $ROOT, $WORK (the suite's scratch dir) and $NS (its namespace); the controller's
+# need $HEALTH and $METRICS (its probe and metrics addresses). Steps run in subshells, so what
+# they learn reaches the main shell through files in $WORK.
+
+# use_testbed -- $TESTBED, the test bed's settings as TB_*, and kubectl/helm pointed at it
+use_testbed() {
+  TESTBED=$ROOT/hack/testbed
+  eval "$("$TESTBED" env | sed 's/^/TB_/')"
+  export KUBECONFIG=$TB_KUBECONFIG_ADMIN
+  export PATH=$TB_BIN:$PATH
+}
+
+# kubectl in $NS, a field of an object there, and whether that field is VALUE
+k() { kubectl -n "$NS" "$@"; }
+jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
+is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 
 # t_testbed -- the test bed is up; one this suite starts, kube_finish takes down again
 t_testbed() {

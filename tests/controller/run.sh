@@ -16,10 +16,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=controller
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-ctl-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
@@ -32,14 +32,6 @@ CTL_PID=
 # Another identity than the controller's, for the Pod-protection checks.
 AS_USER=(--as=paddock-test-user --as-group=system:masters)
 
-STEP_PREFIX=controller
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
-
 # shellcheck source=lib.sh
 source "$ROOT/tests/controller/lib.sh"
 
@@ -50,14 +42,6 @@ has() { [[ $(jp "$1" "$2") =~ $3 ]]; }
 explain() {
   say "gave up waiting; $1: $(jp "$1" "$2")"
   return 1
-}
-
-# matches PATTERN -- stdin contains PATTERN; says what it got when not. Reads all of
-# stdin, unlike `grep -q`, which can SIGPIPE the writer under pipefail.
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
 }
 
 envs_of() {

@@ -25,10 +25,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-gateway
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 SUFFIX=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NS=pdk-gw-$SUFFIX
@@ -48,21 +48,8 @@ PEER_TOKEN=peer-$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ACCESS=tok-$SUFFIX
 ID=$NS--sbx
 
-STEP_PREFIX=kube-gateway
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
-
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
 
 # code CURL-ARGS... -- the HTTP status of a request (body to $WORK/body)
 code() { curl -s -o "$WORK/body" -w '%{http_code}' --max-time 30 "$@"; }

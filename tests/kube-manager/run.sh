@@ -20,10 +20,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-manager
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-km-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
@@ -44,15 +44,8 @@ export PADDOCK_PEER_TOKEN=peer-$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' 
 RACE_POOL=${RACE_POOL:-40}
 RACE_CREATES=${RACE_CREATES:-60}
 
-STEP_PREFIX=kube-manager
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 
 # api ADDR METHOD PATH [BODY] -- prints the answer's body, then the status on the last line
 api() {

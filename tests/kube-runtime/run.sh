@@ -17,10 +17,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-runtime
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-rt-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
@@ -34,22 +34,8 @@ PORT_BASE=$((20000 + RANDOM % 20000))
 HEALTH=127.0.0.1:$PORT_BASE
 METRICS=127.0.0.1:$((PORT_BASE + 1))
 
-STEP_PREFIX=kube-runtime
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
-
-# matches PATTERN -- stdin contains PATTERN; says what it got when not
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
 
 # pod_says NAME -- what a pod looks like, for a step that gave up waiting; fails
 pod_says() {
