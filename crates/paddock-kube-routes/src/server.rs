@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::serve::ListenerExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use paddock_gateway::{Gateway, GatewayMetrics, Thresholds};
+use paddock_gateway::{Gateway, GatewayMetrics, RoutingHeaders, Thresholds};
 
 use crate::Scope;
 use crate::listener::{PeerState, router};
@@ -34,6 +34,8 @@ pub struct Config {
     /// The shared peer token; `None` refuses every push.
     pub peer_token: Option<String>,
     pub thresholds: Thresholds,
+    /// The header names requests name their sandbox and port with.
+    pub routing_headers: RoutingHeaders,
     /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config` or the in-cluster config.
     pub kubeconfig: Option<PathBuf>,
     /// How long in-flight requests may run on after shutdown begins.
@@ -107,7 +109,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         config.scope.clone(),
         route_metrics.clone(),
     );
-    let gateway = Gateway::new(Arc::new(routes), config.thresholds, gateway_metrics);
+    let gateway = Gateway::new(Arc::new(routes), config.thresholds, gateway_metrics)
+        .with_routing_headers(config.routing_headers.clone());
 
     let registry = Arc::new(registry);
     let export = {
