@@ -51,13 +51,13 @@ GW=sandbox-gateway        # the gateway's (ingress.dataplaneService)
 DOMAIN=sandbox-$SUFFIX.example.com
 ADMIN_KEY=e2b_$(head -c20 /dev/urandom | od -An -tx1 | tr -d ' \n')
 PY=$ROOT/.venv/bin/python
-CI_IMAGE=paddock.local/sandbox-code-interpreter-v1:$VERSION
-BASE_IMAGE=paddock.local/sandbox-base:$VERSION
 CTL_CHART=$ROOT/deploy/charts/sandbox-controller
 MGR_CHART=$ROOT/deploy/charts/sandbox-manager
 WORK=$(mktemp -d)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 IMAGE=paddock.local/paddock:$VERSION
+CI_IMAGE=paddock.local/sandbox-code-interpreter-v1:$VERSION
+BASE_IMAGE=paddock.local/sandbox-base:$VERSION
 # The test bed's Debian + python3 image: pool members only need to run.
 POOL_IMAGE=$TB_IMAGE_PREFIX/sandbox-base:$TB_IMAGE_TAG
 # The test bed has 2 cores: the charts' default requests (2 CPUs a replica) would not fit.
@@ -334,11 +334,12 @@ t_sandbox_images() {
   done
 }
 
-# The guide's command line (admin key and domain), scoped to $SBX and sized for the test bed.
+# The guide's command line (admin key and domain), scoped to $SBX and sized for the test bed;
+# the gateway logs at info (gateway.envoy.logLevel), which says how its pods drained.
 t_install_manager() {
   helm install "$MREL" "$MGR_CHART" -n "$NS" \
     --set e2b.adminApiKey="$ADMIN_KEY" --set e2b.domain="$DOMAIN" \
-    --set "watchNamespaces={$SBX}" "${MGR_SMALL[@]}" --wait --timeout 180s >"$WORK/mgr-install.txt" || {
+    --set "watchNamespaces={$SBX}" --set gateway.envoy.logLevel=info "${MGR_SMALL[@]}" --wait --timeout 180s >"$WORK/mgr-install.txt" || {
     k get pods -o wide; k logs -l "app.kubernetes.io/instance=$MREL" --tail=20 --prefix; return 1
   }
   k wait --for=condition=Available --timeout=120s "deploy/$MGR" "deploy/$GW"
@@ -381,7 +382,8 @@ under_load() {
   id=$(curl -sf -H "X-API-Key: $ADMIN_KEY" -H 'Content-Type: application/json' \
     -d '{"templateID": "base", "timeout": 900}' "$(svc_url "$MGR")/sandboxes" | "$PY" -c 'import json,sys; print(json.load(sys.stdin)["sandboxID"])')
   say "sandbox $id; $what"
-  rm -f "$WORK/stop" "$WORK/calls-$what" "$WORK/stops-$what"
+  rm -f "$WORK/stop" "$WORK/stops-$what"
+  : >"$WORK/calls-$what"
   with_sdk "$PY" "$ROOT/tests/charts/sdk.py" loop "$id" "$WORK/calls-$what" "$WORK/stop" 2 &
   loop_pid=$!
   # which gateway pods terminate, and when (their deletionTimestamp)
@@ -393,7 +395,7 @@ under_load() {
   done) &
   poll_pid=$!
   local rc=0
-  poll 60 bash -c "[[ \$(wc -l <$WORK/calls-$what 2>/dev/null || echo 0) -ge 10 ]]" || rc=1
+  poll 60 bash -c "[[ \$(wc -l <$WORK/calls-$what) -ge 10 ]]" || rc=1
   ((rc == 0)) && { "$@" || rc=$?; }
   # calls go on for a while against the new pods
   local n
@@ -428,9 +430,16 @@ delete_one_gateway() {
   read -ra pods <<<"$(mgr_pods gateway)"
   [[ ${#pods[@]} == 2 ]] || { say "expected 2 gateway pods, got ${pods[*]}"; return 1; }
   victim=${pods[0]}
+  k logs -f "$victim" >"$WORK/victim.log" 2>&1 &
+  local t0 logs_pid=$!
+  t0=$(date +%s)
   k delete pod "$victim" --wait=true >/dev/null
+  say "deleted $victim in $(($(date +%s) - t0))s; its last words: $(grep -o 'in-flight requests done\|requests still in flight[^"]*' "$WORK/victim.log" | head -1)"
+  wait "$logs_pid" || true
+  # it drained: every request it had finished before it exited
+  grep -q 'in-flight requests done' "$WORK/victim.log"
   poll 120 bash -c "[[ \$(kubectl -n $NS get deploy $GW -o jsonpath='{.status.readyReplicas}') == 2 ]]"
-  say "deleted $victim; gateway pods now $(mgr_pods gateway)"
+  say "gateway pods now $(mgr_pods gateway)"
 }
 
 t_gateway_replica_loss() { under_load replica-loss delete_one_gateway; }
@@ -463,15 +472,31 @@ t_header_names() {
 t_uninstall_manager() {
   ks delete sandboxset --all --wait=true --timeout=60s >/dev/null
   poll 90 bash -c "[[ -z \$(kubectl -n $SBX get sandboxes -o name) ]]"
+  local uids
+  uids=$(k get pods -l "app.kubernetes.io/instance=$MREL" -o jsonpath='{.items[*].metadata.uid}')
   helm uninstall "$MREL" -n "$NS" --wait --timeout 120s
   touch "$WORK/mgr-uninstalled"
+  # the pods drain (preStop, then in-flight requests) before they go
+  poll 90 bash -c "[[ -z \$(kubectl -n $NS get pods -l app.kubernetes.io/instance=$MREL -o name) ]]" || {
+    say "pods still there: $(k get pods -l "app.kubernetes.io/instance=$MREL" -o name)"
+    return 1
+  }
   local left
   left=$(
-    k get deploy,svc,sa,role,rolebinding,secret,ingress,pods -l "app.kubernetes.io/instance=$MREL" -o name
+    k get deploy,svc,sa,role,rolebinding,secret,ingress -l "app.kubernetes.io/instance=$MREL" -o name
     k get secret -o name | grep -e "$MREL" || true
     kubectl get clusterrole,clusterrolebinding -o name | grep -e "$MREL" || true
   )
   [[ -z $left ]] || { say "left behind: $left"; return 1; }
+  # nothing of the pods is left on the host: no container, no volume mount
+  local uid
+  for uid in $uids; do
+    poll 60 bash -c "! grep -q $uid /proc/mounts && [[ -z \$(ctr --address $TB_CONTAINERD_SOCK -n k8s.io containers ls -q 'labels.\"io.kubernetes.pod.uid\"==$uid') ]]" || {
+      say "pod $uid left mounts or containers on the host"
+      return 1
+    }
+  done
+  say "the $(wc -w <<<"$uids") manager and gateway pods left no container or mount"
 }
 
 t_uninstall() {
