@@ -18,8 +18,9 @@
 #      code-interpreter-v1 sandbox, runs a command, writes and reads a file and runs code,
 #      and the JS SDK's e2e file (tests/js/paddock_up.test.mjs) passes; the API answers the
 #      chart's e2b.domain as `domain`;
-#  (f) `helm upgrade` to a new image tag while a client loops on commands.run: every failed
-#      call was in flight when a gateway pod stopped (tests/charts/sdk.py judge);
+#  (f) `helm upgrade` to a new image tag while a client loops on commands.run (and on
+#      get_info, through the API): every failed call was in flight when a manager or gateway
+#      pod stopped (tests/charts/sdk.py judge);
 #  (g) one of two gateway pods is deleted under the same loop: the same holds;
 #  (h) gateway.envoy.pluginConfig's header names and default port change what the gateway
 #      routes by;
@@ -374,8 +375,9 @@ t_sdk_js() {
   (cd "$ROOT" && with_sdk env PADDOCK_E2E_MODE=kubernetes node --test --test-concurrency=1 tests/js/paddock_up.test.mjs)
 }
 
-# under_load WHAT CMD... -- a sandbox, the commands.run loop around CMD (which makes gateway
-# pods stop), then sdk.py judge over the loop's calls and the pods that stopped
+# under_load WHAT CMD... -- a sandbox, the loop of commands.run (gateway) and get_info (API)
+# calls around CMD (which makes pods stop), then sdk.py judge over the loop's calls and the
+# pods that stopped
 under_load() {
   local what=$1 id loop_pid poll_pid
   shift
@@ -384,11 +386,11 @@ under_load() {
   say "sandbox $id; $what"
   rm -f "$WORK/stop" "$WORK/stops-$what"
   : >"$WORK/calls-$what"
-  with_sdk "$PY" "$ROOT/tests/charts/sdk.py" loop "$id" "$WORK/calls-$what" "$WORK/stop" 2 &
+  with_sdk "$PY" "$ROOT/tests/charts/sdk.py" loop "$id" "$WORK/calls-$what" "$WORK/stop" 4 &
   loop_pid=$!
-  # which gateway pods terminate, and when (their deletionTimestamp)
+  # which manager and gateway pods terminate, and when (their deletionTimestamp)
   (while [[ ! -f $WORK/stop ]]; do
-    k get pods -l "app.kubernetes.io/instance=$MREL,app.kubernetes.io/component=gateway" \
+    k get pods -l "app.kubernetes.io/instance=$MREL" \
       -o jsonpath='{range .items[?(@.metadata.deletionTimestamp)]}{.metadata.name} {.metadata.deletionTimestamp}{"\n"}{end}' \
       >>"$WORK/stops-$what" 2>/dev/null || true
     sleep 0.5
@@ -407,7 +409,7 @@ under_load() {
   sort -u "$WORK/stops-$what" -o "$WORK/stops-$what"
   curl -s -o /dev/null -X DELETE -H "X-API-Key: $ADMIN_KEY" "$(svc_url "$MGR")/sandboxes/$id" || true
   ((rc == 0)) || return "$rc"
-  "$PY" "$ROOT/tests/charts/sdk.py" judge "$WORK/calls-$what" "$WORK/stops-$what" 2
+  "$PY" "$ROOT/tests/charts/sdk.py" judge "$WORK/calls-$what" "$WORK/stops-$what" 4
 }
 
 do_upgrade() {
@@ -579,7 +581,7 @@ if [[ -n $(helm status "$REL" -n "$NS" -o json 2>/dev/null) ]]; then
     step "manager and gateway pods: non-root, read-only root filesystem, no capabilities" t_manager_pods_hardened
     step "Python SDK through the chart's Services: create, command, file, run_code, domain" t_sdk_python
     step "JS SDK e2e (tests/js/paddock_up.test.mjs) through the chart's Services" t_sdk_js
-    step "helm upgrade to a new image tag under a commands.run loop: no failure beyond in-flight calls" t_upgrade_under_load
+    step "helm upgrade to a new image tag under a commands.run/get_info loop: no failure beyond in-flight calls" t_upgrade_under_load
     step "a gateway pod of two is deleted under the loop: no failure beyond in-flight calls" t_gateway_replica_loss
     step "pluginConfig header names and default port change what the gateway routes by" t_header_names
     step "helm uninstall of the manager leaves no Deployment, Service, Secret or RBAC" t_uninstall_manager

@@ -9,19 +9,21 @@ E2B_API_KEY from the environment, as a user's program would.
         a command runs, a file is written and read back, code runs; the sandbox is killed.
 
     sdk.py loop SANDBOX_ID OUT STOP_FILE [WORKERS]
-        WORKERS threads (default 2) call commands.run("echo ok") on the sandbox, each as
-        soon as its last call ended, until STOP_FILE exists. Every call appends a JSON line
-        to OUT: worker, start, end (seconds since the epoch), ok, error.
+        WORKERS threads (default 2), each calling as soon as its last call ended, until
+        STOP_FILE exists: even workers commands.run("echo ok") on the sandbox (the gateway),
+        odd ones Sandbox.get_info (the manager's API). Every call appends a JSON line to OUT:
+        worker, what, start, end (seconds since the epoch), ok, error.
 
     sdk.py judge OUT STOPS WORKERS
-        Compares the loop's failures with the gateway pods that stopped meanwhile. STOPS holds
-        `<pod> <deletionTimestamp>` lines (run.sh polls them while the loop runs); a pod
-        terminating had its grace period (GRACE seconds) before that timestamp. Passes when
-        every failed call overlaps a pod's termination and there are at most WORKERS failures
-        per stopped pod (one call in flight per worker). Prints the counts.
+        Compares the loop's failures with the manager and gateway pods that stopped
+        meanwhile. STOPS holds `<pod> <deletionTimestamp>` lines (run.sh polls them while the
+        loop runs); a terminating pod had its grace period (GRACE seconds) before that
+        timestamp. Passes when every failed call overlaps a pod's termination and there are
+        at most WORKERS failures per stopped pod (one call in flight per worker). Prints the
+        counts.
 """
 
-# terminationGracePeriodSeconds of the chart's gateway pods
+# terminationGracePeriodSeconds of the chart's manager and gateway pods
 GRACE = 30
 
 import json
@@ -71,12 +73,17 @@ def loop(sandbox_id: str, out_path: str, stop_file: str, workers: int) -> None:
     def worker(n: int) -> None:
         while not os.path.exists(stop_file):
             start = time.time()
-            rec = {"worker": n, "start": start}
+            rec = {"worker": n, "what": "api" if n % 2 else "run", "start": start}
             try:
-                r = sbx.commands.run("echo ok", timeout=60, request_timeout=60)
-                rec["ok"] = r.stdout == "ok\n"
+                if n % 2:
+                    info = Sandbox.get_info(sandbox_id)
+                    rec["ok"] = info.sandbox_id == sandbox_id
+                    got = info.sandbox_id
+                else:
+                    got = sbx.commands.run("echo ok", timeout=60, request_timeout=60).stdout
+                    rec["ok"] = got == "ok\n"
                 if not rec["ok"]:
-                    rec["error"] = f"stdout {r.stdout!r}"
+                    rec["error"] = f"got {got!r}"
             except Exception as e:  # noqa: BLE001 - every failure is counted and reported
                 rec["ok"] = False
                 rec["error"] = f"{type(e).__name__}: {e}"[:300]
@@ -103,12 +110,14 @@ def judge(out_path: str, stops_path: str, workers: int) -> None:
             ts = datetime.datetime.fromisoformat(parts[1].replace("Z", "+00:00")).timestamp()
             stops[parts[0]] = (ts - GRACE, ts)
     failed = [c for c in calls if not c["ok"]]
-    print(f"{len(calls)} calls, {len(failed)} failed; {len(stops)} gateway pod(s) stopped: {sorted(stops)}")
+    kinds = {w: sum(1 for c in calls if c.get("what") == w) for w in ("run", "api")}
+    print(f"{len(calls)} calls ({kinds['run']} commands.run, {kinds['api']} get_info), {len(failed)} failed; "
+          f"{len(stops)} pod(s) stopped: {sorted(stops)}")
     for c in failed[:10]:
         print(f"  failed: worker {c['worker']} {c['start']:.3f}-{c['end']:.3f}: {c['error']}")
-    assert len(calls) >= 10, "the loop made too few calls to say anything"
+    assert min(kinds.values()) >= 5, "the loop made too few calls to say anything"
     stray = [c for c in failed if not any(c["start"] <= b and c["end"] >= a for a, b in stops.values())]
-    assert not stray, f"{len(stray)} failure(s) while no gateway pod was stopping"
+    assert not stray, f"{len(stray)} failure(s) while no manager or gateway pod was stopping"
     assert len(failed) <= workers * len(stops), (
         f"{len(failed)} failures: more than the {workers} call(s) in flight per stopped pod")
 

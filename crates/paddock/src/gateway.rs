@@ -66,8 +66,10 @@ fn header_name(s: &str) -> Result<HeaderName, String> {
         .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
 }
 
-/// How long in-flight requests may run on after SIGTERM (inside Kubernetes' default
-/// 30-second termination grace period).
+/// After SIGTERM: how long to go on serving while the pod leaves the Service's endpoints
+/// (HTTP/1 connections close after each response), then how long in-flight requests may run
+/// on; both inside Kubernetes' default 30-second termination grace period.
+const DRAIN_DELAY: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 fn peer_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
@@ -110,6 +112,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             default_port: args.default_port,
         },
         kubeconfig: args.kubeconfig,
+        drain_delay: DRAIN_DELAY,
         shutdown_grace: SHUTDOWN_GRACE,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
