@@ -429,6 +429,8 @@ t_upgrade_under_load() { under_load upgrade do_upgrade; }
 
 delete_one_gateway() {
   local pods victim
+  # pods of an earlier rollout may still be draining
+  poll 90 bash -c "[[ \$(kubectl -n $NS get pods -l app.kubernetes.io/instance=$MREL,app.kubernetes.io/component=gateway -o name | wc -l) == 2 ]]"
   read -ra pods <<<"$(mgr_pods gateway)"
   [[ ${#pods[@]} == 2 ]] || { say "expected 2 gateway pods, got ${pods[*]}"; return 1; }
   victim=${pods[0]}
