@@ -172,10 +172,11 @@ pub async fn list<I: Infra>(
                 .as_deref()
                 .is_none_or(|id| s.sandbox_id.as_str() == id)
         })
+        // The SDK's `name` filter matches a name or an id.
         .filter(|s| {
             q.name
                 .as_deref()
-                .is_none_or(|n| s.name.as_deref() == Some(n))
+                .is_none_or(|n| s.id == n || s.name.as_deref() == Some(n))
         })
         .collect();
     let start = match q.next_token.as_deref().filter(|t| !t.is_empty()) {
