@@ -18,7 +18,7 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 def snapshot_dir(snapshot_id: str) -> pathlib.Path:
-    return pathlib.Path(up().data) / "snapshots" / snapshot_id
+    return pathlib.Path(up().data) / "embedded" / "snapshots" / snapshot_id
 
 
 def read(sbx: Sandbox, path: str) -> str:
