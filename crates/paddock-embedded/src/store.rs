@@ -38,6 +38,11 @@ pub struct SandboxRecord {
     /// `None` in records written before bootstrap tokens existed.
     #[serde(default)]
     pub bootstrap_token: Option<String>,
+    /// The snapshot whose layers lie under this sandbox's writable layer, when it was made
+    /// from one (or forked from a sandbox that was). Such a snapshot is not deleted while
+    /// the sandbox runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// Store errors.
@@ -133,6 +138,7 @@ mod tests {
             metadata: Default::default(),
             created_at_ms: 1,
             pooled: false,
+            snapshot: None,
             bootstrap_token: None,
         }
     }
