@@ -222,13 +222,20 @@ pub async fn detail<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
 /// `DELETE /sandboxes/{id}`.
 pub async fn kill<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
     let id = &s.record.id;
-    // Forget the record only once the sandbox is really gone, so a failed
-    // kill can be retried instead of leaving an untracked sandbox.
+    // The route goes first: while the sandbox is torn down, requests to it (the SDK's health
+    // probe after a stream it had open broke) are answered "not found" at once instead of
+    // waiting on an address that no longer answers. A kill that fails puts the record back,
+    // so it can be retried instead of leaving an untracked sandbox.
+    m.records.remove(id).await?;
     match m.infra.kill(id).await {
         Ok(()) | Err(InfraError::NotFound(_)) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            if let Err(again) = m.records.insert(s.record.clone()).await {
+                tracing::error!(sandbox = %id, error = %again, "restoring the record of a sandbox whose kill failed");
+            }
+            return Err(e.into());
+        }
     }
-    m.records.remove(id).await?;
     tracing::info!(sandbox = %id, "sandbox killed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
