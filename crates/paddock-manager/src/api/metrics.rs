@@ -33,7 +33,10 @@ fn unix_param(name: &str, v: Option<i64>) -> ApiResult<Option<SystemTime>> {
         Some(s) if s < 0 => Err(ApiError::bad_request(format!(
             "{name} must be a Unix time in seconds, not negative"
         ))),
-        Some(s) => Ok(Some(SystemTime::UNIX_EPOCH + Duration::from_secs(s as u64))),
+        Some(s) => SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(s as u64))
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} is too far in the future"))),
     }
 }
 
