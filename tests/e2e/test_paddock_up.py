@@ -157,12 +157,13 @@ def test_metrics_info_and_state_filter(paddock):
     other = Sandbox.create(metadata={"suite": "state-filter"})
     try:
         sbx.commands.run("head -c 20000000 /dev/zero > /home/user/blob")
-        metrics = sbx.get_metrics()
-        assert metrics and metrics[-1].cpu_count >= 1
+        # Samples are taken every 5 s: one after the write shows the blob.
+        metrics = wait_until(lambda: (m := sbx.get_metrics()) and m[-1].disk_used >= 20_000_000 and m,
+                             60, "a metrics sample after the write")
+        assert metrics[-1].cpu_count >= 1
         assert 0 < metrics[-1].mem_used <= metrics[-1].mem_total
         # The sandbox's own memory limit, not the host's (or the node's, in a Pod).
         assert metrics[-1].mem_total == Sandbox.get_info(sbx.sandbox_id).memory_mb << 20
-        assert metrics[-1].disk_used >= 20_000_000
         other.pause()
         q = lambda *states: {s.sandbox_id for s in Sandbox.list(  # noqa: E731
             query=SandboxQuery(metadata={"suite": "state-filter"}, state=list(states))).next_items()}

@@ -81,3 +81,51 @@ test('a server in the sandbox is reachable through the gateway', async () => {
     await sbx.kill()
   }
 })
+
+// Issue 15's smaller contracts, as the JS SDK sends them.
+test('list order and filters, metrics by range, set_timeout shortens, file URLs', async () => {
+  const made = []
+  const tag = { suite: 'js-contracts' }
+  try {
+    for (let i = 0; i < 2; i++) made.push(await Sandbox.create({ ...opts, metadata: tag }))
+    const [a, b] = made.map((s) => s.sandboxId)
+    const listed = async (query, order) => (await Sandbox.list({ ...opts, query: { metadata: tag, ...query }, order }).nextItems())
+    assert.deepEqual((await listed({}, 'asc')).map((s) => s.sandboxId), [a, b])
+    assert.deepEqual((await listed({}, 'desc')).map((s) => s.sandboxId), [b, a])
+    const startedB = (await listed({})).find((s) => s.sandboxId === b).startedAt
+    assert.deepEqual((await listed({ startedAfter: startedB })).map((s) => s.sandboxId), [b])
+    assert.deepEqual((await listed({ template: 'base' }, 'asc')).map((s) => s.sandboxId), [a, b])
+    assert.deepEqual(await listed({ template: 'nosuch' }), [])
+
+    // Samples every 5 s (after the first, taken when the sandbox is first asked about); a
+    // range before the sandbox existed holds none.
+    const sbx = made[0]
+    const samples = await waitUntil(async () => {
+      const m = await sbx.getMetrics()
+      return m.length >= 3 && m
+    }, 60_000, 'three metric samples')
+    const gap = samples[samples.length - 1].timestamp - samples[samples.length - 2].timestamp
+    assert.ok(gap >= 4000 && gap <= 6000, `gap between samples: ${gap} ms`)
+    const created = samples[0].timestamp.getTime()
+    assert.deepEqual(await sbx.getMetrics({ start: new Date(created - 3_600_000), end: new Date(created - 60_000) }), [])
+
+    // Signed file URLs at the one sandbox address.
+    await sbx.files.write('/home/user/js-url.txt', 'via url')
+    const res = await fetch(await sbx.downloadUrl('/home/user/js-url.txt', { useSignatureExpiration: 60 }))
+    assert.equal(res.status, 200)
+    assert.equal(await res.text(), 'via url')
+    const form = new FormData()
+    form.append('file', new Blob(['up from js']), 'up.txt')
+    const up = await fetch(await made[1].uploadUrl('/home/user/up.txt'), { method: 'POST', body: form })
+    assert.equal(up.status, 200, await up.text())
+    assert.equal(await made[1].files.read('/home/user/up.txt'), 'up from js')
+
+    // set_timeout may shorten the deadline.
+    await made[1].setTimeout(3_000)
+    const left = (await made[1].getInfo()).endAt.getTime() - Date.now()
+    assert.ok(left <= 4_000, `left: ${left} ms`)
+    await waitUntil(async () => !(await made[1].isRunning()), 120_000, 'the sandbox to end at its shortened timeout')
+  } finally {
+    for (const s of made) await Sandbox.kill(s.sandboxId, opts)
+  }
+})

@@ -177,6 +177,38 @@ def test_a_write_makes_the_events_envd_makes(sbx):
         handle.stop()
 
 
+def test_recursive_watch_names_nested_paths_and_follows_new_directories(sbx):
+    sbx.files.make_dir("/tmp/wr/old/deep")
+    handle = sbx.files.watch_dir("/tmp/wr", recursive=True)
+    try:
+        seen = set()
+
+        def saw(*wanted):
+            seen.update((e.name, e.type.name) for e in handle.get_new_events())
+            return set(wanted) <= seen
+
+        # A directory that existed when the watch started, two levels down.
+        sbx.files.write("/tmp/wr/old/deep/a.txt", "a")
+        wait_until(lambda: saw(("old/deep/a.txt", "CREATE"), ("old/deep/a.txt", "WRITE")), 10,
+                   "events of old/deep/a.txt", interval=0.1)
+        # Directories made after the watch started, by the SDK and by a command (mkdir -p
+        # makes the whole chain at once), are watched too.
+        sbx.files.make_dir("/tmp/wr/new")
+        sbx.commands.run("mkdir -p /tmp/wr/x/y/z")
+        wait_until(lambda: saw(("new", "CREATE"), ("x", "CREATE")), 10, "the new directories", interval=0.1)
+        sbx.files.write("/tmp/wr/new/b.txt", "b")
+        sbx.commands.run("echo c > /tmp/wr/x/y/z/c.txt && rm /tmp/wr/old/deep/a.txt")
+        # c.txt may be made before x/y/z is watched: it is then reported as created when the
+        # watch finds it. Once reported, its directory is watched, so writes are seen.
+        wait_until(lambda: saw(("new/b.txt", "CREATE"), ("x/y/z/c.txt", "CREATE"), ("old/deep/a.txt", "REMOVE")),
+                   10, "events in the new directories", interval=0.1)
+        sbx.commands.run("echo more >> /tmp/wr/x/y/z/c.txt")
+        wait_until(lambda: saw(("x/y/z/c.txt", "WRITE")), 10, "the write to x/y/z/c.txt", interval=0.1)
+        assert all(not name.startswith("/") for name, _ in seen), seen
+    finally:
+        handle.stop()
+
+
 def test_watch_dir_on_missing_path(sbx):
     with pytest.raises(NotFoundException):
         sbx.files.watch_dir("/tmp/never-created")

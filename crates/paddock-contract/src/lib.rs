@@ -5,18 +5,21 @@
 //! * the envd version the API advertises for it ([`ENVD_VERSION`]);
 //! * the `POST /init` request ([`InitRequest`]) and the access-token header;
 //! * the constant-time token comparison every token check uses ([`same_secret`]);
+//! * the signature of pre-signed file URLs ([`file_signature`]);
 //! * with the `client` feature, the one client that probes `/health` and sends `/init`, with
 //!   one retry policy ([`client::RuntimeClient`]).
 //!
 //! The runtime links this crate without the `client` feature: types and constants only.
 
 mod init;
+mod signature;
 mod token;
 
 #[cfg(feature = "client")]
 pub mod client;
 
 pub use init::InitRequest;
+pub use signature::file_signature;
 pub use token::{RandomUnavailable, random_hex, same_secret};
 
 /// The port the E2B SDKs expect the runtime (envd's protocol) on.

@@ -36,6 +36,12 @@ pub enum GatewayError {
         "no sandbox named in this request: send the E2b-Sandbox-Id (and E2b-Sandbox-Port) headers, use the host <port>-<sandbox id>.<domain>, or the path /kruise/<sandbox id>/<port>/..."
     )]
     NoTarget,
+    /// A signed file URL that names no sandbox, and no running sandbox's token made its
+    /// signature.
+    #[error(
+        "no running sandbox signed this file URL: its sandbox is gone or paused, or the URL was changed"
+    )]
+    NoSigner,
     /// The named sandbox does not exist (or no longer does).
     #[error("The sandbox was not found")]
     NotFound { sandbox: String },
@@ -101,9 +107,10 @@ impl GatewayError {
 
     pub fn blame(&self) -> Blame {
         match self {
-            GatewayError::NoTarget | GatewayError::Denied(_) | GatewayError::InvalidPath => {
-                Blame::Client
-            }
+            GatewayError::NoTarget
+            | GatewayError::NoSigner
+            | GatewayError::Denied(_)
+            | GatewayError::InvalidPath => Blame::Client,
             GatewayError::Overloaded(_) => Blame::Gateway,
             GatewayError::NotFound { .. }
             | GatewayError::Paused { .. }
@@ -114,7 +121,7 @@ impl GatewayError {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            GatewayError::NoTarget => StatusCode::NOT_FOUND,
+            GatewayError::NoTarget | GatewayError::NoSigner => StatusCode::NOT_FOUND,
             GatewayError::InvalidPath => StatusCode::BAD_REQUEST,
             GatewayError::Denied(_) => StatusCode::UNAUTHORIZED,
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -163,7 +170,7 @@ impl GatewayError {
             GatewayError::InvalidPath => {
                 return (status, message).into_response();
             }
-            GatewayError::NoTarget => serde_json::json!({
+            GatewayError::NoTarget | GatewayError::NoSigner => serde_json::json!({
                 "code": status.as_u16(),
                 "message": message,
             }),

@@ -34,6 +34,7 @@ mod protocol;
 mod retry;
 mod rewrite;
 pub mod route;
+mod signed;
 mod target;
 mod upgrade;
 mod upstream;
@@ -100,16 +101,24 @@ impl Gateway {
             .set(self.breakers.open_connections() as i64);
     }
 
-    /// Whether this request is data-plane traffic for the gateway.
+    /// Whether this request is data-plane traffic for the gateway: it names a sandbox, or it
+    /// is a signed file URL (which names none, see [`signed`]).
     pub fn claims(&self, req: &Request<Body>) -> bool {
-        target_with(req, &self.headers).is_some()
+        target_with(req, &self.headers).is_some() || signed::is_signed_file_request(req)
     }
 
     /// Forwards `req` to its sandbox.
     pub async fn forward(&self, req: Request<Body>) -> Response {
         use tracing::Instrument;
-        let Some(target) = target_with(&req, &self.headers) else {
-            return GatewayError::NoTarget.into_response();
+        let target = match target_with(&req, &self.headers) {
+            Some(t) => t,
+            None => match signed::signed_parts(&req) {
+                Some(parts) => match signed::signer(&*self.routes, parts).await {
+                    Some(t) => t,
+                    None => return self.fail(GatewayError::NoSigner),
+                },
+                None => return GatewayError::NoTarget.into_response(),
+            },
         };
         let span = tracing::debug_span!("forward", sandbox = %target.sandbox, port = target.port);
         async {

@@ -46,6 +46,13 @@ pub trait Routes: Send + Sync + 'static {
         let _ = id;
         Box::pin(std::future::ready(None))
     }
+
+    /// Every sandbox the table has a route for, by id: for a request that names no sandbox
+    /// but carries something only one sandbox could have made (a signed file URL, see
+    /// [`crate::signed`]). The default knows none, and such requests then find no sandbox.
+    fn list(&self) -> Vec<(String, RouteInfo)> {
+        Vec::new()
+    }
 }
 
 /// The lookup phase: the route of a sandbox that can take traffic now.

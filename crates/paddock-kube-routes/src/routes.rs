@@ -217,6 +217,10 @@ impl Routes for KubeRoutes {
     fn fetch<'a>(&'a self, id: &'a str) -> Fetched<'a> {
         Box::pin(self.fetch_miss(id))
     }
+
+    fn list(&self) -> Vec<(String, RouteInfo)> {
+        self.table.live()
+    }
 }
 
 #[cfg(test)]

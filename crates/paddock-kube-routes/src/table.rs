@@ -103,6 +103,18 @@ impl RouteTable {
         }
     }
 
+    /// Every route the table knows to exist, by sandbox id.
+    pub fn live(&self) -> Vec<(String, RouteInfo)> {
+        self.read()
+            .entries
+            .iter()
+            .filter_map(|(id, e)| match e {
+                Entry::Live { route, .. } => Some((id.clone(), route.clone())),
+                Entry::Gone { .. } => None,
+            })
+            .collect()
+    }
+
     /// Applies one change read at `version` (the Sandbox's resourceVersion; a change
     /// without one counts as version 0, older than any the API server hands out).
     pub fn apply(&self, id: &str, version: Option<u64>, change: Change) -> Outcome {

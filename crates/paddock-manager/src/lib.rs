@@ -14,6 +14,7 @@ mod logs;
 mod metrics;
 mod quota;
 mod records;
+mod samples;
 pub mod secret_file;
 
 use std::path::PathBuf;
@@ -66,6 +67,8 @@ pub struct Manager<I: Infra> {
     pub(crate) metrics: ManagerMetrics,
     /// Sends `/init` to new sandboxes.
     pub(crate) runtime: paddock_contract::client::RuntimeClient,
+    /// Every running sandbox's usage, sampled at a fixed interval.
+    pub(crate) samples: samples::Samples,
 }
 
 /// Why the manager could not start.
@@ -110,6 +113,7 @@ impl<I: Infra> Manager<I> {
             idempotency: Default::default(),
             metrics,
             runtime: Default::default(),
+            samples: Default::default(),
         });
         // A backend that enforces timeouts itself (the Kubernetes controller) may run beside
         // other replicas of this manager: one acting on its own view could kill a sandbox
@@ -118,6 +122,7 @@ impl<I: Infra> Manager<I> {
             lifecycle::spawn_reaper(manager.clone());
         }
         lifecycle::spawn_ended_watcher(manager.clone());
+        samples::spawn_sampler(manager.clone());
         Ok(manager)
     }
 

@@ -107,12 +107,27 @@ impl RouteTable {
 
     pub fn get(&self, id: &str) -> Option<Route> {
         let id = SandboxId::new(id).ok()?;
-        self.store.get(&id).map(|r| Route {
+        self.store.get(&id).as_ref().map(Route::of)
+    }
+
+    /// Every sandbox's route, by id.
+    pub fn all(&self) -> Vec<(String, Route)> {
+        self.store
+            .all()
+            .iter()
+            .map(|r| (r.id.to_string(), Route::of(r)))
+            .collect()
+    }
+}
+
+impl Route {
+    fn of(r: &SandboxRecord) -> Self {
+        Self {
             ip: r.address.ip(),
             access_token: r.access_token.clone(),
             traffic_token: r.traffic_token.clone(),
             paused: r.state == ApiState::Paused,
-        })
+        }
     }
 }
 

@@ -9,13 +9,12 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use connectrpc::ConnectError;
-use sha2::{Digest, Sha256};
 
 use crate::errors::{HttpError, user_error};
 use crate::state::Runtime;
 use crate::users::User;
 
-pub use paddock_contract::{ACCESS_TOKEN_HEADER, same_secret};
+pub use paddock_contract::{ACCESS_TOKEN_HEADER, file_signature, same_secret};
 
 fn token_matches(headers: &HeaderMap, expected: &str) -> bool {
     headers
@@ -140,26 +139,6 @@ pub fn http_user(rt: &Runtime, username: Option<&str>) -> Result<User, HttpError
         _ => rt.settings().default_user,
     };
     Ok(rt.users.lookup(&name)?)
-}
-
-/// The signature E2B SDKs put on pre-signed file URLs:
-/// `v1_` + unpadded base64 of sha256(`path:operation:username:token[:expiration]`).
-pub fn file_signature(
-    path: &str,
-    operation: &str,
-    username: &str,
-    token: &str,
-    expiration: Option<i64>,
-) -> String {
-    let mut raw = format!("{path}:{operation}:{username}:{token}");
-    if let Some(exp) = expiration {
-        raw.push_str(&format!(":{exp}"));
-    }
-    let digest = Sha256::digest(raw.as_bytes());
-    format!(
-        "v1_{}",
-        base64::engine::general_purpose::STANDARD_NO_PAD.encode(digest)
-    )
 }
 
 /// Checks `/files` access: the header token, or a valid unexpired signature.

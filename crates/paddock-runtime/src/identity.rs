@@ -31,7 +31,8 @@ where
 /// Makes `cmd` start in a session of its own (so a signal to its process
 /// group reaches the whole tree), optionally with its stdin as controlling
 /// terminal, and with `user`'s credentials when the runtime runs as root.
-pub fn exec_as(cmd: &mut tokio::process::Command, user: &User, with_tty: bool) {
+pub fn exec_as(cmd: &mut std::process::Command, user: &User, with_tty: bool) {
+    use std::os::unix::process::CommandExt;
     let switch_user = rustix::process::geteuid().is_root();
     let (uid, gid, groups) = (user.uid, user.gid, user.groups.clone());
     // SAFETY: the closure runs in the forked child before exec and only

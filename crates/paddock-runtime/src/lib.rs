@@ -23,6 +23,7 @@ mod paths;
 mod process;
 mod server;
 mod state;
+pub mod sudo;
 mod users;
 
 pub use filesystem::DEFAULT_MAX_WATCHERS;

@@ -55,6 +55,10 @@ struct Args {
     /// beyond the sandbox's disk.
     #[arg(long, env = "PADDOCK_RUNTIME_MAX_UPLOAD_BYTES")]
     max_upload_bytes: Option<u64>,
+    /// Do not serve `sudo` (nor link it into /usr/local/bin): for a runtime run outside a
+    /// sandbox, whose /usr and /run are the host's (hack/scratch-runtime sets it).
+    #[arg(long, env = "PADDOCK_RUNTIME_NO_SUDO")]
+    no_sudo: bool,
     /// Log filter, e.g. `info` or `paddock_runtime=debug`.
     #[arg(long, default_value = "info", env = "PADDOCK_LOG")]
     log: String,
@@ -79,6 +83,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Linked as `sudo` inside sandboxes (see `paddock_runtime::sudo`).
+    if paddock_runtime::sudo::called_as_sudo() {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        std::process::exit(paddock_runtime::sudo::client(&args));
+    }
     let args = Args::parse();
     // Both run before any thread exists: `--detach` re-executes this binary.
     if let Some(dir) = &args.install_to {
@@ -129,6 +138,9 @@ async fn serve(args: Args) -> anyhow::Result<()> {
     };
     let rt = Runtime::new(opts);
     rt.prepare().context("preparing the default user")?;
+    if !args.no_sudo {
+        rt.start_sudo();
+    }
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

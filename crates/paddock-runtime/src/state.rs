@@ -105,6 +105,14 @@ impl Runtime {
 impl Runtime {
     /// Makes sure the default user exists (creating it when the runtime runs
     /// as root), so the first request does not pay for it.
+    /// Serves `sudo` for the default user (root only; see [`crate::sudo`]).
+    pub fn start_sudo(&self) {
+        match self.users.lookup(&self.settings().default_user) {
+            Ok(user) => crate::sudo::start(self.users.clone(), user.uid),
+            Err(e) => tracing::warn!(error = %e, "no default user: sudo not served"),
+        }
+    }
+
     pub fn prepare(&self) -> Result<(), crate::users::UserError> {
         let name = self.settings().default_user;
         if rustix::process::geteuid().is_root() {

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+// Every run sets PADDOCK_RUNTIME_NO_SUDO: this host's /usr and /run are not a sandbox's.
 const BIN: &str = env!("CARGO_BIN_EXE_paddock-runtime");
 
 fn free_port() -> u16 {
@@ -45,6 +46,7 @@ fn install_to_copies_a_working_binary() {
     let target = dir.path().join("mnt/runtime");
     // Options set through the environment (as an image or a Pod may do) do not stop the copy.
     let out = Command::new(BIN)
+        .env("PADDOCK_RUNTIME_NO_SUDO", "true")
         .arg("--install-to")
         .arg(&target)
         .env("PADDOCK_KERNEL_PYTHON", "/usr/bin/python3")
@@ -72,6 +74,7 @@ fn install_to_copies_a_working_binary() {
 #[test]
 fn install_to_refuses_other_arguments() {
     let out = Command::new(BIN)
+        .env("PADDOCK_RUNTIME_NO_SUDO", "true")
         .args(["--install-to", "/tmp/x", "--detach"])
         .output()
         .expect("run");
@@ -84,6 +87,7 @@ fn detach_returns_once_the_runtime_serves_in_its_own_session() {
     let log = dir.path().join("logs/runtime.log");
     let port = free_port();
     let out = Command::new(BIN)
+        .env("PADDOCK_RUNTIME_NO_SUDO", "true")
         .args([
             "--detach",
             "--no-code-interpreter",
@@ -130,6 +134,7 @@ fn detach_fails_when_the_runtime_cannot_start() {
     // An address this host does not have: the child exits with a bind error.
     let port = free_port();
     let out = Command::new(BIN)
+        .env("PADDOCK_RUNTIME_NO_SUDO", "true")
         .args([
             "--detach",
             "--no-code-interpreter",

@@ -142,16 +142,28 @@ struct UpArgs {
 /// The manager's routes, as the gateway wants them.
 struct Routes(RouteTable);
 
+fn route_info(r: paddock_manager::Route) -> RouteInfo {
+    RouteInfo {
+        ip: r.ip,
+        paused: r.paused,
+        tokens: Tokens {
+            access: Some(r.access_token),
+            traffic: r.traffic_token,
+        },
+    }
+}
+
 impl paddock_gateway::Routes for Routes {
     fn lookup(&self, id: &str) -> Option<RouteInfo> {
-        self.0.get(id).map(|r| RouteInfo {
-            ip: r.ip,
-            paused: r.paused,
-            tokens: Tokens {
-                access: Some(r.access_token),
-                traffic: r.traffic_token,
-            },
-        })
+        self.0.get(id).map(route_info)
+    }
+
+    fn list(&self) -> Vec<(String, RouteInfo)> {
+        self.0
+            .all()
+            .into_iter()
+            .map(|(id, r)| (id, route_info(r)))
+            .collect()
     }
 }
 

@@ -1,6 +1,7 @@
 //! Listing, reading and killing sandboxes.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use axum::Json;
 use axum::extract::State;
@@ -26,6 +27,48 @@ pub struct ListQuery {
     state: Option<String>,
     limit: Option<usize>,
     next_token: Option<String>,
+    /// `asc` or `desc` (the default) by start time, across the whole result before paging.
+    order: Option<String>,
+    /// RFC 3339: only sandboxes started at or after it.
+    started_after: Option<String>,
+    /// RFC 3339: only sandboxes started at or before it (the counterpart the API offers beside
+    /// `startedAfter`; the SDKs of this era send only the latter).
+    started_before: Option<String>,
+    /// A template id or name.
+    template: Option<String>,
+}
+
+/// Which way a list runs by start time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Order {
+    Asc,
+    Desc,
+}
+
+impl ListQuery {
+    fn order(&self) -> ApiResult<Order> {
+        match self.order.as_deref().map(str::trim) {
+            None | Some("") | Some("desc") => Ok(Order::Desc),
+            Some("asc") => Ok(Order::Asc),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "unknown order '{other}': use asc or desc"
+            ))),
+        }
+    }
+}
+
+/// An RFC 3339 time of the `name` query parameter, if given.
+fn time_param(name: &str, raw: Option<&str>) -> ApiResult<Option<SystemTime>> {
+    let Some(raw) = raw.map(str::trim).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    time::OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339)
+        .map(|t| Some(SystemTime::from(t)))
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "{name} must be an RFC 3339 time (2006-01-02T15:04:05Z07:00), got '{raw}'"
+            ))
+        })
 }
 
 /// The `metadata` filter: itself a URL-encoded `k=v&k2=v2` query string.
@@ -63,8 +106,8 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// The caller's sandboxes in `q.state` (or `default_states`) matching the metadata filter,
-/// newest first.
+/// The caller's sandboxes in `q.state` (or `default_states`) matching the metadata, start time
+/// and template filters, newest first unless `q.order` is `asc`.
 fn list_filtered<I: Infra>(
     m: &Manager<I>,
     caller: &Caller,
@@ -85,20 +128,40 @@ fn list_filtered<I: Infra>(
             .collect::<Result<_, _>>()?,
     };
     let filter = q.metadata.as_deref().map(query_pairs).unwrap_or_default();
+    let order = q.order()?;
+    let after = time_param("startedAfter", q.started_after.as_deref())?;
+    let before = time_param("startedBefore", q.started_before.as_deref())?;
+    let template = q
+        .template
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty());
     let mut list: Vec<_> = m
         .records
         .all()
         .into_iter()
         .filter(|r| caller.team.sees(&r.team) && states.contains(&r.state))
         .filter(|r| filter.iter().all(|(k, v)| r.metadata.get(k) == Some(v)))
+        .filter(|r| after.is_none_or(|t| r.started_at >= t))
+        .filter(|r| before.is_none_or(|t| r.started_at <= t))
+        .filter(|r| template.is_none_or(|t| same_template(&r.template, t)))
         .collect();
-    // Newest first, ties broken by id so pages are stable.
+    // By start time, ties broken by id so pages are stable.
     list.sort_by(|a, b| {
-        b.started_at
-            .cmp(&a.started_at)
-            .then_with(|| a.id.cmp(&b.id))
+        let by_start = match order {
+            Order::Desc => b.started_at.cmp(&a.started_at),
+            Order::Asc => a.started_at.cmp(&b.started_at),
+        };
+        by_start.then_with(|| a.id.cmp(&b.id))
     });
     Ok(list)
+}
+
+/// Whether a sandbox of `template` matches the `template` filter `wanted`: its id/name, or
+/// that with a tag (`base:latest`; templates here have one version, the default tag).
+fn same_template(template: &str, wanted: &str) -> bool {
+    let name = wanted.split_once(':').map_or(wanted, |(n, _)| n);
+    template == wanted || template == name
 }
 
 /// `GET /sandboxes`: running sandboxes, unpaged.
@@ -159,13 +222,20 @@ pub async fn detail<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
 /// `DELETE /sandboxes/{id}`.
 pub async fn kill<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
     let id = &s.record.id;
-    // Forget the record only once the sandbox is really gone, so a failed
-    // kill can be retried instead of leaving an untracked sandbox.
+    // The route goes first: while the sandbox is torn down, requests to it (the SDK's health
+    // probe after a stream it had open broke) are answered "not found" at once instead of
+    // waiting on an address that no longer answers. A kill that fails puts the record back,
+    // so it can be retried instead of leaving an untracked sandbox.
+    m.records.remove(id).await?;
     match m.infra.kill(id).await {
         Ok(()) | Err(InfraError::NotFound(_)) => {}
-        Err(e) => return Err(e.into()),
+        Err(e) => {
+            if let Err(again) = m.records.insert(s.record.clone()).await {
+                tracing::error!(sandbox = %id, error = %again, "restoring the record of a sandbox whose kill failed");
+            }
+            return Err(e.into());
+        }
     }
-    m.records.remove(id).await?;
     tracing::info!(sandbox = %id, "sandbox killed");
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -98,7 +98,7 @@ pub async fn start(
     spec: WatchSpec,
     user: &User,
     slot: WatchSlot,
-    sink: impl Fn(FilesystemEvent) + Send + 'static,
+    sink: impl Fn(FilesystemEvent) + Send + Sync + 'static,
 ) -> io::Result<ActiveWatch> {
     as_user(user, move || start_here(spec, slot, sink)).await
 }
@@ -106,13 +106,16 @@ pub async fn start(
 fn start_here(
     spec: WatchSpec,
     slot: WatchSlot,
-    sink: impl Fn(FilesystemEvent) + Send + 'static,
+    sink: impl Fn(FilesystemEvent) + Send + Sync + 'static,
 ) -> io::Result<ActiveWatch> {
     let root = spec.root.clone();
     let recursive = spec.recursive;
     let (control, requests) = mpsc::channel();
     let new_dirs = control.clone();
     let mut last = None;
+    let sink = Arc::new(sink);
+    let event_sink = sink.clone();
+    let event_spec = spec.clone();
     let mut watcher =
         notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
             Ok(event) => {
@@ -121,9 +124,9 @@ fn start_here(
                         let _ = new_dirs.send(Control::Watch(p.clone()));
                     }
                 }
-                for ev in convert(&spec, event) {
+                for ev in convert(&event_spec, event) {
                     if !repeats(&mut last, &ev) {
-                        sink(ev);
+                        event_sink(ev);
                     }
                 }
             }
@@ -135,14 +138,25 @@ fn start_here(
         .map_err(into_io)?;
     if recursive {
         for dir in subdirs(&root) {
-            watch_tree(&mut watcher, dir);
+            watch_tree(&mut watcher, dir, &mut |_| {});
         }
     }
     std::thread::Builder::new()
         .name("paddock-watch".into())
         .spawn(move || {
             while let Ok(Control::Watch(dir)) = requests.recv() {
-                watch_tree(&mut watcher, dir);
+                // What was made inside a new directory before its watch existed (`mkdir -p
+                // a/b && touch a/b/f` races the watch on `a`) has no event of its own: it is
+                // reported as created once found, so a recursive watch misses nothing that
+                // is there. (The directory's own creation came from its parent's watch.)
+                watch_tree(&mut watcher, dir, &mut |found| {
+                    let created =
+                        notify::Event::new(EventKind::Create(notify::event::CreateKind::Any))
+                            .add_path(found.to_path_buf());
+                    for ev in convert(&spec, created) {
+                        sink(ev);
+                    }
+                });
             }
             // Stopped: dropping the watcher closes its inotify instance.
         })?;
@@ -187,15 +201,27 @@ fn subdirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Watches `dir` and every directory below it that the caller may read.
-fn watch_tree(watcher: &mut notify::RecommendedWatcher, dir: PathBuf) {
+/// Watches `dir` and every directory below it that the caller may read, and hands `found`
+/// each entry of the watched directories (after their watch exists).
+fn watch_tree(
+    watcher: &mut notify::RecommendedWatcher,
+    dir: PathBuf,
+    found: &mut dyn FnMut(&Path),
+) {
     let mut stack = vec![dir];
     while let Some(dir) = stack.pop() {
         if !std::fs::symlink_metadata(&dir).is_ok_and(|m| m.is_dir()) {
             continue;
         }
         match watcher.watch(&dir, RecursiveMode::NonRecursive) {
-            Ok(()) => stack.extend(subdirs(&dir)),
+            Ok(()) => {
+                if let Ok(items) = std::fs::read_dir(&dir) {
+                    for item in items.filter_map(Result::ok) {
+                        found(&item.path());
+                    }
+                }
+                stack.extend(subdirs(&dir));
+            }
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
                 tracing::warn!(dir = %dir.display(), "inotify watch limit reached; the rest of the tree is not watched");
                 return;

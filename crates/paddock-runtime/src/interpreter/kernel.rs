@@ -153,7 +153,7 @@ impl Kernel {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
-        crate::identity::exec_as(&mut cmd, &launch.user, false);
+        crate::identity::exec_as(cmd.as_std_mut(), &launch.user, false);
         let mut child = cmd.spawn().map_err(|e| {
             let _ = std::fs::remove_file(&connection_file);
             fail(format!("running {}: {e}", argv[0]))

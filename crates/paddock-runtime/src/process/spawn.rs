@@ -64,7 +64,7 @@ pub fn spawn(table: &ProcessTable, spec: SpawnSpec) -> io::Result<(Arc<Proc>, At
         }
     };
 
-    crate::identity::exec_as(&mut cmd, &spec.user, pty_master.is_some());
+    crate::identity::exec_as(cmd.as_std_mut(), &spec.user, pty_master.is_some());
 
     let mut child = cmd.spawn()?;
     // Close our copies of the terminal's slave side, or reading the master
