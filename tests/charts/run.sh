@@ -37,10 +37,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=charts
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+# shellcheck source=../controller/lib.sh
+source "$ROOT/tests/controller/lib.sh"
+use_testbed
 
 SUFFIX=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NS=pdk-charts-$SUFFIX      # the release's (system) namespace
@@ -68,21 +70,8 @@ SMALL=(--set resources.requests.cpu=50m --set resources.requests.memory=64Mi
 MGR_SMALL=(--set controller.resources.cpu=250m --set controller.resources.memory=256Mi
   --set gateway.resources.cpu=250m --set gateway.resources.memory=256Mi)
 
-STEP_PREFIX=charts
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
-# shellcheck source=../controller/lib.sh
-source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
+# kubectl in the namespace the controller serves (k, from tests/steps.sh, is the release's)
 ks() { kubectl -n "$SBX" "$@"; }
-
-# matches PATTERN -- stdin contains PATTERN; says what it got when not
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
 
 # ------------------------------------------------------------------ render ----
 
@@ -130,14 +119,6 @@ t_values() {
 }
 
 # -------------------------------------------------------------------- image ----
-
-t_testbed() {
-  if ! "$TESTBED" status >/dev/null 2>&1; then
-    touch "$WORK/started-testbed"
-    "$TESTBED" up
-  fi
-  [[ $(kubectl get --raw /readyz) == ok ]]
-}
 
 t_image() {
   # a release build when given; else the build hack/test made (PADDOCK_BIN); else one made here
