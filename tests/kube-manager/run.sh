@@ -288,11 +288,11 @@ t_read_your_writes_across_replicas() {
   # request about one sandbox reads it from the API server, not from A's informer cache,
   # which may not have seen B's write yet (the charts suite's JS test once read a stale
   # endAt this way).
-  local r id
+  local r id rc=0
   r=$(api "$API_A" POST /sandboxes '{"templateID":"base","timeout":300}')
   [[ $(status_of "$r") == 201 ]] || { say "create: $r"; return 1; }
   id=$(body_of "$r" | field sandboxID)
-  python3 - "$API_A" "$API_B" "$ADMIN_KEY" "$id" <<'PY'
+  python3 - "$API_A" "$API_B" "$ADMIN_KEY" "$id" <<'PY' || rc=$?
 import datetime, json, sys, urllib.request
 a, b, key, sid = sys.argv[1:]
 def call(addr, method, path, body=None):
@@ -315,8 +315,9 @@ for i in range(20):
         print(f"round {i}: replica A answered endAt {got}, replica B had set about {want}")
 assert stale == 0, f"{stale} of 20 reads through replica A were stale"
 PY
-  local rc=$?
+  # gone before the next steps count claimed sandboxes
   api "$API_A" DELETE "/sandboxes/$id" >/dev/null
+  k wait --for=delete "sandbox/$(res "$id")" --timeout=120s >/dev/null 2>&1 || true
   return $rc
 }
 

@@ -19,9 +19,19 @@ use crate::convert;
 impl Inner {
     pub(crate) async fn metrics(&self, id: &SandboxId) -> InfraResult<SandboxMetrics> {
         let i = self;
-        let (_, s) = i.claimed(id)?;
+        let (key, _) = i.claimed(id)?;
+        // Read now: another replica may have resumed it (and this one's cache still has it
+        // paused, without a pod IP).
+        let s = match call(i.sandboxes(&key.0).get_opt(&key.1)).await? {
+            Some(s) => s,
+            None => return Err(InfraError::NotFound(id.clone())),
+        };
+        i.cache.wrote(s.clone());
         if !convert::serves(&s) {
-            return Ok(SandboxMetrics::default());
+            // No numbers rather than zeros: a zero sample would stay in the history.
+            return Err(InfraError::Conflict(format!(
+                "sandbox {id} is not serving (paused or starting): no usage to report"
+            )));
         }
         let mut req = hyper::Request::get(format!("http://{}/metrics", convert::address(&s)));
         if let Some(t) = s
