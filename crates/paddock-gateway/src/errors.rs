@@ -44,6 +44,9 @@ pub enum GatewayError {
         "The sandbox is paused: resume it (Sandbox.connect) before sending traffic; it was not found running"
     )]
     Paused { sandbox: String },
+    /// The sandbox is paused, resumes on traffic, and resuming it failed.
+    #[error("The sandbox is paused and resuming it for this request failed: {detail}")]
+    WakeFailed { sandbox: String, detail: String },
     /// The request lacks the token the sandbox was created with.
     #[error("{}", .0.message())]
     Denied(Denied),
@@ -107,6 +110,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => Blame::Gateway,
             GatewayError::NotFound { .. }
             | GatewayError::Paused { .. }
+            | GatewayError::WakeFailed { .. }
             | GatewayError::PortNotOpen { .. }
             | GatewayError::ConnectionClosed { .. } => Blame::Sandbox,
         }
@@ -120,6 +124,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound { .. }
             | GatewayError::Paused { .. }
+            | GatewayError::WakeFailed { .. }
             | GatewayError::PortNotOpen { .. }
             | GatewayError::ConnectionClosed { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -137,6 +142,7 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } => Some("not_found"),
             GatewayError::Paused { .. } => Some("paused"),
+            GatewayError::WakeFailed { .. } => Some("wake_failed"),
             GatewayError::Denied(_) => Some("token"),
             GatewayError::Overloaded(t) => Some(t.label()),
             _ => None,
@@ -169,6 +175,7 @@ impl GatewayError {
             }),
             GatewayError::NotFound { sandbox }
             | GatewayError::Paused { sandbox }
+            | GatewayError::WakeFailed { sandbox, .. }
             | GatewayError::ConnectionClosed { sandbox, .. } => serde_json::json!({
                 "sandboxId": sandbox,
                 "message": message,

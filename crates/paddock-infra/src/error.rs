@@ -47,6 +47,10 @@ pub enum InfraError {
         /// What happened.
         reason: String,
     },
+    /// The backend cannot do this at all (a pause mode it lacks, ...): the answer is the same
+    /// on every retry.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
     /// Anything else that went wrong on our side.
     #[error("internal infrastructure error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -66,6 +70,7 @@ impl InfraError {
                 | Self::NotFound(_)
                 | Self::InvalidLimits(_)
                 | Self::IllegalTransition { .. }
+                | Self::Unsupported(_)
         )
     }
 }

@@ -99,6 +99,7 @@ impl From<InfraError> for ApiError {
                 (StatusCode::NOT_FOUND, e.to_string())
             }
             InfraError::InvalidLimits(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+            InfraError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, e.to_string()),
             InfraError::IllegalTransition { .. } => (StatusCode::CONFLICT, e.to_string()),
             InfraError::Capacity(_) | InfraError::NoStock { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, e.to_string())
