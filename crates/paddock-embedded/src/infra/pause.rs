@@ -12,8 +12,8 @@ use crate::{container, network};
 
 /// Why the checkpoint mode is refused here, in words for the caller.
 pub(super) const CHECKPOINT_UNSUPPORTED: &str = "pausing in checkpoint mode (CRIU) is not \
-     available in embedded mode: the sandboxes' container runtime cannot restore a checkpointed \
-     sandbox into its namespaces and cgroup; pause with memory (the default) or filesystem-only";
+     implemented in embedded mode (Debian's CRIU 3.17 fails its kernel check on current kernels); \
+     pause with memory (the default) or filesystem-only (memory: false)";
 
 impl EmbeddedInfra {
     /// The body of [`paddock_infra::Infra::pause_in`].
@@ -32,16 +32,21 @@ impl EmbeddedInfra {
                     let cg = self.inner.cgroups.sandbox(id.as_str());
                     blocking(move || cg.freeze()).await?.map_err(internal)?;
                 }
-                PauseMode::Filesystem => self.stop_processes(&rec).await?,
+                PauseMode::Filesystem => {
+                    // Recorded as paused with no init first: the monitor must not take the
+                    // init's end for the sandbox's death.
+                    let running = rec.clone();
+                    rec.paused_in = Some(mode);
+                    rec.init_pid = 0;
+                    rec.init_start_ticks = 0;
+                    self.save(&rec)?;
+                    self.stop_processes(&running).await?;
+                }
                 PauseMode::Checkpoint => {
                     return Err(InfraError::Unsupported(CHECKPOINT_UNSUPPORTED.into()));
                 }
             }
             rec.paused_in = Some(mode);
-            if mode == PauseMode::Filesystem {
-                rec.init_pid = 0;
-                rec.init_start_ticks = 0;
-            }
             self.save(&rec)?;
             info!(elapsed_ms = started.elapsed().as_millis() as u64, "paused");
             Ok(self.info(&rec))
@@ -67,11 +72,12 @@ impl EmbeddedInfra {
                     let paused = self.record(id)?;
                     if let Err(e) = self.reboot(&mut rec).await {
                         warn!(error = %e, "booting the sandbox again failed; it stays paused");
-                        // Leave nothing of the failed boot: a later resume starts clean.
+                        // Paused again before the failed boot's init is ended (see pause), and
+                        // nothing of that boot left: a later resume starts clean.
+                        self.save(&paused)?;
                         if let Err(c) = self.stop_processes(&rec).await {
                             warn!(error = %c, "cleaning up the failed boot");
                         }
-                        self.save(&paused)?;
                         return Err(e);
                     }
                 }
