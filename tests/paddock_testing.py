@@ -352,7 +352,9 @@ class HostProcess:
 
 def sandboxset_manifest(name: str, image: str, replicas: int) -> str:
     """A SandboxSet of `replicas` pool members running one of hack/images' sandbox images
-    (the runtime on 49983 as the entrypoint; ready once /health answers)."""
+    (the runtime on 49983 as the entrypoint; ready once /health answers). Their limits are
+    embedded mode's defaults (2 CPUs, 512 MiB); the requests are small, so a pool of 100
+    fits the test bed's 2-core node."""
     return f"""apiVersion: agents.kruise.io/v1alpha1
 kind: SandboxSet
 metadata: {{name: {name}}}
@@ -365,6 +367,9 @@ spec:
         - name: main
           image: {image}
           imagePullPolicy: Never
+          resources:
+            requests: {{cpu: 5m, memory: 16Mi}}
+            limits: {{cpu: "2", memory: 512Mi}}
           readinessProbe:
             httpGet: {{path: /health, port: 49983}}
             periodSeconds: 1

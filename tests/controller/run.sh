@@ -16,10 +16,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=controller
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-ctl-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
@@ -31,14 +31,6 @@ METRICS=127.0.0.1:$((PORT_BASE + 2))
 CTL_PID=
 # Another identity than the controller's, for the Pod-protection checks.
 AS_USER=(--as=paddock-test-user --as-group=system:masters)
-
-STEP_PREFIX=controller
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 
 # shellcheck source=lib.sh
 source "$ROOT/tests/controller/lib.sh"
@@ -52,14 +44,6 @@ explain() {
   return 1
 }
 
-# matches PATTERN -- stdin contains PATTERN; says what it got when not. Reads all of
-# stdin, unlike `grep -q`, which can SIGPIPE the writer under pipefail.
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
-
 envs_of() {
   # the runtime's environment in sandbox $1, via its /envs endpoint
   local ip token
@@ -70,35 +54,14 @@ envs_of() {
 
 # ------------------------------------------------------------------ setup ----
 
-t_testbed() {
-  if ! "$TESTBED" status >/dev/null 2>&1; then
-    # Steps run in subshells: finish() learns from this file that we started it.
-    touch "$WORK/started-testbed"
-    "$TESTBED" up
-  fi
-  [[ $(kubectl get --raw /readyz) == ok ]]
-}
-
-t_binaries() {
-  local bin=${PADDOCK_BIN:-} rt=${PADDOCK_RUNTIME_BIN:-}
-  if [[ -z $bin || -z $rt ]]; then
-    # shellcheck source=../../hack/lib.sh
-    source "$ROOT/hack/lib.sh"
-    if [[ -z $bin ]]; then build_paddock; bin=$PADDOCK_BIN; fi
-    if [[ -z $rt ]]; then build_runtime; rt=$RUNTIME_BIN; fi
-  fi
-  echo "PADDOCK_BIN=$bin PADDOCK_RUNTIME_BIN=$rt" >"$WORK/bins"
-  "$TESTBED" image-bin paddock-runtime "$rt" -base sandbox-base
+t_binaries_and_image() {
+  t_binaries
+  use_binaries
+  "$TESTBED" image-bin paddock-runtime "$PADDOCK_RUNTIME_BIN" -base sandbox-base
 }
 
 t_crds() {
-  local f
-  for f in "$ROOT"/deploy/crds/*.yaml; do
-    kubectl apply --server-side --force-conflicts -f "$f" >/dev/null
-  done
-  kubectl wait --for=condition=Established --timeout=60s \
-    crd/sandboxes.agents.kruise.io crd/sandboxsets.agents.kruise.io crd/sandboxclaims.agents.kruise.io \
-    crd/sandboxtemplates.agents.kruise.io crd/checkpoints.agents.kruise.io
+  apply_crds
   # what `paddock crds` prints is what is checked in
   "$PADDOCK_BIN" crds >"$WORK/crds.yaml"
   cat "$ROOT"/deploy/crds/agents.kruise.io_{sandboxes,sandboxsets,sandboxclaims,sandboxtemplates,checkpoints}.yaml |
@@ -110,13 +73,9 @@ t_controller() {
   kubectl create namespace "$NS"
   # The leader Lease lives apart, so that deleting $NS at the end does not take it first.
   kubectl create namespace "$NS-lease"
-  "$PADDOCK_BIN" controller --namespace "$NS" --log-level info \
+  start_controller \
     --webhook-url-host "$TB_NODE_IP" --webhook-port "$WEBHOOK_PORT" --webhook-config-name "$NS" \
-    --leader-elect --leader-elect-namespace "$NS-lease" \
-    --health-probe-bind-address "$HEALTH" --metrics-bind-address "$METRICS" \
-    >"$WORK/controller.log" 2>&1 &
-  echo $! >"$WORK/controller.pid"
-  poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
+    --leader-elect --leader-elect-namespace "$NS-lease"
   curl -sf "http://$HEALTH/healthz" >/dev/null
   # ready means serving webhooks; leading may come a moment later
   poll 30 eval 'curl -sf "http://$METRICS/metrics" | grep -q "^paddock_controller_leader 1"'
@@ -400,6 +359,50 @@ EOF
   grep -q 'spec.templateName: field is immutable' "$WORK/invalid.txt"
 }
 
+t_defaulting() {
+  # created through the API server: the mutating webhooks fill in the pod template's defaults
+  manifest SandboxTemplate plain <<EOF | k apply -f - >/dev/null
+spec:
+  template:
+    spec:
+      automountServiceAccountToken: true
+      containers:
+        - name: main
+          image: $IMAGE
+          ports: [{containerPort: 49983}]
+          readinessProbe: {httpGet: {port: 49983}}
+  volumeClaimTemplates: [{metadata: {name: data}, spec: {resources: {requests: {storage: 1Mi}}}}]
+EOF
+  local t='{.spec.template.spec' c='{.spec.template.spec.containers[0]'
+  is sandboxtemplate/plain "$t.automountServiceAccountToken}" false
+  is sandboxtemplate/plain "$t.restartPolicy}" Always
+  is sandboxtemplate/plain "$t.dnsPolicy}" ClusterFirst
+  is sandboxtemplate/plain "$t.terminationGracePeriodSeconds}" 30
+  is sandboxtemplate/plain "$t.schedulerName}" default-scheduler
+  is sandboxtemplate/plain "$c.imagePullPolicy}" Always
+  is sandboxtemplate/plain "$c.terminationMessagePolicy}" File
+  is sandboxtemplate/plain "$c.ports[0].protocol}" TCP
+  is sandboxtemplate/plain "$c.readinessProbe.periodSeconds}" 10
+  is sandboxtemplate/plain "$c.readinessProbe.httpGet.path}" /
+  is sandboxtemplate/plain '{.spec.volumeClaimTemplates[0].spec.accessModes[0]}' ReadWriteOnce
+  is sandboxtemplate/plain '{.spec.volumeClaimTemplates[0].spec.volumeMode}' Filesystem
+  # what a template sets is kept
+  manifest SandboxTemplate own <<EOF | k apply -f - >/dev/null
+spec: {template: {spec: {restartPolicy: Never, containers: [{name: main, image: $IMAGE, imagePullPolicy: Never}]}}}
+EOF
+  is sandboxtemplate/own "$t.restartPolicy}" Never
+  is sandboxtemplate/own "$c.imagePullPolicy}" Never
+  # a SandboxSet's template gets the same defaults, by the same function
+  manifest SandboxSet defaulted <<EOF | k apply -f - >/dev/null
+spec: {replicas: 0, template: {spec: {containers: [{name: main, image: $IMAGE}]}}}
+EOF
+  is sandboxset/defaulted "$t.automountServiceAccountToken}" false
+  is sandboxset/defaulted "$c.terminationMessagePath}" /dev/termination-log
+  is sandboxset/defaulted '{.spec.updateStrategy.maxUnavailable}' 20%
+  k delete sandboxtemplate plain own >/dev/null
+  k delete sandboxset defaulted >/dev/null
+}
+
 t_bad_input_in_status() {
   # a claim on a missing SandboxSet times out with a message; a pool whose image does not
   # exist and a sandbox that crashes report it in conditions and events, without a hot loop
@@ -494,49 +497,20 @@ t_cleanup() {
   kubectl delete namespace "$NS" --wait=true --timeout=120s
 }
 
-finish() {
-  local rc=$?
-  if kubectl get namespace "$NS" >/dev/null 2>&1; then
-    kubectl delete namespace "$NS" --wait=true --timeout=60s >/dev/null 2>&1 || true
-  fi
-  if [[ -f $WORK/controller.pid ]]; then
-    kill "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-    wait "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-  fi
+KUBE_DELETE=sandboxclaim,sandboxset,sandbox,checkpoint
+kube_cleanup() {
   kubectl delete namespace "$NS-lease" --ignore-not-found --wait=false >/dev/null 2>&1 || true
   kubectl delete validatingwebhookconfiguration "$NS-validating" --ignore-not-found >/dev/null 2>&1 || true
   kubectl delete mutatingwebhookconfiguration "$NS-mutating" --ignore-not-found >/dev/null 2>&1 || true
-  # Without the controller, finalizers would hold the namespace forever.
-  if kubectl get namespace "$NS" >/dev/null 2>&1; then
-    local r
-    for r in sandboxes checkpoints; do
-      for o in $(kubectl -n "$NS" get "$r" -o name 2>/dev/null); do
-        kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
-      done
-    done
-  fi
-  if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
-  if ((FAILED > 0)) && [[ -f $WORK/controller.log ]]; then
-    echo "---- last lines of the controller log"
-    grep -E 'WARN|ERROR' "$WORK/controller.log" | tail -n 20 || true
-    tail -n 20 "$WORK/controller.log"
-  fi
-  if [[ -f $WORK/started-testbed ]]; then
-    say "taking down the test bed this suite started"
-    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
-  fi
-  rm -rf "$WORK"
-  summary
-  ((FAILED == 0)) || exit 1
 }
-trap finish EXIT
+trap kube_finish EXIT
 
 # ------------------------------------------------------------------- main ----
 
 [[ $(id -u) == 0 ]] || { say "must run as root (the test bed needs it)"; exit 1; }
 step "test bed up" t_testbed
-step "paddock and runtime image" t_binaries
-if [[ -f $WORK/bins ]]; then eval "$(tr ' ' '\n' <"$WORK/bins" | sed 's/^/export /')"; fi
+step "paddock and runtime image" t_binaries_and_image
+use_binaries
 if ((FAILED == 0)); then
   step "CRDs install and match paddock crds" t_crds
   step "controller runs (leader, probes, metrics, webhooks) in $NS" t_controller
@@ -554,6 +528,7 @@ if ((FAILED == 0)); then
   step "claim beyond stock creates sandboxes; claim deleted after ttlAfterCompleted" t_claim_no_stock_and_ttl
   step "claim inplaceUpdate.resources resizes the Pod (pods/resize)" t_inplace_resize
   step "invalid specs are rejected naming the field" t_invalid
+  step "SandboxTemplate and SandboxSet pod templates come back defaulted" t_defaulting
   step "bad input shows in status conditions and events, no hot loop" t_bad_input_in_status
   step "Checkpoint: podInfo succeeds, memory/filesystem fail clearly" t_checkpoint
   step "SandboxSet scales down and up (scale subresource)" t_scale_down

@@ -9,7 +9,8 @@
 
 Tests use URL for the E2B API, DATA_URL / GATEWAY_LISTEN for data-plane requests and DOMAIN
 for host routing, and mark what one mode cannot do with `embedded_only(reason)` or
-`kubernetes_only(reason)`."""
+`kubernetes_only(reason)`. A test that needs an embedded instance of its own (no warm pools,
+a small subnet) takes the `second_paddock` fixture."""
 
 import os
 import pathlib
@@ -110,3 +111,25 @@ def paddock():
 
 def admin(path, method="GET", headers=None, **kw):
     return up().admin(path, method, headers, **kw)
+
+
+@pytest.fixture
+def second_paddock(paddock, request, monkeypatch):
+    """A second `paddock up`, with no warm pools, on the bridge and subnet the test module names
+    in BRIDGE and SUBNET (each module its own, so that tests never share addresses), the SDKs
+    pointed at it for this test. It must shut down cleanly and take its bridge with it."""
+    bridge, subnet = request.module.BRIDGE, request.module.SUBNET
+    paddock_bin, runtime = debug_binaries()
+    srv = PaddockUp(paddock_bin, runtime, ADMIN_KEY, pool_size=0, prefix=f"paddock-e2e-{bridge}-",
+                    extra=["--bridge", bridge, "--subnet", subnet])
+    srv.start()
+    for k, v in srv.sdk_env().items():
+        monkeypatch.setenv(k, v)
+    try:
+        yield srv
+    finally:
+        code = srv.stop(60)
+        srv.remove_data()
+        assert code == 0, f"the second paddock must shut down cleanly; see {srv.log_path}"
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert not re.search(rf"\b{bridge}\b", links), f"bridge left behind:\n{links}"

@@ -3,18 +3,17 @@ SDK: the create metadata keys (never-timeout, create-on-no-stock, return-sandbox
 team-scoped key admin and GET /teams, and the whole API under /kruise/api."""
 
 import re
-import subprocess
 
 import httpx
 import pytest
 from e2b import NotFoundException, Sandbox, ServiceBusyException
 from e2b.sandbox.sandbox_api import SandboxQuery
 
-from fixtures import ADMIN_KEY, URL, admin
-from paddock_testing import PaddockUp, debug_binaries, wait_until
+from fixtures import URL, admin, second_paddock  # noqa: F401 (a fixture)
+from paddock_testing import wait_until
 
 E2B = "e2b.agents.kruise.io/"
-# A second instance with empty warm pools: its own bridge and a /29.
+# A second instance with empty warm pools (the second_paddock fixture): its own bridge and a /29.
 BRIDGE = "pdkxtbr0"
 SUBNET = "10.215.78.0/29"
 
@@ -119,27 +118,8 @@ def test_team_keys_manage_their_own_team_and_teams_lists_it(paddock):
     assert names[0] == "admin" and {"ext-red", "ext-blue"} <= set(names)
 
 
-@pytest.fixture
-def empty_pools(paddock, monkeypatch):
-    """A second `paddock up` with no warm pools, the SDKs pointed at it for this test."""
-    paddock_bin, runtime = debug_binaries()
-    srv = PaddockUp(paddock_bin, runtime, ADMIN_KEY, pool_size=0, prefix="paddock-e2e-nostock-",
-                    extra=["--bridge", BRIDGE, "--subnet", SUBNET])
-    srv.start()
-    for k, v in srv.sdk_env().items():
-        monkeypatch.setenv(k, v)
-    try:
-        yield srv
-    finally:
-        code = srv.stop(60)
-        srv.remove_data()
-        assert code == 0, f"the no-stock paddock must shut down cleanly; see {srv.log_path}"
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        assert not re.search(rf"\b{BRIDGE}\b", links), f"bridge left behind:\n{links}"
-
-
-def test_create_on_no_stock_false_with_an_empty_pool_is_503(empty_pools):
-    srv = empty_pools
+def test_create_on_no_stock_false_with_an_empty_pool_is_503(second_paddock):
+    srv = second_paddock
     no_stock = {f"{E2B}create-on-no-stock": "false"}
     r = srv.admin("/v2/sandboxes", "POST", json={"templateID": "base", "metadata": no_stock})
     assert r.status_code == 503, r.text

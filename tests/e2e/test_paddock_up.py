@@ -160,6 +160,8 @@ def test_metrics_info_and_state_filter(paddock):
         metrics = sbx.get_metrics()
         assert metrics and metrics[-1].cpu_count >= 1
         assert 0 < metrics[-1].mem_used <= metrics[-1].mem_total
+        # The sandbox's own memory limit, not the host's (or the node's, in a Pod).
+        assert metrics[-1].mem_total == Sandbox.get_info(sbx.sandbox_id).memory_mb << 20
         assert metrics[-1].disk_used >= 20_000_000
         other.pause()
         q = lambda *states: {s.sandbox_id for s in Sandbox.list(  # noqa: E731

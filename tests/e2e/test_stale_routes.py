@@ -2,42 +2,19 @@
 sandbox has died on its own, its data-plane host name leads nowhere (502), even after
 another team's sandbox has been given the dead sandbox's address."""
 
-import re
-import subprocess
-
 import httpx
-import pytest
 from e2b import Sandbox
 
-from fixtures import ADMIN_KEY, embedded_only
-from paddock_testing import PaddockUp, debug_binaries, wait_until
+from fixtures import embedded_only, second_paddock  # noqa: F401 (a fixture)
+from paddock_testing import wait_until
 
 pytestmark = embedded_only("a second `paddock up` on its own /29 decides which sandbox gets which address")
 
-# An instance of its own: a bridge and a /29 (the bridge plus five sandbox addresses), and no
-# warm pools, so the test decides who gets which address.
+# An instance of its own (the second_paddock fixture): a bridge and a /29 (the bridge plus
+# five sandbox addresses), and no warm pools, so the test decides who gets which address.
 BRIDGE = "pdkm2br0"
 SUBNET = "10.215.77.0/29"
 SANDBOX_ADDRESSES = 5
-
-
-@pytest.fixture
-def small_paddock(paddock, monkeypatch):
-    """A second `paddock up` on a /29, with the SDKs pointed at it for this test."""
-    paddock_bin, runtime = debug_binaries()
-    srv = PaddockUp(paddock_bin, runtime, ADMIN_KEY, pool_size=0, prefix="paddock-e2e-m2-",
-                    extra=["--bridge", BRIDGE, "--subnet", SUBNET])
-    srv.start()
-    for k, v in srv.sdk_env().items():
-        monkeypatch.setenv(k, v)
-    try:
-        yield srv
-    finally:
-        code = srv.stop(60)
-        srv.remove_data()
-        assert code == 0, f"the /29 paddock must shut down cleanly; see {srv.log_path}"
-        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-        assert not re.search(rf"\b{BRIDGE}\b", links), f"bridge left behind:\n{links}"
 
 
 def serve(sbx, text):
@@ -50,8 +27,8 @@ def get_8080(srv, sid):
     return httpx.get(f"{srv.url}/", headers={"Host": f"8080-{sid}.localhost"}, timeout=30)
 
 
-def test_a_dead_sandboxs_route_is_502_after_another_team_takes_its_address(small_paddock):
-    srv = small_paddock
+def test_a_dead_sandboxs_route_is_502_after_another_team_takes_its_address(second_paddock):
+    srv = second_paddock
     team_a = srv.admin("/api-keys", "POST", json={"team": "m2-a"}).json()["key"]
     team_b = srv.admin("/api-keys", "POST", json={"team": "m2-b"}).json()["key"]
 

@@ -25,10 +25,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-gateway
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 SUFFIX=$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 NS=pdk-gw-$SUFFIX
@@ -48,21 +48,8 @@ PEER_TOKEN=peer-$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 ACCESS=tok-$SUFFIX
 ID=$NS--sbx
 
-STEP_PREFIX=kube-gateway
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
-
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
 
 # code CURL-ARGS... -- the HTTP status of a request (body to $WORK/body)
 code() { curl -s -o "$WORK/body" -w '%{http_code}' --max-time 30 "$@"; }
@@ -98,59 +85,12 @@ start_gateway() {
   poll 10 test -s "$WORK/gateway.pid"
 }
 
-stop_gateway() {
-  [[ -f $WORK/gateway.pid ]] || return 0
-  kill "$(cat "$WORK/gateway.pid")" 2>/dev/null || true
-  poll 30 test -f "$WORK/gateway.rc" || true
-  rm -f "$WORK/gateway.pid"
-}
-
 # ------------------------------------------------------------------ setup ----
 
-t_testbed() {
-  if ! "$TESTBED" status >/dev/null 2>&1; then
-    touch "$WORK/started-testbed"
-    "$TESTBED" up
-  fi
-  [[ $(kubectl get --raw /readyz) == ok ]]
-}
-
-t_binaries() {
-  local bin=${PADDOCK_BIN:-} rt=${PADDOCK_RUNTIME_BIN:-}
-  if [[ -z $bin || -z $rt ]]; then
-    # shellcheck source=../../hack/lib.sh
-    source "$ROOT/hack/lib.sh"
-    if [[ -z $bin ]]; then build_paddock; bin=$PADDOCK_BIN; fi
-    if [[ -z $rt ]]; then build_runtime; rt=$RUNTIME_BIN; fi
-  fi
-  echo "PADDOCK_BIN=$bin PADDOCK_RUNTIME_BIN=$rt" >"$WORK/bins"
-}
-
-t_images() {
-  local images
-  images=$(ctr --address "$TB_CONTAINERD_SOCK" -n k8s.io images ls -q)
-  if grep -qx "$BASE_IMAGE" <<<"$images" && grep -qx "$RUNTIME_IMAGE" <<<"$images"; then
-    say "images already on the test bed"
-    return 0
-  fi
-  "$ROOT/hack/images" --import --runtime "$PADDOCK_RUNTIME_BIN"
-  images=$(ctr --address "$TB_CONTAINERD_SOCK" -n k8s.io images ls -q)
-  matches "^$BASE_IMAGE\$" <<<"$images"
-}
-
 t_controller() {
-  local f
-  for f in "$ROOT"/deploy/crds/*.yaml; do
-    kubectl apply --server-side --force-conflicts -f "$f" >/dev/null
-  done
-  kubectl wait --for=condition=Established --timeout=60s crd/sandboxes.agents.kruise.io >/dev/null
+  apply_crds
   kubectl create namespace "$NS" >/dev/null
-  "$PADDOCK_BIN" controller --namespace "$NS" --log-level info --disable-webhooks \
-    --runtime-image "$RUNTIME_IMAGE" \
-    --health-probe-bind-address "$HEALTH" --metrics-bind-address "$METRICS" \
-    >"$WORK/controller.log" 2>&1 &
-  echo $! >"$WORK/controller.pid"
-  poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
+  start_controller --disable-webhooks --runtime-image "$RUNTIME_IMAGE"
 }
 
 # ------------------------------------------------------------------ steps ----
@@ -365,48 +305,19 @@ t_delete() {
   poll 30 bash -c "curl -sf http://$PEER/metrics | grep -qx 'paddock_gateway_route_table_size 0'"
 }
 
-finish() {
-  local rc=$?
-  stop_gateway
-  if [[ -f $WORK/controller.pid ]] && kubectl get namespace "$NS" >/dev/null 2>&1; then
-    k delete sandbox --all --wait=true --timeout=60s >/dev/null 2>&1 || true
-  fi
-  if [[ -f $WORK/controller.pid ]]; then
-    kill "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-    wait "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-  fi
-  if kubectl get namespace "$NS" >/dev/null 2>&1; then
-    for o in $(kubectl -n "$NS" get sandboxes -o name 2>/dev/null); do
-      kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
-    done
-    kubectl delete namespace "$NS" --wait=true --timeout=60s >/dev/null 2>&1 || true
-  fi
-  if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
-  if ((FAILED > 0)); then
-    for log in gateway controller; do
-      [[ -f $WORK/$log.log ]] || continue
-      echo "---- last lines of the $log log"
-      tail -n 20 "$WORK/$log.log"
-    done
-  fi
-  if [[ -f $WORK/started-testbed ]]; then
-    say "taking down the test bed this suite started"
-    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
-  fi
-  rm -rf "$WORK"
-  summary
-  ((FAILED == 0)) || exit 1
-}
-trap finish EXIT
+KUBE_STOP=(gateway)
+KUBE_LOGS=(gateway controller)
+KUBE_DELETE=sandbox
+trap kube_finish EXIT
 
 # ------------------------------------------------------------------- main ----
 
 [[ $(id -u) == 0 ]] || { say "must run as root (the test bed needs it)"; exit 1; }
 step "test bed up" t_testbed
 step "paddock and runtime binaries" t_binaries
-if [[ -f $WORK/bins ]]; then eval "$(tr ' ' '\n' <"$WORK/bins" | sed 's/^/export /')"; fi
+use_binaries
 if ((FAILED == 0)); then
-  step "sandbox images on the test bed" t_images
+  step "sandbox images on the test bed" t_images --if-missing "$BASE_IMAGE" "$RUNTIME_IMAGE"
   step "controller runs in $NS" t_controller
 fi
 if ((FAILED == 0)); then

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # `paddock manager` (the Kubernetes backend of the E2B API) on the test bed (hack/testbed).
 #
-# Runs `paddock controller` and two `paddock manager` replicas on the host against a fresh
-# namespace, a stand-in gateway peer listener that records route pushes, and checks:
-#  create from a pool (claimed, locked once, owner reference gone, token works, route pushed
-#  before the 201, the pool refills); unknown template -> 404 naming it; an empty pool with
-#  creation on no stock off -> 503; create on no stock; pause / resume / kill; logs and
+# Runs `paddock controller`, two `paddock manager` replicas and a `paddock gateway` on the host
+# against a fresh namespace; the gateway watches another (empty) namespace, so that only the
+# managers' route pushes make sandboxes routable through it. Checks:
+#  create from a pool (claimed, locked once, owner reference gone, token works, routable
+#  through the gateway as soon as the 201 is in, the pool refills); unknown template -> 404
+#  naming it; an empty pool with creation on no stock off -> 503; create on no stock; pause /
+#  resume / kill (each pushed: the gateway answers paused, routes, not found at once); logs and
 #  metrics; the API server unreachable -> a fast 503; the claim race (two replicas, 60
 #  concurrent creates against a pool of 40: 60 distinct sandboxes, every lock held by one
 #  owner, each killed through the other replica, nothing locked after the kills); a key made
@@ -18,14 +20,13 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-manager
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-km-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
-STARTED_MARK=$WORK/started-testbed
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 RUNTIME_IMAGE=paddock.local/paddock-runtime:$VERSION
 IMAGE=paddock.local/sandbox-base:$VERSION
@@ -35,20 +36,16 @@ METRICS=127.0.0.1:$((PORT_BASE + 1))
 API_A=127.0.0.1:$((PORT_BASE + 2))
 API_B=127.0.0.1:$((PORT_BASE + 3))
 PEER=127.0.0.1:$((PORT_BASE + 4))
+GW=127.0.0.1:$((PORT_BASE + 7))
+# Never created: the gateway's watch and miss look-ups see nothing, only the pushes.
+BLIND_NS=$NS-blind
 ADMIN_KEY=e2b_$(head -c20 /dev/urandom | od -An -tx1 | tr -d ' \n')
 export PADDOCK_PEER_TOKEN=peer-$(head -c12 /dev/urandom | od -An -tx1 | tr -d ' \n')
 RACE_POOL=${RACE_POOL:-40}
 RACE_CREATES=${RACE_CREATES:-60}
 
-STEP_PREFIX=kube-manager
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
 
 # api ADDR METHOD PATH [BODY] -- prints the answer's body, then the status on the last line
 api() {
@@ -88,72 +85,45 @@ start_manager() { # start_manager NAME ADDR [ARGS...]
   poll 60 curl -sf "http://$addr/health" >/dev/null || { tail -5 "$WORK/$name.log"; return 1; }
 }
 
+# through ID CURL-ARGS... -- the HTTP status of a request to the runtime of sandbox ID through
+# the gateway (body to $WORK/gw.body)
+through() {
+  local id=$1
+  shift
+  curl -s -o "$WORK/gw.body" -w '%{http_code}' --max-time 30 -H "E2b-Sandbox-Id: $id" \
+    -H "E2b-Sandbox-Port: 49983" "$@" "http://$GW/envs"
+}
+
+# routable ID TOKEN -- the gateway routes to ID at once, checking its token
+routable() {
+  local got
+  got=$(through "$1" -H "X-Access-Token: $2")
+  [[ $got == 200 ]] || { say "through the gateway: $got $(head -c 300 "$WORK/gw.body")"; return 1; }
+  got=$(through "$1")
+  [[ $got == 401 ]] || { say "through the gateway without the token: $got"; return 1; }
+}
+
+# gateway_says ID TEXT TOKEN -- the gateway answers for ID (with TOKEN) a 502 saying TEXT
+gateway_says() {
+  local got
+  got=$(through "$1" -H "X-Access-Token: $3")
+  [[ $got == 502 ]] && grep -q "$2" "$WORK/gw.body" ||
+    { say "through the gateway: $got $(head -c 300 "$WORK/gw.body")"; return 1; }
+}
+
 # ------------------------------------------------------------------ setup ----
 
-t_testbed() {
-  # A test bed this suite starts, it takes down again (finish); a running one it leaves up.
-  if ! "$TESTBED" status >/dev/null 2>&1; then
-    touch "$STARTED_MARK"
-    "$TESTBED" up
-  fi
-  [[ $(kubectl get --raw /readyz) == ok ]]
-}
-
-t_binaries() {
-  local bin=${PADDOCK_BIN:-} rt=${PADDOCK_RUNTIME_BIN:-}
-  if [[ -z $bin || -z $rt ]]; then
-    # shellcheck source=../../hack/lib.sh
-    source "$ROOT/hack/lib.sh"
-    if [[ -z $bin ]]; then build_paddock; bin=$PADDOCK_BIN; fi
-    if [[ -z $rt ]]; then build_runtime; rt=$RUNTIME_BIN; fi
-  fi
-  echo "PADDOCK_BIN=$bin PADDOCK_RUNTIME_BIN=$rt" >"$WORK/bins"
-}
-
-t_images() {
-  if [[ ${SKIP_IMAGES:-0} != 1 ]]; then
-    "$ROOT/hack/images" --import --runtime "$PADDOCK_RUNTIME_BIN"
-  fi
-  local images
-  images=$(ctr --address "$TB_CONTAINERD_SOCK" -n k8s.io images ls -q)
-  grep -qx "$IMAGE" <<<"$images"
-}
-
 t_controller() {
-  local f
-  for f in "$ROOT"/deploy/crds/*.yaml; do
-    kubectl apply --server-side --force-conflicts -f "$f" >/dev/null
-  done
-  kubectl wait --for=condition=Established --timeout=60s \
-    crd/sandboxes.agents.kruise.io crd/sandboxsets.agents.kruise.io >/dev/null
+  apply_crds
   kubectl create namespace "$NS" >/dev/null
-  "$PADDOCK_BIN" controller --namespace "$NS" --log-level info --disable-webhooks \
-    --runtime-image "$RUNTIME_IMAGE" \
-    --health-probe-bind-address "$HEALTH" --metrics-bind-address "$METRICS" \
-    >"$WORK/controller.log" 2>&1 &
-  echo $! >"$WORK/controller.pid"
-  poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
+  start_controller --disable-webhooks --runtime-image "$RUNTIME_IMAGE"
 }
 
-t_peer() {
-  # A stand-in gateway peer listener: records each authorised push as a JSON line.
-  python3 - "$PEER" "$WORK/pushes" "$PADDOCK_PEER_TOKEN" <<'PY' >"$WORK/peer.log" 2>&1 &
-import http.server, sys
-host, port = sys.argv[1].split(":")
-out, token = sys.argv[2], sys.argv[3]
-class H(http.server.BaseHTTPRequestHandler):
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers.get("content-length", 0)))
-        if self.path != "/refresh" or self.headers.get("authorization") != f"Bearer {token}":
-            self.send_response(401); self.end_headers(); return
-        with open(out, "ab") as f:
-            f.write(body + b"\n")
-        self.send_response(204); self.end_headers()
-    def log_message(self, *a): pass
-http.server.ThreadingHTTPServer((host, int(port)), H).serve_forever()
-PY
-  echo $! >"$WORK/peer.pid"
-  poll 10 bash -c "curl -s -o /dev/null http://$PEER/"
+t_gateway() {
+  RUST_LOG=info "$PADDOCK_BIN" gateway --namespace "$BLIND_NS" --listen "$GW" --peer-listen "$PEER" \
+    --domain km.test >"$WORK/gateway.log" 2>&1 &
+  echo $! >"$WORK/gateway.pid"
+  poll 30 curl -sf "http://$PEER/readyz" >/dev/null
 }
 
 t_pools() {
@@ -188,7 +158,6 @@ t_missing_crds_and_rbac() {
 
 t_create_from_pool() {
   local r id name body token ip
-  : >"$WORK/pushes"
   r=$(api "$API_A" POST /sandboxes '{"templateID":"base","timeout":300,"metadata":{"purpose":"test","label:tier":"gold"}}')
   [[ $(status_of "$r") == 201 ]] || { say "create: $r"; return 1; }
   body=$(body_of "$r")
@@ -197,6 +166,8 @@ t_create_from_pool() {
   name=$(res "$id")
   say "created $id"
   echo "$id" >"$WORK/pool-id"
+  # the route was pushed before the 201: the gateway, which cannot see $NS, routes to it now
+  routable "$id" "$token"
   [[ $id == "$NS--base-"* ]]
   # claimed, locked once, owned, out of the pool
   is "sandbox/$name" '{.metadata.labels.agents\.kruise\.io/sandbox-claimed}' true
@@ -207,9 +178,6 @@ t_create_from_pool() {
   [[ -z $(jp "sandbox/$name" '{.metadata.ownerReferences}') ]]
   [[ -n $(jp "sandbox/$name" '{.spec.shutdownTime}') ]]
   [[ $(jp "sandbox/$name" '{.metadata.annotations.agents\.kruise\.io/runtime-access-token}') == "$token" ]]
-  # the route was pushed before the 201
-  grep -q "\"sandboxID\":\"$id\"" "$WORK/pushes"
-  grep "\"sandboxID\":\"$id\"" "$WORK/pushes" | grep -q '"state":"running"'
   # the runtime holds the sandbox's token
   ip=$(jp "sandbox/$name" '{.status.sandboxIp}')
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$ip:49983/envs") == 401 ]]
@@ -276,11 +244,10 @@ t_pause_resume_kill() {
   id=$(cat "$WORK/pool-id")
   name=$(res "$id")
   token=$(jp "sandbox/$name" '{.metadata.annotations.agents\.kruise\.io/runtime-access-token}')
-  : >"$WORK/pushes"
   r=$(api "$API_A" POST "/sandboxes/$id/pause")
   [[ $(status_of "$r") == 204 ]] || { say "pause: $r"; return 1; }
   is "sandbox/$name" '{.spec.paused}' true
-  grep "\"sandboxID\":\"$id\"" "$WORK/pushes" | grep -q '"state":"paused"'
+  gateway_says "$id" paused "$token"
   r=$(api "$API_A" GET "/sandboxes/$id")
   grep -q '"state":"paused"' <<<"$r" || { say "get paused: $r"; return 1; }
   # pausing twice is a conflict
@@ -291,14 +258,15 @@ t_pause_resume_kill() {
   r=$(api "$API_A" POST "/sandboxes/$id/resume" '{"timeout":300}')
   [[ $(status_of "$r") == 201 ]] || { say "resume: $r"; return 1; }
   is "sandbox/$name" '{.status.conditions[?(@.type=="Ready")].status}' True
-  grep "\"sandboxID\":\"$id\"" "$WORK/pushes" | grep -q '"state":"running"'
+  routable "$id" "$token"
   ip=$(jp "sandbox/$name" '{.status.sandboxIp}')
   # the new pod's runtime got the same token back (/init replayed)
   [[ $(curl -s -o /dev/null -w '%{http_code}' -H "X-Access-Token: $token" "http://$ip:49983/envs") == 200 ]]
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$ip:49983/envs") == 401 ]]
   r=$(api "$API_A" DELETE "/sandboxes/$id")
   [[ $(status_of "$r") == 204 ]] || { say "kill: $r"; return 1; }
-  grep "\"sandboxID\":\"$id\"" "$WORK/pushes" | grep -q '"state":"dead"'
+  gateway_says "$id" 'The sandbox was not found' "$token"
+  curl -sf "http://$PEER/metrics" | grep -E 'paddock_gateway_route_pushes_total\{result="applied"\} [1-9]'
   r=$(api "$API_A" GET "/sandboxes/$id")
   [[ $(status_of "$r") == 404 ]]
   r=$(api "$API_A" DELETE "/sandboxes/$id")
@@ -467,52 +435,21 @@ PY
 PEER_PROXY_PORT=$((PORT_BASE + 5))
 API_C=127.0.0.1:$((PORT_BASE + 6))
 
-finish() {
-  local rc=$? p
-  for p in a b c peer proxy; do
-    if [[ -f $WORK/$p.pid ]]; then kill "$(cat "$WORK/$p.pid")" 2>/dev/null || true; fi
-  done
-  if [[ -f $WORK/controller.pid ]] && kubectl get namespace "$NS" >/dev/null 2>&1; then
-    k delete sandboxset,sandbox --all --wait=true --timeout=120s >/dev/null 2>&1 || true
-  fi
-  if [[ -f $WORK/controller.pid ]]; then
-    kill "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-    wait "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-  fi
-  if kubectl get namespace "$NS" >/dev/null 2>&1; then
-    for o in $(kubectl -n "$NS" get sandboxes -o name 2>/dev/null); do
-      kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
-    done
-    kubectl delete namespace "$NS" --wait=true --timeout=120s >/dev/null 2>&1 || true
-  fi
-  if [[ -f $STARTED_MARK ]]; then
-    say "taking down the test bed this suite started"
-    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
-    rm -f "$STARTED_MARK"
-  fi
-  if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
-  if ((FAILED > 0)); then
-    for p in a b c; do
-      [[ -f $WORK/$p.log ]] && { echo "---- last lines of manager $p"; tail -n 15 "$WORK/$p.log"; }
-    done
-    [[ -f $WORK/controller.log ]] && { echo "---- last lines of the controller log"; tail -n 10 "$WORK/controller.log"; }
-  fi
-  rm -rf "$WORK"
-  summary
-  ((FAILED == 0)) || exit 1
-}
-trap finish EXIT
+KUBE_STOP=(a b c gateway proxy)
+KUBE_LOGS=(a b c gateway controller)
+KUBE_TIMEOUT=120
+trap kube_finish EXIT
 
 # ------------------------------------------------------------------- main ----
 
 [[ $(id -u) == 0 ]] || { say "must run as root (the test bed needs it)"; exit 1; }
 step "test bed up" t_testbed
 step "paddock and runtime binaries" t_binaries
-if [[ -f $WORK/bins ]]; then eval "$(tr ' ' '\n' <"$WORK/bins" | sed 's/^/export /')"; fi
+use_binaries
 if ((FAILED == 0)); then
-  step "images imported" t_images
+  step "images imported" t_images $([[ ${SKIP_IMAGES:-0} == 1 ]] && echo --if-missing) "$IMAGE" "$RUNTIME_IMAGE"
   step "controller runs in $NS" t_controller
-  step "a stand-in gateway peer listener" t_peer
+  step "gateway runs, blind to $NS: routes come from the managers' pushes" t_gateway
   step "SandboxSets base (2) and empty (0)" t_pools
   step "manager A serves" t_manager
 fi

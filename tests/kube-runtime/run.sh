@@ -17,10 +17,10 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-TESTBED=$ROOT/hack/testbed
-eval "$("$TESTBED" env | sed 's/^/TB_/')"
-export KUBECONFIG=$TB_KUBECONFIG_ADMIN
-export PATH=$TB_BIN:$PATH
+STEP_PREFIX=kube-runtime
+# shellcheck source=../steps.sh
+source "$ROOT/tests/steps.sh"
+use_testbed
 
 NS=pdk-rt-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
@@ -34,22 +34,8 @@ PORT_BASE=$((20000 + RANDOM % 20000))
 HEALTH=127.0.0.1:$PORT_BASE
 METRICS=127.0.0.1:$((PORT_BASE + 1))
 
-STEP_PREFIX=kube-runtime
-# shellcheck source=../steps.sh
-source "$ROOT/tests/steps.sh"
 # shellcheck source=../controller/lib.sh
 source "$ROOT/tests/controller/lib.sh"
-
-k() { kubectl -n "$NS" "$@"; }
-jp() { k get "$1" -o jsonpath="$2" 2>/dev/null; }
-is() { [[ $(jp "$1" "$2") == "$3" ]]; }
-
-# matches PATTERN -- stdin contains PATTERN; says what it got when not
-matches() {
-  local got
-  got=$(cat)
-  grep -e "$1" >/dev/null <<<"$got" || { say "expected /$1/ in: ${got:0:600}"; return 1; }
-}
 
 # pod_says NAME -- what a pod looks like, for a step that gave up waiting; fails
 pod_says() {
@@ -91,51 +77,10 @@ PY
 
 # ------------------------------------------------------------------ setup ----
 
-t_testbed() {
-  if ! "$TESTBED" status >/dev/null 2>&1; then
-    touch "$WORK/started-testbed"
-    "$TESTBED" up
-  fi
-  [[ $(kubectl get --raw /readyz) == ok ]]
-}
-
-t_binaries() {
-  local bin=${PADDOCK_BIN:-} rt=${PADDOCK_RUNTIME_BIN:-}
-  if [[ -z $bin || -z $rt ]]; then
-    # shellcheck source=../../hack/lib.sh
-    source "$ROOT/hack/lib.sh"
-    if [[ -z $bin ]]; then build_paddock; bin=$PADDOCK_BIN; fi
-    if [[ -z $rt ]]; then build_runtime; rt=$RUNTIME_BIN; fi
-  fi
-  echo "PADDOCK_BIN=$bin PADDOCK_RUNTIME_BIN=$rt" >"$WORK/bins"
-}
-
-t_images() {
-  local t images
-  t=$(date +%s)
-  # the default output dir: the archives (1.5 GB) do not fit a small /tmp
-  "$ROOT/hack/images" --import --runtime "$PADDOCK_RUNTIME_BIN"
-  say "hack/images took $(($(date +%s) - t))s"
-  images=$(ctr --address "$TB_CONTAINERD_SOCK" -n k8s.io images ls -q)
-  matches "^$RUNTIME_IMAGE\$" <<<"$images"
-  matches "^$CI_IMAGE\$" <<<"$images"
-  matches "^$PLAIN_IMAGE\$" <<<"$images"
-}
-
 t_controller() {
-  local f
-  for f in "$ROOT"/deploy/crds/*.yaml; do
-    kubectl apply --server-side --force-conflicts -f "$f" >/dev/null
-  done
-  kubectl wait --for=condition=Established --timeout=60s \
-    crd/sandboxes.agents.kruise.io crd/sandboxsets.agents.kruise.io >/dev/null
+  apply_crds
   kubectl create namespace "$NS"
-  "$PADDOCK_BIN" controller --namespace "$NS" --log-level info --disable-webhooks \
-    --runtime-image "$RUNTIME_IMAGE" \
-    --health-probe-bind-address "$HEALTH" --metrics-bind-address "$METRICS" \
-    >"$WORK/controller.log" 2>&1 &
-  echo $! >"$WORK/controller.pid"
-  poll 30 curl -sf "http://$HEALTH/readyz" >/dev/null
+  start_controller --disable-webhooks --runtime-image "$RUNTIME_IMAGE"
 }
 
 # ------------------------------------------------------------------ steps ----
@@ -240,45 +185,16 @@ t_cleanup() {
   poll 60 bash -c "[[ -z \$(kubectl -n $NS get pods -o name) ]]"
 }
 
-finish() {
-  local rc=$?
-  if [[ -f $WORK/controller.pid ]] && kubectl get namespace "$NS" >/dev/null 2>&1; then
-    # while the controller runs, it releases its finalizers
-    k delete sandboxset,sandbox --all --wait=true --timeout=60s >/dev/null 2>&1 || true
-  fi
-  if [[ -f $WORK/controller.pid ]]; then
-    kill "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-    wait "$(cat "$WORK/controller.pid")" 2>/dev/null || true
-  fi
-  if kubectl get namespace "$NS" >/dev/null 2>&1; then
-    for o in $(kubectl -n "$NS" get sandboxes -o name 2>/dev/null); do
-      kubectl -n "$NS" patch "$o" --type merge -p '{"metadata":{"finalizers":null}}' >/dev/null 2>&1 || true
-    done
-    kubectl delete namespace "$NS" --wait=true --timeout=60s >/dev/null 2>&1 || true
-  fi
-  if ((rc != 0 && FAILED == 0)); then FAILED=1; fi
-  if ((FAILED > 0)) && [[ -f $WORK/controller.log ]]; then
-    echo "---- last lines of the controller log"
-    tail -n 20 "$WORK/controller.log"
-  fi
-  if [[ -f $WORK/started-testbed ]]; then
-    say "taking down the test bed this suite started"
-    "$TESTBED" down >/dev/null 2>&1 || say "test bed down failed; see hack/testbed down"
-  fi
-  rm -rf "$WORK"
-  summary
-  ((FAILED == 0)) || exit 1
-}
-trap finish EXIT
+trap kube_finish EXIT
 
 # ------------------------------------------------------------------- main ----
 
 [[ $(id -u) == 0 ]] || { say "must run as root (the test bed needs it)"; exit 1; }
 step "test bed up" t_testbed
 step "paddock and runtime binaries" t_binaries
-if [[ -f $WORK/bins ]]; then eval "$(tr ' ' '\n' <"$WORK/bins" | sed 's/^/export /')"; fi
+use_binaries
 if ((FAILED == 0)); then
-  step "hack/images packs and imports the images" t_images
+  step "hack/images packs and imports the images" t_images "$RUNTIME_IMAGE" "$CI_IMAGE" "$PLAIN_IMAGE"
   step "controller runs with --runtime-image in $NS" t_controller
 fi
 if ((FAILED == 0)); then

@@ -64,6 +64,38 @@ impl Hierarchy {
         })
     }
 
+    /// The cgroup this process runs in, to read its own limits and usage (the runtime in a
+    /// Pod reports the Pod's memory, not the node's).
+    pub fn own() -> Result<Box<dyn Cgroup>> {
+        let own =
+            std::fs::read_to_string("/proc/self/cgroup").map_err(|source| CgroupError::Io {
+                path: "/proc/self/cgroup".into(),
+                source,
+            })?;
+        Self::own_at(Path::new("/sys/fs/cgroup"), &own)
+    }
+
+    /// [`Hierarchy::own`] under `root`, given the text of `/proc/self/cgroup`. Inside a
+    /// container the hierarchy is usually mounted at the container's own cgroup (a cgroup
+    /// namespace, or v1's bind mounts) while `/proc/self/cgroup` may still name the host's
+    /// path: a path that does not exist under the mount means the mount root is ours.
+    pub fn own_at(root: &Path, proc_self_cgroup: &str) -> Result<Box<dyn Cgroup>> {
+        let h = Self::detect_at(root, proc_self_cgroup, "")?;
+        let probe = match h.version {
+            Version::V1 => root.join("memory").join(&h.base),
+            Version::V2 => root.join(&h.base),
+        };
+        let rel = if probe.is_dir() {
+            h.base.clone()
+        } else {
+            PathBuf::new()
+        };
+        Ok(match h.version {
+            Version::V1 => Box::new(V1Cgroup::new(root, &rel)),
+            Version::V2 => Box::new(V2Cgroup::new(root, &rel, &rel)),
+        })
+    }
+
     /// The detected version.
     pub fn version(&self) -> Version {
         self.version
@@ -146,6 +178,24 @@ mod tests {
         std::fs::create_dir_all(d.path().join("unified")).expect("mkdir");
         std::fs::write(d.path().join("unified/cgroup.controllers"), "hugetlb\n").expect("write");
         d
+    }
+
+    /// v1 in a container: /proc/self/cgroup names the host's path, the mount is ours.
+    #[test]
+    fn own_cgroup_is_the_mount_root_when_the_named_path_is_not_mounted() {
+        let d = v1_root();
+        std::fs::write(d.path().join("memory/memory.limit_in_bytes"), "536870912\n").unwrap();
+        let cg = Hierarchy::own_at(d.path(), HYBRID).expect("own");
+        assert_eq!(cg.oci_path(), Path::new("/"));
+        // Where the named path exists (a host process), it is that one.
+        std::fs::create_dir_all(d.path().join("memory/process_api/abc")).unwrap();
+        let cg = Hierarchy::own_at(d.path(), HYBRID).expect("own");
+        assert_eq!(cg.oci_path(), Path::new("/process_api/abc"));
+        // v2 with a cgroup namespace: "0::/" is the root.
+        let d2 = tempfile::tempdir().expect("tempdir");
+        std::fs::write(d2.path().join("cgroup.controllers"), "cpu memory\n").unwrap();
+        let cg = Hierarchy::own_at(d2.path(), "0::/\n").expect("own");
+        assert_eq!(cg.oci_path(), Path::new("/"));
     }
 
     #[test]

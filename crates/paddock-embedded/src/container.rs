@@ -101,6 +101,7 @@ pub fn run_helper_if_requested() -> Option<i32> {
         [BOOT_ID_CMD, file, rootfs] => bind_boot_id(Path::new(file), Path::new(rootfs)).map(|()| 0),
         [crate::logrelay::RELAY_CMD, log] => Ok(crate::logrelay::run(Path::new(log))),
         ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
+        [RUN_CMD, root, id, bundle] => run_here(Path::new(root), id, Path::new(bundle)).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
             let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
             exec_here(Path::new(root), id, &cmd)
@@ -389,4 +390,98 @@ pub fn forget(state_root: &Path, id: &str) {
     {
         tracing::warn!(id, error = %e, "cannot remove container state");
     }
+}
+
+/// Helper command of [`crate::build_container`]: runs a container to completion. Protocol on
+/// the helper's standard streams: the container's output (stdout and stderr merged) goes to
+/// the helper's stdout; the helper reports `created <init pid>` on stderr, then waits for a
+/// `start` line on stdin (time for the caller to wire the network namespace); any other line
+/// or EOF kills the init instead. The caller keeps stdin open until the helper has exited:
+/// EOF while the container runs (the caller died) kills it. At the end the helper reports
+/// `exit <code>` on stderr and drops libcontainer's state. Anything else on stderr is an
+/// error message.
+pub const RUN_CMD: &str = "run";
+/// Prefix of the helper's `created <pid>` report (see [`RUN_CMD`]).
+pub const RUN_CREATED: &str = "created ";
+/// Prefix of the helper's `exit <code>` report (see [`RUN_CMD`]).
+pub const RUN_EXIT: &str = "exit ";
+/// The line that lets a created run container start (see [`RUN_CMD`]).
+pub const RUN_START: &str = "start";
+
+/// Helper side of [`RUN_CMD`].
+fn run_here(state_root: &Path, id: &str, bundle: &Path) -> Result<(), ContainerError> {
+    use std::io::{BufRead, Write};
+    use std::os::fd::AsFd;
+    std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
+    let out = std::io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(io(id, "dup stdout"))?;
+    let err = out.try_clone().map_err(io(id, "dup stdout"))?;
+    let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
+    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(rt(id, "state root"))?
+        .with_stdin(OwnedFd::from(null))
+        .with_stdout(out)
+        .with_stderr(err)
+        .validate_id()
+        .map_err(rt(id, "validate id"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        // The init becomes our child (see `create_here`), so we get its exit status.
+        .as_sibling(false)
+        .build()
+        .map_err(rt(id, "create"))?;
+    let result = (|| {
+        let init = container
+            .pid()
+            .ok_or_else(|| ContainerError::Helper {
+                id: id.to_owned(),
+                op: "create",
+                message: "no init pid".into(),
+            })?
+            .as_raw();
+        let mut stderr = std::io::stderr();
+        writeln!(stderr, "{RUN_CREATED}{init}").map_err(io(id, "report pid"))?;
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+        if line.trim() == RUN_START {
+            if let Err(e) = container.start() {
+                let _ = nix::sys::signal::kill(Pid::from_raw(init), nix::sys::signal::SIGKILL);
+                let _ = wait_child(init);
+                return Err(rt(id, "start")(e));
+            }
+        } else {
+            // The caller gave up (or died): the payload never runs.
+            let _ = nix::sys::signal::kill(Pid::from_raw(init), nix::sys::signal::SIGKILL);
+        }
+        // The caller holds our stdin open until we are gone: EOF before the init ended means
+        // it died, and the payload must not run on unwatched. Safe to start a thread now, the
+        // container's processes exist already. `reaped` keeps the kill off a reused pid.
+        let reaped = std::sync::Arc::new(std::sync::Mutex::new(false));
+        let watcher = reaped.clone();
+        std::thread::spawn(move || {
+            let mut sink = Vec::new();
+            let _ = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut sink);
+            let done = watcher.lock().unwrap_or_else(|p| p.into_inner());
+            if !*done {
+                let _ = nix::sys::signal::kill(Pid::from_raw(init), nix::sys::signal::SIGKILL);
+            }
+        });
+        // Wait for the exit without reaping (the pid stays taken), then mark it, then reap.
+        while let Err(nix::Error::EINTR) = nix::sys::wait::waitid(
+            nix::sys::wait::Id::Pid(Pid::from_raw(init)),
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::__WALL,
+        ) {}
+        *reaped.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        // The init is PID 1 of the container's pid namespace: when it exits the kernel kills
+        // every other process in there, so nothing of the payload outlives this wait.
+        let code = wait_child(init).map_err(io(id, "wait init"))?;
+        writeln!(stderr, "{RUN_EXIT}{code}").map_err(io(id, "report exit"))?;
+        Ok(())
+    })();
+    forget(state_root, id);
+    result
 }

@@ -8,6 +8,7 @@
 //! whose first child is the static `paddock-runtime`; the sandbox is ready when the runtime
 //! answers `GET /health`.
 
+pub mod build_container;
 pub mod config;
 pub mod container;
 pub mod disk;

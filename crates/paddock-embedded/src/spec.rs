@@ -238,6 +238,55 @@ pub fn build(input: &SpecInput<'_>) -> Value {
     })
 }
 
+/// Inputs of [`build_job`].
+#[derive(Debug)]
+pub struct JobInput<'a> {
+    /// Hostname inside the container.
+    pub hostname: &'a str,
+    /// The directory (normally an overlay mount) that becomes `/`; the job writes into it.
+    pub rootfs: &'a Path,
+    /// `linux.cgroupsPath`.
+    pub cgroup_path: &'a Path,
+    /// Static init binary on the host (tini).
+    pub init_binary: &'a Path,
+    /// The command, run as root under the init.
+    pub args: &'a [String],
+    /// Extra environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// File bind-mounted read-only as `/etc/resolv.conf`, if any.
+    pub resolv_conf: Option<&'a Path>,
+    /// Size of the `/tmp` tmpfs in bytes.
+    pub tmp_bytes: u64,
+}
+
+/// The OCI spec of a run-to-completion job (a template build step): a sandbox's spec — the
+/// same namespaces, capabilities, seccomp profile, device rules, masked and read-only paths
+/// — whose init runs `args` as root instead of the runtime, and without the runtime's mount.
+pub fn build_job(input: &JobInput<'_>) -> Value {
+    let mut v = build(&SpecInput {
+        hostname: input.hostname,
+        rootfs: input.rootfs,
+        cgroup_path: input.cgroup_path,
+        init_binary: input.init_binary,
+        // Replaced below: a job has no runtime.
+        runtime_binary: input.init_binary,
+        runtime_args: &[],
+        env: input.env,
+        user: (0, 0),
+        resolv_conf: input.resolv_conf,
+        tmp_bytes: input.tmp_bytes,
+        // A build step is not a boot of any sandbox.
+        boot_id: None,
+    });
+    let mut args = vec![INIT_PATH.to_string(), "--".into()];
+    args.extend(input.args.iter().cloned());
+    v["process"]["args"] = json!(args);
+    if let Some(mounts) = v["mounts"].as_array_mut() {
+        mounts.retain(|m| m["destination"] != RUNTIME_PATH);
+    }
+    v
+}
+
 /// Writes `config.json` into `bundle`, checking it parses as an OCI spec.
 pub fn write(bundle: &Path, spec: &Value) -> std::io::Result<PathBuf> {
     let text = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
@@ -373,6 +422,48 @@ mod tests {
         let (soft, hard) = get(T::RlimitNofile);
         assert!(hard <= NOFILE_HARD, "hard {hard}");
         assert_eq!(soft, NOFILE_SOFT.min(hard));
+    }
+
+    /// Security review M6: a build step's spec is a sandbox's, running the step instead of
+    /// the runtime.
+    #[test]
+    fn job_spec_keeps_the_sandbox_isolation_and_runs_the_command() {
+        let env = BTreeMap::new();
+        let args = vec!["apt-get".to_string(), "update".into()];
+        let job = build_job(&JobInput {
+            hostname: "build",
+            rootfs: Path::new("/data/t/merged"),
+            cgroup_path: Path::new("/own/paddock/build"),
+            init_binary: Path::new("/usr/bin/tini-static"),
+            args: &args,
+            env: &env,
+            resolv_conf: None,
+            tmp_bytes: 1 << 20,
+        });
+        let sandbox = build(&input(&env));
+        for key in [
+            "namespaces",
+            "seccomp",
+            "resources",
+            "maskedPaths",
+            "readonlyPaths",
+        ] {
+            assert_eq!(job["linux"][key], sandbox["linux"][key], "{key}");
+        }
+        assert_eq!(
+            job["process"]["capabilities"],
+            sandbox["process"]["capabilities"]
+        );
+        assert_eq!(job["process"]["noNewPrivileges"], json!(true));
+        assert_eq!(
+            job["process"]["args"],
+            json!([INIT_PATH, "--", "apt-get", "update"])
+        );
+        let mounts = job["mounts"].as_array().expect("mounts");
+        assert!(mounts.iter().all(|m| m["destination"] != RUNTIME_PATH));
+        assert!(mounts.iter().any(|m| m["destination"] == "/proc"));
+        let d = tempfile::tempdir().expect("tempdir");
+        write(d.path(), &job).expect("parses as an OCI spec");
     }
 
     #[test]

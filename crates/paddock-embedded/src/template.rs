@@ -15,6 +15,7 @@ use std::process::Command;
 use paddock_infra::Limits;
 use sha2::{Digest, Sha256};
 
+use crate::build_container::BuildBox;
 use crate::mounts;
 
 /// Debian suite and mirror used by the built-in templates.
@@ -187,6 +188,15 @@ pub enum BuildStepError {
     /// The build finished without leaving its layer.
     #[error("layer missing after build")]
     LayerMissing,
+    /// A step in the build container failed.
+    #[error(transparent)]
+    Container(#[from] crate::build_container::BuildContainerError),
+    /// Layer steps run in containers, and this catalogue has no container set up.
+    #[error(
+        "layer build steps run in a container and this template catalogue has none \
+         (Templates::set_build_box)"
+    )]
+    NoBuildBox,
 }
 
 /// Why a build tool could not be run or did not succeed.
@@ -230,6 +240,8 @@ pub struct Templates {
     dir: PathBuf,
     specs: BTreeMap<String, TemplateSpec>,
     build_lock: std::sync::Mutex<()>,
+    /// Runs `Layer` steps (apt, pip) in containers; set once by the owner.
+    build_box: std::sync::OnceLock<BuildBox>,
 }
 
 impl Templates {
@@ -240,7 +252,14 @@ impl Templates {
             dir,
             specs,
             build_lock: std::sync::Mutex::new(()),
+            build_box: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets how `Layer` steps run (once; later calls are ignored). Without it a `Layer` build
+    /// fails: its steps never run as host root (security review M6).
+    pub fn set_build_box(&self, b: BuildBox) {
+        let _ = self.build_box.set(b);
     }
 
     /// Adds or replaces a template.
@@ -352,11 +371,21 @@ impl Templates {
         let hash = self.hash(name)?;
         let final_dir = self.layer_dir(name, &hash);
         let tmp = final_dir.with_extension("tmp");
+        // A build cut short by a crash may have left its overlay mounted: removing the tree
+        // through it would fail on the mount point after emptying the layer under it.
+        let _ = mounts::unmount_all_under(&tmp);
         remove_tree(&tmp)?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         progress(&format!("building template {name} ({hash})"));
         let _span = tracing::info_span!("template_build", template = name, %hash).entered();
-        let result = build_into(&spec, &tmp, &parent_layers, progress);
+        let result = build_into(
+            &spec,
+            &tmp,
+            &parent_layers,
+            self.build_box.get(),
+            &format!("build-{hash}"),
+            progress,
+        );
         if let Err(e) = result {
             // Leave nothing half-made behind; the error says what failed.
             let _ = mounts::unmount_all_under(&tmp);
@@ -385,6 +414,8 @@ fn build_into(
     spec: &TemplateSpec,
     tmp: &Path,
     parent_layers: &[PathBuf],
+    build_box: Option<&BuildBox>,
+    container_id: &str,
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<(), TemplateError> {
     let layer = tmp.join("layer");
@@ -413,6 +444,7 @@ fn build_into(
             Ok(())
         }
         TemplateSource::Layer { apt, pip, .. } => {
+            let bx = build_box.ok_or_else(|| fail("layer", BuildStepError::NoBuildBox))?;
             std::fs::create_dir_all(&layer).map_err(io(&layer))?;
             let merged = tmp.join("merged");
             let work = tmp.join("work");
@@ -422,32 +454,29 @@ fn build_into(
             mounts::mount_overlay(parent_layers, &layer, &work, &merged)
                 .map_err(|e| fail("overlay", e.into()))?;
             let r = (|| {
-                mounts::mount_proc(&merged.join("proc")).map_err(|e| fail("proc", e.into()))?;
-                let _ = std::fs::copy("/etc/resolv.conf", merged.join("etc/resolv.conf"));
-                let chroot = |args: &[&str]| {
-                    let mut c = Command::new("chroot");
-                    c.arg(&merged)
-                        .args(args)
-                        .env("DEBIAN_FRONTEND", "noninteractive");
-                    c
+                let bundle = tmp.join("bundle");
+                let env =
+                    BTreeMap::from([("DEBIAN_FRONTEND".to_string(), "noninteractive".to_string())]);
+                // Each step in its own container, as root there but not on the host (M6).
+                let step = |name: &str, args: &[&str]| {
+                    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+                    bx.run(container_id, &merged, &bundle, &args, &env, progress)
+                        .map_err(|e| fail(name, e.into()))
                 };
-                run(&mut chroot(&["apt-get", "update", "-q"]), progress)
-                    .map_err(|e| fail("apt-get update", e.into()))?;
+                step("apt-get update", &["apt-get", "update", "-q"])?;
                 if !apt.is_empty() {
                     let mut args =
                         vec!["apt-get", "install", "-y", "-q", "--no-install-recommends"];
                     args.extend(apt.iter().map(String::as_str));
-                    run(&mut chroot(&args), progress)
-                        .map_err(|e| fail("apt-get install", e.into()))?;
+                    step("apt-get install", &args)?;
                 }
                 if !pip.is_empty() {
                     let mut args =
                         vec!["python3", "-m", "pip", "install", "--break-system-packages"];
                     args.extend(pip.iter().map(String::as_str));
-                    run(&mut chroot(&args), progress).map_err(|e| fail("pip install", e.into()))?;
+                    step("pip install", &args)?;
                 }
-                run(&mut chroot(&["apt-get", "clean"]), progress)
-                    .map_err(|e| fail("apt-get clean", e.into()))?;
+                step("apt-get clean", &["apt-get", "clean"])?;
                 clear_dir_files(&merged.join("var/lib/apt/lists"));
                 Ok(())
             })();
@@ -456,6 +485,8 @@ fn build_into(
             u.map_err(|e| fail("unmount", e.into()))?;
             remove_tree(&work)?;
             remove_tree(&merged)?;
+            // The mount point libcontainer made for the init binary is no part of the image.
+            remove_tree(&layer.join(".paddock"))?;
             Ok(())
         }
         TemplateSource::Tarball(path) => {
@@ -613,6 +644,43 @@ mod tests {
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
         assert_eq!(t.layers("bad").expect("layers"), None);
+    }
+
+    /// Security review M6: without a build container a layer's steps never run (no chroot
+    /// fallback as host root), and the failed build leaves nothing behind.
+    #[test]
+    fn layer_builds_need_a_build_container() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "root".into(),
+            source: TemplateSource::RootfsDir(d.path().join("rootfs")),
+            ..TemplateSpec::base()
+        });
+        t.insert(TemplateSpec {
+            name: "layer".into(),
+            source: TemplateSource::Layer {
+                parent: "root".into(),
+                apt: vec!["hello".into()],
+                pip: vec![],
+            },
+            ..TemplateSpec::base()
+        });
+        let err = t.build("layer", &|_| {}).expect_err("must fail");
+        assert!(
+            matches!(
+                err,
+                TemplateError::Build {
+                    source: BuildStepError::NoBuildBox,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path().join("cache/layer"))
+            .expect("dir")
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
     /// `dir/r.tar`: a root filesystem holding only `etc/hello`.

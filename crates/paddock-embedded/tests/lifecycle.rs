@@ -47,7 +47,10 @@ async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
         // Kill the runtime (tini's only child; not PID 2, which the boot id hook took):
         // tini exits, so the sandbox dies.
         let out = infra
-            .exec(&s.id, &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"])
+            .exec(
+                &s.id,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         // 137 is a success too: once the runtime is gone tini exits, and the end of the pid

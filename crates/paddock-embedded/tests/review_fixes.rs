@@ -49,7 +49,10 @@ async fn a_dead_sandboxs_address_is_not_reused_before_its_user_forgets_it() {
         // Kill the runtime (tini's only child; not PID 2, which the boot id hook took):
         // tini exits, so the sandbox dies.
         let out = infra
-            .exec(&dead.id, &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"])
+            .exec(
+                &dead.id,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         // 137: the kill itself was killed when the dying init took the pid namespace down.

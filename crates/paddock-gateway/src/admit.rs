@@ -14,18 +14,31 @@ use axum::body::Body;
 use axum::response::Response;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::breaker::{Breakers, Tripped};
+use crate::breaker::{Breakers, SandboxSlot, Tripped};
 
 /// The slots an admitted request holds.
 pub struct Admission {
-    request: OwnedSemaphorePermit,
+    request: RequestSlot,
     pending: Option<OwnedSemaphorePermit>,
 }
 
-pub fn admit(breakers: &Breakers) -> Result<Admission, Tripped> {
+/// A request's slots that live as long as its response (or upgraded pipe):
+/// one of the gateway's `max_requests` and one of its sandbox's share.
+pub struct RequestSlot {
+    _gateway: OwnedSemaphorePermit,
+    _sandbox: SandboxSlot,
+}
+
+/// Admits one request to `sandbox`: its share first (a sandbox over its share
+/// must not take a gateway-wide slot even for a moment), then the gateway's.
+pub fn admit(breakers: &Breakers, sandbox: &str) -> Result<Admission, Tripped> {
+    let share = breakers.sandbox_slot(sandbox)?;
     let (request, pending) = breakers.admit()?;
     Ok(Admission {
-        request,
+        request: RequestSlot {
+            _gateway: request,
+            _sandbox: share,
+        },
         pending: Some(pending),
     })
 }
@@ -45,15 +58,15 @@ impl Admission {
 
     /// Hands the request slot to whatever outlives the response (an
     /// upgraded connection's pipe).
-    pub fn into_request_slot(self) -> OwnedSemaphorePermit {
+    pub fn into_request_slot(self) -> RequestSlot {
         self.request
     }
 }
 
-/// A response body that holds its `max_requests` slot until it is done.
+/// A response body that holds its request slots until it is done.
 struct Guarded {
     inner: Body,
-    _slot: OwnedSemaphorePermit,
+    _slot: RequestSlot,
 }
 
 impl http_body::Body for Guarded {
@@ -94,8 +107,8 @@ mod tests {
     #[tokio::test]
     async fn the_request_slot_lives_as_long_as_the_body() {
         let b = breakers();
-        let mut a = admit(&b).unwrap();
-        assert_eq!(admit(&b).err(), Some(Tripped::Requests));
+        let mut a = admit(&b, "s").unwrap();
+        assert_eq!(admit(&b, "t").err(), Some(Tripped::Requests));
         a.headers_received();
         let resp = a.hold(Response::new(Body::from("done")));
         assert_eq!(b.active_requests(), 1);
@@ -103,7 +116,8 @@ mod tests {
         assert_eq!(&body[..], b"done");
         // Collected bodies are dropped: the slot is back.
         assert_eq!(b.active_requests(), 0);
-        assert!(admit(&b).is_ok());
+        assert_eq!(b.sandbox_requests("s"), 0);
+        assert!(admit(&b, "s").is_ok());
     }
 
     #[test]
@@ -112,10 +126,22 @@ mod tests {
             max_pending_requests: 1,
             ..Thresholds::default()
         });
-        let mut a = admit(&b).unwrap();
-        assert_eq!(admit(&b).err(), Some(Tripped::Pending));
+        let mut a = admit(&b, "s").unwrap();
+        assert_eq!(admit(&b, "s").err(), Some(Tripped::Pending));
         a.headers_received();
-        let _second = admit(&b).unwrap();
+        let _second = admit(&b, "s").unwrap();
         drop(a);
+    }
+
+    #[test]
+    fn a_sandbox_over_its_share_takes_no_gateway_slot() {
+        let b = Breakers::new(Thresholds {
+            max_requests_per_sandbox: 1,
+            ..Thresholds::default()
+        });
+        let _a = admit(&b, "s").unwrap();
+        assert_eq!(admit(&b, "s").err(), Some(Tripped::SandboxRequests));
+        assert_eq!(b.active_requests(), 1);
+        assert!(admit(&b, "other").is_ok());
     }
 }

@@ -1,10 +1,18 @@
 //! Circuit breakers: fixed ceilings on what the gateway lets pile up towards
 //! sandboxes. Past a ceiling a request is refused at once (503) instead of
 //! queueing without bound, the way Envoy's cluster thresholds behave.
+//!
+//! The ceilings are shared by every sandbox behind the gateway, so one more
+//! ceiling keeps them shared fairly: a sandbox holds at most
+//! `max_requests_per_sandbox` request slots. Without it one caller's long
+//! streams or WebSockets to its own sandbox could take every slot and starve
+//! everyone else's traffic.
 
+use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -23,7 +31,18 @@ pub struct Thresholds {
     pub max_requests: usize,
     /// Retries in flight.
     pub max_retries: usize,
+    /// Requests in flight to one sandbox (upgraded connections included): its
+    /// share of `max_requests`.
+    pub max_requests_per_sandbox: usize,
+    /// An upgraded connection (WebSocket) with no bytes either way for this
+    /// long is closed, giving its slots back.
+    pub upgrade_idle_timeout: Duration,
 }
+
+/// A sandbox's default share: 1/16 of the default `max_requests`.
+pub const DEFAULT_MAX_REQUESTS_PER_SANDBOX: usize = 4096;
+/// Envoy's default idle timeout of a proxied TCP stream.
+pub const DEFAULT_UPGRADE_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 impl Default for Thresholds {
     fn default() -> Self {
@@ -32,6 +51,8 @@ impl Default for Thresholds {
             max_pending_requests: 32768,
             max_requests: 65536,
             max_retries: 5,
+            max_requests_per_sandbox: DEFAULT_MAX_REQUESTS_PER_SANDBOX,
+            upgrade_idle_timeout: DEFAULT_UPGRADE_IDLE_TIMEOUT,
         }
     }
 }
@@ -42,6 +63,8 @@ pub enum Tripped {
     Connections,
     Pending,
     Requests,
+    /// One sandbox's share of the request slots.
+    SandboxRequests,
 }
 
 impl Tripped {
@@ -50,6 +73,7 @@ impl Tripped {
             Tripped::Connections => "max_connections",
             Tripped::Pending => "max_pending_requests",
             Tripped::Requests => "max_requests",
+            Tripped::SandboxRequests => "max_requests_per_sandbox",
         }
     }
 }
@@ -62,6 +86,26 @@ pub struct Breakers {
     pending: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     retries: Arc<Semaphore>,
+    per_sandbox: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One request slot of a sandbox's share; given back on drop.
+#[derive(Debug)]
+pub struct SandboxSlot {
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    sandbox: String,
+}
+
+impl Drop for SandboxSlot {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.sandbox) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.sandbox);
+            }
+        }
+    }
 }
 
 impl Breakers {
@@ -72,7 +116,29 @@ impl Breakers {
             pending: Arc::new(Semaphore::new(t.max_pending_requests)),
             requests: Arc::new(Semaphore::new(t.max_requests)),
             retries: Arc::new(Semaphore::new(t.max_retries)),
+            per_sandbox: Arc::default(),
         }
+    }
+
+    /// One of `sandbox`'s request slots, unless it holds its whole share.
+    /// (A short critical section over a map of counters: no await under it.)
+    pub fn sandbox_slot(&self, sandbox: &str) -> Result<SandboxSlot, Tripped> {
+        let mut counts = self.per_sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        let n = counts.entry(sandbox.to_string()).or_insert(0);
+        if *n >= self.thresholds.max_requests_per_sandbox {
+            return Err(Tripped::SandboxRequests);
+        }
+        *n += 1;
+        Ok(SandboxSlot {
+            counts: self.per_sandbox.clone(),
+            sandbox: sandbox.to_string(),
+        })
+    }
+
+    /// Request slots `sandbox` holds now.
+    pub fn sandbox_requests(&self, sandbox: &str) -> usize {
+        let counts = self.per_sandbox.lock().unwrap_or_else(|e| e.into_inner());
+        counts.get(sandbox).copied().unwrap_or(0)
     }
 
     /// A slot for a request (held until its response body is done) and one
@@ -219,6 +285,7 @@ mod tests {
             max_pending_requests: 1,
             max_requests: 2,
             max_retries: 1,
+            ..Thresholds::default()
         });
         let (r1, p1) = b.admit().unwrap();
         // One request may wait for headers at a time.
@@ -238,5 +305,26 @@ mod tests {
         assert!(b.retry().is_none());
         drop(r);
         assert!(b.retry().is_some());
+    }
+
+    #[test]
+    fn one_sandbox_cannot_take_every_slot() {
+        let b = Breakers::new(Thresholds {
+            max_requests_per_sandbox: 2,
+            ..Thresholds::default()
+        });
+        let a1 = b.sandbox_slot("a").unwrap();
+        let a2 = b.sandbox_slot("a").unwrap();
+        assert_eq!(b.sandbox_slot("a").unwrap_err(), Tripped::SandboxRequests);
+        // Its neighbours still get theirs.
+        let _b1 = b.sandbox_slot("b").unwrap();
+        drop(a1);
+        assert_eq!(b.sandbox_requests("a"), 1);
+        let _a3 = b.sandbox_slot("a").unwrap();
+        drop(a2);
+        drop(_a3);
+        // Nothing is kept for a sandbox that holds no slot.
+        assert_eq!(b.sandbox_requests("a"), 0);
+        assert!(!b.per_sandbox.lock().unwrap().contains_key("a"));
     }
 }

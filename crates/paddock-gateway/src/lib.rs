@@ -26,9 +26,11 @@
 pub mod access;
 mod admit;
 pub mod breaker;
+mod drain;
 pub mod errors;
 pub mod metrics;
 pub mod peer;
+mod pipe;
 mod protocol;
 mod retry;
 mod rewrite;
@@ -87,6 +89,11 @@ impl Gateway {
         self
     }
 
+    /// The circuit breakers' live counters.
+    pub fn breakers(&self) -> &Breakers {
+        &self.breakers
+    }
+
     /// Brings the gauges up to date (call before encoding the registry).
     pub fn refresh_gauges(&self) {
         self.metrics
@@ -126,37 +133,20 @@ impl Gateway {
         target: &Target,
         started: Instant,
     ) -> Result<Response, GatewayError> {
-        // Route first: every later phase needs the route (its tokens, its
-        // address). A sandbox that is gone takes its connection pool along.
-        let mut route = route::find(&*self.routes, target).await.inspect_err(|e| {
-            if matches!(e, GatewayError::NotFound { .. }) {
-                self.pools.forget(&target.sandbox);
-            }
-        })?;
-        // A paused sandbox is not serving; without a waker nothing can change
-        // that, whoever asks.
-        if route.paused && self.wakes.is_none() {
-            return Err(GatewayError::Paused {
-                sandbox: target.sandbox.clone(),
-            });
-        }
-        // Tokens before admission: an unauthorised request must not take a
-        // breaker slot. The check sees the path the sandbox will see.
+        // The path the sandbox will see; the token check judges this one.
         let path = rewrite::upstream_path(target, &req);
-        access::check(
-            &route.tokens,
-            target.port,
-            req.method(),
-            &path,
-            req.headers(),
-        )?;
-        // Only a request the sandbox would accept may wake it.
-        if route.paused {
-            route = self.wake(target).await?;
-        }
-        // Admission before anything is sent, so a tripped breaker refuses
-        // at once instead of queueing.
-        let admission = admit::admit(&self.breakers)?;
+        let checked = self
+            .admission_phases(req.method(), req.headers(), &path, target)
+            .await;
+        let (route, admission) = match checked {
+            Ok(admitted) => admitted,
+            Err(e) => {
+                // Refused from the headers: take in the rest of a small body first, so the
+                // client sees the answer rather than a reset stream (see [`drain`]).
+                drain::body(req.into_body(), drain::LIMIT, drain::WAIT).await;
+                return Err(e);
+            }
+        };
         // The routing headers are ours; the protocol choice must not see them
         // and neither must the sandbox.
         rewrite::strip_routing_headers(req.headers_mut());
@@ -174,6 +164,43 @@ impl Gateway {
         };
         self.observe(target.port, resp.status(), started);
         Ok(resp)
+    }
+
+    /// The phases that may refuse a request before anything is sent: route, tokens,
+    /// admission. Returns the route and the held slots. (The request's parts, not the
+    /// request: its body is not `Sync`, and this future must be `Send`.)
+    async fn admission_phases(
+        &self,
+        method: &axum::http::Method,
+        headers: &axum::http::HeaderMap,
+        path: &str,
+        target: &Target,
+    ) -> Result<(RouteInfo, Admission), GatewayError> {
+        // Route first: every later phase needs the route (its tokens, its
+        // address). A sandbox that is gone takes its connection pool along.
+        let mut route = route::find(&*self.routes, target).await.inspect_err(|e| {
+            if matches!(e, GatewayError::NotFound { .. }) {
+                self.pools.forget(&target.sandbox);
+            }
+        })?;
+        // A paused sandbox is not serving; without a waker nothing can change
+        // that, whoever asks.
+        if route.paused && self.wakes.is_none() {
+            return Err(GatewayError::Paused {
+                sandbox: target.sandbox.clone(),
+            });
+        }
+        // Tokens before admission: an unauthorised request must not take a
+        // breaker slot.
+        access::check(&route.tokens, target.port, method, path, headers)?;
+        // Only a request the sandbox would accept may wake it.
+        if route.paused {
+            route = self.wake(target).await?;
+        }
+        // Admission before anything is sent, so a tripped breaker refuses
+        // at once instead of queueing.
+        let admission = admit::admit(&self.breakers, &target.sandbox)?;
+        Ok((route, admission))
     }
 
     /// The wake phase: resumes a paused sandbox that resumes on traffic and

@@ -4,7 +4,8 @@
 //!
 //! Upgraded connections are not pooled (they are never handed back), so this
 //! takes its `max_connections` slot itself, and the pipe holds it together
-//! with the request's `max_requests` slot for as long as it lives.
+//! with the request's slots for as long as it lives: until a side closes or
+//! nothing has moved for the breakers' `upgrade_idle_timeout` ([`crate::pipe`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use crate::admit::Admission;
 use crate::breaker::Breakers;
 use crate::errors::GatewayError;
+use crate::pipe::{self, PipeEnd};
 use crate::rewrite;
 use crate::target::Target;
 
@@ -57,15 +59,17 @@ pub async fn forward(
         let sandbox_side = hyper::upgrade::on(&mut resp);
         let sandbox = target.sandbox.clone();
         let request_slot = admission.into_request_slot();
+        let idle = breakers.thresholds.upgrade_idle_timeout;
         tokio::spawn(async move {
             let _slots = (request_slot, conn_slot);
             match tokio::try_join!(client_side, sandbox_side) {
-                Ok((c, s)) => {
-                    let (mut c, mut s) = (TokioIo::new(c), TokioIo::new(s));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut s).await {
-                        tracing::debug!(%sandbox, error = %e, "upgraded connection closed");
+                Ok((c, s)) => match pipe::run(TokioIo::new(c), TokioIo::new(s), idle).await {
+                    Ok(PipeEnd::Idle) => {
+                        tracing::info!(%sandbox, idle_secs = idle.as_secs(), "upgraded connection idle: closed")
                     }
-                }
+                    Ok(PipeEnd::Closed(..)) => {}
+                    Err(e) => tracing::debug!(%sandbox, error = %e, "upgraded connection closed"),
+                },
                 Err(e) => tracing::debug!(%sandbox, error = %e, "upgrade failed"),
             }
         });

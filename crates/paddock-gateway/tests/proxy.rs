@@ -15,12 +15,12 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-/// One sandbox, `sbx1`, living on loopback.
+/// Two sandboxes, `sbx1` and `sbx2`, living on loopback.
 struct Loopback;
 
 impl Routes for Loopback {
     fn lookup(&self, id: &str) -> Option<RouteInfo> {
-        (id == "sbx1").then(|| RouteInfo {
+        (id == "sbx1" || id == "sbx2").then(|| RouteInfo {
             ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             paused: false,
             tokens: Tokens::default(),
@@ -323,4 +323,71 @@ async fn a_websocket_to_a_closed_port_is_a_counted_port_not_open() {
     );
     let connect = paddock_gateway::metrics::ReasonLabels { reason: "connect" };
     assert_eq!(metrics.upstream_errors.get_or_create(&connect).get(), 1);
+}
+
+fn get_from(gw: SocketAddr, sandbox: &str, port: u16, path: &str) -> http::Request<Body> {
+    let mut req = get(gw, port, path);
+    req.headers_mut()
+        .insert("e2b-sandbox-id", sandbox.parse().unwrap());
+    req
+}
+
+/// L4 of the security review: one sandbox's WebSockets must not hold every slot of the
+/// gateway, and an abandoned one must give its slots back.
+#[tokio::test]
+async fn a_sandbox_gets_its_share_and_idle_websockets_give_theirs_back() {
+    let ws_up = ws_upstream().await;
+    let http_up = upstream(Arc::new(Notify::new())).await;
+    let (gw, g) = gateway(Thresholds {
+        max_requests_per_sandbox: 1,
+        upgrade_idle_timeout: std::time::Duration::from_secs(1),
+        ..Thresholds::default()
+    })
+    .await;
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        format!("ws://{gw}/"),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("e2b-sandbox-id", "sbx1".parse().unwrap());
+    req.headers_mut().insert(
+        "e2b-sandbox-port",
+        ws_up.port().to_string().parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+
+    // sbx1 holds its whole share: its next request is refused, sbx2's is not.
+    let c = client();
+    let refused = c
+        .request(get_from(gw, "sbx1", http_up.port(), "/fast"))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("max_requests_per_sandbox"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let other = c
+        .request(get_from(gw, "sbx2", http_up.port(), "/fast"))
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200, "sbx2 was refused for sbx1's traffic");
+
+    // Left silent, the WebSocket is closed by the gateway and sbx1's slot comes back.
+    match ws.next().await {
+        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {}
+        Some(Ok(m)) => panic!("unexpected message {m:?}"),
+    }
+    while g.breakers().sandbox_requests("sbx1") > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let again = c
+        .request(get_from(gw, "sbx1", http_up.port(), "/fast"))
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
 }

@@ -12,8 +12,9 @@ use paddock_infra::record::{BoxFuture, RecordChange};
 use paddock_infra::{ApiState, InfraError, InfraResult, RecordStore, SandboxId, SandboxRecord};
 use serde_json::{Value, json};
 
+use crate::call::{CallError, call};
 use crate::convert::{self, ANNOTATION_METADATA, ANNOTATION_RECORD, RecordMeta};
-use crate::{CallError, KubeInfra, call, key_of};
+use crate::{KubeInfra, key_of};
 
 /// Times closer than this are the same (the manager stamps its own `now` a few milliseconds
 /// after the claim wrote the record; resource times have second precision anyway).

@@ -41,6 +41,14 @@ pub struct GatewayArgs {
     /// Circuit breaker: retries in flight.
     #[arg(long, default_value_t = Thresholds::default().max_retries)]
     max_retries: usize,
+    /// Circuit breaker: requests in flight to one sandbox, WebSockets included (its share of
+    /// --max-requests, so one sandbox's traffic cannot starve the others').
+    #[arg(long, default_value_t = Thresholds::default().max_requests_per_sandbox)]
+    max_requests_per_sandbox: usize,
+    /// Seconds an upgraded connection (WebSocket) may stay silent both ways before the gateway
+    /// closes it.
+    #[arg(long, default_value_t = Thresholds::default().upgrade_idle_timeout.as_secs())]
+    upgrade_idle_timeout_secs: u64,
     /// A kubeconfig file; else KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -82,6 +90,8 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             max_pending_requests: args.max_pending_requests,
             max_requests: args.max_requests,
             max_retries: args.max_retries,
+            max_requests_per_sandbox: args.max_requests_per_sandbox,
+            upgrade_idle_timeout: std::time::Duration::from_secs(args.upgrade_idle_timeout_secs),
         },
         kubeconfig: args.kubeconfig,
         shutdown_grace: SHUTDOWN_GRACE,

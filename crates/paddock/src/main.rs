@@ -129,6 +129,14 @@ struct UpArgs {
     /// Gateway circuit breaker: retries in flight.
     #[arg(long, default_value_t = Thresholds::default().max_retries)]
     gateway_max_retries: usize,
+    /// Gateway circuit breaker: requests in flight to one sandbox, WebSockets included (its
+    /// share of --gateway-max-requests, so one sandbox's traffic cannot starve the others').
+    #[arg(long, default_value_t = Thresholds::default().max_requests_per_sandbox)]
+    gateway_max_requests_per_sandbox: usize,
+    /// Seconds an upgraded connection (WebSocket) may stay silent both ways before the gateway
+    /// closes it.
+    #[arg(long, default_value_t = Thresholds::default().upgrade_idle_timeout.as_secs())]
+    gateway_upgrade_idle_timeout_secs: u64,
 }
 
 /// The manager's routes, as the gateway wants them.
@@ -196,13 +204,18 @@ fn main() -> anyhow::Result<()> {
         })
 }
 
+/// The template cache: `PADDOCK_TEMPLATE_CACHE`, else `<data dir>/templates`.
+fn templates_dir(data_dir: &std::path::Path) -> PathBuf {
+    std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| data_dir.join("templates"))
+}
+
 async fn template(cmd: TemplateCommand) -> anyhow::Result<()> {
     let data_dir = match &cmd {
         TemplateCommand::List(a) | TemplateCommand::Build { args: a, .. } => a.data_dir.clone(),
     };
-    let cache = std::env::var_os(paddock_embedded::TEMPLATE_CACHE_ENV)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| data_dir.join("templates"));
+    let cache = templates_dir(&data_dir);
     let templates = paddock_embedded::Templates::new(
         cache,
         [
@@ -224,12 +237,25 @@ async fn template(cmd: TemplateCommand) -> anyhow::Result<()> {
                 );
             }
         }
-        TemplateCommand::Build { name, .. } => {
+        TemplateCommand::Build { name, args } => {
             templates.get(&name)?;
-            let layers = tokio::task::spawn_blocking(move || {
-                templates.build(&name, &|line| eprintln!("{line}"))
-            })
-            .await??;
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "warn,paddock::template=info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            // Build steps run in containers on the sandbox bridge (security review M6), so
+            // the build goes through the embedded infrastructure of the data dir — refused
+            // while a `paddock up` holds it (that one builds on first use anyway).
+            let mut cfg = paddock_embedded::EmbeddedConfig::from_env(PathBuf::new());
+            cfg.data_dir = args.data_dir.join("embedded");
+            cfg.template_cache = templates_dir(&args.data_dir);
+            let infra = EmbeddedInfra::start(cfg)
+                .await
+                .context("starting the embedded infrastructure for the build")?;
+            let layers = infra.build_template(&name).await?;
             println!("built: {} layer(s)", layers.len());
         }
     }
@@ -324,6 +350,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             max_pending_requests: args.gateway_max_pending_requests,
             max_requests: args.gateway_max_requests,
             max_retries: args.gateway_max_retries,
+            max_requests_per_sandbox: args.gateway_max_requests_per_sandbox,
+            upgrade_idle_timeout: std::time::Duration::from_secs(
+                args.gateway_upgrade_idle_timeout_secs,
+            ),
         },
         gateway_metrics,
     )

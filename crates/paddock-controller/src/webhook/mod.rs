@@ -5,6 +5,7 @@
 //! written into the configurations' `caBundle` each time, so no certificate ever needs
 //! rotating by hand.
 
+pub mod defaults;
 mod review;
 pub mod rules;
 
@@ -56,6 +57,7 @@ pub enum WebhookError {
 
 pub const PATH_POD_DELETE: &str = "/validate-pod-delete";
 pub const PATH_DEFAULT_SANDBOXSET: &str = "/default-sandboxset";
+pub const PATH_DEFAULT_SANDBOXTEMPLATE: &str = "/default-sandboxtemplate";
 pub const PATH_VALIDATE_SANDBOXSET: &str = "/validate-sandboxset";
 pub const PATH_VALIDATE_SANDBOXTEMPLATE: &str = "/validate-sandboxtemplate";
 pub const PATH_VALIDATE_SANDBOXCLAIM: &str = "/validate-sandboxclaim";
@@ -264,6 +266,7 @@ fn router(ctx: Arc<Context>) -> Router {
     Router::new()
         .route(PATH_POD_DELETE, post(pod_delete))
         .route(PATH_DEFAULT_SANDBOXSET, post(default_sandboxset))
+        .route(PATH_DEFAULT_SANDBOXTEMPLATE, post(default_sandboxtemplate))
         .route(PATH_VALIDATE_SANDBOXSET, post(validate_sandboxset))
         .route(
             PATH_VALIDATE_SANDBOXTEMPLATE,
@@ -339,16 +342,25 @@ fn pod_delete_verdict(
     }
 }
 
-async fn default_sandboxset(body: Bytes) -> Handled {
-    handle(&body, |req| {
+/// Answers a mutating review with the patch `defaults` makes of its object.
+fn mutate(body: &[u8], defaults: fn(&serde_json::Value) -> json_patch::Patch) -> Handled {
+    handle(body, |req| {
         let ops = req
             .object
             .as_ref()
             .and_then(|o| serde_json::to_value(o).ok())
-            .map(|v| rules::default_sandboxset(&v))
+            .map(|v| defaults(&v))
             .unwrap_or_default();
         Verdict::Patch(ops)
     })
+}
+
+async fn default_sandboxset(body: Bytes) -> Handled {
+    mutate(&body, defaults::default_sandboxset)
+}
+
+async fn default_sandboxtemplate(body: Bytes) -> Handled {
+    mutate(&body, defaults::default_sandboxtemplate)
 }
 
 async fn validate_sandboxset(body: Bytes) -> Handled {
@@ -459,6 +471,17 @@ async fn register(ctx: &Context, cfg: &WebhookConfig, ca: &str) -> Result<(), ku
             ..Default::default()
         }
     };
+    let mutating = |name: &str, path: &str, rule: RuleWithOperations| MutatingWebhook {
+        name: name.into(),
+        admission_review_versions: vec!["v1".into()],
+        client_config: client_config(cfg, path, ca),
+        failure_policy: Some("Fail".into()),
+        side_effects: "None".into(),
+        timeout_seconds: Some(10),
+        namespace_selector: ns_selector.clone(),
+        rules: Some(vec![rule]),
+        ..Default::default()
+    };
     let agents = paddock_crds::GROUP;
     let v = ValidatingWebhookConfiguration {
         metadata: ObjectMeta {
@@ -508,17 +531,19 @@ async fn register(ctx: &Context, cfg: &WebhookConfig, ca: &str) -> Result<(), ku
             name: Some(format!("{}-mutating", cfg.config_name)),
             ..Default::default()
         },
-        webhooks: Some(vec![MutatingWebhook {
-            name: "md-sbs.kb.io".into(),
-            admission_review_versions: vec!["v1".into()],
-            client_config: client_config(cfg, PATH_DEFAULT_SANDBOXSET, ca),
-            failure_policy: Some("Fail".into()),
-            side_effects: "None".into(),
-            timeout_seconds: Some(10),
-            namespace_selector: ns_selector.clone(),
-            rules: Some(vec![rule("sandboxsets", agents, &["CREATE", "UPDATE"])]),
-            ..Default::default()
-        }]),
+        webhooks: Some(vec![
+            mutating(
+                "md-sbs.kb.io",
+                PATH_DEFAULT_SANDBOXSET,
+                rule("sandboxsets", agents, &["CREATE", "UPDATE"]),
+            ),
+            // CREATE only, as the original: a template is defaulted once, when it is stored.
+            mutating(
+                "md-sbt.kb.io",
+                PATH_DEFAULT_SANDBOXTEMPLATE,
+                rule("sandboxtemplates", agents, &["CREATE"]),
+            ),
+        ]),
     };
     let pp = PatchParams::apply("paddock-controller").force();
     let vapi: Api<ValidatingWebhookConfiguration> = Api::all(ctx.client.clone());

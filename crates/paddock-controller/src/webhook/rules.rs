@@ -3,9 +3,8 @@
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use kube::ResourceExt;
 use paddock_crds::{Sandbox, SandboxClaim, SandboxSet, SandboxTemplate, keys};
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use crate::desired::pool::DEFAULT_UPDATE_MAX_UNAVAILABLE;
 use crate::desired::{duration, validate_int_or_percent};
 
 /// Users that delete sandbox Pods as part of deleting their owners.
@@ -244,33 +243,12 @@ pub fn sandboxclaim(new: &SandboxClaim, old: Option<&SandboxClaim>) -> Vec<Strin
     errors
 }
 
-/// JSON-patch operations filling SandboxSet defaults.
-pub fn default_sandboxset(obj: &Value) -> json_patch::Patch {
-    let add = |path: &'static str, value: Value| {
-        json_patch::PatchOperation::Add(json_patch::AddOperation {
-            path: json_patch::jsonptr::Pointer::from_static(path).to_buf(),
-            value,
-        })
-    };
-    let spec = &obj["spec"];
-    json_patch::Patch(match spec.get("updateStrategy") {
-        None | Some(Value::Null) => vec![add(
-            "/spec/updateStrategy",
-            json!({"maxUnavailable": DEFAULT_UPDATE_MAX_UNAVAILABLE}),
-        )],
-        Some(u) if u.get("maxUnavailable").is_none_or(Value::is_null) => vec![add(
-            "/spec/updateStrategy/maxUnavailable",
-            json!(DEFAULT_UPDATE_MAX_UNAVAILABLE),
-        )],
-        _ => vec![],
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use paddock_crds::{SandboxClaimSpec, SandboxSetSpec, SandboxSpec};
+    use serde_json::json;
 
     fn sandbox(uid: &str) -> Sandbox {
         let mut s = Sandbox::new("sb", SandboxSpec::default());
@@ -393,21 +371,6 @@ mod tests {
             sandboxclaim(&c, Some(&old))
                 .join("\n")
                 .contains("spec.replicas: field is immutable")
-        );
-    }
-
-    #[test]
-    fn sandboxset_defaults_update_max_unavailable() {
-        let ops = |v: Value| serde_json::to_value(default_sandboxset(&v)).unwrap();
-        let o = ops(json!({"spec": {"replicas": 1}}));
-        assert_eq!(o[0]["path"], "/spec/updateStrategy");
-        assert_eq!(o[0]["value"]["maxUnavailable"], "20%");
-        let o = ops(json!({"spec": {"updateStrategy": {}}}));
-        assert_eq!(o[0]["path"], "/spec/updateStrategy/maxUnavailable");
-        assert_eq!(o[0]["op"], "add");
-        assert_eq!(
-            ops(json!({"spec": {"updateStrategy": {"maxUnavailable": 1}}})),
-            json!([])
         );
     }
 }

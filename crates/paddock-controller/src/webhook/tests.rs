@@ -145,6 +145,31 @@ async fn the_sandboxset_default_comes_back_as_a_json_patch() {
     );
 }
 
+#[tokio::test]
+async fn the_sandboxtemplate_default_comes_back_as_a_json_patch() {
+    let t = json!({"apiVersion": "agents.kruise.io/v1alpha1", "kind": "SandboxTemplate",
+        "metadata": {"name": "t"}, "spec": {"template": template()}});
+    let resp =
+        out(default_sandboxtemplate(review("sandboxtemplates", "CREATE", t.clone(), None)).await);
+    assert_eq!(resp["allowed"], true, "{resp}");
+    assert_eq!(resp["uid"], "u-1");
+    assert_eq!(resp["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(resp["patch"].as_str().expect("base64 text"))
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut defaulted = t;
+    json_patch::patch(&mut defaulted, &patch).unwrap();
+    let spec = &defaulted["spec"]["template"]["spec"];
+    assert_eq!(spec["automountServiceAccountToken"], false);
+    assert_eq!(spec["containers"][0]["terminationMessagePolicy"], "File");
+    // Already defaulted: allowed, no patch at all.
+    let resp =
+        out(default_sandboxtemplate(review("sandboxtemplates", "CREATE", defaulted, None)).await);
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none(), "{resp}");
+}
+
 fn sandbox_pod() -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "c", "namespace": "ns",

@@ -95,11 +95,10 @@ async fn run() -> anyhow::Result<()> {
                 }
                 Some("build") => {
                     let name = args.get(2).context("template build NAME")?;
-                    let layers = tokio::task::spawn_blocking({
-                        let name = name.clone();
-                        move || t.build(&name, &|l| println!("{l}"))
-                    })
-                    .await??;
+                    t.get(name)?;
+                    // Steps run in containers on the bridge: through the infrastructure.
+                    let infra = EmbeddedInfra::start(cfg).await?;
+                    let layers = infra.build_template(name).await?;
                     println!("layers: {layers:?}");
                 }
                 _ => bail!("usage: template list | template build NAME"),

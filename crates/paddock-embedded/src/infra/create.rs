@@ -144,19 +144,7 @@ impl EmbeddedInfra {
         let layers = self.build_template(template).await?;
         self.inner.create_rate.acquire().await;
         let id = new_id()?;
-        let ip = {
-            let mut st = self.state();
-            let ip = self
-                .inner
-                .cfg
-                .net
-                .cidr
-                .allocate(&st.used_ips, st.last_ip)
-                .map_err(|e| InfraError::Capacity(e.to_string()))?;
-            st.used_ips.insert(ip);
-            st.last_ip = Some(ip);
-            ip
-        };
+        let ip = self.allocate_ip()?;
         let rec = SandboxRecord {
             id: id.clone(),
             template: template.to_owned(),

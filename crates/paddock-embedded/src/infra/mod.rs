@@ -16,6 +16,7 @@ use crate::store::{SandboxRecord, Store};
 use crate::template::{TemplateError, Templates};
 use crate::{network, spec};
 
+mod buildnet;
 mod create;
 mod error;
 mod exec;
@@ -139,6 +140,7 @@ impl EmbeddedInfra {
                 _instance_lock: instance_lock,
             }),
         };
+        infra.inner.templates.set_build_box(infra.build_box());
         infra.recover().await?;
         infra.start_monitor();
         Ok(infra)

@@ -35,29 +35,40 @@ pub struct Metrics {
     pub disk_total: u64,
 }
 
+/// The sandbox's share of the machine: its own cgroup when it has one (a Pod, a container),
+/// else the whole machine (`/proc` is the host's view in a container and would report the
+/// node's memory and CPU).
 pub async fn metrics() -> Json<Metrics> {
-    let before = cpu_times();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let after = cpu_times();
-    let cpu_used_pct = match (before, after) {
-        (Some((b_busy, b_total)), Some((a_busy, a_total))) if a_total > b_total => {
+    let cgroup = paddock_cgroups::Hierarchy::own().ok();
+    let cg_stats = || cgroup.as_ref().and_then(|c| c.stats().ok());
+    let cpu_count = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let window = Duration::from_millis(50);
+    let (before, cg_before) = (cpu_times(), cg_stats());
+    tokio::time::sleep(window).await;
+    let (after, cg_after) = (cpu_times(), cg_stats());
+    let cpu_used_pct = match (cg_before, &cg_after, before, after) {
+        // CPU time of the cgroup over the window, against `cpu_count` CPUs (the quota's).
+        (Some(b), Some(a), ..) => {
+            let used = a.cpu_usage_ns.saturating_sub(b.cpu_usage_ns) as f64;
+            let pct = used / (window.as_nanos() as f64 * cpu_count as f64) * 100.0;
+            (pct.min(100.0) * 100.0).round() / 100.0
+        }
+        (_, _, Some((b_busy, b_total)), Some((a_busy, a_total))) if a_total > b_total => {
             ((a_busy - b_busy) as f64 / (a_total - b_total) as f64 * 100.0 * 100.0).round() / 100.0
         }
         _ => 0.0,
     };
     let mem = meminfo();
     let (disk_used, disk_total) = disk("/");
-    let total = mem.get("MemTotal").copied().unwrap_or_default();
-    let available = mem.get("MemAvailable").copied().unwrap_or_default();
-    let used = total.saturating_sub(available);
+    let (total, used) = memory(&mem, cg_after.as_ref());
     Json(Metrics {
         ts: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default(),
-        cpu_count: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
+        cpu_count,
         cpu_used_pct,
         mem_total: total,
         mem_used: used,
@@ -67,6 +78,25 @@ pub async fn metrics() -> Json<Metrics> {
         disk_used,
         disk_total,
     })
+}
+
+/// (total, used) memory: the cgroup's limit and usage when it has a limit below the
+/// machine's memory, else the machine's total and what is not available.
+fn memory(
+    mem: &std::collections::HashMap<String, u64>,
+    cg: Option<&paddock_cgroups::CgroupStats>,
+) -> (u64, u64) {
+    let machine = mem.get("MemTotal").copied().unwrap_or_default();
+    match cg {
+        Some(s) if s.memory_limit_bytes < machine => (
+            s.memory_limit_bytes,
+            s.memory_bytes.min(s.memory_limit_bytes),
+        ),
+        _ => {
+            let available = mem.get("MemAvailable").copied().unwrap_or_default();
+            (machine, machine.saturating_sub(available))
+        }
+    }
 }
 
 /// (busy, total) jiffies from the first line of /proc/stat.
@@ -104,5 +134,41 @@ fn disk(path: &str) -> (u64, u64) {
             (total.saturating_sub(free), total)
         }
         Err(_) => (0, 0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> std::collections::HashMap<String, u64> {
+        [("MemTotal", 8 << 30), ("MemAvailable", 6 << 30)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+    }
+
+    #[test]
+    fn a_limited_cgroup_reports_its_own_memory() {
+        let s = paddock_cgroups::CgroupStats {
+            memory_bytes: 100 << 20,
+            memory_limit_bytes: 512 << 20,
+            ..Default::default()
+        };
+        assert_eq!(memory(&machine(), Some(&s)), (512 << 20, 100 << 20));
+    }
+
+    #[test]
+    fn without_a_limit_the_machine_is_reported() {
+        // v1's "unlimited" is a huge number, v2's is read as u64::MAX.
+        for limit in [u64::MAX, 9_223_372_036_854_771_712] {
+            let s = paddock_cgroups::CgroupStats {
+                memory_bytes: 100 << 20,
+                memory_limit_bytes: limit,
+                ..Default::default()
+            };
+            assert_eq!(memory(&machine(), Some(&s)), (8 << 30, 2 << 30));
+        }
+        assert_eq!(memory(&machine(), None), (8 << 30, 2 << 30));
     }
 }
