@@ -236,11 +236,10 @@ MANAGER = [
         lambda r: all(a in r.args(GW) for a in ["--max-connections=11", "--max-pending-requests=12",
                                                  "--max-requests=13", "--max-retries=14"])),
     ("b", "gateway.envoy.circuitBreakers.enabled", False, has_arg("--max-connections=4294967295", GW)),
-    # Paddock's gateway uses exactly the default names; accepted, not configurable.
-    ("a", "gateway.envoy.pluginConfig.hostHeaderName", "X-Host", NO_EFFECT),
-    ("a", "gateway.envoy.pluginConfig.sandboxHeaderName", "x-sbx", NO_EFFECT),
-    ("a", "gateway.envoy.pluginConfig.sandboxPortHeader", "x-port", NO_EFFECT),
-    ("a", "gateway.envoy.pluginConfig.defaultPort", "1", NO_EFFECT),
+    ("a", "gateway.envoy.pluginConfig.hostHeaderName", "X-Host", has_arg("--host-header-name=X-Host", GW)),
+    ("a", "gateway.envoy.pluginConfig.sandboxHeaderName", "x-sbx", has_arg("--sandbox-header-name=x-sbx", GW)),
+    ("a", "gateway.envoy.pluginConfig.sandboxPortHeader", "x-port", has_arg("--sandbox-port-header=x-port", GW)),
+    ("a", "gateway.envoy.pluginConfig.defaultPort", "1", has_arg("--default-port=1", GW)),
     ("a", "gateway.service.type", "LoadBalancer", lambda r: r.one("Service", component=GW)["spec"]["type"] == "LoadBalancer"),
     ("a", "gateway.service.port", 18000, lambda r: r.one("Service", component=GW)["spec"]["ports"][0]["port"] == 18000
         and any(p["backend"]["service"]["port"]["number"] == 18000

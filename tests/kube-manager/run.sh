@@ -283,6 +283,43 @@ t_secret_keys_cargo() {
   grep -q 'test result: ok. 1 passed' <<<"$out" || { say "$out"; return 1; }
 }
 
+t_read_your_writes_across_replicas() {
+  # A timeout set through replica B is what replica A answers right after, every time: a
+  # request about one sandbox reads it from the API server, not from A's informer cache,
+  # which may not have seen B's write yet (the charts suite's JS test once read a stale
+  # endAt this way).
+  local r id
+  r=$(api "$API_A" POST /sandboxes '{"templateID":"base","timeout":300}')
+  [[ $(status_of "$r") == 201 ]] || { say "create: $r"; return 1; }
+  id=$(body_of "$r" | field sandboxID)
+  python3 - "$API_A" "$API_B" "$ADMIN_KEY" "$id" <<'PY'
+import datetime, json, sys, urllib.request
+a, b, key, sid = sys.argv[1:]
+def call(addr, method, path, body=None):
+    req = urllib.request.Request(f"http://{addr}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"X-API-Key": key, "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        raw = r.read()
+        return json.loads(raw) if raw else None
+def end_at(info):
+    return datetime.datetime.fromisoformat(info["endAt"].replace("Z", "+00:00"))
+stale = 0
+for i in range(20):
+    timeout = 400 + 60 * i   # a different deadline each time, minutes apart
+    call(b, "POST", f"/sandboxes/{sid}/timeout", {"timeout": timeout})
+    want = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(seconds=timeout)
+    got = end_at(call(a, "GET", f"/sandboxes/{sid}"))
+    if abs((got - want).total_seconds()) > 20:
+        stale += 1
+        print(f"round {i}: replica A answered endAt {got}, replica B had set about {want}")
+assert stale == 0, f"{stale} of 20 reads through replica A were stale"
+PY
+  local rc=$?
+  api "$API_A" DELETE "/sandboxes/$id" >/dev/null
+  return $rc
+}
+
 t_keys_second_replica() {
   # A key created through replica A authenticates through replica B within a second (B
   # learns it from its watch of the key Secret, not a timer).
@@ -462,6 +499,7 @@ if ((FAILED == 0)); then
   step "logs and metrics" t_logs_metrics
   step "pause, resume (token replayed), kill" t_pause_resume_kill
   step "claim race: two replicas, $RACE_CREATES creates, pool of $RACE_POOL" t_claim_race
+  step "a timeout set through replica B is what replica A answers next" t_read_your_writes_across_replicas
   step "a key made through replica A works through replica B within a second" t_keys_second_replica
   step "API server unreachable: a fast 503" t_api_server_down
   step "key Secret store: two replicas, concurrent adds, no plaintext (cargo test)" t_secret_keys_cargo

@@ -24,6 +24,7 @@ pub mod private_dir;
 pub mod proc;
 mod ratelimit;
 pub mod seccomp;
+pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod template;

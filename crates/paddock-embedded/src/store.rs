@@ -50,6 +50,11 @@ pub struct SandboxRecord {
     /// readable by us only (it holds bootstrap tokens already).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub relaunch: Option<Relaunch>,
+    /// The snapshot whose layers lie under this sandbox's writable layer, when it was made
+    /// from one (or forked from a sandbox that was). Such a snapshot is not deleted while
+    /// the sandbox runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
 }
 
 /// What a booted-again sandbox's runtime is told, from the creator's lease.
@@ -154,6 +159,7 @@ mod tests {
             metadata: Default::default(),
             created_at_ms: 1,
             pooled: false,
+            snapshot: None,
             bootstrap_token: None,
             paused_in: None,
             timeout_pause: PauseMode::Memory,

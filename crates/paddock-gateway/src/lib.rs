@@ -53,7 +53,7 @@ pub use breaker::{Breakers, Thresholds};
 pub use errors::GatewayError;
 pub use metrics::GatewayMetrics;
 pub use route::{Fetched, RouteInfo, Routes};
-pub use target::{DEFAULT_PORT, Target, target_of};
+pub use target::{DEFAULT_PORT, RoutingHeaders, Target, target_of, target_with};
 pub use wake::{Waker, Waking, Woken};
 
 use admit::Admission;
@@ -68,6 +68,7 @@ pub struct Gateway {
     pools: Pools,
     breakers: Breakers,
     metrics: GatewayMetrics,
+    headers: Arc<RoutingHeaders>,
     /// Resumes paused sandboxes that asked for it; `None`: paused stays paused.
     wakes: Option<wake::Wakes>,
 }
@@ -79,6 +80,7 @@ impl Gateway {
             pools: Pools::default(),
             breakers: Breakers::new(thresholds),
             metrics,
+            headers: Arc::new(RoutingHeaders::default()),
             wakes: None,
         }
     }
@@ -94,6 +96,12 @@ impl Gateway {
         &self.breakers
     }
 
+    /// Routes by these header names instead of the E2B SDK's.
+    pub fn with_routing_headers(mut self, headers: RoutingHeaders) -> Self {
+        self.headers = Arc::new(headers);
+        self
+    }
+
     /// Brings the gauges up to date (call before encoding the registry).
     pub fn refresh_gauges(&self) {
         self.metrics
@@ -106,13 +114,13 @@ impl Gateway {
 
     /// Whether this request is data-plane traffic for the gateway.
     pub fn claims(&self, req: &Request<Body>) -> bool {
-        target_of(req).is_some()
+        target_with(req, &self.headers).is_some()
     }
 
     /// Forwards `req` to its sandbox.
     pub async fn forward(&self, req: Request<Body>) -> Response {
         use tracing::Instrument;
-        let Some(target) = target_of(&req) else {
+        let Some(target) = target_with(&req, &self.headers) else {
             return GatewayError::NoTarget.into_response();
         };
         let span = tracing::debug_span!("forward", sandbox = %target.sandbox, port = target.port);
@@ -149,7 +157,7 @@ impl Gateway {
         };
         // The routing headers are ours; the protocol choice must not see them
         // and neither must the sandbox.
-        rewrite::strip_routing_headers(req.headers_mut());
+        rewrite::strip_routing_headers(req.headers_mut(), &self.headers);
         let addr = SocketAddr::new(route.ip, target.port);
         let protocol = Protocol::of(&req);
         let resp = match protocol {

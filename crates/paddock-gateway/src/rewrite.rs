@@ -11,10 +11,7 @@ use std::net::SocketAddr;
 use axum::http::{HeaderMap, Request, Uri, Version};
 
 use crate::errors::GatewayError;
-use crate::target::Target;
-
-/// Headers that name the target; consumed by the gateway.
-const ROUTING: &[&str] = &["e2b-sandbox-id", "e2b-sandbox-port"];
+use crate::target::{RoutingHeaders, Target};
 
 /// Headers that apply to one connection only (RFC 9110 §7.6.1).
 const HOP_BY_HOP: &[&str] = &[
@@ -37,10 +34,10 @@ pub fn upstream_path<B>(target: &Target, req: &Request<B>) -> String {
     })
 }
 
-pub fn strip_routing_headers(headers: &mut HeaderMap) {
-    for h in ROUTING {
-        headers.remove(*h);
-    }
+/// The headers that name the target are the gateway's; they never reach the sandbox.
+pub fn strip_routing_headers(headers: &mut HeaderMap, names: &RoutingHeaders) {
+    headers.remove(&names.sandbox);
+    headers.remove(&names.port);
 }
 
 /// Readies a request for the pooled client: an absolute URI at the sandbox
@@ -98,7 +95,7 @@ mod tests {
         h.insert("e2b-sandbox-id", "sbx".parse().unwrap());
         h.insert("e2b-sandbox-port", "3000".parse().unwrap());
         h.insert("x-access-token", "t".parse().unwrap());
-        strip_routing_headers(&mut h);
+        strip_routing_headers(&mut h, &RoutingHeaders::default());
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-access-token"));
     }

@@ -1,10 +1,36 @@
 //! Which sandbox and port a data-plane request is for.
 
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{HeaderName, Request};
 
 /// Port of the runtime (envd) when a request names none.
 pub const DEFAULT_PORT: u16 = paddock_contract::RUNTIME_PORT;
+
+/// The header names (and the default port) a request names its sandbox with: the E2B SDK's by
+/// default; the manager chart's `gateway.envoy.pluginConfig` values change them, as they
+/// configured the original gateway's plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingHeaders {
+    /// Where host routing (`<port>-<id>.<domain>`) reads the host from; the URI's authority
+    /// (HTTP/2) when the request has no such header.
+    pub host: HeaderName,
+    /// The sandbox id.
+    pub sandbox: HeaderName,
+    /// The port in the sandbox; `default_port` when absent.
+    pub port: HeaderName,
+    pub default_port: u16,
+}
+
+impl Default for RoutingHeaders {
+    fn default() -> Self {
+        Self {
+            host: axum::http::header::HOST,
+            sandbox: HeaderName::from_static("e2b-sandbox-id"),
+            port: HeaderName::from_static("e2b-sandbox-port"),
+            default_port: DEFAULT_PORT,
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -14,15 +40,20 @@ pub struct Target {
     pub path: Option<String>,
 }
 
-/// Finds the target in headers, then host, then path.
+/// Finds the target in the default headers, then host, then path.
 pub fn target_of(req: &Request<Body>) -> Option<Target> {
+    target_with(req, &RoutingHeaders::default())
+}
+
+/// Finds the target in `names`' headers, then host, then path.
+pub fn target_with(req: &Request<Body>, names: &RoutingHeaders) -> Option<Target> {
     let h = req.headers();
-    if let Some(id) = h.get("e2b-sandbox-id").and_then(|v| v.to_str().ok()) {
+    if let Some(id) = h.get(&names.sandbox).and_then(|v| v.to_str().ok()) {
         let port = h
-            .get("e2b-sandbox-port")
+            .get(&names.port)
             .and_then(|v| v.to_str().ok())
             .and_then(|p| p.trim().parse().ok())
-            .unwrap_or(DEFAULT_PORT);
+            .unwrap_or(names.default_port);
         return Some(Target {
             sandbox: id.trim().to_string(),
             port,
@@ -30,7 +61,7 @@ pub fn target_of(req: &Request<Body>) -> Option<Target> {
         });
     }
     let host = h
-        .get("host")
+        .get(&names.host)
         .and_then(|v| v.to_str().ok())
         .or_else(|| req.uri().host());
     if let Some(t) = host.and_then(from_host) {
@@ -126,6 +157,40 @@ mod tests {
         assert_eq!(t.port, DEFAULT_PORT);
         let t = target_of(&req("/kruise/apiq7x/8080/", &[("host", "localhost")])).unwrap();
         assert_eq!((t.sandbox.as_str(), t.port), ("apiq7x", 8080));
+    }
+
+    #[test]
+    fn configured_header_names_replace_the_defaults() {
+        let names = RoutingHeaders {
+            host: HeaderName::from_static("x-forwarded-host"),
+            sandbox: HeaderName::from_static("x-sbx"),
+            port: HeaderName::from_static("x-sbx-port"),
+            default_port: 8080,
+        };
+        let t = target_with(
+            &req("/", &[("x-sbx", "abc"), ("x-sbx-port", "3000")]),
+            &names,
+        )
+        .unwrap();
+        assert_eq!((t.sandbox.as_str(), t.port), ("abc", 3000));
+        let t = target_with(&req("/", &[("x-sbx", "abc")]), &names).unwrap();
+        assert_eq!(t.port, 8080);
+        // the default names no longer route
+        assert!(target_with(&req("/", &[("e2b-sandbox-id", "abc")]), &names).is_none());
+        // host routing reads the configured header, not Host
+        let t = target_with(
+            &req(
+                "/",
+                &[
+                    ("x-forwarded-host", "7000-sbx9.example.com"),
+                    ("host", "gw.local"),
+                ],
+            ),
+            &names,
+        )
+        .unwrap();
+        assert_eq!((t.sandbox.as_str(), t.port), ("sbx9", 7000));
+        assert!(target_with(&req("/", &[("host", "7000-sbx9.example.com")]), &names).is_none());
     }
 
     #[test]

@@ -47,10 +47,15 @@ pub enum InfraError {
         /// What happened.
         reason: String,
     },
-    /// The backend cannot do this at all (a pause mode it lacks, ...): the answer is the same
-    /// on every retry.
-    #[error("unsupported: {0}")]
-    Unsupported(String),
+    /// No snapshot with that id or name (visible to the caller).
+    #[error("snapshot {0:?} not found")]
+    SnapshotNotFound(String),
+    /// The call conflicts with the state of something else (a snapshot still in use, ...).
+    #[error("{0}")]
+    Conflict(String),
+    /// This backend does not implement the call (snapshots in a backend without them, ...).
+    #[error("{0} is not supported by this backend")]
+    Unsupported(&'static str),
     /// Anything else that went wrong on our side.
     #[error("internal infrastructure error: {0}")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -68,6 +73,8 @@ impl InfraError {
             self,
             Self::UnknownTemplate(_)
                 | Self::NotFound(_)
+                | Self::SnapshotNotFound(_)
+                | Self::Conflict(_)
                 | Self::InvalidLimits(_)
                 | Self::IllegalTransition { .. }
                 | Self::Unsupported(_)

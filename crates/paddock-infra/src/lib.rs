@@ -7,6 +7,7 @@
 mod error;
 mod id;
 pub mod record;
+mod snapshot;
 mod state;
 mod types;
 
@@ -15,6 +16,7 @@ use std::future::Future;
 pub use error::{InfraError, InfraResult};
 pub use id::{InvalidSandboxId, SandboxId};
 pub use record::{ApiState, Lease, OnTimeout, RecordStore, SandboxRecord};
+pub use snapshot::{CreateSnapshot, SnapshotInfo, SnapshotKind};
 pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
 pub use types::{
     CreateSandbox, Limits, LimitsError, LogLine, PauseMode, SandboxEnded, SandboxInfo,
@@ -76,10 +78,8 @@ pub trait Infra: Send + Sync + 'static {
         async move {
             match mode {
                 PauseMode::Memory => self.pause(id).await,
-                other => Err(InfraError::Unsupported(format!(
-                    "pausing in {} mode is not supported by this backend",
-                    other.as_str()
-                ))),
+                PauseMode::Filesystem => Err(InfraError::Unsupported("filesystem-only pause")),
+                PauseMode::Checkpoint => Err(InfraError::Unsupported("checkpoint pause")),
             }
         }
     }
@@ -97,5 +97,48 @@ pub trait Infra: Send + Sync + 'static {
     /// in the Sandbox resources). `None` (the default): the manager keeps them in its data dir.
     fn records(&self) -> Option<std::sync::Arc<dyn RecordStore>> {
         None
+    }
+
+    // Snapshots and fork. The defaults answer [`InfraError::Unsupported`] (listing: none), so
+    // a backend without them needs no code and the API answers 501.
+
+    /// Captures the sandbox's state as a snapshot that outlives it. A paused sandbox can be
+    /// captured too.
+    fn create_snapshot(
+        &self,
+        req: CreateSnapshot,
+    ) -> impl Future<Output = InfraResult<SnapshotInfo>> + Send {
+        let _ = req;
+        std::future::ready(Err(InfraError::Unsupported("snapshots")))
+    }
+    /// Every snapshot of every team.
+    fn snapshots(&self) -> impl Future<Output = InfraResult<Vec<SnapshotInfo>>> + Send {
+        std::future::ready(Ok(Vec::new()))
+    }
+    /// Deletes a snapshot (by id) and its files.
+    fn delete_snapshot(&self, id: &str) -> impl Future<Output = InfraResult<()>> + Send {
+        let _ = id;
+        std::future::ready(Err(InfraError::Unsupported("snapshots")))
+    }
+    /// Creates a sandbox from a snapshot (by id): `req.template` is ignored, the snapshot's
+    /// is used. Each such sandbox is independent of the snapshot's other sandboxes.
+    fn create_from_snapshot(
+        &self,
+        snapshot: &str,
+        req: CreateSandbox,
+    ) -> impl Future<Output = InfraResult<SandboxInfo>> + Send {
+        let _ = (snapshot, req);
+        std::future::ready(Err(InfraError::Unsupported("snapshots")))
+    }
+    /// Makes one sandbox per request from the sandbox's current state; the original keeps
+    /// running. `Err` fails the whole call before any fork was made; each inner result is one
+    /// fork's.
+    fn fork(
+        &self,
+        id: &SandboxId,
+        reqs: Vec<CreateSandbox>,
+    ) -> impl Future<Output = InfraResult<Vec<InfraResult<SandboxInfo>>>> + Send {
+        let _ = (id, reqs);
+        std::future::ready(Err(InfraError::Unsupported("fork")))
     }
 }

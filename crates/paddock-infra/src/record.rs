@@ -127,6 +127,15 @@ pub type RecordChange<'a> = Box<dyn FnOnce(&mut SandboxRecord) + Send + 'a>;
 pub trait RecordStore: Send + Sync + 'static {
     /// The record of `id`, if there is one.
     fn get(&self, id: &SandboxId) -> Option<SandboxRecord>;
+    /// The record of `id` as the backend holds it now, for requests about one sandbox: they
+    /// must see what another manager replica wrote a moment ago (a timeout set through one
+    /// replica, read through the next). A store with one writer answers from memory.
+    fn get_fresh<'a>(
+        &'a self,
+        id: &'a SandboxId,
+    ) -> BoxFuture<'a, InfraResult<Option<SandboxRecord>>> {
+        Box::pin(async move { Ok(self.get(id)) })
+    }
     /// Every record.
     fn all(&self) -> Vec<SandboxRecord>;
     /// Adds (or replaces) a record.

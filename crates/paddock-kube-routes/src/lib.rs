@@ -9,6 +9,7 @@
 //! It is its own crate, not a feature of the gateway crate, so that `paddock-gateway` stays
 //! free of the Kubernetes client and `paddock up` keeps building and testing it alone.
 
+pub mod drain;
 pub mod listener;
 pub mod metrics;
 pub mod routes;

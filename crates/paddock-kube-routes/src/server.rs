@@ -13,7 +13,7 @@ use axum::extract::Request;
 use axum::serve::ListenerExt;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use paddock_gateway::{Gateway, GatewayMetrics, Thresholds};
+use paddock_gateway::{Gateway, GatewayMetrics, RoutingHeaders, Thresholds};
 
 use crate::Scope;
 use crate::listener::{PeerState, router};
@@ -34,9 +34,14 @@ pub struct Config {
     /// The shared peer token; `None` refuses every push.
     pub peer_token: Option<String>,
     pub thresholds: Thresholds,
+    /// The header names requests name their sandbox and port with.
+    pub routing_headers: RoutingHeaders,
     /// A kubeconfig file; else `KUBECONFIG`, `~/.kube/config` or the in-cluster config.
     pub kubeconfig: Option<PathBuf>,
-    /// How long in-flight requests may run on after shutdown begins.
+    /// How long the data plane goes on serving once shutdown begins, not ready and closing
+    /// HTTP/1 connections after each response ([`crate::drain`]), before it stops accepting.
+    pub drain_delay: Duration,
+    /// How long in-flight requests may run on after that.
     pub shutdown_grace: Duration,
 }
 
@@ -107,7 +112,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
         config.scope.clone(),
         route_metrics.clone(),
     );
-    let gateway = Gateway::new(Arc::new(routes), config.thresholds, gateway_metrics);
+    let gateway = Gateway::new(Arc::new(routes), config.thresholds, gateway_metrics)
+        .with_routing_headers(config.routing_headers.clone());
 
     let registry = Arc::new(registry);
     let export = {
@@ -131,10 +137,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
     }));
     // Every request on the data plane is for a sandbox: the forward phase answers one that
     // names none with how to name one.
-    let data_app = Router::new().fallback(move |req: Request| {
-        let gateway = gateway.clone();
-        async move { gateway.forward(req).await }
-    });
+    let data_app = crate::drain::close_when_stopping(
+        Router::new().fallback(move |req: Request| {
+            let gateway = gateway.clone();
+            async move { gateway.forward(req).await }
+        }),
+        stopping.clone(),
+    );
 
     let data = bind(config.listen).await?;
     let peer = bind(config.peer_listen).await?;
@@ -175,9 +184,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send) -> R
             return Err(Error::Serve(e));
         }
     }
-    // Not ready any more (the Service stops sending new traffic), no new connections;
-    // in-flight requests get the grace period.
+    // Not ready any more; the pod is leaving the Service's endpoints. Serve on for the drain
+    // delay, closing HTTP/1 connections after each response so clients reconnect elsewhere,
+    // then accept no more; in-flight requests get the grace period.
     stopping.store(true, Ordering::Release);
+    tracing::info!(delay = ?config.drain_delay, "shutting down: draining connections");
+    tokio::time::sleep(config.drain_delay).await;
     tracing::info!(grace = ?config.shutdown_grace, "shutting down: waiting for in-flight requests");
     let _ = stop_data.send(true);
     match tokio::time::timeout(config.shutdown_grace, &mut data_task).await {

@@ -135,6 +135,35 @@ impl RecordStore for KubeRecords {
         convert::record(&*self.infra.inner.cache.get(&key)?)
     }
 
+    fn get_fresh<'a>(
+        &'a self,
+        id: &'a SandboxId,
+    ) -> BoxFuture<'a, InfraResult<Option<SandboxRecord>>> {
+        Box::pin(async move {
+            let Ok(key) = key_of(id) else {
+                return Ok(None);
+            };
+            let i = &self.infra.inner;
+            if !i.in_scope(&key.0) {
+                return Ok(None);
+            }
+            // A quorum read: this replica's cache may not have seen another's write yet.
+            match call(i.sandboxes(&key.0).get_opt(&key.1)).await? {
+                Some(s) => {
+                    let record = convert::record(&s);
+                    // Newer than the cache: later reads here see it too (the cache keeps
+                    // whichever copy has the higher resourceVersion).
+                    i.cache.wrote(s);
+                    Ok(record)
+                }
+                None => {
+                    i.cache.deleted(key);
+                    Ok(None)
+                }
+            }
+        })
+    }
+
     fn all(&self) -> Vec<SandboxRecord> {
         let i = &self.infra.inner;
         i.cache

@@ -95,11 +95,12 @@ impl From<InfraError> for ApiError {
         // The caller's mistakes are explained to them; our own failures are described only
         // in general terms, the details (paths, kernel errors) go to the log.
         let (status, message) = match &e {
-            InfraError::UnknownTemplate(_) | InfraError::NotFound(_) => {
-                (StatusCode::NOT_FOUND, e.to_string())
-            }
-            InfraError::InvalidLimits(_) => (StatusCode::BAD_REQUEST, e.to_string()),
+            InfraError::UnknownTemplate(_)
+            | InfraError::NotFound(_)
+            | InfraError::SnapshotNotFound(_) => (StatusCode::NOT_FOUND, e.to_string()),
+            InfraError::Conflict(_) => (StatusCode::CONFLICT, e.to_string()),
             InfraError::Unsupported(_) => (StatusCode::NOT_IMPLEMENTED, e.to_string()),
+            InfraError::InvalidLimits(_) => (StatusCode::BAD_REQUEST, e.to_string()),
             InfraError::IllegalTransition { .. } => (StatusCode::CONFLICT, e.to_string()),
             InfraError::Capacity(_) | InfraError::NoStock { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, e.to_string())

@@ -54,6 +54,9 @@ pub struct Quota {
     /// Memory in MiB summed over the team's sandboxes.
     #[serde(default, rename = "maxMemoryMB")]
     pub max_memory_mb: Option<u64>,
+    /// Snapshots the team keeps (they hold disk until deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_snapshots: Option<u32>,
 }
 
 /// A boxed future, for the object-safe [`KeyBackend`].

@@ -127,6 +127,23 @@ impl<I: Infra> Manager<I> {
         self.records.get(&id).filter(|r| team.sees(&r.team))
     }
 
+    /// [`Manager::record_for`] as the store holds it now, for a request about one sandbox
+    /// (another replica may have changed it a moment ago).
+    pub(crate) async fn fresh_record_for(
+        &self,
+        id: &str,
+        team: &Team,
+    ) -> Result<Option<SandboxRecord>, paddock_infra::InfraError> {
+        let Ok(id) = SandboxId::new(id) else {
+            return Ok(None);
+        };
+        Ok(self
+            .records
+            .get_fresh(&id)
+            .await?
+            .filter(|r| team.sees(&r.team)))
+    }
+
     /// Makes the records and the infrastructure agree after a restart:
     /// sandboxes that kept running and have a record are served again; a
     /// sandbox without a record (nobody holds its token) is killed; a record

@@ -16,6 +16,24 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// What one sandbox with `limits` counts for.
+    pub fn of_limits(limits: &paddock_infra::Limits) -> Usage {
+        Usage {
+            sandboxes: 1,
+            cpu: limits.cpu_millis.div_ceil(1000),
+            memory_mb: limits.memory_bytes >> 20,
+        }
+    }
+
+    /// `n` times this usage.
+    pub fn times(self, n: u32) -> Usage {
+        Usage {
+            sandboxes: self.sandboxes * n,
+            cpu: self.cpu * n,
+            memory_mb: self.memory_mb * u64::from(n),
+        }
+    }
+
     fn add(self, o: Usage) -> Usage {
         Usage {
             sandboxes: self.sandboxes + o.sandboxes,
@@ -57,6 +75,20 @@ pub enum QuotaError {
         used: u64,
         wanted: u64,
     },
+    #[error("quota exceeded: team '{team}' may keep at most {max} snapshots ({used} kept)")]
+    Snapshots { team: String, max: u32, used: u32 },
+}
+
+/// Whether a team keeping `used` snapshots may take one more.
+pub fn snapshot_fits(quota: &Quota, team: &str, used: u32) -> Result<(), QuotaError> {
+    match quota.max_snapshots {
+        Some(max) if used >= max => Err(QuotaError::Snapshots {
+            team: team.to_string(),
+            max,
+            used,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Whether `used + wanted` fits `quota`; the error names the limit hit.
@@ -215,5 +247,17 @@ mod tests {
         let err = fits(&q, "t", ONE, ONE).unwrap_err();
         assert!(err.to_string().contains("1000 MiB"), "{err}");
         assert!(fits(&Quota::default(), "t", ONE, ONE).is_ok());
+    }
+
+    #[test]
+    fn snapshots_are_counted_against_their_own_limit() {
+        let q = Quota {
+            max_snapshots: Some(2),
+            ..Quota::default()
+        };
+        assert!(snapshot_fits(&q, "t", 1).is_ok());
+        let err = snapshot_fits(&q, "t", 2).unwrap_err();
+        assert!(err.to_string().contains("at most 2 snapshots"), "{err}");
+        assert!(snapshot_fits(&Quota::default(), "t", 1000).is_ok());
     }
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use paddock_gateway::Thresholds;
+use axum::http::HeaderName;
+use paddock_gateway::{RoutingHeaders, Thresholds};
 
 /// Env var holding the token managers send with route pushes.
 pub const PEER_TOKEN_ENV: &str = "PADDOCK_PEER_TOKEN";
@@ -49,13 +50,34 @@ pub struct GatewayArgs {
     /// closes it.
     #[arg(long, default_value_t = Thresholds::default().upgrade_idle_timeout.as_secs())]
     upgrade_idle_timeout_secs: u64,
+    /// The header host routing (`<port>-<id>.<domain>`) reads (the chart's
+    /// gateway.envoy.pluginConfig.hostHeaderName).
+    #[arg(long, default_value = "host", value_parser = header_name)]
+    host_header_name: HeaderName,
+    /// The header naming the sandbox (pluginConfig.sandboxHeaderName).
+    #[arg(long, default_value = "e2b-sandbox-id", value_parser = header_name)]
+    sandbox_header_name: HeaderName,
+    /// The header naming the port in the sandbox (pluginConfig.sandboxPortHeader).
+    #[arg(long, default_value = "e2b-sandbox-port", value_parser = header_name)]
+    sandbox_port_header: HeaderName,
+    /// The port when a request names a sandbox by header but no port (pluginConfig.defaultPort).
+    #[arg(long, default_value_t = paddock_gateway::DEFAULT_PORT, value_parser = clap::value_parser!(u16).range(1..))]
+    default_port: u16,
     /// A kubeconfig file; else KUBECONFIG, ~/.kube/config or the in-cluster config.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
 }
 
-/// How long in-flight requests may run on after SIGTERM (inside Kubernetes' default
-/// 30-second termination grace period).
+/// A header name as given (any case; HTTP header names are case-insensitive).
+fn header_name(s: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(s.trim().to_ascii_lowercase().as_bytes())
+        .map_err(|_| format!("{s:?} is not a valid HTTP header name"))
+}
+
+/// After SIGTERM: how long to go on serving while the pod leaves the Service's endpoints
+/// (HTTP/1 connections close after each response), then how long in-flight requests may run
+/// on; both inside Kubernetes' default 30-second termination grace period.
+const DRAIN_DELAY: Duration = Duration::from_secs(5);
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 fn peer_token(file: Option<&PathBuf>) -> anyhow::Result<Option<String>> {
@@ -93,7 +115,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             max_requests_per_sandbox: args.max_requests_per_sandbox,
             upgrade_idle_timeout: std::time::Duration::from_secs(args.upgrade_idle_timeout_secs),
         },
+        routing_headers: RoutingHeaders {
+            host: args.host_header_name,
+            sandbox: args.sandbox_header_name,
+            port: args.sandbox_port_header,
+            default_port: args.default_port,
+        },
         kubeconfig: args.kubeconfig,
+        drain_delay: DRAIN_DELAY,
         shutdown_grace: SHUTDOWN_GRACE,
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())

@@ -81,6 +81,9 @@ pub async fn kube_client(path: Option<&std::path::Path>) -> anyhow::Result<kube:
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
+/// How long the API goes on serving after SIGTERM (see `run`).
+const DRAIN_DELAY: Duration = Duration::from_secs(5);
+
 fn read_secret_file(p: &std::path::Path, what: &str) -> anyhow::Result<String> {
     let s =
         std::fs::read_to_string(p).with_context(|| format!("reading {what} {}", p.display()))?;
@@ -194,7 +197,11 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         }
         out
     });
-    let app = paddock_manager::router(manager, exporter);
+    let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let app = paddock_kube_routes::drain::close_when_stopping(
+        paddock_manager::router(manager, exporter),
+        stopping.clone(),
+    );
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}", args.listen))?;
@@ -203,13 +210,20 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    // On SIGTERM the pod leaves the Service's endpoints: serve on for DRAIN_DELAY, closing
+    // HTTP/1 connections after each response so clients reconnect to another replica, then
+    // stop accepting and let in-flight requests finish.
+    let stop = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
+        stopping.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(delay = ?DRAIN_DELAY, "shutting down: draining connections");
+        tokio::time::sleep(DRAIN_DELAY).await;
+        tracing::info!("shutting down: waiting for in-flight requests");
     };
     axum::serve(listener, app)
         .with_graceful_shutdown(stop)

@@ -141,7 +141,27 @@ impl EmbeddedInfra {
         metadata: std::collections::BTreeMap<String, String>,
         pooled: bool,
     ) -> InfraResult<SandboxInfo> {
-        let layers = self.build_template(template).await?;
+        let from = Layered {
+            template: template.to_owned(),
+            ..Layered::default()
+        };
+        self.layered_create(from, limits, allow_internet, metadata, pooled)
+            .await
+    }
+
+    /// A cold create on the template's layers, with a snapshot's layers over them and the
+    /// writable layer seeded from a copy when `from` says so.
+    pub(super) async fn layered_create(
+        &self,
+        from: Layered,
+        limits: Limits,
+        allow_internet: bool,
+        metadata: std::collections::BTreeMap<String, String>,
+        pooled: bool,
+    ) -> InfraResult<SandboxInfo> {
+        let template = from.template.as_str();
+        let mut layers = from.layers.clone();
+        layers.extend(self.build_template(template).await?);
         self.inner.create_rate.acquire().await;
         let id = new_id()?;
         let ip = self.allocate_ip()?;
@@ -161,6 +181,7 @@ impl EmbeddedInfra {
             paused_in: None,
             timeout_pause: Default::default(),
             relaunch: None,
+            snapshot: from.snapshot.clone(),
         };
         // Record first: if we crash from here on, recovery finds and cleans the leftovers.
         if let Err(e) = self.inner.store.put(&rec) {
@@ -177,7 +198,11 @@ impl EmbeddedInfra {
         );
         let span = info_span!("sandbox_create", %id, template, %ip);
         let started = Instant::now();
-        match self.bring_up(rec, layers).instrument(span.clone()).await {
+        match self
+            .bring_up(rec, layers, from.seed)
+            .instrument(span.clone())
+            .await
+        {
             Ok(info) => {
                 span.in_scope(|| {
                     info!(
@@ -202,6 +227,7 @@ impl EmbeddedInfra {
         &self,
         mut rec: SandboxRecord,
         layers: Vec<PathBuf>,
+        seed: Option<PathBuf>,
     ) -> InfraResult<SandboxInfo> {
         let paths = self.paths(&rec.id);
         let cfg = self.inner.cfg.clone();
@@ -214,6 +240,11 @@ impl EmbeddedInfra {
                 .map_err(internal)?;
             for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
                 std::fs::create_dir_all(&d).map_err(internal)?;
+            }
+            // A fork starts from a copy of its original's writable layer, on its own disk (so
+            // under its own limit).
+            if let Some(seed) = &seed {
+                crate::snapshot::copy_tree(seed, &paths.upper(), false).map_err(internal)?;
             }
             mounts::mount_overlay(&layers, &paths.upper(), &paths.work(), &paths.rootfs())
                 .map_err(internal)
@@ -349,6 +380,19 @@ fn apply_lease(rec: &mut SandboxRecord, lease: Option<&paddock_infra::Lease>) {
             env_vars: l.env_vars.clone(),
         });
     }
+}
+
+/// What a cold create builds on besides the template.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Layered {
+    /// The template (its layers are the lowest).
+    pub(super) template: String,
+    /// Read-only layers over the template's, topmost first (a snapshot's).
+    pub(super) layers: Vec<PathBuf>,
+    /// The snapshot `layers` belong to, recorded so it is not deleted under the sandbox.
+    pub(super) snapshot: Option<String>,
+    /// A tree copied into the new writable layer before the sandbox starts (a fork's).
+    pub(super) seed: Option<PathBuf>,
 }
 
 /// `uid[:gid]`, numeric.

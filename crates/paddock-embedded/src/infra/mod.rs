@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use paddock_cgroups::{CgroupLimits, Hierarchy};
 use paddock_infra::{
-    CreateSandbox, Infra, InfraError, InfraResult, Limits, PauseMode, SandboxEnded, SandboxId,
-    SandboxInfo, SandboxMetrics, TemplateInfo,
+    CreateSandbox, CreateSnapshot, Infra, InfraError, InfraResult, Limits, PauseMode, SandboxEnded,
+    SandboxId, SandboxInfo, SandboxMetrics, SnapshotInfo, TemplateInfo,
 };
 use tracing::info;
 
@@ -27,6 +27,7 @@ mod paths;
 mod pause;
 mod pool;
 mod recovery;
+mod snapshots;
 mod state;
 mod teardown;
 
@@ -39,6 +40,11 @@ struct Inner {
     templates: Templates,
     cgroups: Hierarchy,
     store: Store,
+    /// Snapshots (see `snapshots.rs`).
+    snapshots: crate::snapshot::SnapshotStore,
+    /// Held (shared) by creates that put a snapshot's layers under a new sandbox and
+    /// (exclusively) by a snapshot's delete, which must not remove layers in use.
+    snapshot_use: tokio::sync::RwLock<()>,
     state: Mutex<State>,
     pool_wakeup: tokio::sync::Notify,
     create_rate: crate::ratelimit::RateLimiter,
@@ -116,6 +122,8 @@ impl EmbeddedInfra {
             crate::private_dir::create_private_dir(&d).map_err(internal)?;
         }
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
+        let snapshots = crate::snapshot::SnapshotStore::open(cfg.data_dir.join("snapshots"))
+            .map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
         network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
@@ -131,6 +139,8 @@ impl EmbeddedInfra {
                 templates,
                 cgroups,
                 store,
+                snapshots,
+                snapshot_use: tokio::sync::RwLock::new(()),
                 state: Mutex::new(State::default()),
                 pool_wakeup: tokio::sync::Notify::new(),
                 create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
@@ -267,6 +277,34 @@ impl Infra for EmbeddedInfra {
 
     fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded> {
         self.inner.ended.subscribe()
+    }
+
+    async fn create_snapshot(&self, req: CreateSnapshot) -> InfraResult<SnapshotInfo> {
+        self.snapshot_sandbox(req).await
+    }
+
+    async fn snapshots(&self) -> InfraResult<Vec<SnapshotInfo>> {
+        self.list_snapshots().await
+    }
+
+    async fn delete_snapshot(&self, id: &str) -> InfraResult<()> {
+        self.remove_snapshot(id).await
+    }
+
+    async fn create_from_snapshot(
+        &self,
+        snapshot: &str,
+        req: CreateSandbox,
+    ) -> InfraResult<SandboxInfo> {
+        self.create_on_snapshot(snapshot, req).await
+    }
+
+    async fn fork(
+        &self,
+        id: &SandboxId,
+        reqs: Vec<CreateSandbox>,
+    ) -> InfraResult<Vec<InfraResult<SandboxInfo>>> {
+        self.fork_sandbox(id, reqs).await
     }
 
     async fn templates(&self) -> InfraResult<Vec<TemplateInfo>> {

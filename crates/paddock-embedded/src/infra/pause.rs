@@ -11,9 +11,11 @@ use crate::store::SandboxRecord;
 use crate::{container, network};
 
 /// Why the checkpoint mode is refused here, in words for the caller.
-pub(super) const CHECKPOINT_UNSUPPORTED: &str = "pausing in checkpoint mode (CRIU) is not \
-     implemented in embedded mode (Debian's CRIU 3.17 fails its kernel check on current kernels); \
-     pause with memory (the default) or filesystem-only (memory: false)";
+/// The checkpoint mode, as the caller is told it is missing ("... is not supported by this
+/// backend").
+pub(super) const CHECKPOINT_UNSUPPORTED: &str = "checkpoint pause (CRIU: Debian's CRIU 3.17 \
+     fails its kernel check on current kernels; pause with memory, the default, or \
+     filesystem-only)";
 
 impl EmbeddedInfra {
     /// The body of [`paddock_infra::Infra::pause_in`].
@@ -43,7 +45,7 @@ impl EmbeddedInfra {
                     self.stop_processes(&running).await?;
                 }
                 PauseMode::Checkpoint => {
-                    return Err(InfraError::Unsupported(CHECKPOINT_UNSUPPORTED.into()));
+                    return Err(InfraError::Unsupported(CHECKPOINT_UNSUPPORTED));
                 }
             }
             rec.paused_in = Some(mode);
@@ -82,7 +84,7 @@ impl EmbeddedInfra {
                     }
                 }
                 PauseMode::Checkpoint => {
-                    return Err(InfraError::Unsupported(CHECKPOINT_UNSUPPORTED.into()));
+                    return Err(InfraError::Unsupported(CHECKPOINT_UNSUPPORTED));
                 }
             }
             rec.paused_in = None;

@@ -9,7 +9,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use paddock_infra::{CreateSandbox, Infra, Lease};
+use paddock_infra::{CreateSandbox, Infra, Lease, SandboxInfo};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -156,18 +156,24 @@ async fn create<I: Infra>(
     // The original's extensions come out of the metadata before anything else reads it.
     let mut metadata = b.metadata.clone().unwrap_or_default();
     let ext = super::extensions::Extensions::take(&mut metadata)?;
+    // A template of that name wins; else one of the team's snapshots by id or name (a
+    // snapshot cannot be given a template's name, see `snapshots.rs`).
     let templates = m.infra.templates().await?;
-    let Some(tpl) = templates.iter().find(|t| t.name == template) else {
-        return Err(ApiError::not_found(format!(
-            "template '{template}' not found: GET /templates lists the templates"
-        )));
+    let (limits, snapshot) = match templates.iter().find(|t| t.name == template) {
+        Some(tpl) => (tpl.limits.clone(), None),
+        None => match super::snapshots::find(m, &caller.team, &template).await? {
+            Some(s) => (s.limits.clone(), Some(s)),
+            None => {
+                return Err(ApiError::not_found(format!(
+                    "template or snapshot '{template}' not found: GET /templates lists the templates, GET /snapshots the snapshots"
+                )));
+            }
+        },
     };
+    // A sandbox made from a snapshot is listed with the snapshot's id as its template.
+    let template = snapshot.as_ref().map(|s| s.id.clone()).unwrap_or(template);
     let quota = caller.key.as_ref().map(|k| k.quota).unwrap_or_default();
-    let wanted = crate::quota::Usage {
-        sandboxes: 1,
-        cpu: tpl.limits.cpu_millis.div_ceil(1000),
-        memory_mb: tpl.limits.memory_bytes >> 20,
-    };
+    let wanted = crate::quota::Usage::of_limits(&limits);
     let _reservation = m.reservations.reserve(
         &quota,
         team.name(),
@@ -219,18 +225,19 @@ async fn create<I: Infra>(
         .acquire()
         .await
         .map_err(|e| ApiError::internal("the manager is shutting down", e))?;
-    let created = m
-        .infra
-        .create(CreateSandbox {
-            template: template.clone(),
-            limits: None,
-            allow_internet_access,
-            metadata: metadata.clone(),
-            lease: Some(lease.clone()),
-            labels: ext.labels.clone(),
-            create_on_no_stock: ext.create_on_no_stock,
-        })
-        .await;
+    let req = CreateSandbox {
+        template: template.clone(),
+        limits: None,
+        allow_internet_access,
+        metadata: metadata.clone(),
+        lease: Some(lease.clone()),
+        labels: ext.labels.clone(),
+        create_on_no_stock: ext.create_on_no_stock,
+    };
+    let created = match &snapshot {
+        Some(s) => m.infra.create_from_snapshot(&s.id, req).await,
+        None => m.infra.create(req).await,
+    };
     let info = match created {
         Ok(info) => info,
         Err(e) => {
@@ -241,6 +248,31 @@ async fn create<I: Infra>(
             return Err(e.into());
         }
     };
+    let listed = ext.listed_metadata(&metadata, info.address.ip());
+    let body = register(
+        m,
+        info,
+        lease,
+        template,
+        listed,
+        allow_internet_access,
+        started,
+    )
+    .await?;
+    Ok((StatusCode::CREATED.as_u16(), body))
+}
+
+/// Hands a sandbox the infrastructure made its configuration (`/init`) and records it; the
+/// sandbox's JSON as the API shows it. A sandbox that cannot be set up or recorded is killed.
+pub(super) async fn register<I: Infra>(
+    m: &Manager<I>,
+    info: SandboxInfo,
+    lease: Lease,
+    template: String,
+    metadata: BTreeMap<String, String>,
+    allow_internet_access: bool,
+    started: std::time::Instant,
+) -> ApiResult<Value> {
     // The runtime learns its env vars and access token through /init, sent by the manager
     // for every backend.
     let init = paddock_contract::InitRequest {
@@ -269,7 +301,7 @@ async fn create<I: Infra>(
         id: info.id.clone(),
         team: lease.team,
         template,
-        metadata: ext.listed_metadata(&metadata, info.address.ip()),
+        metadata,
         started_at: now,
         end_at: end_at(now, lease.timeout),
         state: ApiState::Running,
@@ -302,12 +334,12 @@ async fn create<I: Infra>(
         return Err(e.into());
     }
     tracing::info!(sandbox = %id, %team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
-    Ok((StatusCode::CREATED.as_u16(), body))
+    Ok(body)
 }
 
 /// When a sandbox created at `now` with `timeout` ends. A sandbox that never times out keeps
 /// the largest end the API's timestamps can show (the API shows it as the zero time).
-fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
+pub(super) fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
     match timeout {
         Some(t) => now + t,
         None => super::extensions::never(),
@@ -315,7 +347,7 @@ fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
 }
 
 /// A fresh sandbox token (24 random bytes, hex).
-fn new_token() -> ApiResult<String> {
+pub(super) fn new_token() -> ApiResult<String> {
     paddock_contract::random_hex(24)
         .map_err(|e| ApiError::internal("making the sandbox's token", e))
 }

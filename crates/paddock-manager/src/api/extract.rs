@@ -64,7 +64,8 @@ impl<I: Infra> FromRequestParts<Arc<Manager<I>>> for OwnedSandbox {
         let caller = Caller::from_request_parts(parts, m).await?;
         let PathParam(id) = PathParam::from_request_parts(parts, m).await?;
         let record = m
-            .record_for(&id, &caller.team)
+            .fresh_record_for(&id, &caller.team)
+            .await?
             .ok_or_else(|| ApiError::sandbox_not_found(&id))?;
         Ok(Self { caller, record })
     }

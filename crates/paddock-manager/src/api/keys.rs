@@ -34,7 +34,7 @@ fn key_json(k: &StoredKey) -> Value {
     json!({
         "id": k.id, "team": k.team, "name": k.name, "createdAt": k.created_at,
         "maxSandboxes": k.quota.max_sandboxes, "maxCpu": k.quota.max_cpu,
-        "maxMemoryMB": k.quota.max_memory_mb,
+        "maxMemoryMB": k.quota.max_memory_mb, "maxSnapshots": k.quota.max_snapshots,
     })
 }
 

@@ -11,6 +11,7 @@ mod lifecycle;
 mod logs;
 mod metrics;
 mod sandboxes;
+mod snapshots;
 mod templates;
 mod validate;
 
@@ -74,6 +75,10 @@ pub fn router<I: Infra>(manager: Arc<Manager<I>>, exporter: Exporter) -> Router 
         .route("/sandboxes/{id}/metrics", get(metrics::sandbox::<I>))
         .route("/sandboxes/{id}/logs", get(logs::v1::<I>))
         .route("/v2/sandboxes/{id}/logs", get(logs::v2::<I>))
+        .route("/sandboxes/{id}/snapshots", post(snapshots::create::<I>))
+        .route("/sandboxes/{id}/fork", post(snapshots::fork::<I>))
+        .route("/snapshots", get(snapshots::list::<I>))
+        .route("/templates/{id}", delete(snapshots::delete::<I>))
         .route("/templates", get(templates::list::<I>))
         .route("/templates/aliases/{alias}", get(templates::alias::<I>))
         .route("/api-keys", post(keys::create::<I>).get(keys::list::<I>))

@@ -581,3 +581,29 @@ async fn the_configured_domain_is_returned_with_each_sandbox() {
         .await;
     assert!(b.body["domain"].is_null(), "{}", b.text);
 }
+
+/// A backend without snapshots (the trait's defaults) answers 501 for them, lists none, and
+/// a create naming an unknown template or snapshot is a 404 naming it.
+#[tokio::test]
+async fn snapshots_on_a_backend_without_them_are_501_and_unknown_ones_404() {
+    let h = Harness::new().await;
+    let a = h
+        .post("/sandboxes", ADMIN, json!({"templateID": "base"}))
+        .await;
+    let id = a.body["sandboxID"].as_str().unwrap().to_string();
+    let s = h
+        .post(&format!("/sandboxes/{id}/snapshots"), ADMIN, json!({}))
+        .await;
+    assert_eq!(s.status, StatusCode::NOT_IMPLEMENTED, "{}", s.text);
+    let f = h
+        .post(&format!("/sandboxes/{id}/fork"), ADMIN, json!({"count": 2}))
+        .await;
+    assert_eq!(f.status, StatusCode::NOT_IMPLEMENTED, "{}", f.text);
+    let l = h.get("/snapshots", ADMIN).await;
+    assert_eq!((l.status, l.body.clone()), (StatusCode::OK, json!([])));
+    let c = h
+        .post("/sandboxes", ADMIN, json!({"templateID": "snap-nothere"}))
+        .await;
+    assert_eq!(c.status, StatusCode::NOT_FOUND);
+    assert!(c.text.contains("snap-nothere"), "{}", c.text);
+}
