@@ -220,7 +220,10 @@ async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest()
         assert!(!leaks.iter().any(|l| l.contains(half)), "{leaks:?}");
         // An adopted sandbox that dies (no longer our child) is still noticed.
         infra
-            .exec(&ready[2].0, &["/bin/kill", "-9", "2"])
+            .exec(
+                &ready[2].0,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         let deadline = Instant::now() + Duration::from_secs(20);
