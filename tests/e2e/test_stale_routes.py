@@ -36,10 +36,11 @@ def test_a_dead_sandboxs_route_is_502_after_another_team_takes_its_address(secon
     serve(dead, "team A")
     wait_until(lambda: get_8080(srv, dead.sandbox_id).status_code == 200, 30,
                "team A's server to answer through the gateway")
-    # Kill the runtime (tini's only child, PID 2): tini exits and the sandbox dies on its own.
+    # Kill the runtime (tini's only child; not PID 2 since the boot id hook ran first): tini
+    # exits and the sandbox dies on its own.
     # The command dies with the sandbox, so its own outcome does not matter.
     try:
-        dead.commands.run("kill -9 2", user="root", timeout=10)
+        dead.commands.run("kill -9 $(cat /proc/1/task/1/children)", user="root", timeout=10)
     except Exception:  # noqa: BLE001 - the connection goes down with the sandbox
         pass
 

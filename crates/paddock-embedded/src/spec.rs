@@ -38,7 +38,24 @@ pub struct SpecInput<'a> {
     pub resolv_conf: Option<&'a Path>,
     /// Size of the `/tmp` tmpfs in bytes (charged to the sandbox's memory cgroup).
     pub tmp_bytes: u64,
+    /// This boot's own `/proc/sys/kernel/random/boot_id`, if any.
+    pub boot_id: Option<BootId<'a>>,
 }
+
+/// A file to show as `/proc/sys/kernel/random/boot_id` inside the sandbox. A container
+/// otherwise shows the host's, the same on every boot of the sandbox. libcontainer refuses OCI
+/// mounts under `/proc` (but a few), so a `createContainer` hook (the container helper, run in
+/// the sandbox's mount namespace once `/proc` is mounted, before `pivot_root`) binds it.
+#[derive(Debug, Clone, Copy)]
+pub struct BootId<'a> {
+    /// The file holding this boot's id.
+    pub file: &'a Path,
+    /// The binary that runs [`crate::container::HELPER_ARG`] commands.
+    pub helper: &'a Path,
+}
+
+/// The sandbox-side path of the boot id.
+pub const BOOT_ID_PATH: &str = "proc/sys/kernel/random/boot_id";
 
 /// The capability set of Docker's default, nothing more.
 pub const DEFAULT_CAPS: [&str; 14] = [
@@ -175,8 +192,19 @@ pub fn build(input: &SpecInput<'_>) -> Value {
     if let Some(resolv) = input.resolv_conf {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": resolv, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
     }
+    let hooks = match input.boot_id {
+        Some(b) => json!({ "createContainer": [{
+            "path": b.helper,
+            "args": [
+                b.helper, crate::container::HELPER_ARG, crate::container::BOOT_ID_CMD,
+                b.file, input.rootfs,
+            ],
+        }]}),
+        None => json!({}),
+    };
     json!({
         "ociVersion": "1.0.2",
+        "hooks": hooks,
         "hostname": input.hostname,
         "root": { "path": input.rootfs, "readonly": false },
         "process": {
@@ -247,6 +275,8 @@ pub fn build_job(input: &JobInput<'_>) -> Value {
         user: (0, 0),
         resolv_conf: input.resolv_conf,
         tmp_bytes: input.tmp_bytes,
+        // A build step is not a boot of any sandbox.
+        boot_id: None,
     });
     let mut args = vec![INIT_PATH.to_string(), "--".into()];
     args.extend(input.args.iter().cloned());
@@ -284,7 +314,48 @@ mod tests {
             user: (0, 0),
             resolv_conf: None,
             tmp_bytes: 1 << 20,
+            boot_id: None,
         }
+    }
+
+    /// A boot id becomes one `createContainer` hook running the helper's boot-id command with
+    /// the file and the rootfs; without one there is no hook.
+    #[test]
+    fn boot_id_is_bound_by_a_create_container_hook() {
+        let env = BTreeMap::new();
+        let d = tempfile::tempdir().expect("tempdir");
+        let plain = write(d.path(), &build(&input(&env))).expect("write");
+        let spec = oci_spec::runtime::Spec::load(plain).expect("parses");
+        assert!(
+            spec.hooks()
+                .as_ref()
+                .and_then(|h| h.create_container().as_ref())
+                .is_none_or(|h| h.is_empty())
+        );
+        let mut with = input(&env);
+        with.boot_id = Some(BootId {
+            file: Path::new("/data/sbx1/boot_id"),
+            helper: Path::new("/usr/bin/paddock"),
+        });
+        let path = write(d.path(), &build(&with)).expect("write");
+        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
+        let hooks = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+            .expect("createContainer hooks");
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(hooks[0].path(), Path::new("/usr/bin/paddock"));
+        assert_eq!(
+            hooks[0].args().clone().expect("args"),
+            [
+                "/usr/bin/paddock",
+                crate::container::HELPER_ARG,
+                crate::container::BOOT_ID_CMD,
+                "/data/sbx1/boot_id",
+                "/data/sbx1/rootfs"
+            ]
+        );
     }
 
     /// Security review C1: the device policy starts by refusing every device, so only the

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use paddock_infra::{Limits, SandboxId, SandboxState};
+use paddock_infra::{Limits, PauseMode, SandboxId, SandboxState};
 use redb::{Database, ReadableTable, TableDefinition};
 
 const SANDBOXES: TableDefinition<&str, &[u8]> = TableDefinition::new("sandboxes");
@@ -38,11 +38,32 @@ pub struct SandboxRecord {
     /// `None` in records written before bootstrap tokens existed.
     #[serde(default)]
     pub bootstrap_token: Option<String>,
+    /// How the sandbox is paused now, when it is (`None` in records from before pause modes:
+    /// those were frozen, [`PauseMode::Memory`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_in: Option<PauseMode>,
+    /// How a timeout pauses it (the creator's `autoPauseMemory`).
+    #[serde(default)]
+    pub timeout_pause: PauseMode,
+    /// What the creator's `/init` told the runtime, so a sandbox booted again after a
+    /// filesystem-only pause answers with the same token and environment. The store file is
+    /// readable by us only (it holds bootstrap tokens already).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relaunch: Option<Relaunch>,
     /// The snapshot whose layers lie under this sandbox's writable layer, when it was made
     /// from one (or forked from a sandbox that was). Such a snapshot is not deleted while
     /// the sandbox runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot: Option<String>,
+}
+
+/// What a booted-again sandbox's runtime is told, from the creator's lease.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Relaunch {
+    /// The sandbox's access token (`X-Access-Token`).
+    pub access_token: String,
+    /// Environment variables every process starts with.
+    pub env_vars: std::collections::BTreeMap<String, String>,
 }
 
 /// Store errors.
@@ -140,6 +161,9 @@ mod tests {
             pooled: false,
             snapshot: None,
             bootstrap_token: None,
+            paused_in: None,
+            timeout_pause: PauseMode::Memory,
+            relaunch: None,
         }
     }
 

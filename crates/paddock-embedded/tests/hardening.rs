@@ -401,6 +401,7 @@ fn c1_v2_device_program_refuses_unlisted_devices() {
         user: (0, 0),
         resolv_conf: None,
         tmp_bytes: 1 << 20,
+        boot_id: None,
     });
     let rules: Vec<libcontainer::oci_spec::runtime::LinuxDeviceCgroup> =
         serde_json::from_value(spec["linux"]["resources"]["devices"].clone())

@@ -44,9 +44,13 @@ async fn a_sandbox_whose_init_dies_is_reported_and_cleaned_up() {
     }
     support::with_infra(21, |infra, env| async move {
         let s = infra.create(req()).await.expect("create");
-        // Kill the runtime (PID 2, tini's only child): tini exits, so the sandbox dies.
+        // Kill the runtime (tini's only child; not PID 2, which the boot id hook took):
+        // tini exits, so the sandbox dies.
         let out = infra
-            .exec(&s.id, &["/bin/kill", "-9", "2"])
+            .exec(
+                &s.id,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         // 137 is a success too: once the runtime is gone tini exits, and the end of the pid
@@ -216,7 +220,10 @@ async fn kill_dash_nine_then_restart_adopts_live_sandboxes_and_cleans_the_rest()
         assert!(!leaks.iter().any(|l| l.contains(half)), "{leaks:?}");
         // An adopted sandbox that dies (no longer our child) is still noticed.
         infra
-            .exec(&ready[2].0, &["/bin/kill", "-9", "2"])
+            .exec(
+                &ready[2].0,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -46,9 +46,13 @@ async fn a_dead_sandboxs_address_is_not_reused_before_its_user_forgets_it() {
     with_tuned_infra(0, small_cidr, |infra, env| async move {
         let mut ended = infra.ended();
         let dead = infra.create(req()).await.expect("create");
-        // Kill the runtime (PID 2, tini's only child): tini exits, so the sandbox dies.
+        // Kill the runtime (tini's only child; not PID 2, which the boot id hook took):
+        // tini exits, so the sandbox dies.
         let out = infra
-            .exec(&dead.id, &["/bin/kill", "-9", "2"])
+            .exec(
+                &dead.id,
+                &["/bin/sh", "-c", "kill -9 $(cat /proc/1/task/1/children)"],
+            )
             .await
             .expect("exec");
         // 137: the kill itself was killed when the dying init took the pid namespace down.

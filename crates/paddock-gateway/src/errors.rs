@@ -50,6 +50,9 @@ pub enum GatewayError {
         "The sandbox is paused: resume it (Sandbox.connect) before sending traffic; it was not found running"
     )]
     Paused { sandbox: String },
+    /// The sandbox is paused, resumes on traffic, and resuming it failed.
+    #[error("The sandbox is paused and resuming it for this request failed: {detail}")]
+    WakeFailed { sandbox: String, detail: String },
     /// The request lacks the token the sandbox was created with.
     #[error("{}", .0.message())]
     Denied(Denied),
@@ -114,6 +117,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => Blame::Gateway,
             GatewayError::NotFound { .. }
             | GatewayError::Paused { .. }
+            | GatewayError::WakeFailed { .. }
             | GatewayError::PortNotOpen { .. }
             | GatewayError::ConnectionClosed { .. } => Blame::Sandbox,
         }
@@ -127,6 +131,7 @@ impl GatewayError {
             GatewayError::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::NotFound { .. }
             | GatewayError::Paused { .. }
+            | GatewayError::WakeFailed { .. }
             | GatewayError::PortNotOpen { .. }
             | GatewayError::ConnectionClosed { .. } => StatusCode::BAD_GATEWAY,
         }
@@ -144,6 +149,7 @@ impl GatewayError {
         match self {
             GatewayError::NotFound { .. } => Some("not_found"),
             GatewayError::Paused { .. } => Some("paused"),
+            GatewayError::WakeFailed { .. } => Some("wake_failed"),
             GatewayError::Denied(_) => Some("token"),
             GatewayError::Overloaded(t) => Some(t.label()),
             _ => None,
@@ -176,6 +182,7 @@ impl GatewayError {
             }),
             GatewayError::NotFound { sandbox }
             | GatewayError::Paused { sandbox }
+            | GatewayError::WakeFailed { sandbox, .. }
             | GatewayError::ConnectionClosed { sandbox, .. } => serde_json::json!({
                 "sandboxId": sandbox,
                 "message": message,

@@ -16,6 +16,7 @@
 //! | target | `target` | which sandbox and port the request names |
 //! | route | [`route`] | where that sandbox lives, and whether it is running |
 //! | access | [`access`] | the sandbox's tokens |
+//! | wake | [`wake`] | resumes a paused sandbox that resumes on traffic |
 //! | admit | `admit` | circuit-breaker slots ([`breaker`]) |
 //! | rewrite | `rewrite` | what the sandbox sees: routing and hop-by-hop headers, URI, version |
 //! | protocol | `protocol` | upgrade, gRPC (HTTP/2) or pooled HTTP/1.1 |
@@ -38,6 +39,7 @@ mod signed;
 mod target;
 mod upgrade;
 mod upstream;
+pub mod wake;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -53,6 +55,7 @@ pub use errors::GatewayError;
 pub use metrics::GatewayMetrics;
 pub use route::{Fetched, RouteInfo, Routes};
 pub use target::{DEFAULT_PORT, RoutingHeaders, Target, target_of, target_with};
+pub use wake::{Waker, Waking, Woken};
 
 use admit::Admission;
 use metrics::{ReasonLabels, RequestLabels};
@@ -67,6 +70,8 @@ pub struct Gateway {
     breakers: Breakers,
     metrics: GatewayMetrics,
     headers: Arc<RoutingHeaders>,
+    /// Resumes paused sandboxes that asked for it; `None`: paused stays paused.
+    wakes: Option<wake::Wakes>,
 }
 
 impl Gateway {
@@ -77,7 +82,14 @@ impl Gateway {
             breakers: Breakers::new(thresholds),
             metrics,
             headers: Arc::new(RoutingHeaders::default()),
+            wakes: None,
         }
+    }
+
+    /// Lets requests for a paused sandbox wake it through `waker` (see [`wake`]).
+    pub fn with_waker(mut self, waker: Arc<dyn Waker>) -> Self {
+        self.wakes = Some(wake::Wakes::new(waker));
+        self
     }
 
     /// The circuit breakers' live counters.
@@ -183,20 +195,51 @@ impl Gateway {
     ) -> Result<(RouteInfo, Admission), GatewayError> {
         // Route first: every later phase needs the route (its tokens, its
         // address). A sandbox that is gone takes its connection pool along.
-        let route = route::resolve(&*self.routes, target)
-            .await
-            .inspect_err(|e| {
-                if matches!(e, GatewayError::NotFound { .. }) {
-                    self.pools.forget(&target.sandbox);
-                }
-            })?;
+        let mut route = route::find(&*self.routes, target).await.inspect_err(|e| {
+            if matches!(e, GatewayError::NotFound { .. }) {
+                self.pools.forget(&target.sandbox);
+            }
+        })?;
+        // A paused sandbox is not serving; without a waker nothing can change
+        // that, whoever asks.
+        if route.paused && self.wakes.is_none() {
+            return Err(GatewayError::Paused {
+                sandbox: target.sandbox.clone(),
+            });
+        }
         // Tokens before admission: an unauthorised request must not take a
         // breaker slot.
         access::check(&route.tokens, target.port, method, path, headers)?;
+        // Only a request the sandbox would accept may wake it.
+        if route.paused {
+            route = self.wake(target).await?;
+        }
         // Admission before anything is sent, so a tripped breaker refuses
         // at once instead of queueing.
         let admission = admit::admit(&self.breakers, &target.sandbox)?;
         Ok((route, admission))
+    }
+
+    /// The wake phase: resumes a paused sandbox that resumes on traffic and
+    /// returns its route, or the paused answer.
+    async fn wake(&self, target: &Target) -> Result<RouteInfo, GatewayError> {
+        let paused = || GatewayError::Paused {
+            sandbox: target.sandbox.clone(),
+        };
+        let Some(wakes) = &self.wakes else {
+            return Err(paused());
+        };
+        match wakes.wake(&target.sandbox).await {
+            Woken::Resumed(r) if !r.paused => Ok(r),
+            Woken::Resumed(_) | Woken::NotWakeable => Err(paused()),
+            Woken::Failed(detail) => {
+                tracing::warn!(sandbox = %target.sandbox, %detail, "waking a paused sandbox failed");
+                Err(GatewayError::WakeFailed {
+                    sandbox: target.sandbox.clone(),
+                    detail,
+                })
+            }
+        }
     }
 
     /// The upstream phase for everything but upgrades.

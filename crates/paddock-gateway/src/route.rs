@@ -61,6 +61,18 @@ pub trait Routes: Send + Sync + 'static {
 /// before admission so that a request for a missing or paused sandbox never
 /// takes a breaker slot.
 pub async fn resolve(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, GatewayError> {
+    let route = find(routes, target).await?;
+    // A paused sandbox keeps its record, but its address is not serving.
+    if route.paused {
+        return Err(GatewayError::Paused {
+            sandbox: target.sandbox.clone(),
+        });
+    }
+    Ok(route)
+}
+
+/// The route of the sandbox `target` names, paused or not.
+pub async fn find(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, GatewayError> {
     let route = match routes.lookup(&target.sandbox) {
         Some(r) => r,
         None => routes
@@ -70,12 +82,6 @@ pub async fn resolve(routes: &dyn Routes, target: &Target) -> Result<RouteInfo, 
                 sandbox: target.sandbox.clone(),
             })?,
     };
-    // A paused sandbox keeps its record, but its address is not serving.
-    if route.paused {
-        return Err(GatewayError::Paused {
-            sandbox: target.sandbox.clone(),
-        });
-    }
     Ok(route)
 }
 

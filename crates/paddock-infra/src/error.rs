@@ -77,6 +77,7 @@ impl InfraError {
                 | Self::Conflict(_)
                 | Self::InvalidLimits(_)
                 | Self::IllegalTransition { .. }
+                | Self::Unsupported(_)
         )
     }
 }

@@ -19,8 +19,8 @@ pub use record::{ApiState, Lease, OnTimeout, RecordStore, SandboxRecord};
 pub use snapshot::{CreateSnapshot, SnapshotInfo, SnapshotKind};
 pub use state::{IllegalTransition, LifecycleEvent, SandboxState};
 pub use types::{
-    CreateSandbox, Limits, LimitsError, LogLine, SandboxEnded, SandboxInfo, SandboxMetrics,
-    TemplateInfo,
+    CreateSandbox, Limits, LimitsError, LogLine, PauseMode, SandboxEnded, SandboxInfo,
+    SandboxMetrics, TemplateInfo,
 };
 
 /// Runs sandboxes. Implementations must be cheap to share (`Arc` inside) and safe to call from
@@ -65,6 +65,33 @@ pub trait Infra: Send + Sync + 'static {
     /// A receiver that falls behind gets `RecvError::Lagged`: it has missed events and should
     /// look its sandboxes up again ([`Infra::get`]) to find the dead ones.
     fn ended(&self) -> tokio::sync::broadcast::Receiver<SandboxEnded>;
+
+    /// Pauses the sandbox in `mode`. [`Infra::resume`] brings it back whatever the mode (a
+    /// filesystem-only pause is resumed by booting the sandbox again: same id, address and
+    /// tokens, new processes). The default knows only [`PauseMode::Memory`] (= [`Infra::pause`]);
+    /// other modes are [`InfraError::Unsupported`].
+    fn pause_in(
+        &self,
+        id: &SandboxId,
+        mode: PauseMode,
+    ) -> impl Future<Output = InfraResult<SandboxInfo>> + Send {
+        async move {
+            match mode {
+                PauseMode::Memory => self.pause(id).await,
+                PauseMode::Filesystem => Err(InfraError::Unsupported("filesystem-only pause")),
+                PauseMode::Checkpoint => Err(InfraError::Unsupported("checkpoint pause")),
+            }
+        }
+    }
+
+    /// Pauses the sandbox because its timeout passed, in the mode its creator chose for that
+    /// ([`Lease::timeout_pause`]). The default pauses in [`PauseMode::Memory`].
+    fn pause_on_timeout(
+        &self,
+        id: &SandboxId,
+    ) -> impl Future<Output = InfraResult<SandboxInfo>> + Send {
+        self.pause(id)
+    }
 
     /// The backend's own record store, when it keeps the manager's records itself (Kubernetes:
     /// in the Sandbox resources). `None` (the default): the manager keeps them in its data dir.

@@ -74,6 +74,8 @@ pub struct Lease {
     pub on_timeout: OnTimeout,
     /// Whether traffic to a paused sandbox resumes it.
     pub auto_resume: bool,
+    /// How a timeout pauses the sandbox (when [`Lease::on_timeout`] is `Pause`).
+    pub timeout_pause: crate::PauseMode,
 }
 
 /// The manager's record of one handed-out sandbox.

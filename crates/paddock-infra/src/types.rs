@@ -180,6 +180,34 @@ pub struct TemplateInfo {
     pub pool_ready: usize,
 }
 
+/// How a pause keeps a sandbox.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum PauseMode {
+    /// Every process is frozen in place; memory stays allocated (E2B's default pause).
+    #[default]
+    Memory,
+    /// Every process ends and its memory is freed; only the filesystem is kept, and resume
+    /// boots the sandbox again (E2B's `memory: false` / `mode: "filesystem"`).
+    Filesystem,
+    /// Processes are checkpointed to disk and restored on resume (CRIU); memory is freed
+    /// meanwhile.
+    Checkpoint,
+}
+
+impl PauseMode {
+    /// The mode's name as the API shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseMode::Memory => "memory",
+            PauseMode::Filesystem => "filesystem",
+            PauseMode::Checkpoint => "checkpoint",
+        }
+    }
+}
+
 /// One line of a sandbox's log (its runtime's output).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LogLine {

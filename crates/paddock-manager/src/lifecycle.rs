@@ -5,13 +5,74 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use paddock_infra::{Infra, InfraError, SandboxId, SandboxState};
+use paddock_infra::{Infra, InfraError, SandboxId, SandboxRecord, SandboxState};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::Manager;
 use crate::records::{ApiState, OnTimeout};
 
 const TICK: Duration = Duration::from_millis(500);
+
+/// How long a sandbox woken by traffic lives before its timeout acts again, as a connect
+/// without a timeout gives.
+const WAKE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Resumes sandbox `id` if its record says it is paused, and pushes its end to at least
+/// `timeout` from now either way. Returns whether this call resumed it. Safe against a
+/// concurrent resume (an API connect and a wake on traffic): the infra serialises them, and
+/// the one that finds the sandbox running already counts it as resumed by the other.
+pub(crate) async fn resume<I: Infra>(
+    manager: &Manager<I>,
+    id: &SandboxId,
+    timeout: Duration,
+) -> Result<bool, InfraError> {
+    let paused = manager
+        .records
+        .get(id)
+        .is_some_and(|r| r.state == ApiState::Paused);
+    let mut resumed = false;
+    if paused {
+        match manager.infra.resume(id).await {
+            Ok(_) => resumed = true,
+            Err(InfraError::IllegalTransition { source, .. })
+                if source.from == SandboxState::Running => {}
+            Err(e) => return Err(e),
+        }
+    }
+    manager
+        .records
+        .update(
+            id,
+            Box::new(move |rec| {
+                rec.state = ApiState::Running;
+                rec.extend_to(timeout);
+            }),
+        )
+        .await?;
+    Ok(resumed)
+}
+
+impl<I: Infra> Manager<I> {
+    /// Wake on traffic: resumes sandbox `id` if it is paused and was created with auto-resume.
+    /// `Ok(Some(record))`: it runs now (woken here or already running); `Ok(None)`: unknown,
+    /// or paused without auto-resume (the data plane answers "paused"). The caller has
+    /// checked the request's token.
+    pub async fn wake(&self, id: &str) -> Result<Option<SandboxRecord>, InfraError> {
+        let Ok(id) = SandboxId::new(id) else {
+            return Ok(None);
+        };
+        let Some(r) = self.records.get(&id) else {
+            return Ok(None);
+        };
+        if r.state == ApiState::Paused && !r.auto_resume {
+            return Ok(None);
+        }
+        if resume(self, &id, WAKE_TIMEOUT).await? {
+            tracing::info!(sandbox = %id, "resumed by traffic");
+        }
+        Ok(self.records.get(&id))
+    }
+}
 
 pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
     tokio::spawn(async move {
@@ -26,7 +87,7 @@ pub fn spawn_reaper<I: Infra>(manager: Arc<Manager<I>>) {
                 match (r.on_timeout, r.state) {
                     (OnTimeout::Pause, ApiState::Running) => {
                         tracing::info!(sandbox = %r.id, "timeout reached: pausing");
-                        match manager.infra.pause(&r.id).await {
+                        match manager.infra.pause_on_timeout(&r.id).await {
                             Ok(_) => {
                                 let saved = manager
                                     .records

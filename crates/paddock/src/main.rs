@@ -167,6 +167,34 @@ impl paddock_gateway::Routes for Routes {
     }
 }
 
+/// Wake on traffic in `paddock up`: the embedded manager resumes the sandbox.
+struct ManagerWaker {
+    manager: Arc<Manager<EmbeddedInfra>>,
+    routes: Routes,
+}
+
+impl paddock_gateway::Waker for ManagerWaker {
+    fn wake<'a>(&'a self, id: &'a str) -> paddock_gateway::Waking<'a> {
+        use paddock_gateway::Routes as _;
+        Box::pin(async move {
+            match self.manager.wake(id).await {
+                Ok(Some(_)) => match self.routes.lookup(id) {
+                    Some(r) => paddock_gateway::Woken::Resumed(r),
+                    None => paddock_gateway::Woken::NotWakeable,
+                },
+                Ok(None) => paddock_gateway::Woken::NotWakeable,
+                // Our own failures stay in the log: their details (paths, kernel errors)
+                // are not the caller's business.
+                Err(e) if e.is_client_error() => paddock_gateway::Woken::Failed(e.to_string()),
+                Err(e) => {
+                    tracing::error!(sandbox = id, error = %e, "waking a sandbox failed");
+                    paddock_gateway::Woken::Failed("internal error".into())
+                }
+            }
+        })
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     // The container helper re-executes this binary; it must run before any thread exists.
     if let Some(code) = paddock_embedded::container::run_helper_if_requested() {
@@ -340,7 +368,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             ),
         },
         gateway_metrics,
-    );
+    )
+    .with_waker(Arc::new(ManagerWaker {
+        manager: manager.clone(),
+        routes: Routes(manager.routes()),
+    }));
     let registry = Arc::new(registry);
     let exporter: paddock_manager::Exporter = {
         let gateway = gateway.clone();

@@ -41,6 +41,23 @@ fn random_bytes<const N: usize>() -> InfraResult<[u8; N]> {
     Ok(bytes)
 }
 
+/// A fresh boot id in the kernel's format (a random UUID, lowercase, newline-terminated).
+fn new_boot_id() -> InfraResult<String> {
+    let mut b: [u8; 16] = random_bytes()?;
+    // Version 4, variant 1, as the kernel's.
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Ok(format!(
+        "{}-{}-{}-{}-{}\n",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
 /// A fresh bootstrap token: 32 random bytes, hex.
 fn new_token() -> InfraResult<String> {
     paddock_contract::random_hex(32).map_err(internal)
@@ -83,6 +100,7 @@ impl EmbeddedInfra {
             rec.allow_internet = req.allow_internet_access;
             rec.metadata = req.metadata;
             rec.pooled = false;
+            apply_lease(&mut rec, req.lease.as_ref());
             self.save(&rec)?;
             info!("claimed from warm pool");
             let mut info = self.info(&rec);
@@ -98,14 +116,21 @@ impl EmbeddedInfra {
         }
         // Labels (`req.labels`) are not kept here: an embedded sandbox has no label concept;
         // the manager lists them as part of the sandbox's metadata from its own record.
-        self.cold_create(
-            &req.template,
-            limits,
-            req.allow_internet_access,
-            req.metadata,
-            false,
-        )
-        .await
+        let info = self
+            .cold_create(
+                &req.template,
+                limits,
+                req.allow_internet_access,
+                req.metadata,
+                false,
+            )
+            .await?;
+        if req.lease.is_some() {
+            let mut rec = self.record(&info.id)?;
+            apply_lease(&mut rec, req.lease.as_ref());
+            self.save(&rec)?;
+        }
+        Ok(info)
     }
 
     pub(super) async fn cold_create(
@@ -153,6 +178,9 @@ impl EmbeddedInfra {
             created_at_ms: now_ms(),
             pooled,
             bootstrap_token: Some(new_token()?),
+            paused_in: None,
+            timeout_pause: Default::default(),
+            relaunch: None,
             snapshot: from.snapshot.clone(),
         };
         // Record first: if we crash from here on, recovery finds and cleans the leftovers.
@@ -201,6 +229,42 @@ impl EmbeddedInfra {
         layers: Vec<PathBuf>,
         seed: Option<PathBuf>,
     ) -> InfraResult<SandboxInfo> {
+        let paths = self.paths(&rec.id);
+        let cfg = self.inner.cfg.clone();
+        let limits = rec.limits.clone();
+        blocking(move || -> InfraResult<()> {
+            // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
+            // enforced fails the create rather than being ignored (security review H5).
+            let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);
+            disk::mount_limited(&paths.disk(), &paths.disk_image(), bytes, cfg.disk_backend)
+                .map_err(internal)?;
+            for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
+                std::fs::create_dir_all(&d).map_err(internal)?;
+            }
+            // A fork starts from a copy of its original's writable layer, on its own disk (so
+            // under its own limit).
+            if let Some(seed) = &seed {
+                crate::snapshot::copy_tree(seed, &paths.upper(), false).map_err(internal)?;
+            }
+            mounts::mount_overlay(&layers, &paths.upper(), &paths.work(), &paths.rootfs())
+                .map_err(internal)
+        })
+        .await??;
+        self.launch(&mut rec).await?;
+        rec.state = rec.state.on(LifecycleEvent::Ready).map_err(|source| {
+            InfraError::IllegalTransition {
+                id: rec.id.clone(),
+                source,
+            }
+        })?;
+        self.save(&rec)?;
+        Ok(self.info(&rec))
+    }
+
+    /// Boots the sandbox in its mounted root filesystem: cgroup, a fresh boot id, container,
+    /// network, start, readiness. Used by every create and by the resume of a filesystem-only
+    /// pause (the same rootfs, address and cgroup name, new processes). Records the new init.
+    pub(super) async fn launch(&self, rec: &mut SandboxRecord) -> InfraResult<()> {
         let tspec = self
             .inner
             .templates
@@ -225,22 +289,10 @@ impl EmbeddedInfra {
         if let Some(bytes) = rec.limits.disk_bytes {
             env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
         }
+        let boot_id = new_boot_id()?;
         let pid = blocking(move || -> InfraResult<i32> {
-            // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
-            // enforced fails the create rather than being ignored (security review H5).
-            let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);
-            disk::mount_limited(&paths.disk(), &paths.disk_image(), bytes, cfg.disk_backend)
-                .map_err(internal)?;
-            for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
-                std::fs::create_dir_all(&d).map_err(internal)?;
-            }
-            // A fork starts from a copy of its original's writable layer, on its own disk (so
-            // under its own limit).
-            if let Some(seed) = &seed {
-                crate::snapshot::copy_tree(seed, &paths.upper(), false).map_err(internal)?;
-            }
-            mounts::mount_overlay(&layers, &paths.upper(), &paths.work(), &paths.rootfs())
-                .map_err(internal)?;
+            // Each boot has its own id, as a machine's (E2B's reboot tests read it).
+            std::fs::write(paths.boot_id(), boot_id).map_err(internal)?;
             cg.create().map_err(internal)?;
             cg.apply(&cgroup_limits(&limits)).map_err(internal)?;
             let v = spec::build(&spec::SpecInput {
@@ -254,6 +306,10 @@ impl EmbeddedInfra {
                 user,
                 resolv_conf: cfg.resolv_conf.as_deref(),
                 tmp_bytes: cfg.tmp_bytes,
+                boot_id: Some(spec::BootId {
+                    file: &paths.boot_id(),
+                    helper: &cfg.helper_binary,
+                }),
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
             let created = container::create(
@@ -272,7 +328,7 @@ impl EmbeddedInfra {
         .await??;
         rec.init_pid = pid;
         rec.init_start_ticks = proc::start_ticks(pid).unwrap_or(0);
-        self.save(&rec)?;
+        self.save(rec)?;
         network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
             .await
             .map_err(internal)?;
@@ -281,15 +337,7 @@ impl EmbeddedInfra {
         blocking(move || container::start(&helper, &root, id.as_str()))
             .await?
             .map_err(internal)?;
-        self.wait_ready(&rec).await?;
-        rec.state = rec.state.on(LifecycleEvent::Ready).map_err(|source| {
-            InfraError::IllegalTransition {
-                id: rec.id.clone(),
-                source,
-            }
-        })?;
-        self.save(&rec)?;
-        Ok(self.info(&rec))
+        self.wait_ready(rec).await
     }
 
     /// Polls `GET /health` until it answers 2xx, the init dies, or the timeout passes.
@@ -320,6 +368,17 @@ impl EmbeddedInfra {
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(50));
         }
+    }
+}
+
+/// Keeps what a sandbox booted again needs from its creator's lease.
+fn apply_lease(rec: &mut SandboxRecord, lease: Option<&paddock_infra::Lease>) {
+    if let Some(l) = lease {
+        rec.timeout_pause = l.timeout_pause;
+        rec.relaunch = Some(crate::store::Relaunch {
+            access_token: l.access_token.clone(),
+            env_vars: l.env_vars.clone(),
+        });
     }
 }
 

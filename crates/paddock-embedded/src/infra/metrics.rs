@@ -11,6 +11,15 @@ impl EmbeddedInfra {
     /// The body of [`paddock_infra::Infra::metrics`].
     pub(super) async fn sandbox_metrics(&self, id: &SandboxId) -> InfraResult<SandboxMetrics> {
         let rec = self.record(id)?;
+        if rec.paused_in == Some(paddock_infra::PauseMode::Filesystem) {
+            // No process, no cgroup: nothing runs and no memory is held.
+            let upper = self.paths(id).upper();
+            return Ok(SandboxMetrics {
+                memory_limit_bytes: rec.limits.memory_bytes,
+                disk_bytes: blocking(move || proc::du(&upper)).await?,
+                ..SandboxMetrics::default()
+            });
+        }
         let cg = self.inner.cgroups.sandbox(id.as_str());
         let upper = self.paths(id).upper();
         let (stats, disk) = blocking(move || (cg.stats(), proc::du(&upper))).await?;

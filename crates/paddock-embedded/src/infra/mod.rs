@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use paddock_cgroups::{CgroupLimits, Hierarchy};
 use paddock_infra::{
-    CreateSandbox, CreateSnapshot, Infra, InfraError, InfraResult, LifecycleEvent, Limits,
-    SandboxEnded, SandboxId, SandboxInfo, SandboxMetrics, SnapshotInfo, TemplateInfo,
+    CreateSandbox, CreateSnapshot, Infra, InfraError, InfraResult, Limits, PauseMode, SandboxEnded,
+    SandboxId, SandboxInfo, SandboxMetrics, SnapshotInfo, TemplateInfo,
 };
 use tracing::info;
 
@@ -24,6 +24,7 @@ mod logs;
 mod metrics;
 mod monitor;
 mod paths;
+mod pause;
 mod pool;
 mod recovery;
 mod snapshots;
@@ -50,6 +51,9 @@ struct Inner {
     shutdown: tokio::sync::watch::Sender<bool>,
     /// Sandboxes that died on their own (see `Infra::ended`).
     ended: tokio::sync::broadcast::Sender<SandboxEnded>,
+    /// One lock per sandbox, held by pause, resume and kill: a resume that boots the
+    /// sandbox again takes seconds, and nothing else may change it meanwhile.
+    lifecycle_locks: Mutex<std::collections::HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
     /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
     _instance_lock: crate::instance_lock::InstanceLock,
 }
@@ -142,6 +146,7 @@ impl EmbeddedInfra {
                 create_rate: crate::ratelimit::RateLimiter::new(max_create_qps),
                 shutdown,
                 ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
+                lifecycle_locks: Mutex::default(),
                 _instance_lock: instance_lock,
             }),
         };
@@ -172,6 +177,25 @@ impl EmbeddedInfra {
             from_pool: false,
             bootstrap_token: rec.bootstrap_token.clone(),
         }
+    }
+
+    /// The lock that orders pause, resume and kill of sandbox `id`.
+    fn lifecycle_lock(&self, id: &SandboxId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .lifecycle_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        locks.entry(id.clone()).or_default().clone()
+    }
+
+    /// Drops the lock of a sandbox that is gone.
+    fn drop_lifecycle_lock(&self, id: &SandboxId) {
+        self.inner
+            .lifecycle_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     /// The template catalogue (list and build templates with it).
@@ -224,19 +248,19 @@ impl Infra for EmbeddedInfra {
     }
 
     async fn pause(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
-        let rec = self.transition(id, LifecycleEvent::Pause)?;
-        let cg = self.inner.cgroups.sandbox(id.as_str());
-        blocking(move || cg.freeze()).await?.map_err(internal)?;
-        self.save(&rec)?;
-        Ok(self.info(&rec))
+        self.pause_sandbox(id, PauseMode::Memory).await
+    }
+
+    async fn pause_in(&self, id: &SandboxId, mode: PauseMode) -> InfraResult<SandboxInfo> {
+        self.pause_sandbox(id, mode).await
+    }
+
+    async fn pause_on_timeout(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
+        self.pause_for_timeout(id).await
     }
 
     async fn resume(&self, id: &SandboxId) -> InfraResult<SandboxInfo> {
-        let rec = self.transition(id, LifecycleEvent::Resume)?;
-        let cg = self.inner.cgroups.sandbox(id.as_str());
-        blocking(move || cg.thaw()).await?.map_err(internal)?;
-        self.save(&rec)?;
-        Ok(self.info(&rec))
+        self.resume_sandbox(id).await
     }
 
     async fn kill(&self, id: &SandboxId) -> InfraResult<()> {

@@ -36,6 +36,10 @@ impl Paths {
     pub(super) fn bundle(&self) -> PathBuf {
         self.dir.join("bundle")
     }
+    /// The current boot's `/proc/sys/kernel/random/boot_id`.
+    pub(super) fn boot_id(&self) -> PathBuf {
+        self.dir.join("boot_id")
+    }
     pub(super) fn log(&self) -> PathBuf {
         self.dir.join("runtime.log")
     }

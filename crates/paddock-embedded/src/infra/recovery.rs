@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use paddock_infra::{InfraResult, SandboxId, SandboxState};
+use paddock_infra::{InfraResult, PauseMode, SandboxId, SandboxState};
 use tracing::{info, warn};
 
 use super::state::Entry;
@@ -24,7 +24,25 @@ impl EmbeddedInfra {
                     .pids()
                     .map(|p| p.contains(&rec.init_pid))
                     .unwrap_or(false);
-            if live {
+            // Paused filesystem-only: no process to find, only its mounted writable layer.
+            let fs_paused = rec.state == SandboxState::Paused
+                && rec.paused_in == Some(PauseMode::Filesystem)
+                && crate::mounts::mounts_under(&self.paths(&rec.id).dir)
+                    .contains(&self.paths(&rec.id).rootfs());
+            if fs_paused {
+                info!(id = %rec.id, "adopting sandbox paused filesystem-only");
+                let mut st = self.state();
+                st.used_ips.insert(rec.ip);
+                st.sandboxes.insert(
+                    rec.id.clone(),
+                    Entry {
+                        rec: rec.clone(),
+                        last_cpu: None,
+                        dead_reason: None,
+                    },
+                );
+                adopted.insert(rec.id.as_str().to_owned());
+            } else if live {
                 info!(id = %rec.id, state = %rec.state, "adopting sandbox");
                 if let Err(e) = network::rebind(&self.inner.cfg.net, rec.ip, rec.allow_internet) {
                     warn!(id = %rec.id, error = %e, "re-binding the sandbox's network failed");

@@ -99,6 +99,17 @@ impl EmbeddedInfra {
 
     /// Kills sandbox `id` (the body of [`paddock_infra::Infra::kill`]).
     pub(super) async fn kill_sandbox(&self, id: &SandboxId) -> InfraResult<()> {
+        // Not in the middle of a pause or a resume (a boot would outlive the teardown).
+        let lock = self.lifecycle_lock(id);
+        let _guard = lock.lock().await;
+        let r = self.kill_unlocked(id).await;
+        if r.is_ok() {
+            self.drop_lifecycle_lock(id);
+        }
+        r
+    }
+
+    async fn kill_unlocked(&self, id: &SandboxId) -> InfraResult<()> {
         let dead_tombstone = self
             .state()
             .sandboxes

@@ -31,6 +31,8 @@ pub(super) struct NewSandbox {
     template_id: Option<String>,
     timeout: Option<i64>,
     auto_pause: Option<bool>,
+    /// `false`: a timeout pauses filesystem-only (E2B's `on_timeout.mode: "filesystem"`).
+    auto_pause_memory: Option<bool>,
     auto_resume: Option<AutoResume>,
     #[serde(rename = "allow_internet_access")]
     allow_internet_access: Option<bool>,
@@ -178,6 +180,18 @@ async fn create<I: Infra>(
         || crate::records::usage_of(&*m.records, team.name()),
         wanted,
     )?;
+    let auto_resume = b.auto_resume.as_ref().is_some_and(|a| a.enabled);
+    let timeout_pause = match b.auto_pause_memory {
+        Some(false) => paddock_infra::PauseMode::Filesystem,
+        _ => paddock_infra::PauseMode::Memory,
+    };
+    // As E2B: waking on traffic boots a filesystem-only paused sandbox from scratch, so the
+    // request that woke it would find none of the servers it was sent to.
+    if auto_resume && timeout_pause == paddock_infra::PauseMode::Filesystem {
+        return Err(ApiError::bad_request(
+            "autoResume cannot be enabled with autoPauseMemory: false (a filesystem-only pause reboots the sandbox on resume)",
+        ));
+    }
     let allow_internet_access = b.allow_internet_access.unwrap_or(true);
     // Everything the creator decides is settled before the sandbox exists: a backend that
     // keeps records writes it together with its claim.
@@ -201,7 +215,8 @@ async fn create<I: Infra>(
         } else {
             OnTimeout::Kill
         },
-        auto_resume: b.auto_resume.as_ref().is_some_and(|a| a.enabled),
+        auto_resume,
+        timeout_pause,
     };
     let started = std::time::Instant::now();
     // maxClaimWorkers: a burst beyond it queues here instead of all at once.

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use paddock_infra::Infra;
+use paddock_infra::{Infra, PauseMode};
 use serde::Deserialize;
 
 use super::create::timeout_secs;
@@ -78,8 +78,51 @@ pub async fn refresh<I: Infra>(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PauseBody {
+    /// E2B's snapshot kind: `false` pauses filesystem-only (processes end, memory is freed;
+    /// resume boots the sandbox again). Absent or `true`: memory is kept.
+    memory: Option<bool>,
+    /// Paddock's name for the mode: `memory`, `filesystem` or `checkpoint` (processes saved to
+    /// disk and restored on resume). E2B's `full` is `memory`.
+    mode: Option<String>,
+}
+
+impl PauseBody {
+    fn mode(&self) -> Result<PauseMode, ApiError> {
+        let named = match self.mode.as_deref() {
+            None => None,
+            Some("memory" | "full") => Some(PauseMode::Memory),
+            Some("filesystem") => Some(PauseMode::Filesystem),
+            Some("checkpoint") => Some(PauseMode::Checkpoint),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown pause mode '{other}': use memory, filesystem or checkpoint"
+                )));
+            }
+        };
+        match (named, self.memory) {
+            (Some(m), None) => Ok(m),
+            (None, Some(false)) => Ok(PauseMode::Filesystem),
+            (None, _) => Ok(PauseMode::Memory),
+            (Some(PauseMode::Filesystem), Some(false)) => Ok(PauseMode::Filesystem),
+            (Some(m), Some(true)) if m != PauseMode::Filesystem => Ok(m),
+            (Some(m), Some(memory)) => Err(ApiError::bad_request(format!(
+                "mode '{}' contradicts memory: {memory}",
+                m.as_str()
+            ))),
+        }
+    }
+}
+
 /// `POST /sandboxes/{id}/pause`.
-pub async fn pause<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
+pub async fn pause<I: Infra>(
+    State(m): M<I>,
+    s: OwnedSandbox,
+    Body(b): Body<PauseBody>,
+) -> ApiResult {
+    let mode = b.mode()?;
     let r = s.record;
     if r.state == ApiState::Paused {
         return Err(ApiError::conflict(format!(
@@ -87,7 +130,7 @@ pub async fn pause<I: Infra>(State(m): M<I>, s: OwnedSandbox) -> ApiResult {
             r.id
         )));
     }
-    m.infra.pause(&r.id).await?;
+    m.infra.pause_in(&r.id, mode).await?;
     m.records
         .update(&r.id, Box::new(|rec| rec.state = ApiState::Paused))
         .await?;
@@ -108,19 +151,7 @@ pub async fn connect<I: Infra>(
 ) -> ApiResult {
     let r = s.record;
     let timeout = timeout_secs(&m.config, b.timeout, CONNECT_DEFAULT_TIMEOUT)?;
-    let resumed = r.state == ApiState::Paused;
-    if resumed {
-        m.infra.resume(&r.id).await?;
-    }
-    m.records
-        .update(
-            &r.id,
-            Box::new(move |rec| {
-                rec.state = ApiState::Running;
-                rec.extend_to(timeout);
-            }),
-        )
-        .await?;
+    let resumed = crate::lifecycle::resume(&m, &r.id, timeout).await?;
     let r = m
         .record_for(r.id.as_str(), &s.caller.team)
         .ok_or_else(|| ApiError::sandbox_not_found(r.id.as_str()))?;

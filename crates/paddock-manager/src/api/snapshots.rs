@@ -265,6 +265,7 @@ pub async fn fork<I: Infra>(State(m): M<I>, s: OwnedSandbox, Body(b): Body<ForkB
             timeout: Some(timeout),
             on_timeout: OnTimeout::Kill,
             auto_resume: false,
+            timeout_pause: Default::default(),
         };
         reqs.push(CreateSandbox {
             template: s.record.template.clone(),

@@ -256,6 +256,45 @@ async fn pause_then_resume_or_connect() {
     }
 }
 
+/// A backend without other pause modes (the default `Infra::pause_in`) refuses them with 501
+/// and keeps the sandbox running; bad or contradictory modes are the caller's 400; E2B's
+/// `memory: true` and `mode: "full"` are the ordinary pause.
+#[tokio::test]
+async fn pause_modes_the_backend_lacks_are_501_and_bad_ones_400() {
+    let h = Harness::new().await;
+    let id = h.create(ADMIN, json!({})).await;
+    let path = |s: &str| format!("/sandboxes/{id}{s}");
+    for body in [
+        json!({"memory": false}),
+        json!({"mode": "filesystem"}),
+        json!({"mode": "checkpoint"}),
+    ] {
+        let a = h.post(&path("/pause"), ADMIN, body.clone()).await;
+        let m = a.error(StatusCode::NOT_IMPLEMENTED);
+        assert!(m.contains("not supported"), "{body}: {m}");
+        assert_eq!(h.get(&path(""), ADMIN).await.body["state"], "running");
+    }
+    for body in [
+        json!({"mode": "deep"}),
+        json!({"mode": "filesystem", "memory": true}),
+        json!({"mode": "checkpoint", "memory": false}),
+    ] {
+        h.post(&path("/pause"), ADMIN, body.clone())
+            .await
+            .error(StatusCode::BAD_REQUEST);
+    }
+    for body in [json!({"memory": true}), json!({"mode": "full"})] {
+        assert_eq!(
+            h.post(&path("/pause"), ADMIN, body).await.status,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            h.post(&path("/connect"), ADMIN, json!({})).await.status,
+            StatusCode::CREATED
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_failed_pause_changes_nothing() {
     let h = Harness::new().await;
