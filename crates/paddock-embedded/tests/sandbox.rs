@@ -22,15 +22,17 @@ async fn create_exec_kill_leaves_nothing_behind() {
     support::with_infra(1, |infra, env| async move {
         let info = infra.create(req("base")).await.expect("create");
         assert_eq!(info.state, SandboxState::Running);
-        let (code, out, err) = sh(&infra, &info.id, "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; ps -o pid=,comm= -p 1,2; grep Seccomp: /proc/1/status /proc/2/status /proc/self/status; grep CapEff /proc/self/status; id -u").await;
+        let (code, out, err) = sh(&infra, &info.id, "hostname; cat /proc/1/cmdline | tr '\\0' ' '; echo; rt=$(cut -d' ' -f1 /proc/1/task/1/children); echo \"runtime $(tr '\\0' ' ' < /proc/$rt/cmdline)\"; grep Seccomp: /proc/1/status /proc/self/status; echo \"runtime $(grep Seccomp: /proc/$rt/status)\"; grep CapEff /proc/self/status; id -u").await;
         assert_eq!(code, 0, "stderr: {err}");
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], info.id.as_str(), "hostname is the sandbox id");
         assert!(lines[1].starts_with("/.paddock/init -- /.paddock/paddock-runtime"), "{out}");
+        // The init's child is the runtime (not pid 2: the boot-id hook ran first).
+        assert!(out.contains("runtime /.paddock/paddock-runtime"), "{out}");
         // The init and the runtime run under the seccomp filter (exec'd helpers do not: see
         // `EmbeddedInfra::exec`).
         assert!(out.contains("/proc/1/status:Seccomp:\t2"), "{out}");
-        assert!(out.contains("/proc/2/status:Seccomp:\t2"), "{out}");
+        assert!(out.contains("runtime Seccomp:\t2"), "{out}");
         assert!(out.contains("CapEff:\t00000000a80425fb"), "docker default caps: {out}");
         // Denied by the seccomp filter / missing capabilities.
         let (code, _, err) = sh(&infra, &info.id, "mount -t tmpfs none /mnt").await;
