@@ -179,4 +179,42 @@ mod tests {
                 .contains('=')
         );
     }
+
+    /// Every `{name}` in a documented path is declared as a path parameter of each of its
+    /// operations (schemathesis refuses an operation that does not: the metrics route once lost
+    /// its `sandboxID` when its query parameters were added).
+    #[test]
+    fn the_openapi_document_declares_every_path_parameter() {
+        let doc: serde_json::Value = serde_json::from_str(crate::OPENAPI).unwrap();
+        for (path, item) in doc["paths"].as_object().unwrap() {
+            let names: Vec<&str> = path
+                .split('{')
+                .skip(1)
+                .filter_map(|s| s.split_once('}').map(|(n, _)| n))
+                .collect();
+            for (method, op) in item.as_object().unwrap() {
+                let Some(op) = op.as_object() else { continue };
+                let declared: Vec<&str> = op
+                    .get("parameters")
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                    .chain(
+                        item.get("parameters")
+                            .and_then(|p| p.as_array())
+                            .into_iter()
+                            .flatten(),
+                    )
+                    .filter(|p| p["in"] == "path")
+                    .filter_map(|p| p["name"].as_str())
+                    .collect();
+                for n in &names {
+                    assert!(
+                        declared.contains(n),
+                        "{method} {path} does not declare `{n}`"
+                    );
+                }
+            }
+        }
+    }
 }
