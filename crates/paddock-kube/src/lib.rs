@@ -212,6 +212,37 @@ impl Inner {
         })
     }
 
+    /// The Sandbox `key` as the API server has it now (another replica may have written it
+    /// since this one's cache saw it); a copy found is laid over the cache, which keeps
+    /// whichever copy has the higher resourceVersion.
+    pub(crate) async fn read_now(&self, key: &Key) -> InfraResult<Option<Sandbox>> {
+        let s = call::call(self.sandboxes(&key.0).get_opt(&key.1)).await?;
+        if let Some(s) = &s {
+            self.cache.wrote(s.clone());
+        }
+        Ok(s)
+    }
+
+    /// Merge-patches the Sandbox behind `id` (a vanished one is `NotFound`) and lays the
+    /// answer over the cache.
+    pub(crate) async fn patch(
+        &self,
+        key: &Key,
+        id: &SandboxId,
+        patch: &serde_json::Value,
+    ) -> InfraResult<Sandbox> {
+        let api = self.sandboxes(&key.0);
+        let params = kube::api::PatchParams::default();
+        match call::call(api.patch(&key.1, &params, &kube::api::Patch::Merge(patch))).await {
+            Ok(s) => {
+                self.cache.wrote(s.clone());
+                Ok(s)
+            }
+            Err(call::CallError::Status(404, _)) => Err(InfraError::NotFound(id.clone())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     pub(crate) async fn push(&self, s: &Sandbox, state: RouteState) {
         if let Some(u) = self.route(s, state) {
             self.peers.push(&u).await;

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::DeleteParams;
 use paddock_gateway::peer::RouteState;
 use paddock_infra::{
     IllegalTransition, InfraError, InfraResult, LifecycleEvent, SandboxId, SandboxInfo,
@@ -28,19 +28,9 @@ impl Inner {
                 },
             });
         }
-        let patch = serde_json::json!({"spec": {"paused": true}});
-        let s = match call(i.sandboxes(&key.0).patch(
-            &key.1,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        ))
-        .await
-        {
-            Ok(s) => s,
-            Err(CallError::Status(404, _)) => return Err(InfraError::NotFound(id.clone())),
-            Err(e) => return Err(e.into()),
-        };
-        i.cache.wrote(s.clone());
+        let s = i
+            .patch(&key, id, &serde_json::json!({"spec": {"paused": true}}))
+            .await?;
         i.push(&s, RouteState::Paused).await;
         convert::info(&s).ok_or_else(|| InfraError::NotFound(id.clone()))
     }
@@ -69,18 +59,7 @@ impl Inner {
         } else {
             serde_json::json!({"spec": {"paused": false}})
         };
-        let s = match call(i.sandboxes(&key.0).patch(
-            &key.1,
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        ))
-        .await
-        {
-            Ok(s) => s,
-            Err(CallError::Status(404, _)) => return Err(InfraError::NotFound(id.clone())),
-            Err(e) => return Err(e.into()),
-        };
-        i.cache.wrote(s.clone());
+        let s = i.patch(&key, id, &patch).await?;
         // The controller recreates the Pod; a status from before the resume does not count.
         let s = i
             .wait_serving(&key, s.metadata.generation)

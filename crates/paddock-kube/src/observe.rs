@@ -22,11 +22,10 @@ impl Inner {
         let (key, _) = i.claimed(id)?;
         // Read now: another replica may have resumed it (and this one's cache still has it
         // paused, without a pod IP).
-        let s = match call(i.sandboxes(&key.0).get_opt(&key.1)).await? {
-            Some(s) => s,
-            None => return Err(InfraError::NotFound(id.clone())),
-        };
-        i.cache.wrote(s.clone());
+        let s = i
+            .read_now(&key)
+            .await?
+            .ok_or_else(|| InfraError::NotFound(id.clone()))?;
         if !convert::serves(&s) {
             // No numbers rather than zeros: a zero sample would stay in the history.
             return Err(InfraError::Conflict(format!(

@@ -148,14 +148,8 @@ impl RecordStore for KubeRecords {
                 return Ok(None);
             }
             // A quorum read: this replica's cache may not have seen another's write yet.
-            match call(i.sandboxes(&key.0).get_opt(&key.1)).await? {
-                Some(s) => {
-                    let record = convert::record(&s);
-                    // Newer than the cache: later reads here see it too (the cache keeps
-                    // whichever copy has the higher resourceVersion).
-                    i.cache.wrote(s);
-                    Ok(record)
-                }
+            match i.read_now(&key).await? {
+                Some(s) => Ok(convert::record(&s)),
                 None => {
                     i.cache.deleted(key);
                     Ok(None)
