@@ -92,6 +92,13 @@ build_paddock() {
   (cd "$PADDOCK_ROOT" && cargo build -p paddock)
 }
 
+# `hack/run` runs an optimized build: it is what users measure and deploy.
+PADDOCK_RELEASE_BIN="$CARGO_TARGET_DIR/release/paddock"
+build_paddock_release() {
+  log "building paddock (release)"
+  (cd "$PADDOCK_ROOT" && cargo build --release -p paddock)
+}
+
 build_runtime() {
   log "building the static runtime ($RUNTIME_TARGET, release)"
   (cd "$PADDOCK_ROOT" && cargo build --release --target "$RUNTIME_TARGET" -p paddock-runtime)
