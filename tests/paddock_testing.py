@@ -97,6 +97,25 @@ def tail(path: str | os.PathLike, lines: int = 60) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def stop_group(proc: subprocess.Popen, timeout: float) -> int:
+    """SIGTERM to `proc`'s process group, wait up to `timeout`, then SIGKILL the group.
+    Returns the exit code. Every process we start here leads its own group
+    (`start_new_session`), so this also stops what it spawned."""
+    def signal_group(sig):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    signal_group(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        signal_group(signal.SIGKILL)
+    proc.wait()
+    return proc.returncode
+
+
 class PaddockUp:
     """One `paddock up` (root; embedded mode) on its own data dir.
 
@@ -159,15 +178,7 @@ class PaddockUp:
     def stop(self, timeout: float = 120) -> int:
         """SIGTERM to the process group and wait; SIGKILL if it hangs. Returns the exit code."""
         assert self.proc is not None, "not started"
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self._kill_group()
-        return self.proc.returncode
+        return stop_group(self.proc, timeout)
 
     def remove_data(self) -> None:
         shutil.rmtree(self.data, ignore_errors=True)
@@ -338,16 +349,7 @@ class HostProcess:
         """SIGTERM and wait (SIGKILL when it hangs); the exit code, None if never started."""
         if self.proc is None:
             return None
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        return self.proc.returncode
+        return stop_group(self.proc, timeout)
 
 
 def sandboxset_manifest(name: str, image: str, replicas: int) -> str:

@@ -1,5 +1,6 @@
 // Starts a real paddock-runtime (in hack/scratch-runtime's private
 // namespaces) for a test file, and stops it afterwards.
+import { after, before } from 'node:test'
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { existsSync, mkdtempSync, openSync, readFileSync, rmSync } from 'node:fs'
@@ -141,6 +142,21 @@ export async function startPaddock ({ adminKey }) {
       assert.equal(code, 0, 'paddock up must shut down cleanly; see /tmp/paddock-js.log')
     }
   }
+}
+
+// For a test file that runs in embedded mode only: starts `paddock up` before its tests and stops
+// it after them. Returns the SDK options ({ apiKey, apiUrl, sandboxUrl }), filled in once the
+// `before` hook has run. In Kubernetes mode nothing starts (such files skip their tests there).
+export function embeddedPaddockForFile ({ adminKey }) {
+  const opts = { apiKey: adminKey }
+  let paddock
+  before(async () => {
+    if (kubernetes) return
+    paddock = await startPaddock({ adminKey })
+    Object.assign(opts, { apiKey: paddock.adminKey, apiUrl: paddock.url, sandboxUrl: paddock.sandboxUrl })
+  })
+  after(async () => { await paddock?.stop() })
+  return opts
 }
 
 let paddockUrl

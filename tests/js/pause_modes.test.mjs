@@ -2,21 +2,12 @@
 // the files stay, and resume boots the sandbox again (a new boot id); the freezer pause keeps
 // the boot. Embedded mode only (tests/e2e/test_pause_modes.py has the Python side and the
 // wake-on-traffic cases).
-import { test, before, after } from 'node:test'
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { Sandbox } from 'e2b'
-import { kubernetes, startPaddock } from './harness.mjs'
+import { embeddedPaddockForFile, kubernetes } from './harness.mjs'
 
-let apiKey = 'e2b_' + 'pm'.repeat(20)
-const opts = { apiKey }
-let paddock
-before(async () => {
-  if (kubernetes) return
-  paddock = await startPaddock({ adminKey: apiKey })
-  apiKey = paddock.adminKey
-  Object.assign(opts, { apiKey, apiUrl: paddock.url, sandboxUrl: paddock.sandboxUrl })
-})
-after(async () => { await paddock?.stop() })
+const opts = embeddedPaddockForFile({ adminKey: 'e2b_' + 'pm'.repeat(20) })
 
 const bootId = async (sbx) => (await sbx.commands.run('cat /proc/sys/kernel/random/boot_id')).stdout.trim()
 

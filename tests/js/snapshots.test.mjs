@@ -1,22 +1,13 @@
 // Snapshots and fork with the unmodified E2B JS SDK against `paddock up`: a snapshot is a
 // filesystem others start from, a fork a running copy; each is independent of its source.
 // Embedded mode only (tests/e2e/test_snapshots.py has the Python side, teams and restarts).
-import { test, before, after } from 'node:test'
+import { test } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomBytes } from 'node:crypto'
 import { Sandbox } from 'e2b'
-import { kubernetes, startPaddock } from './harness.mjs'
+import { embeddedPaddockForFile, kubernetes } from './harness.mjs'
 
-let apiKey = 'e2b_' + 'sn'.repeat(20)
-const opts = { apiKey }
-let paddock
-before(async () => {
-  if (kubernetes) return
-  paddock = await startPaddock({ adminKey: apiKey })
-  apiKey = paddock.adminKey
-  Object.assign(opts, { apiKey, apiUrl: paddock.url, sandboxUrl: paddock.sandboxUrl })
-})
-after(async () => { await paddock?.stop() })
+const opts = embeddedPaddockForFile({ adminKey: 'e2b_' + 'sn'.repeat(20) })
 
 const read = async (sbx, path) => (await sbx.commands.run(`cat ${path} 2>/dev/null || echo missing`)).stdout.trim()
 
