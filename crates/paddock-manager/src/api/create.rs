@@ -195,18 +195,16 @@ async fn create<I: Infra>(
     let allow_internet_access = b.allow_internet_access.unwrap_or(true);
     // Everything the creator decides is settled before the sandbox exists: a backend that
     // keeps records writes it together with its claim.
+    let private = b
+        .network
+        .as_ref()
+        .and_then(|n| n.allow_public_traffic)
+        .is_some_and(|public| !public);
+    let (access_token, traffic_token) = new_tokens(private)?;
     let lease = Lease {
         team: team.name().to_string(),
-        access_token: new_token()?,
-        traffic_token: match b
-            .network
-            .as_ref()
-            .and_then(|n| n.allow_public_traffic)
-            .is_some_and(|public| !public)
-        {
-            true => Some(new_token()?),
-            false => None,
-        },
+        access_token,
+        traffic_token,
         env_vars: b.env_vars.clone().unwrap_or_default(),
         // never-timeout: no deadline at all (as the original: no shutdownTime).
         timeout: (!ext.never_timeout).then_some(timeout),
@@ -347,7 +345,13 @@ pub(super) fn end_at(now: SystemTime, timeout: Option<Duration>) -> SystemTime {
 }
 
 /// A fresh sandbox token (24 random bytes, hex).
-pub(super) fn new_token() -> ApiResult<String> {
+fn new_token() -> ApiResult<String> {
     paddock_contract::random_hex(24)
         .map_err(|e| ApiError::internal("making the sandbox's token", e))
+}
+
+/// A new sandbox's access token, and its traffic token when its ports are `private`.
+pub(super) fn new_tokens(private: bool) -> ApiResult<(String, Option<String>)> {
+    let traffic = if private { Some(new_token()?) } else { None };
+    Ok((new_token()?, traffic))
 }

@@ -20,7 +20,7 @@ use paddock_infra::{CreateSandbox, CreateSnapshot, Infra, Lease, SnapshotInfo, S
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::create::{new_token, register, timeout_secs};
+use super::create::{new_tokens, register, timeout_secs};
 use super::extract::{Body, Caller, OwnedSandbox, PathParam, Query};
 use super::{ApiResult, M};
 use crate::Manager;
@@ -253,13 +253,12 @@ pub async fn fork<I: Infra>(State(m): M<I>, s: OwnedSandbox, Body(b): Body<ForkB
     let mut leases = Vec::new();
     let mut reqs = Vec::new();
     for _ in 0..count {
+        // A private original makes private forks, each with its own tokens.
+        let (access_token, traffic_token) = new_tokens(s.record.traffic_token.is_some())?;
         let lease = Lease {
             team: team.clone(),
-            access_token: new_token()?,
-            traffic_token: match s.record.traffic_token {
-                Some(_) => Some(new_token()?),
-                None => None,
-            },
+            access_token,
+            traffic_token,
             // Env vars given at the original's create are not kept; a fork starts without.
             env_vars: Default::default(),
             timeout: Some(timeout),
