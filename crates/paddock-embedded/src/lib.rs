@@ -28,6 +28,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod template;
+pub mod userns;
 
 pub use config::{DATA_DIR_ENV, EmbeddedConfig, TEMPLATE_CACHE_ENV};
 pub use container::ExecOutput;
