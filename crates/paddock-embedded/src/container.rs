@@ -289,7 +289,18 @@ fn create_here(
     let relay_pid = crate::logrelay::spawn(read_end, log).map_err(io(id, "start log relay"))?;
     let out = std::fs::File::from(out);
     let err = out.try_clone().map_err(io(id, "log pipe"))?;
-    stage_for_bundle(id, bundle)?;
+    if let Some(stage) = stage_for_bundle(id, bundle)? {
+        // Sandbox root may reopen its output (`/proc/1/fd/1`, as the log tests and many
+        // images do); a pipe made by host root is not its own inside a user namespace
+        // (runc does the same for its stdio).
+        let root = Some(nix::unistd::Uid::from_raw(stage.root));
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&out),
+            root,
+            Some(nix::unistd::Gid::from_raw(stage.root)),
+        )
+        .map_err(|e| io(id, "give the log pipe to sandbox root")(e.into()))?;
+    }
     let container = build_init(
         state_root,
         id,
@@ -340,14 +351,15 @@ fn build_init(
 /// `host_base`, cannot walk the host's 0700 directories (the data dir, `/root`) to the
 /// originals, and the host never sees these mounts: they go with this helper's namespace (the
 /// container keeps its own copy). Nothing to do for a spec without a stage.
-fn stage_for_bundle(id: &str, bundle: &Path) -> Result<(), ContainerError> {
+fn stage_for_bundle(id: &str, bundle: &Path) -> Result<Option<crate::spec::Stage>, ContainerError> {
     let config = bundle.join("config.json");
     let text = std::fs::read(&config).map_err(io(id, "read config.json"))?;
     let Some(stage) = crate::spec::Stage::from_spec_json(&text).map_err(io(id, "read stage"))?
     else {
-        return Ok(());
+        return Ok(None);
     };
-    stage.mount_here().map_err(io(id, "stage host paths"))
+    stage.mount_here().map_err(io(id, "stage host paths"))?;
+    Ok(Some(stage))
 }
 
 fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {

@@ -73,6 +73,8 @@ pub const STAGE_ANNOTATION: &str = "org.paddock.stage";
 pub struct Stage {
     /// `(host path, name under STAGE_DIR)`.
     pub binds: Vec<(PathBuf, String)>,
+    /// The host uid (and gid) of the sandbox's root.
+    pub root: u32,
 }
 
 impl Stage {
@@ -258,7 +260,10 @@ pub fn build(input: &SpecInput<'_>) -> Value {
     let mut args = vec![INIT_PATH.to_string(), "--".into(), RUNTIME_PATH.into()];
     args.extend(input.runtime_args.iter().cloned());
     // With a user namespace every host path the init opens is a staged copy (see `Stage`).
-    let mut stage = Stage::default();
+    let mut stage = Stage {
+        root: input.userns.map(|r| r.host_base).unwrap_or_default(),
+        ..Stage::default()
+    };
     let mut host = |p: &Path, name: &str| -> PathBuf {
         if input.userns.is_some() {
             stage.add(p, name)
