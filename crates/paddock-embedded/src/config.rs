@@ -57,6 +57,10 @@ pub struct EmbeddedConfig {
     pub resolv_conf: Option<PathBuf>,
     /// Cold creations per second, pool refills included (`maxCreateQPS`); 0 = unlimited.
     pub max_create_qps: f64,
+    /// The host ids sandbox ids map to: every sandbox runs in its own user namespace, its
+    /// root an unprivileged host uid (see [`crate::userns`]). `None` runs sandboxes without
+    /// one (sandbox root is host root, confined by capabilities, seccomp and cgroups only).
+    pub userns: Option<crate::userns::IdRange>,
 }
 
 impl EmbeddedConfig {
@@ -96,6 +100,7 @@ impl EmbeddedConfig {
             tmp_bytes: 256 << 20,
             resolv_conf: Some("/etc/resolv.conf".into()),
             max_create_qps: DEFAULT_MAX_CREATE_QPS,
+            userns: Some(crate::userns::IdRange::default()),
         }
     }
 }

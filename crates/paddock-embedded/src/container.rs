@@ -98,6 +98,9 @@ pub fn run_helper_if_requested() -> Option<i32> {
                 0
             })
         }
+        [crate::userns::HOLD_CMD] => crate::userns::hold_here()
+            .map(|()| 0)
+            .map_err(io("userns", "hold a user namespace")),
         [BOOT_ID_CMD, file, rootfs] => bind_boot_id(Path::new(file), Path::new(rootfs)).map(|()| 0),
         [crate::logrelay::RELAY_CMD, log] => Ok(crate::logrelay::run(Path::new(log))),
         ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
@@ -286,13 +289,49 @@ fn create_here(
     let relay_pid = crate::logrelay::spawn(read_end, log).map_err(io(id, "start log relay"))?;
     let out = std::fs::File::from(out);
     let err = out.try_clone().map_err(io(id, "log pipe"))?;
+    if let Some(stage) = stage_for_bundle(id, bundle)? {
+        // Sandbox root may reopen its output (`/proc/1/fd/1`, as the log tests and many
+        // images do); a pipe made by host root is not its own inside a user namespace
+        // (runc does the same for its stdio).
+        let root = Some(nix::unistd::Uid::from_raw(stage.root));
+        nix::unistd::fchown(
+            std::os::fd::AsRawFd::as_raw_fd(&out),
+            root,
+            Some(nix::unistd::Gid::from_raw(stage.root)),
+        )
+        .map_err(|e| io(id, "give the log pipe to sandbox root")(e.into()))?;
+    }
+    let container = build_init(
+        state_root,
+        id,
+        bundle,
+        OwnedFd::from(out),
+        OwnedFd::from(err),
+    )?;
+    let init_pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
+    Ok(Created {
+        init_pid,
+        relay_pid,
+    })
+}
+
+/// Creates the container of `bundle` in this process: its init is made and waits for
+/// `start`, its output goes to `out` and `err`, its input is `/dev/null`. Serves both the
+/// sandboxes ([`create`]) and the build steps ([`RUN_CMD`]).
+fn build_init(
+    state_root: &Path,
+    id: &str,
+    bundle: &Path,
+    out: OwnedFd,
+    err: OwnedFd,
+) -> Result<Container, ContainerError> {
     let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
-    let container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+    ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(state_root)
         .map_err(rt(id, "state root"))?
         .with_stdin(OwnedFd::from(null))
-        .with_stdout(OwnedFd::from(out))
-        .with_stderr(OwnedFd::from(err))
+        .with_stdout(out)
+        .with_stderr(err)
         .validate_id()
         .map_err(rt(id, "validate id"))?
         .as_init(bundle)
@@ -303,12 +342,24 @@ fn create_here(
         // `as_sibling(true)` would hand it to our parent instead.
         .as_sibling(false)
         .build()
-        .map_err(rt(id, "create"))?;
-    let init_pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
-    Ok(Created {
-        init_pid,
-        relay_pid,
-    })
+        .map_err(rt(id, "create"))
+}
+
+/// Makes the host paths a user-namespaced sandbox's spec names reachable for its init (see
+/// [`crate::spec::Stage`]): in a mount namespace of this helper's own, a tmpfs on
+/// [`crate::spec::STAGE_DIR`] with each path bound into it. The init, host uid
+/// `host_base`, cannot walk the host's 0700 directories (the data dir, `/root`) to the
+/// originals, and the host never sees these mounts: they go with this helper's namespace (the
+/// container keeps its own copy). Nothing to do for a spec without a stage.
+fn stage_for_bundle(id: &str, bundle: &Path) -> Result<Option<crate::spec::Stage>, ContainerError> {
+    let config = bundle.join("config.json");
+    let text = std::fs::read(&config).map_err(io(id, "read config.json"))?;
+    let Some(stage) = crate::spec::Stage::from_spec_json(&text).map_err(io(id, "read stage"))?
+    else {
+        return Ok(None);
+    };
+    stage.mount_here().map_err(io(id, "stage host paths"))?;
+    Ok(Some(stage))
 }
 
 fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {
@@ -339,6 +390,16 @@ fn exec_here(state_root: &Path, id: &str, args: &[String]) -> Result<i32, Contai
         .as_fd()
         .try_clone_to_owned()
         .map_err(io(id, "dup stderr"))?;
+    // libcontainer resolves the spec's root again: the same stage as at create.
+    let c = Container::load(state_root.join(id)).map_err(rt(id, "load"))?;
+    stage_for_bundle(id, c.bundle())?;
+    // libcontainer 0.7's tenant path joins every namespace of the init but its user
+    // namespace; join that one here (we are single-threaded), so the command runs as the
+    // sandbox's root, an unprivileged host uid, like everything else in there. The other
+    // namespaces are owned by it, so joining them from inside is allowed.
+    if let Some(pid) = c.pid() {
+        join_user_namespace(pid.as_raw()).map_err(io(id, "join the user namespace"))?;
+    }
     let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
     let pid = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
         .with_root_path(state_root)
@@ -353,6 +414,22 @@ fn exec_here(state_root: &Path, id: &str, args: &[String]) -> Result<i32, Contai
         .build()
         .map_err(rt(id, "exec"))?;
     wait_child(pid.as_raw()).map_err(io(id, "wait exec"))
+}
+
+/// Joins the user namespace of process `pid` if it differs from ours.
+fn join_user_namespace(pid: i32) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = format!("/proc/{pid}/ns/user");
+    let (a, b) = (
+        std::fs::metadata(&theirs)?,
+        std::fs::metadata("/proc/self/ns/user")?,
+    );
+    if (a.dev(), a.ino()) == (b.dev(), b.ino()) {
+        return Ok(());
+    }
+    let ns = std::fs::File::open(&theirs)?;
+    nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWUSER)?;
+    Ok(())
 }
 
 /// Blocks until child `pid` exits; returns its exit code (128 + signal if killed).
@@ -418,22 +495,8 @@ fn run_here(state_root: &Path, id: &str, bundle: &Path) -> Result<(), ContainerE
         .try_clone_to_owned()
         .map_err(io(id, "dup stdout"))?;
     let err = out.try_clone().map_err(io(id, "dup stdout"))?;
-    let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
-    let mut container = ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
-        .with_root_path(state_root)
-        .map_err(rt(id, "state root"))?
-        .with_stdin(OwnedFd::from(null))
-        .with_stdout(out)
-        .with_stderr(err)
-        .validate_id()
-        .map_err(rt(id, "validate id"))?
-        .as_init(bundle)
-        .with_systemd(false)
-        .with_detach(true)
-        // The init becomes our child (see `create_here`), so we get its exit status.
-        .as_sibling(false)
-        .build()
-        .map_err(rt(id, "create"))?;
+    // The init becomes our child (see `build_init`), so we get its exit status.
+    let mut container = build_init(state_root, id, bundle, out, err)?;
     let result = (|| {
         let init = container
             .pid()

@@ -2,7 +2,8 @@
 //!
 //! [`EmbeddedInfra`] implements [`paddock_infra::Infra`]. A sandbox is: an overlayfs root
 //! (read-only template layers + a writable upper under the data dir), a youki `libcontainer`
-//! container (pid, mount, uts, ipc, net and cgroup namespaces; Docker's default capabilities;
+//! container (user, pid, mount, uts, ipc, net and cgroup namespaces — sandbox root is an
+//! unprivileged host uid, see [`userns`]; Docker's default capabilities;
 //! a seccomp filter; `no_new_privs`; masked and read-only kernel paths), a cgroup nested under
 //! ours with CPU, memory and pids limits, and a veth on the Paddock bridge. Its PID 1 is tini,
 //! whose first child is the static `paddock-runtime`; the sandbox is ready when the runtime
@@ -28,6 +29,7 @@ pub mod snapshot;
 pub mod spec;
 pub mod store;
 pub mod template;
+pub mod userns;
 
 pub use config::{DATA_DIR_ENV, EmbeddedConfig, TEMPLATE_CACHE_ENV};
 pub use container::ExecOutput;

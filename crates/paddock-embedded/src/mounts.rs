@@ -55,6 +55,59 @@ pub fn mount_overlay(
     .map_err(err("mount overlay on", target))
 }
 
+/// [`mount_overlay`] for a sandbox in a user namespace (`userns`; without one it is
+/// [`mount_overlay`]): the lowers stored in host root's ids (the template's) are taken through
+/// idmapped mounts of the namespace's range, the ones already in the range (a snapshot's) as
+/// they are, and the upper and work directories belong to the range's root. The idmapped
+/// mounts are made under `<target>.lowers` and dropped once the overlay is up: overlayfs
+/// keeps private clones of its layers' mounts.
+pub fn mount_overlay_mapped(
+    lowers: &[PathBuf],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    userns: Option<&crate::userns::Userns>,
+) -> Result<(), MountError> {
+    let Some(ns) = userns else {
+        return mount_overlay(lowers, upper, work, target);
+    };
+    let shift = |op: &'static str, at: &Path| {
+        let at = at.to_owned();
+        move |e: crate::userns::UsernsError| MountError {
+            op,
+            target: at,
+            source: std::io::Error::other(e),
+        }
+    };
+    for d in [upper, work] {
+        ns.own_by_root(d)
+            .map_err(shift("give to sandbox root", d))?;
+    }
+    let staging = target.with_extension("lowers");
+    let result = (|| {
+        let mut mapped = Vec::with_capacity(lowers.len());
+        for (i, lower) in lowers.iter().enumerate() {
+            if !ns.needs_idmap(lower).map_err(shift("stat layer", lower))? {
+                mapped.push(lower.clone());
+                continue;
+            }
+            let at = staging.join(i.to_string());
+            std::fs::create_dir_all(&at).map_err(|e| MountError {
+                op: "mkdir",
+                target: at.clone(),
+                source: e,
+            })?;
+            ns.mount_idmapped(lower, &at)
+                .map_err(shift("idmap layer on", &at))?;
+            mapped.push(at);
+        }
+        mount_overlay(&mapped, upper, work, target)
+    })();
+    let cleanup = unmount_all_under(&staging);
+    let _ = std::fs::remove_dir_all(&staging);
+    result.and(cleanup)
+}
+
 /// Mounts a tmpfs of `bytes` at `target` (created if missing).
 pub fn mount_tmpfs(target: &Path, bytes: u64) -> Result<(), MountError> {
     std::fs::create_dir_all(target).map_err(|e| MountError {

@@ -40,6 +40,9 @@ pub struct SpecInput<'a> {
     pub tmp_bytes: u64,
     /// This boot's own `/proc/sys/kernel/random/boot_id`, if any.
     pub boot_id: Option<BootId<'a>>,
+    /// Run in a user namespace mapping the sandbox's ids to this host range (`None`: sandbox
+    /// root is host root).
+    pub userns: Option<crate::userns::IdRange>,
 }
 
 /// A file to show as `/proc/sys/kernel/random/boot_id` inside the sandbox. A container
@@ -52,6 +55,84 @@ pub struct BootId<'a> {
     pub file: &'a Path,
     /// The binary that runs [`crate::container::HELPER_ARG`] commands.
     pub helper: &'a Path,
+}
+
+/// Where a user-namespaced sandbox's init finds the host paths its spec needs (see
+/// [`Stage`]).
+pub const STAGE_DIR: &str = "/run/paddock-userns";
+/// The spec annotation that lists a [`Stage`].
+pub const STAGE_ANNOTATION: &str = "org.paddock.stage";
+
+/// Host paths bound under [`STAGE_DIR`] for a user-namespaced sandbox: its root filesystem,
+/// the bind mounts' sources and the hook's binary and file. The sandbox's init runs as an
+/// unprivileged host uid and cannot walk the host's private directories (the 0700 data dir,
+/// `/root`) to them, so the container helper binds each into a tmpfs of its own mount
+/// namespace ([`Stage::mount_here`]) and the spec names those copies. Carried in the spec as
+/// the [`STAGE_ANNOTATION`] annotation.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Stage {
+    /// `(host path, name under STAGE_DIR)`.
+    pub binds: Vec<(PathBuf, String)>,
+    /// The host uid (and gid) of the sandbox's root.
+    pub root: u32,
+}
+
+impl Stage {
+    /// Adds `host` as `name` and returns the staged path.
+    fn add(&mut self, host: &Path, name: &str) -> PathBuf {
+        self.binds.push((host.to_owned(), name.to_owned()));
+        Path::new(STAGE_DIR).join(name)
+    }
+
+    /// The stage of a `config.json` text, if it has one.
+    pub fn from_spec_json(text: &[u8]) -> std::io::Result<Option<Self>> {
+        let v: Value = serde_json::from_slice(text).map_err(std::io::Error::other)?;
+        match v["annotations"][STAGE_ANNOTATION].as_str() {
+            None => Ok(None),
+            Some(s) => serde_json::from_str(s)
+                .map(Some)
+                .map_err(std::io::Error::other),
+        }
+    }
+
+    /// Makes the stage in a new mount namespace of this (single-threaded) process: a tmpfs
+    /// on [`STAGE_DIR`] holding a bind of each path. Mounts made here never reach the host's
+    /// namespace.
+    pub fn mount_here(&self) -> std::io::Result<()> {
+        use nix::mount::{MsFlags, mount};
+        std::fs::create_dir_all(STAGE_DIR)?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )?;
+        mount(
+            Some("tmpfs"),
+            STAGE_DIR,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=0755,size=64k"),
+        )?;
+        for (host, name) in &self.binds {
+            let target = Path::new(STAGE_DIR).join(name);
+            if std::fs::metadata(host)?.is_dir() {
+                std::fs::create_dir(&target)?;
+            } else {
+                std::fs::File::create(&target)?;
+            }
+            mount(
+                Some(host.as_path()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )?;
+        }
+        Ok(())
+    }
 }
 
 /// The sandbox-side path of the boot id.
@@ -178,6 +259,25 @@ pub fn build(input: &SpecInput<'_>) -> Value {
     env.extend(input.env.iter().map(|(k, v)| format!("{k}={v}")));
     let mut args = vec![INIT_PATH.to_string(), "--".into(), RUNTIME_PATH.into()];
     args.extend(input.runtime_args.iter().cloned());
+    // With a user namespace every host path the init opens is a staged copy (see `Stage`).
+    let mut stage = Stage {
+        root: input.userns.map(|r| r.host_base).unwrap_or_default(),
+        ..Stage::default()
+    };
+    let mut host = |p: &Path, name: &str| -> PathBuf {
+        if input.userns.is_some() {
+            stage.add(p, name)
+        } else {
+            p.to_owned()
+        }
+    };
+    let rootfs = host(input.rootfs, "root");
+    let init_binary = host(input.init_binary, "init");
+    let runtime_binary = host(input.runtime_binary, "runtime");
+    let resolv_conf = input.resolv_conf.map(|r| host(r, "resolv.conf"));
+    let boot_id = input
+        .boot_id
+        .map(|b| (host(b.helper, "helper"), host(b.file, "boot_id")));
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -186,27 +286,35 @@ pub fn build(input: &SpecInput<'_>) -> Value {
         json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
         json!({"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "nodev", "mode=1777", format!("size={}", input.tmp_bytes)]}),
-        json!({"destination": INIT_PATH, "type": "bind", "source": input.init_binary, "options": ["rbind", "ro", "nosuid", "nodev"]}),
-        json!({"destination": RUNTIME_PATH, "type": "bind", "source": input.runtime_binary, "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        json!({"destination": INIT_PATH, "type": "bind", "source": init_binary, "options": ["rbind", "ro", "nosuid", "nodev"]}),
+        json!({"destination": RUNTIME_PATH, "type": "bind", "source": runtime_binary, "options": ["rbind", "ro", "nosuid", "nodev"]}),
     ];
-    if let Some(resolv) = input.resolv_conf {
+    if let Some(resolv) = resolv_conf {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": resolv, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
     }
-    let hooks = match input.boot_id {
-        Some(b) => json!({ "createContainer": [{
-            "path": b.helper,
+    let hooks = match &boot_id {
+        Some((helper, file)) => json!({ "createContainer": [{
+            "path": helper,
             "args": [
-                b.helper, crate::container::HELPER_ARG, crate::container::BOOT_ID_CMD,
-                b.file, input.rootfs,
+                helper, crate::container::HELPER_ARG, crate::container::BOOT_ID_CMD,
+                file, rootfs,
             ],
         }]}),
         None => json!({}),
     };
-    json!({
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        json!({"type": "network"}),
+        json!({"type": "ipc"}),
+        json!({"type": "uts"}),
+        json!({"type": "mount"}),
+        json!({"type": "cgroup"}),
+    ];
+    let mut v = json!({
         "ociVersion": "1.0.2",
         "hooks": hooks,
         "hostname": input.hostname,
-        "root": { "path": input.rootfs, "readonly": false },
+        "root": { "path": rootfs, "readonly": false },
         "process": {
             "terminal": false,
             "user": { "uid": input.user.0, "gid": input.user.1 },
@@ -220,10 +328,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
         "mounts": mounts,
         "linux": {
             "cgroupsPath": input.cgroup_path,
-            "namespaces": [
-                {"type": "pid"}, {"type": "network"}, {"type": "ipc"},
-                {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"},
-            ],
+            "namespaces": [],
             "resources": { "devices": device_rules() },
             "seccomp": crate::seccomp::profile(),
             "maskedPaths": [
@@ -235,7 +340,19 @@ pub fn build(input: &SpecInput<'_>) -> Value {
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
             ],
         },
-    })
+    });
+    if let Some(range) = input.userns {
+        // Made first by libcontainer, so it owns the other namespaces (sysfs needs the
+        // network namespace owned by the user namespace mounting it).
+        namespaces.push(json!({"type": "user"}));
+        let map = json!([{ "containerID": 0, "hostID": range.host_base, "size": range.size }]);
+        v["linux"]["uidMappings"] = map.clone();
+        v["linux"]["gidMappings"] = map;
+        let text = serde_json::to_string(&stage).unwrap_or_default();
+        v["annotations"] = json!({ STAGE_ANNOTATION: text });
+    }
+    v["linux"]["namespaces"] = json!(namespaces);
+    v
 }
 
 /// Inputs of [`build_job`].
@@ -277,6 +394,8 @@ pub fn build_job(input: &JobInput<'_>) -> Value {
         tmp_bytes: input.tmp_bytes,
         // A build step is not a boot of any sandbox.
         boot_id: None,
+        // Build steps write the template's layers, which are stored in host ids.
+        userns: None,
     });
     let mut args = vec![INIT_PATH.to_string(), "--".into()];
     args.extend(input.args.iter().cloned());
@@ -315,6 +434,7 @@ mod tests {
             resolv_conf: None,
             tmp_bytes: 1 << 20,
             boot_id: None,
+            userns: None,
         }
     }
 

@@ -402,6 +402,7 @@ fn c1_v2_device_program_refuses_unlisted_devices() {
         resolv_conf: None,
         tmp_bytes: 1 << 20,
         boot_id: None,
+        userns: None,
     });
     let rules: Vec<libcontainer::oci_spec::runtime::LinuxDeviceCgroup> =
         serde_json::from_value(spec["linux"]["resources"]["devices"].clone())

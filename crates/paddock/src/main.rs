@@ -117,6 +117,10 @@ struct UpArgs {
     /// `tmpfs` (counts against the sandbox's memory limit).
     #[arg(long, default_value = "image")]
     disk_backend: paddock_embedded::disk::DiskBackend,
+    /// User namespaces of sandboxes: `on` maps sandbox root to host uid 100000 (65536 ids),
+    /// `BASE:SIZE` to another range, `off` runs sandbox root as host root.
+    #[arg(long, env = "PADDOCK_USERNS", default_value = "on", value_parser = parse_userns)]
+    userns: UsernsArg,
     /// Gateway circuit breaker: open connections to sandboxes.
     #[arg(long, default_value_t = Thresholds::default().max_connections)]
     gateway_max_connections: usize,
@@ -460,5 +464,14 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfi
         t.limits.disk_bytes = Some(cfg.default_disk_bytes);
     }
     cfg.max_create_qps = args.max_create_qps;
+    cfg.userns = args.userns.0;
     Ok(cfg)
+}
+
+/// `--userns`: the range, or `None` for off.
+#[derive(Clone, Debug)]
+struct UsernsArg(Option<paddock_embedded::userns::IdRange>);
+
+fn parse_userns(s: &str) -> Result<UsernsArg, String> {
+    paddock_embedded::userns::IdRange::parse_setting(s).map(UsernsArg)
 }

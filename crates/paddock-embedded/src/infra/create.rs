@@ -232,6 +232,7 @@ impl EmbeddedInfra {
         let paths = self.paths(&rec.id);
         let cfg = self.inner.cfg.clone();
         let limits = rec.limits.clone();
+        let userns = self.inner.userns.clone();
         blocking(move || -> InfraResult<()> {
             // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
             // enforced fails the create rather than being ignored (security review H5).
@@ -246,8 +247,14 @@ impl EmbeddedInfra {
             if let Some(seed) = &seed {
                 crate::snapshot::copy_tree(seed, &paths.upper(), false).map_err(internal)?;
             }
-            mounts::mount_overlay(&layers, &paths.upper(), &paths.work(), &paths.rootfs())
-                .map_err(internal)
+            mounts::mount_overlay_mapped(
+                &layers,
+                &paths.upper(),
+                &paths.work(),
+                &paths.rootfs(),
+                userns.as_deref(),
+            )
+            .map_err(internal)
         })
         .await??;
         self.launch(&mut rec).await?;
@@ -310,6 +317,7 @@ impl EmbeddedInfra {
                     file: &paths.boot_id(),
                     helper: &cfg.helper_binary,
                 }),
+                userns: cfg.userns,
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
             let created = container::create(

@@ -54,6 +54,9 @@ struct Inner {
     /// One lock per sandbox, held by pause, resume and kill: a resume that boots the
     /// sandbox again takes seconds, and nothing else may change it meanwhile.
     lifecycle_locks: Mutex<std::collections::HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// The user namespace whose mapping the template layers are idmapped with (`None`:
+    /// sandboxes run without one, see `EmbeddedConfig::userns`).
+    userns: Option<Arc<crate::userns::Userns>>,
     /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
     _instance_lock: crate::instance_lock::InstanceLock,
 }
@@ -121,6 +124,23 @@ impl EmbeddedInfra {
         ] {
             crate::private_dir::create_private_dir(&d).map_err(internal)?;
         }
+        // Refuses to start, with the reason, where the kernel cannot run sandboxes in user
+        // namespaces, rather than quietly running them as host root.
+        let userns = match cfg.userns {
+            Some(range) => {
+                let (helper, cache) = (cfg.helper_binary.clone(), cfg.template_cache.clone());
+                let ns = blocking(move || crate::userns::Userns::new(&helper, range, &cache))
+                    .await?
+                    .map_err(internal)?;
+                info!(
+                    host_base = range.host_base,
+                    size = range.size,
+                    "sandboxes run in user namespaces"
+                );
+                Some(Arc::new(ns))
+            }
+            None => None,
+        };
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let snapshots = crate::snapshot::SnapshotStore::open(cfg.data_dir.join("snapshots"))
             .map_err(internal)?;
@@ -147,6 +167,7 @@ impl EmbeddedInfra {
                 shutdown,
                 ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
                 lifecycle_locks: Mutex::default(),
+                userns,
                 _instance_lock: instance_lock,
             }),
         };
