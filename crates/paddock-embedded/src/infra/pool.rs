@@ -270,7 +270,7 @@ impl EmbeddedInfra {
             }
             for pass in 0..2 {
                 for (i, for_waiters, for_target) in &wants {
-                    let n = if pass == 0 { *for_waiters } else { *for_target }.min(free);
+                    let n = (if pass == 0 { *for_waiters } else { *for_target }).min(free);
                     free -= n;
                     if n > 0 {
                         if let Some(p) = st.pools.get_mut(&specs[*i].name) {
