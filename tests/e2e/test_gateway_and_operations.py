@@ -202,7 +202,8 @@ def test_prometheus_metrics(paddock):
         assert gateway_text.rstrip().endswith("# EOF")
         gateway = _samples(gateway_text)
     else:
-        assert 'paddock_manager_pool_target{template="base"} 1' in text
+        # The pool's minimum is 1; it grows with demand (never past its ceiling).
+        assert samples['paddock_manager_pool_target{template="base"}'] >= 1
         assert 'paddock_manager_pool_ready{template="base"}' in text
         gateway = samples
     assert total('paddock_gateway_requests_total{port="runtime",class="2xx"}', gateway) >= 1

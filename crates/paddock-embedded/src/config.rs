@@ -61,6 +61,69 @@ pub struct EmbeddedConfig {
     /// root an unprivileged host uid (see [`crate::userns`]). `None` runs sandboxes without
     /// one (sandbox root is host root, confined by capabilities, seccomp and cgroups only).
     pub userns: Option<crate::userns::IdRange>,
+    /// How warm pools size and refill themselves.
+    pub pool: PoolConfig,
+}
+
+/// How warm pools size and refill themselves. Each template's pool keeps at least its
+/// [`TemplateSpec::pool_size`] members, grows with demand up to [`Self::max`], and shrinks
+/// back after [`Self::idle`] (see `infra/pool/policy.rs`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PoolConfig {
+    /// Ceiling of each template's pool (never below its minimum). `None`: derived from host
+    /// memory (at most 128) for templates with a minimum, and 0 (no pool, every create cold)
+    /// for templates without one.
+    pub max: Option<usize>,
+    /// The idle period: at the end of each, a pool shrinks to what that period's busiest
+    /// moment needed (its minimum if nothing was claimed).
+    pub idle: Duration,
+    /// Pool members being made at once, all templates together.
+    pub fill_concurrency: usize,
+    /// What a create does when its template's pool has nothing ready.
+    pub on_empty: OnEmpty,
+}
+
+/// What a create does when its template's pool has nothing ready.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnEmpty {
+    /// Queue for the next member the pool makes (the pool makes one more for each waiting
+    /// create); a create whose member fails to come is made cold.
+    #[default]
+    Wait,
+    /// Create a sandbox of its own at once, besides the pool's refills.
+    Cold,
+}
+
+impl std::str::FromStr for OnEmpty {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wait" => Ok(Self::Wait),
+            "cold" => Ok(Self::Cold),
+            other => Err(format!("{other:?}: expected `wait` or `cold`")),
+        }
+    }
+}
+
+/// Default idle period of warm pools.
+pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(300);
+
+/// Default number of pool members made at once: creates mostly wait on the kernel and the
+/// sandbox's start, so a few per core keep the host busy without thrashing it.
+pub fn default_fill_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            max: None,
+            idle: DEFAULT_POOL_IDLE,
+            fill_concurrency: default_fill_concurrency(),
+            on_empty: OnEmpty::default(),
+        }
+    }
 }
 
 impl EmbeddedConfig {
@@ -101,6 +164,7 @@ impl EmbeddedConfig {
             resolv_conf: Some("/etc/resolv.conf".into()),
             max_create_qps: DEFAULT_MAX_CREATE_QPS,
             userns: Some(crate::userns::IdRange::default()),
+            pool: PoolConfig::default(),
         }
     }
 }

@@ -33,5 +33,5 @@ pub mod userns;
 
 pub use config::{DATA_DIR_ENV, EmbeddedConfig, TEMPLATE_CACHE_ENV};
 pub use container::ExecOutput;
-pub use infra::{EmbeddedError, EmbeddedInfra};
+pub use infra::{EmbeddedError, EmbeddedInfra, PoolFigures};
 pub use template::{TemplateError, TemplateSource, TemplateSpec, Templates};

@@ -173,11 +173,18 @@ pub struct TemplateInfo {
     pub built: bool,
     /// Default limits of sandboxes made from it.
     pub limits: Limits,
-    /// Warm pool size.
+    /// Warm pool size now: the members it is kept at (between `pool_min` and `pool_max`
+    /// where the pool sizes itself by demand).
     pub pool_size: usize,
     /// Sandboxes ready in the warm pool now.
     #[serde(default)]
     pub pool_ready: usize,
+    /// The smallest the warm pool gets.
+    #[serde(default)]
+    pub pool_min: usize,
+    /// The largest the warm pool gets.
+    #[serde(default)]
+    pub pool_max: usize,
 }
 
 /// How a pause keeps a sandbox.

@@ -114,15 +114,21 @@ impl Inner {
         Ok(sets
             .into_iter()
             .filter(|s| seen.insert(s.name_any()))
-            .map(|s| TemplateInfo {
-                name: s.name_any(),
-                built: true,
-                limits: convert::set_limits(&s),
-                pool_size: s.spec.replicas.max(0) as usize,
-                pool_ready: s
-                    .status
-                    .as_ref()
-                    .map_or(0, |st| st.available_replicas.max(0) as usize),
+            .map(|s| {
+                // A SandboxSet's size is fixed by its replicas.
+                let size = s.spec.replicas.max(0) as usize;
+                TemplateInfo {
+                    name: s.name_any(),
+                    built: true,
+                    limits: convert::set_limits(&s),
+                    pool_size: size,
+                    pool_ready: s
+                        .status
+                        .as_ref()
+                        .map_or(0, |st| st.available_replicas.max(0) as usize),
+                    pool_min: size,
+                    pool_max: size,
+                }
             })
             .collect())
     }

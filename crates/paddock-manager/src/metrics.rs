@@ -98,7 +98,7 @@ impl ManagerMetrics {
         );
         r.register(
             "pool_target",
-            "Configured warm pool size, by template",
+            "Warm pool size it is kept at now (between its minimum and ceiling), by template",
             m.pool_target.clone(),
         );
         m

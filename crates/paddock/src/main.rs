@@ -100,9 +100,25 @@ struct UpArgs {
     /// Longest sandbox timeout, seconds.
     #[arg(long, default_value_t = 2_592_000)]
     max_timeout: u64,
-    /// Warm sandboxes kept ready per template.
+    /// Warm sandboxes kept ready per template at least (the pool's minimum); 0 = no pool
+    /// unless --pool-max sets one.
     #[arg(long, default_value_t = 2)]
     pool_size: usize,
+    /// The most warm sandboxes a template's pool grows to under demand; default from host
+    /// memory (at most 128).
+    #[arg(long)]
+    pool_max: Option<usize>,
+    /// Seconds of an idle period: after each, a pool shrinks to what its busiest moment
+    /// needed (its minimum when nothing was claimed).
+    #[arg(long, default_value_t = paddock_embedded::config::DEFAULT_POOL_IDLE.as_secs())]
+    pool_idle_secs: u64,
+    /// Pool sandboxes made at once, all templates together; default 4 per CPU.
+    #[arg(long)]
+    pool_fill_concurrency: Option<usize>,
+    /// What a create does when its template's pool is empty: `wait` for the next sandbox the
+    /// pool makes (the pool makes one per waiting create), or make a `cold` one of its own.
+    #[arg(long, default_value = "wait")]
+    pool_on_empty: paddock_embedded::config::OnEmpty,
     /// Sandbox creations in progress at once; more wait their turn.
     #[arg(long, default_value_t = paddock_manager::DEFAULT_MAX_CLAIM_WORKERS)]
     max_claim_workers: usize,
@@ -465,6 +481,13 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfi
     }
     cfg.max_create_qps = args.max_create_qps;
     cfg.userns = args.userns.0;
+    cfg.pool.max = args.pool_max;
+    cfg.pool.idle = std::time::Duration::from_secs(args.pool_idle_secs);
+    if let Some(n) = args.pool_fill_concurrency {
+        anyhow::ensure!(n > 0, "--pool-fill-concurrency must be at least 1");
+        cfg.pool.fill_concurrency = n;
+    }
+    cfg.pool.on_empty = args.pool_on_empty;
     Ok(cfg)
 }
 

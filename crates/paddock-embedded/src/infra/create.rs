@@ -81,12 +81,12 @@ impl EmbeddedInfra {
         // A pool member's disk was made with the template's limit and cannot be resized, so
         // a request for another limit is created cold.
         let claim = if limits.disk_bytes == tspec.limits.disk_bytes {
-            self.claim(&req.template)
+            self.claim(&req.template, req.create_on_no_stock).await
         } else {
             None
         };
-        if let Some(mut rec) = claim {
-            self.inner.pool_wakeup.notify_one();
+        if let Some(claimed) = claim {
+            let mut rec = claimed.rec;
             let span = info_span!("sandbox_claim", id = %rec.id, template = %req.template);
             let _g = span.enter();
             if limits != rec.limits {
@@ -102,9 +102,10 @@ impl EmbeddedInfra {
             rec.pooled = false;
             apply_lease(&mut rec, req.lease.as_ref());
             self.save(&rec)?;
-            info!("claimed from warm pool");
+            info!(waited = !claimed.ready, "claimed from warm pool");
             let mut info = self.info(&rec);
-            info.from_pool = true;
+            // Warm: ready when asked for; a member made while the create waited is not.
+            info.from_pool = claimed.ready;
             return Ok(info);
         }
         // The original's `create-on-no-stock: "false"`: no cold start, the caller retries or

@@ -33,6 +33,7 @@ mod teardown;
 
 pub use error::EmbeddedError;
 use paths::Paths;
+pub use pool::PoolFigures;
 use state::State;
 
 struct Inner {
@@ -173,6 +174,7 @@ impl EmbeddedInfra {
         };
         infra.inner.templates.set_build_box(infra.build_box());
         infra.recover().await?;
+        infra.init_pools();
         infra.start_monitor();
         Ok(infra)
     }
@@ -332,12 +334,15 @@ impl Infra for EmbeddedInfra {
         let t = &self.inner.templates;
         t.specs()
             .map(|s| {
+                let pool = self.pool_figures(&s.name);
                 Ok(TemplateInfo {
                     name: s.name.clone(),
                     built: t.layers(&s.name).map_err(template_err)?.is_some(),
                     limits: s.limits.clone(),
-                    pool_size: s.pool_size,
-                    pool_ready: self.pool_len(&s.name),
+                    pool_size: pool.target,
+                    pool_ready: pool.ready,
+                    pool_min: pool.min,
+                    pool_max: pool.max,
                 })
             })
             .collect()

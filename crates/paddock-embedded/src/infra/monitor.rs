@@ -57,7 +57,7 @@ impl EmbeddedInfra {
             e.rec.state = next;
             e.dead_reason = Some("init exited".to_string());
             for pool in st.pools.values_mut() {
-                pool.retain(|p| p != &id);
+                pool.ready.retain(|p| p != &id);
             }
         }
         warn!(%id, pid, "sandbox init died; releasing its resources");

@@ -7,6 +7,7 @@ use tracing::{info, warn};
 
 use super::state::Entry;
 use super::{EmbeddedInfra, internal};
+use crate::store::SandboxRecord;
 use crate::{network, proc};
 
 impl EmbeddedInfra {
@@ -31,41 +32,13 @@ impl EmbeddedInfra {
                     .contains(&self.paths(&rec.id).rootfs());
             if fs_paused {
                 info!(id = %rec.id, "adopting sandbox paused filesystem-only");
-                let mut st = self.state();
-                st.used_ips.insert(rec.ip);
-                st.sandboxes.insert(
-                    rec.id.clone(),
-                    Entry {
-                        rec: rec.clone(),
-                        last_cpu: None,
-                        dead_reason: None,
-                    },
-                );
-                adopted.insert(rec.id.as_str().to_owned());
+                adopted.insert(self.adopt(rec));
             } else if live {
                 info!(id = %rec.id, state = %rec.state, "adopting sandbox");
                 if let Err(e) = network::rebind(&self.inner.cfg.net, rec.ip, rec.allow_internet) {
                     warn!(id = %rec.id, error = %e, "re-binding the sandbox's network failed");
                 }
-                {
-                    let mut st = self.state();
-                    st.used_ips.insert(rec.ip);
-                    if rec.pooled {
-                        st.pools
-                            .entry(rec.template.clone())
-                            .or_default()
-                            .push_back(rec.id.clone());
-                    }
-                    st.sandboxes.insert(
-                        rec.id.clone(),
-                        Entry {
-                            rec: rec.clone(),
-                            last_cpu: None,
-                            dead_reason: None,
-                        },
-                    );
-                }
-                adopted.insert(rec.id.as_str().to_owned());
+                adopted.insert(self.adopt(rec));
             } else {
                 info!(id = %rec.id, state = %rec.state, "cleaning up sandbox left behind");
                 self.state().sandboxes.insert(
@@ -80,6 +53,30 @@ impl EmbeddedInfra {
             }
         }
         self.sweep_orphans(&adopted).await
+    }
+
+    /// Takes a sandbox found alive (or paused on disk) back: its address stays taken, a pool
+    /// member goes back to its pool. Returns its id, for the sweep to keep.
+    fn adopt(&self, rec: SandboxRecord) -> String {
+        let id = rec.id.as_str().to_owned();
+        let mut st = self.state();
+        st.used_ips.insert(rec.ip);
+        if rec.pooled {
+            st.pools
+                .entry(rec.template.clone())
+                .or_default()
+                .ready
+                .push_back(rec.id.clone());
+        }
+        st.sandboxes.insert(
+            rec.id.clone(),
+            Entry {
+                rec,
+                last_cpu: None,
+                dead_reason: None,
+            },
+        );
+        id
     }
 
     /// Removes resources that carry our names but belong to no adopted sandbox.

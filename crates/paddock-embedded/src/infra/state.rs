@@ -1,6 +1,6 @@
 //! What the infra remembers about its sandboxes in memory, and the small accessors on it.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::MutexGuard;
 use std::time::Instant;
@@ -25,10 +25,8 @@ pub(super) struct State {
     pub(super) used_ips: BTreeSet<Ipv4Addr>,
     /// The address handed out last; allocation continues after it.
     pub(super) last_ip: Option<Ipv4Addr>,
-    /// Ready pooled sandboxes per template, oldest first.
-    pub(super) pools: HashMap<String, VecDeque<SandboxId>>,
-    /// Pool creations in flight per template.
-    pub(super) filling: HashMap<String, usize>,
+    /// Warm pools per template (see `pool.rs`).
+    pub(super) pools: super::pool::Pools,
 }
 
 impl EmbeddedInfra {

@@ -87,6 +87,8 @@ impl EmbeddedInfra {
     /// Kills every sandbox, pooled ones included (tests and uninstall).
     pub async fn kill_all(&self) -> InfraResult<()> {
         self.shutdown();
+        // Members in the making would appear after the sweep below.
+        self.pool_makes_done().await;
         let ids: Vec<SandboxId> = self.state().sandboxes.keys().cloned().collect();
         for id in ids {
             self.mark_dead(&id);

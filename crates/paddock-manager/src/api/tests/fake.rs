@@ -132,6 +132,8 @@ fn templates() -> Vec<TemplateInfo> {
             limits: Limits::default(),
             pool_size: 1,
             pool_ready: 1,
+            pool_min: 1,
+            pool_max: 1,
         })
         .collect()
 }
