@@ -13,6 +13,7 @@ pub mod config;
 pub mod container;
 pub mod disk;
 pub mod firewall;
+pub mod host_limits;
 mod infra;
 pub mod instance_lock;
 pub mod logrelay;
