@@ -15,7 +15,11 @@ ADMIN_KEY = "e2b_" + "be" * 20
 
 
 def build_release():
-    """Release builds of paddock and the static runtime (cached by cargo)."""
+    """Release builds of paddock and the static runtime (cached by cargo); or the two binaries
+    named by PADDOCK_BENCH_BIN and PADDOCK_BENCH_RUNTIME_BIN (another build to compare with)."""
+    given = os.environ.get("PADDOCK_BENCH_BIN"), os.environ.get("PADDOCK_BENCH_RUNTIME_BIN")
+    if all(given):
+        return tuple(pathlib.Path(p) for p in given)
     env = dict(os.environ, CARGO_TARGET_DIR=str(TARGET))
     subprocess.run(["nice", "-n", "10", "cargo", "build", "--release", "--locked", "-p", "paddock"],
                    cwd=ROOT, check=True, env=env)
@@ -24,11 +28,23 @@ def build_release():
     return (TARGET / "release/paddock", TARGET / "x86_64-unknown-linux-musl/release/paddock-runtime")
 
 
+def in_cgroup(binary: pathlib.Path, cgroup: pathlib.Path) -> pathlib.Path:
+    """A launcher script that joins `cgroup` (its `cgroup.procs`) and execs `binary`."""
+    launcher = pathlib.Path("/tmp") / f"paddock-launch-{cgroup.name}.sh"
+    launcher.write_text(f'#!/bin/sh\necho $$ > "{cgroup}/cgroup.procs" || exit 1\nexec "{binary}" "$@"\n')
+    launcher.chmod(0o755)
+    return launcher
+
+
 class Paddock(PaddockUp):
     """A started `paddock up` on a free port; the SDKs in this process point at it."""
 
-    def __init__(self, pool_size: int, extra=()):
+    def __init__(self, pool_size: int, extra=(), memory_cgroup: pathlib.Path | None = None):
         paddock, runtime = build_release()
+        if memory_cgroup is not None:
+            # Started inside a cgroup of the bench's own, so that paddock, its sandboxes
+            # (nested under it) and the kernel memory they allocate are charged there.
+            paddock = in_cgroup(paddock, memory_cgroup)
         super().__init__(paddock, runtime, ADMIN_KEY, pool_size=pool_size, extra=extra,
                          prefix="paddock-bench-")
         self.start()

@@ -9,8 +9,13 @@
 //! * with the `client` feature, the one client that probes `/health` and sends `/init`, with
 //!   one retry policy ([`client::RuntimeClient`]).
 //!
-//! The runtime links this crate without the `client` feature: types and constants only.
+//! * the capped log of a sandbox's init output and its relay process ([`caplog`]), which
+//!   the runtime binary runs for the embedded infra.
+//!
+//! The runtime links this crate without the `client` feature: types, constants and the
+//! standard-library-only [`caplog`].
 
+pub mod caplog;
 mod init;
 mod signature;
 mod token;

@@ -92,17 +92,21 @@ pub fn run_helper_if_requested() -> Option<i32> {
     }
     let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let r: Result<i32, ContainerError> = match a.as_slice() {
-        ["create", root, id, bundle, log] => {
-            create_here(Path::new(root), id, Path::new(bundle), Path::new(log)).map(|c| {
-                println!("{} {}", c.init_pid, c.relay_pid);
-                0
-            })
-        }
+        ["create", root, id, bundle, log, relay_bin] => create_here(
+            Path::new(root),
+            id,
+            Path::new(bundle),
+            Path::new(log),
+            Path::new(relay_bin),
+        )
+        .map(|c| {
+            println!("{} {}", c.init_pid, c.relay_pid);
+            0
+        }),
         [crate::userns::HOLD_CMD] => crate::userns::hold_here()
             .map(|()| 0)
             .map_err(io("userns", "hold a user namespace")),
         [BOOT_ID_CMD, file, rootfs] => bind_boot_id(Path::new(file), Path::new(rootfs)).map(|()| 0),
-        [crate::logrelay::RELAY_CMD, log] => Ok(crate::logrelay::run(Path::new(log))),
         ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
         [RUN_CMD, root, id, bundle] => run_here(Path::new(root), id, Path::new(bundle)).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
@@ -201,14 +205,16 @@ pub struct Created {
 
 /// Creates the container from the bundle (with `config.json`) in the helper and returns its
 /// init pid. The init waits for [`start`]; its output goes through a pipe to a log relay that
-/// keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`. The init is not our child
-/// (the helper exits), so watch it through `/proc`.
+/// keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`; `relay_bin` (the runtime
+/// binary) runs the relay. The init is not our child (the helper exits), so watch it through
+/// `/proc`.
 pub fn create(
     helper_bin: &Path,
     state_root: &Path,
     id: &str,
     bundle: &Path,
     log: &Path,
+    relay_bin: &Path,
 ) -> Result<Created, ContainerError> {
     let out = helper(
         helper_bin,
@@ -219,6 +225,7 @@ pub fn create(
             id.as_ref(),
             bundle.as_os_str(),
             log.as_os_str(),
+            relay_bin.as_os_str(),
         ],
     )?;
     if !out.status.success() {
@@ -279,6 +286,7 @@ fn create_here(
     id: &str,
     bundle: &Path,
     log: &Path,
+    relay_bin: &Path,
 ) -> Result<Created, ContainerError> {
     std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
     // A pipe, not the log file itself: sandbox root can write to `/proc/1/fd/1`, and a host
@@ -286,7 +294,8 @@ fn create_here(
     // stdout/stderr (dup'ed by libcontainer) and the relay's stdin keep the ends open.
     let (read_end, out) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
         .map_err(|e| io(id, "log pipe")(e.into()))?;
-    let relay_pid = crate::logrelay::spawn(read_end, log).map_err(io(id, "start log relay"))?;
+    let relay_pid =
+        crate::logrelay::spawn(read_end, log, relay_bin).map_err(io(id, "start log relay"))?;
     let out = std::fs::File::from(out);
     let err = out.try_clone().map_err(io(id, "log pipe"))?;
     if let Some(stage) = stage_for_bundle(id, bundle)? {

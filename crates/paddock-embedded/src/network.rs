@@ -49,7 +49,33 @@ pub enum NetError {
     /// Every address of the CIDR is in use.
     #[error("no free address in {0}")]
     Exhausted(String),
+    /// The bridge has as many ports as the kernel allows one bridge.
+    #[error(
+        "bridge {0} is full: the kernel gives a bridge at most {BRIDGE_MAX_PORTS} ports, one \
+         per sandbox; run another instance with its own --bridge and CIDR for more"
+    )]
+    BridgeFull(String),
 }
+
+impl NetError {
+    /// As an infra error: a host limit reached is the caller's to hear about (a capacity
+    /// error, 503), anything else is internal.
+    pub fn into_infra(self) -> paddock_infra::InfraError {
+        match self {
+            NetError::BridgeFull(_) | NetError::Exhausted(_) => {
+                paddock_infra::InfraError::Capacity(self.to_string())
+            }
+            e => paddock_infra::InfraError::Internal(Box::new(e)),
+        }
+    }
+}
+
+/// Ports one Linux bridge can hold: port numbers are 10 bits and 0 is reserved
+/// (`BR_MAX_PORTS` in the kernel's `net/bridge/br_private.h`).
+pub const BRIDGE_MAX_PORTS: usize = 1023;
+
+/// `EXFULL`: what the kernel answers when a bridge has no free port number left.
+const EXFULL: i32 = 54;
 
 fn nl(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetError {
     let op = op.into();
@@ -188,6 +214,20 @@ impl NetConfig {
     pub fn bridge_mac(&self) -> [u8; 6] {
         let b = fnv1a(self.bridge.as_bytes()).to_be_bytes();
         [0x02, b[3], b[4], b[5], b[6], b[7]]
+    }
+
+    /// A free sandbox address (see [`Cidr::allocate`]), refused with
+    /// [`NetError::BridgeFull`] once `used` holds as many addresses as the bridge has ports:
+    /// every address in use is a veth on the bridge.
+    pub fn allocate(
+        &self,
+        used: &std::collections::BTreeSet<Ipv4Addr>,
+        after: Option<Ipv4Addr>,
+    ) -> Result<Ipv4Addr, NetError> {
+        if used.len() >= BRIDGE_MAX_PORTS {
+            return Err(NetError::BridgeFull(self.bridge.clone()));
+        }
+        self.cidr.allocate(used, after)
     }
 
     /// Host-side veth name of a sandbox address.
@@ -374,7 +414,14 @@ pub async fn attach(
             .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
             .execute()
             .await
-            .map_err(nl("attach veth to bridge"))?;
+            .map_err(|e| match e {
+                // Ports taken by links that are not ours (or by a second instance on the
+                // same bridge) fill it before our own count does.
+                rtnetlink::Error::NetlinkError(ref m) if m.raw_code() == -EXFULL => {
+                    NetError::BridgeFull(cfg.bridge.clone())
+                }
+                e => nl("attach veth to bridge")(e),
+            })?;
         h.link()
             .set_port(
                 LinkBridgePort::new(host_idx)
@@ -616,6 +663,22 @@ mod tests {
             c.allocate(&used, None),
             Err(NetError::Exhausted(_))
         ));
+    }
+
+    #[test]
+    fn a_full_bridge_is_refused_with_its_own_error() {
+        let cfg = NetConfig::default();
+        let mut used: std::collections::BTreeSet<_> = (0..BRIDGE_MAX_PORTS as u32 - 1)
+            .filter_map(|n| cfg.cidr.host(n))
+            .collect();
+        let last = cfg.allocate(&used, None).expect("the last port is free");
+        used.insert(last);
+        let err = cfg.allocate(&used, Some(last)).expect_err("no port left");
+        assert!(
+            matches!(err, NetError::BridgeFull(ref b) if b == "pdkbr0"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("--bridge"), "{err}");
     }
 
     #[test]

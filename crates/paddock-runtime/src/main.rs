@@ -83,6 +83,12 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    // On the host, as a sandbox's log relay (the embedded infra starts it; see
+    // `paddock_contract::caplog`): nothing else of the runtime runs.
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(log) = paddock_contract::caplog::relay_log(&argv) {
+        std::process::exit(paddock_contract::caplog::relay(&log));
+    }
     // Linked as `sudo` inside sandboxes (see `paddock_runtime::sudo`).
     if paddock_runtime::sudo::called_as_sudo() {
         let args: Vec<String> = std::env::args().skip(1).collect();
@@ -113,9 +119,26 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     launch::become_session_leader();
-    tokio::runtime::Runtime::new()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(worker_threads())
+        .enable_all()
+        .build()
         .context("starting the async runtime")?
         .block_on(serve(args))
+}
+
+/// Most async worker threads: the runtime mostly waits on sockets and pipes, and blocking
+/// work runs on tokio's blocking pool, so two workers keep requests apart without one thread
+/// per host core in every idle sandbox (a thousand sandboxes on a 64-core host would
+/// otherwise hold 64,000 mostly idle threads and as many host pids).
+const MAX_WORKER_THREADS: usize = 2;
+
+/// Worker threads for this runtime: the CPUs it may use (which counts the sandbox's CPU
+/// limit), at most [`MAX_WORKER_THREADS`].
+fn worker_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_WORKER_THREADS)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

@@ -334,7 +334,18 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "runtime binary {} not found",
         runtime.display()
     );
+    // The runtime binary is also every sandbox's log relay on the host.
+    let relay = runtime.clone();
+    tokio::task::spawn_blocking(move || paddock_embedded::logrelay::check(&relay))
+        .await
+        .context("checking the runtime binary")??;
 
+    // Before any sandbox exists: a full bridge of them needs more than the host defaults.
+    match paddock_embedded::host_limits::raise_open_files() {
+        Ok((soft, _)) => tracing::debug!(open_files = soft, "open-file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
+    paddock_embedded::host_limits::raise_all();
     tracing::info!(data_dir = %args.data_dir.display(), "starting embedded infrastructure");
     let cfg = infra_config(&args, runtime)?;
     let net = cfg.net.clone();

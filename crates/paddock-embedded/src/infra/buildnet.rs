@@ -24,7 +24,6 @@ impl EmbeddedInfra {
             .inner
             .cfg
             .net
-            .cidr
             .allocate(&st.used_ips, st.last_ip)
             .map_err(|e| InfraError::Capacity(e.to_string()))?;
         st.used_ips.insert(ip);

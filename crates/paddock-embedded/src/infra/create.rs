@@ -327,6 +327,7 @@ impl EmbeddedInfra {
                 id.as_str(),
                 &paths.bundle(),
                 &paths.log(),
+                &cfg.runtime_binary,
             )
             .map_err(internal)?;
             // The relay goes with the sandbox: killed by its teardown, charged to its memory,
@@ -340,7 +341,7 @@ impl EmbeddedInfra {
         self.save(rec)?;
         network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
             .await
-            .map_err(internal)?;
+            .map_err(network::NetError::into_infra)?;
         let (root, id) = (self.state_root(), rec.id.clone());
         let helper = self.inner.cfg.helper_binary.clone();
         blocking(move || container::start(&helper, &root, id.as_str()))
