@@ -5,9 +5,14 @@ upstream), and through Paddock's gateway (header routing). Rounds alternate
 so that noise on this shared machine hits all three alike.
 
     sudo .venv/bin/python bench/gateway_bench.py [--duration 10] [--connections 32] [--rounds 3]
+
+`--paddock BIN --runtime BIN` measure those builds instead of building release ones (to
+compare a change with the build before it); `--perf FILE` records a profile of `paddock up`
+(`perf record -g`) during the gateway's first round.
 """
 
 import argparse
+import os
 import re
 import shutil
 import statistics
@@ -17,7 +22,8 @@ import pathlib
 
 from e2b import Sandbox
 
-from paddock_harness import Paddock
+from paddock_harness import ADMIN_KEY, Paddock
+from paddock_testing import PaddockUp
 
 NGINX_PORT = 3390
 
@@ -57,6 +63,21 @@ def to_ms(v: str) -> float:
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
+class Given(PaddockUp):
+    """A `paddock up` of binaries given on the command line (no build)."""
+
+    def __init__(self, paddock: str, runtime: str):
+        super().__init__(pathlib.Path(paddock), pathlib.Path(runtime), ADMIN_KEY, pool_size=1,
+                         prefix="paddock-bench-")
+        self.start()
+        os.environ.update(self.sdk_env())
+
+    def stop(self, timeout: float = 120) -> int:
+        code = super().stop(timeout)
+        self.remove_data()
+        return code
+
+
 def wrk(url, headers, duration, connections):
     cmd = ["wrk", "--latency", "-t2", f"-c{connections}", f"-d{duration}s"]
     for h in headers:
@@ -74,10 +95,15 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--paddock", help="a paddock binary to measure (else a release build)")
+    ap.add_argument("--runtime", help="the paddock-runtime binary to go with --paddock")
+    ap.add_argument("--perf", help="record a profile of paddock up to this file (first round)")
     a = ap.parse_args()
+    if bool(a.paddock) != bool(a.runtime):
+        ap.error("--paddock and --runtime go together")
     need("wrk", "wrk")
     need("nginx", "nginx-light")
-    p = Paddock(pool_size=1)
+    p = Given(a.paddock, a.runtime) if a.paddock else Paddock(pool_size=1)
     ng = None
     try:
         sbx = Sandbox.create(timeout=3600)
@@ -90,9 +116,17 @@ def main():
                 f"{p.url}/health", [f"E2b-Sandbox-Id: {sbx.sandbox_id}", "E2b-Sandbox-Port: 49983"]),
         }
         results = {k: [] for k in ways}
-        for _ in range(a.rounds):
+        for i in range(a.rounds):
             for name, (url, headers) in ways.items():
+                perf = None
+                if a.perf and i == 0 and name.startswith("paddock"):
+                    need("perf", "linux-perf")
+                    perf = subprocess.Popen(["perf", "record", "-F", "1999", "-o", a.perf,
+                                             "-p", str(p.proc.pid)], stderr=subprocess.DEVNULL)
                 results[name].append(wrk(url, headers, a.duration, a.connections))
+                if perf:
+                    perf.send_signal(2)
+                    perf.wait()
         print(f"wrk -t2 -c{a.connections} -d{a.duration}s, {a.rounds} alternating rounds; medians over rounds")
         print(f"{'path':36} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  vs nginx")
         ref = statistics.median(r[0] for r in results["nginx 1.22 (keepalive upstream)"])

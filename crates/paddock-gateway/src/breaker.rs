@@ -124,11 +124,20 @@ impl Breakers {
     /// (A short critical section over a map of counters: no await under it.)
     pub fn sandbox_slot(&self, sandbox: &str) -> Result<SandboxSlot, Tripped> {
         let mut counts = self.per_sandbox.lock().unwrap_or_else(|e| e.into_inner());
-        let n = counts.entry(sandbox.to_string()).or_insert(0);
-        if *n >= self.thresholds.max_requests_per_sandbox {
-            return Err(Tripped::SandboxRequests);
+        // Looked up before inserting: a sandbox with requests in flight (the common case under
+        // load) costs no key allocation.
+        match counts.get_mut(sandbox) {
+            Some(n) if *n >= self.thresholds.max_requests_per_sandbox => {
+                return Err(Tripped::SandboxRequests);
+            }
+            Some(n) => *n += 1,
+            None if self.thresholds.max_requests_per_sandbox == 0 => {
+                return Err(Tripped::SandboxRequests);
+            }
+            None => {
+                counts.insert(sandbox.to_string(), 1);
+            }
         }
-        *n += 1;
         Ok(SandboxSlot {
             counts: self.per_sandbox.clone(),
             sandbox: sandbox.to_string(),

@@ -54,13 +54,23 @@ pub use breaker::{Breakers, Thresholds};
 pub use errors::GatewayError;
 pub use metrics::GatewayMetrics;
 pub use route::{Fetched, RouteInfo, Routes};
+pub use signed::Signed;
 pub use target::{DEFAULT_PORT, RoutingHeaders, Target, target_of, target_with};
 pub use wake::{Waker, Waking, Woken};
 
 use admit::Admission;
-use metrics::{ReasonLabels, RequestLabels};
+use metrics::ReasonLabels;
 use protocol::Protocol;
 use upstream::Pools;
+
+/// What a data-plane request asks for (see [`Gateway::claim`]).
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// It names its sandbox and port.
+    Target(Target),
+    /// A signed file URL that names no sandbox: the signature says whose it is.
+    Signed(signed::Signed),
+}
 
 /// Forwards requests to sandboxes.
 #[derive(Clone)]
@@ -116,20 +126,34 @@ impl Gateway {
     /// Whether this request is data-plane traffic for the gateway: it names a sandbox, or it
     /// is a signed file URL (which names none, see [`signed`]).
     pub fn claims(&self, req: &Request<Body>) -> bool {
-        target_with(req, &self.headers).is_some() || signed::is_signed_file_request(req)
+        self.claim(req).is_some()
+    }
+
+    /// What this request asks of the gateway, if it is data-plane traffic: read once, so
+    /// that a caller who routes on it ([`Gateway::forward_claim`]) does not parse it again.
+    pub fn claim(&self, req: &Request<Body>) -> Option<Claim> {
+        match target_with(req, &self.headers) {
+            Some(t) => Some(Claim::Target(t)),
+            None => signed::signed_parts(req).map(Claim::Signed),
+        }
     }
 
     /// Forwards `req` to its sandbox.
     pub async fn forward(&self, req: Request<Body>) -> Response {
+        match self.claim(&req) {
+            Some(claim) => self.forward_claim(req, claim).await,
+            None => GatewayError::NoTarget.into_response(),
+        }
+    }
+
+    /// Forwards `req`, which [`Gateway::claim`] read as `claim`, to its sandbox.
+    pub async fn forward_claim(&self, req: Request<Body>, claim: Claim) -> Response {
         use tracing::Instrument;
-        let target = match target_with(&req, &self.headers) {
-            Some(t) => t,
-            None => match signed::signed_parts(&req) {
-                Some(parts) => match signed::signer(&*self.routes, parts).await {
-                    Some(t) => t,
-                    None => return self.fail(GatewayError::NoSigner),
-                },
-                None => return GatewayError::NoTarget.into_response(),
+        let target = match claim {
+            Claim::Target(t) => t,
+            Claim::Signed(parts) => match signed::signer(&*self.routes, parts).await {
+                Some(t) => t,
+                None => return self.fail(GatewayError::NoSigner),
             },
         };
         let span = tracing::debug_span!("forward", sandbox = %target.sandbox, port = target.port);
@@ -253,10 +277,10 @@ impl Gateway {
         mut admission: Admission,
     ) -> Result<Response, GatewayError> {
         rewrite::for_pool(&mut req, addr, path, grpc)?;
-        let client = self
+        let pool = self
             .pools
-            .client(&target.sandbox, grpc, &self.breakers, &*self.routes);
-        let result = upstream::send(&client, req, &self.breakers).await;
+            .pool(&target.sandbox, &self.breakers, &*self.routes);
+        let result = upstream::send(pool.pick(grpc), req, &self.breakers).await;
         admission.headers_received();
         let resp = result.map_err(|e| {
             tracing::debug!(error = %e, "upstream failed");
@@ -267,13 +291,7 @@ impl Gateway {
 
     /// Counts a response the sandbox gave.
     fn observe(&self, port: u16, status: StatusCode, started: Instant) {
-        self.metrics
-            .requests
-            .get_or_create(&RequestLabels {
-                port: metrics::port_kind(port),
-                class: metrics::class(status.as_u16()),
-            })
-            .inc();
+        self.metrics.count_request(port, status.as_u16());
         self.metrics
             .latency
             .observe(started.elapsed().as_secs_f64());

@@ -58,6 +58,7 @@ pub fn signed_parts(req: &Request<Body>) -> Option<Signed> {
 }
 
 /// Whether `req` is a signed file request (whether or not any sandbox signed it).
+#[cfg(test)]
 pub fn is_signed_file_request(req: &Request<Body>) -> bool {
     signed_parts(req).is_some()
 }

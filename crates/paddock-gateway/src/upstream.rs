@@ -19,8 +19,7 @@ use crate::route::Routes;
 
 pub type Upstream = Client<CountingConnector, Body>;
 
-#[derive(Clone)]
-struct Pool {
+pub struct Pool {
     http1: Upstream,
     /// Only for gRPC, which needs HTTP/2 to the sandbox too.
     http2: Upstream,
@@ -40,12 +39,8 @@ impl Pool {
         }
     }
 
-    fn pick(&self, http2: bool) -> Upstream {
-        if http2 {
-            self.http2.clone()
-        } else {
-            self.http1.clone()
-        }
+    pub fn pick(&self, http2: bool) -> &Upstream {
+        if http2 { &self.http2 } else { &self.http1 }
     }
 }
 
@@ -54,36 +49,30 @@ impl Pool {
 /// dead connections.
 #[derive(Clone, Default)]
 pub struct Pools {
-    pools: Arc<Mutex<HashMap<String, Pool>>>,
+    pools: Arc<Mutex<HashMap<String, Arc<Pool>>>>,
     handed_out: Arc<AtomicU64>,
 }
 
 impl Pools {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pool>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The client for `sandbox`; now and then drops pools of sandboxes that
-    /// `routes` no longer knows.
-    pub fn client(
-        &self,
-        sandbox: &str,
-        http2: bool,
-        breakers: &Breakers,
-        routes: &dyn Routes,
-    ) -> Upstream {
+    /// The pools of `sandbox` (one reference count per request: a client's clone is a dozen);
+    /// now and then drops pools of sandboxes that `routes` no longer knows.
+    pub fn pool(&self, sandbox: &str, breakers: &Breakers, routes: &dyn Routes) -> Arc<Pool> {
         let n = self.handed_out.fetch_add(1, Ordering::Relaxed);
         let mut pools = self.lock();
         if n % 256 == 255 {
             pools.retain(|id, _| routes.lookup(id).is_some());
         }
         if let Some(pool) = pools.get(sandbox) {
-            return pool.pick(http2);
+            return pool.clone();
         }
         pools
             .entry(sandbox.to_string())
-            .or_insert_with(|| Pool::new(breakers))
-            .pick(http2)
+            .or_insert_with(|| Arc::new(Pool::new(breakers)))
+            .clone()
     }
 
     /// Drops the pool of a sandbox that is gone, closing its idle connections.

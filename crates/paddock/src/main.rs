@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use axum::Router;
 use axum::extract::Request;
 use axum::response::IntoResponse;
 use clap::{Parser, Subcommand};
@@ -417,15 +416,21 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         })
     };
     let api = paddock_manager::router(manager.clone(), exporter);
-    let app = Router::new().fallback(move |req: Request| {
+    // One reference count per request rather than a copy of the gateway's dozen handles.
+    let gateway = Arc::new(gateway);
+    // The one address serves both planes; a plain service in front of them (no router: the
+    // data plane's requests would pay for its matching and boxing on every request).
+    let app = tower::service_fn(move |req: Request| {
         let gateway = gateway.clone();
         let api = api.clone();
         async move {
-            if gateway.claims(&req) {
-                gateway.forward(req).await
+            // The request is read for its target once: the gateway routes on what it found.
+            let resp = if let Some(claim) = gateway.claim(&req) {
+                gateway.forward_claim(req, claim).await
             } else {
                 api.oneshot(req).await.into_response()
-            }
+            };
+            Ok::<_, std::convert::Infallible>(resp)
         }
     });
 
@@ -462,7 +467,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             _ = term.recv() => {}
         }
     };
-    axum::serve(listener, app)
+    axum::serve(listener, tower::make::Shared::new(app))
         .with_graceful_shutdown(stop)
         .await?;
     tracing::info!("shutting down: killing sandboxes");
