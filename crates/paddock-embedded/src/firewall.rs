@@ -141,39 +141,50 @@ fn port_element(cfg: &NetConfig, ip: Ipv4Addr) -> String {
     )
 }
 
-/// Binds the bridge port of sandbox `ip` to its hardware and IP address.
-pub fn bind_port(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    nft(&format!(
+/// Binds the bridge port of sandbox `ip` to its hardware and IP address and, when
+/// `allow_internet`, lets it open connections to the internet: one `nft` run (one
+/// transaction) for both, since starting `nft` is most of what a set element costs.
+pub fn bind_port(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
+    let mut script = format!(
         "add element bridge {} ports {{ {} }}\n",
         cfg.nft_table,
         port_element(cfg, ip)
-    ))
+    );
+    if allow_internet {
+        script.push_str(&egress_element("add", cfg, ip));
+    }
+    nft(&script)
 }
 
-/// Undoes [`bind_port`]; absent elements are fine (detach runs after partial attaches).
-pub fn unbind_port(cfg: &NetConfig, ip: Ipv4Addr) {
-    // `delete element` fails if absent; `destroy` needs a newer nft, so ignore that error.
+/// Undoes [`bind_port`] and [`allow_egress`] in one `nft` run; absent elements are fine
+/// (release runs after partial attaches). `delete element` fails on an absent element and
+/// `destroy` needs a newer `nft`, so each element is added first in the same transaction:
+/// adding a present element is a no-op, and the pair always leaves it absent.
+pub fn release(cfg: &NetConfig, ip: Ipv4Addr) {
+    let (t, port) = (&cfg.nft_table, port_element(cfg, ip));
     let _ = nft(&format!(
-        "delete element bridge {} ports {{ {} }}\n",
-        cfg.nft_table,
-        port_element(cfg, ip)
+        "add element bridge {t} ports {{ {port} }}\n\
+         delete element bridge {t} ports {{ {port} }}\n\
+         {}{}",
+        egress_element("add", cfg, ip),
+        egress_element("delete", cfg, ip),
     ));
+}
+
+fn egress_element(verb: &str, cfg: &NetConfig, ip: Ipv4Addr) -> String {
+    format!("{verb} element inet {} egress {{ {ip} }}\n", cfg.nft_table)
 }
 
 /// Lets `ip` open connections to the internet (adds it to the egress set).
 pub fn allow_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    nft(&format!(
-        "add element inet {} egress {{ {ip} }}\n",
-        cfg.nft_table
-    ))
+    nft(&egress_element("add", cfg, ip))
 }
 
-/// Undoes [`allow_egress`]; absent elements are fine.
-pub fn deny_egress(cfg: &NetConfig, ip: Ipv4Addr) {
-    let _ = nft(&format!(
-        "delete element inet {} egress {{ {ip} }}\n",
-        cfg.nft_table
-    ));
+/// Takes `ip`'s internet access away (removes it from the egress set). Unlike [`release`],
+/// a failure is reported: a sandbox that keeps access it should not have is an error.
+pub fn deny_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    let e = |verb| egress_element(verb, cfg, ip);
+    nft(&format!("{}{}", e("add"), e("delete")))
 }
 
 fn nft(script: &str) -> Result<(), NetError> {

@@ -409,7 +409,8 @@ pub async fn attach(
             .execute()
             .await
             .map_err(nl("set sandbox hardware address"))?;
-        firewall::bind_port(cfg, ip)?;
+        // Egress too, in the same `nft` run: nothing can use it before the peer is set up.
+        firewall_blocking(cfg, move |cfg| firewall::bind_port(cfg, ip, allow_internet)).await?;
         h.link()
             .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
             .execute()
@@ -453,31 +454,37 @@ pub async fn attach(
             cfg.cidr.prefix,
             cfg.cidr.gateway(),
         )
-        .await?;
-        if allow_internet {
-            allow_egress(cfg, ip)?;
-        }
-        Ok(())
+        .await
     }
     .await;
     if result.is_err() {
         if let Ok(Some(i)) = link_index(&h, &host_if).await {
             let _ = h.link().del(i).execute().await;
         }
-        firewall::unbind_port(cfg, ip);
-        firewall::deny_egress(cfg, ip);
+        let _ = firewall_blocking(cfg, move |cfg| {
+            firewall::release(cfg, ip);
+            Ok(())
+        })
+        .await;
     }
     result
+}
+
+/// Runs a firewall change (an `nft` process) on the blocking pool, not on an async worker.
+async fn firewall_blocking(
+    cfg: &NetConfig,
+    f: impl FnOnce(&NetConfig) -> Result<(), NetError> + Send + 'static,
+) -> Result<(), NetError> {
+    let cfg = cfg.clone();
+    tokio::task::spawn_blocking(move || f(&cfg))
+        .await
+        .map_err(|e| NetError::Nft(format!("firewall task failed: {e}")))?
 }
 
 /// Binds the port of a sandbox that outlived a restart again ([`setup_host`] starts with
 /// empty sets), and re-allows its egress.
 pub fn rebind(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
-    firewall::bind_port(cfg, ip)?;
-    if allow_internet {
-        firewall::allow_egress(cfg, ip)?;
-    }
-    Ok(())
+    firewall::bind_port(cfg, ip, allow_internet)
 }
 
 /// Releases what [`attach`] made on the host: the host veth (if the namespace did not take it
@@ -491,14 +498,20 @@ pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
             Err(e) => return Err(nl("delete veth")(e)),
         }
     }
-    firewall::unbind_port(cfg, ip);
-    firewall::deny_egress(cfg, ip);
-    Ok(())
+    firewall_blocking(cfg, move |cfg| {
+        firewall::release(cfg, ip);
+        Ok(())
+    })
+    .await
 }
 
-/// Lets `ip` open connections to the internet (adds it to the egress set).
-pub fn allow_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    firewall::allow_egress(cfg, ip)
+/// Gives `ip` internet access or takes it away (the egress set); blocks on `nft`.
+pub fn set_egress(cfg: &NetConfig, ip: Ipv4Addr, allow: bool) -> Result<(), NetError> {
+    if allow {
+        firewall::allow_egress(cfg, ip)
+    } else {
+        firewall::deny_egress(cfg, ip)
+    }
 }
 
 /// Deletes a link by name if it exists.

@@ -336,6 +336,12 @@ impl Templates {
         name: &str,
         progress: &(dyn Fn(&str) + Sync),
     ) -> Result<Vec<PathBuf>, TemplateError> {
+        // A built template needs no lock: its layer directories appear by an atomic rename
+        // once complete, so seeing them means they are whole. Every cold create comes here,
+        // and must not queue behind another template's build (or another process's) for that.
+        if let Some(layers) = self.layers(name)? {
+            return Ok(layers);
+        }
         // One build at a time: builds are IO-heavy and share parents. The file lock extends this
         // to every process (and every `Templates`) sharing the cache, e.g. parallel tests.
         let _guard = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -353,6 +359,25 @@ impl Templates {
                 source: e.into(),
             })?;
         self.build_locked(name, progress)
+    }
+
+    /// The read-only layers a sandbox of template `name` is made of (topmost first): the
+    /// template's (built now unless cached) under its login layer (see [`login_layer`]).
+    pub fn sandbox_layers(
+        &self,
+        name: &str,
+        progress: &(dyn Fn(&str) + Sync),
+    ) -> Result<Vec<PathBuf>, TemplateError> {
+        let layers = self.build(name, progress)?;
+        let own = match &self.get(name)?.source {
+            // A directory used in place is not ours to add to.
+            TemplateSource::RootfsDir(_) => return Ok(layers),
+            _ => self.layer_dir(name, &self.hash(name)?),
+        };
+        let mut out = Vec::with_capacity(layers.len() + 1);
+        out.extend(login_layer(&own, &layers)?);
+        out.extend(layers);
+        Ok(out)
     }
 
     fn build_locked(
@@ -499,6 +524,109 @@ fn build_into(
             crate::oci::unpack_layout(path, reference.as_deref(), &layer, progress)
         }
     }
+}
+
+/// The files of the login layer, each with how its text changes. Both edits keep what a
+/// login shell ends up with (environment, `PATH`, working directory) and only drop a
+/// process start from every login, which is how the E2B SDKs run each command
+/// (`bash -l -c CMD`): the time to interactive of a sandbox is mostly such a command.
+const LOGIN_EDITS: &[(&str, &str, &str)] = &[
+    // Debian's profile picks `PATH` by `$(id -u)`, a fork and exec of `id`; bash has the
+    // same number as `$EUID` (other shells, where it is unset, still run `id`).
+    ("etc/profile", "\"$(id -u)\"", "\"${EUID:-$(id -u)}\""),
+    // root's profile runs `mesg n`, which only acts on a terminal on its standard input and
+    // fails (silently) without one; the test skips the process start where it cannot act.
+    (
+        "root/.profile",
+        "\nmesg n 2> /dev/null || true",
+        "\nif [ -t 0 ]; then mesg n 2> /dev/null || true; fi",
+    ),
+];
+
+/// A read-only layer over a template's `layers` holding the profile files of
+/// [`LOGIN_EDITS`] with their edits, made once per built template next to its layer (in
+/// `own`, the template's build directory) and dropped with it. `None` when no file needs an
+/// edit. Made beside the build rather than by it, so that caches built before it exist need
+/// no rebuild; its name carries a version, bumped when the edits change.
+fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, TemplateError> {
+    let dir = own.join("login-v1");
+    let none = own.join("login-v1.none");
+    if dir.is_dir() {
+        return Ok(Some(dir));
+    }
+    if none.exists() {
+        return Ok(None);
+    }
+    // Another process may be making it too: each works in its own directory and the first
+    // rename wins.
+    let tmp = own.join(format!("login-v1.tmp{}", std::process::id()));
+    remove_tree(&tmp)?;
+    let mut edited = 0;
+    for (file, from, to) in LOGIN_EDITS {
+        // The file as the sandbox would see it: from the topmost layer that has it.
+        let Some(layer) = layers
+            .iter()
+            .find(|l| l.join(file).symlink_metadata().is_ok())
+        else {
+            continue;
+        };
+        let src = layer.join(file);
+        let meta = src.symlink_metadata().map_err(io(&src))?;
+        if !meta.file_type().is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&src).map_err(io(&src))?;
+        if !text.contains(from) {
+            continue;
+        }
+        copy_parents(layers, &tmp, Path::new(file))?;
+        let dst = tmp.join(file);
+        std::fs::write(&dst, text.replace(from, to)).map_err(io(&dst))?;
+        copy_owner_and_mode(&meta, &dst)?;
+        edited += 1;
+    }
+    if edited == 0 {
+        remove_tree(&tmp)?;
+        std::fs::write(&none, b"").map_err(io(&none))?;
+        return Ok(None);
+    }
+    match std::fs::rename(&tmp, &dir) {
+        Ok(()) => {}
+        // Someone else's rename won: theirs is the same.
+        Err(_) if dir.is_dir() => remove_tree(&tmp)?,
+        Err(e) => return Err(io(&dir)(e)),
+    }
+    Ok(Some(dir))
+}
+
+/// Makes the directories above `file` in `tmp` with the owner and mode they have in the
+/// layers: in an overlay, the topmost layer's directory decides what the merged one shows.
+fn copy_parents(layers: &[PathBuf], tmp: &Path, file: &Path) -> Result<(), TemplateError> {
+    let mut rel = PathBuf::new();
+    let parents: Vec<_> = file
+        .parent()
+        .map(|p| p.components().collect())
+        .unwrap_or_default();
+    std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+    for c in parents {
+        rel.push(c);
+        let dst = tmp.join(&rel);
+        if dst.is_dir() {
+            continue;
+        }
+        std::fs::create_dir(&dst).map_err(io(&dst))?;
+        if let Some(meta) = layers.iter().find_map(|l| l.join(&rel).metadata().ok()) {
+            copy_owner_and_mode(&meta, &dst)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_owner_and_mode(meta: &std::fs::Metadata, dst: &Path) -> Result<(), TemplateError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::os::unix::fs::lchown(dst, Some(meta.uid()), Some(meta.gid())).map_err(io(dst))?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(io(dst))
 }
 
 /// Runs a build tool, streaming its merged output to `progress`; on failure returns its last
@@ -751,5 +879,109 @@ mod tests {
         );
         let again = t.build("tb", &|l| panic!("rebuilt: {l}")).expect("cached");
         assert_eq!(again, layers);
+    }
+
+    /// The login layer carries the template's profile files with the process starts taken
+    /// out, over the template's layers, with the directories' owner and mode; a template
+    /// without such files gets none.
+    #[test]
+    fn the_login_layer_edits_the_profiles_and_keeps_the_directories() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::create_dir_all(src.join("root")).expect("mkdir");
+        std::fs::set_permissions(src.join("root"), std::fs::Permissions::from_mode(0o700))
+            .expect("chmod");
+        let profile = "if [ \"$(id -u)\" -eq 0 ]; then\n  PATH=/sbin\nfi\n";
+        std::fs::write(src.join("etc/profile"), profile).expect("write");
+        std::fs::write(
+            src.join("root/.profile"),
+            "x=1\n\nmesg n 2> /dev/null || true\n",
+        )
+        .expect("write");
+        let tarball = d.path().join("r.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
+        b.append_dir_all(".", &src).expect("append");
+        b.finish().expect("finish");
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "tb".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        });
+        let layers = t.sandbox_layers("tb", &|_| {}).expect("layers");
+        assert_eq!(layers.len(), 2, "{layers:?}");
+        assert_eq!(
+            layers[1..],
+            t.layers("tb").expect("layers").expect("built")[..]
+        );
+        let login = &layers[0];
+        assert_eq!(
+            std::fs::read_to_string(login.join("etc/profile")).expect("profile"),
+            "if [ \"${EUID:-$(id -u)}\" -eq 0 ]; then\n  PATH=/sbin\nfi\n"
+        );
+        assert_eq!(
+            std::fs::read_to_string(login.join("root/.profile")).expect("profile"),
+            "x=1\n\nif [ -t 0 ]; then mesg n 2> /dev/null || true; fi\n"
+        );
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o7777;
+        assert_eq!(mode(&login.join("root")), 0o700);
+        assert_eq!(mode(&login.join("etc")), mode(&layers[1].join("etc")));
+        assert_eq!(
+            mode(&login.join("etc/profile")),
+            mode(&layers[1].join("etc/profile"))
+        );
+        // Made once: asked again, the same layer.
+        assert_eq!(t.sandbox_layers("tb", &|_| {}).expect("again"), layers);
+
+        // Nothing to edit: no login layer.
+        let plain = hello_tarball(&d.path().join("plain"));
+        t.insert(TemplateSpec {
+            name: "plain".into(),
+            source: TemplateSource::Tarball(plain),
+            ..TemplateSpec::base()
+        });
+        let layers = t.sandbox_layers("plain", &|_| {}).expect("layers");
+        assert_eq!(layers, t.layers("plain").expect("layers").expect("built"));
+    }
+
+    /// Every cold create asks for its template's layers: a built one is answered without the
+    /// build locks, so creates never queue behind a build running elsewhere.
+    #[test]
+    fn a_built_template_is_answered_while_a_build_holds_the_locks() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let tarball = hello_tarball(d.path());
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "tb".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        });
+        let layers = t.build("tb", &|_| {}).expect("build");
+        // Another process building: its file lock is held.
+        let lock = std::fs::File::open(d.path().join("cache/.build.lock")).expect("lock file");
+        let _held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+            .map_err(|(_, e)| e)
+            .expect("flock");
+        let t = std::sync::Arc::new(t);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t2 = t.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send(t2.build("tb", &|l| panic!("rebuilt: {l}")));
+        });
+        // A lookup that waited for the lock would never answer while we hold it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let got = loop {
+            if let Ok(r) = rx.try_recv() {
+                break r.expect("cached");
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the lookup waited for the build lock"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert_eq!(got, layers);
     }
 }

@@ -140,20 +140,29 @@ pub struct SaveError {
     source: std::io::Error,
 }
 
-/// The records, written through to a file so that a restarted manager
-/// still knows the sandboxes (and their tokens) the infrastructure kept
-/// running. This is the store of `paddock up`; a backend may bring its own
-/// ([`paddock_infra::Infra::records`]).
+/// The records, written through to disk so that a restarted manager still knows the
+/// sandboxes (and their tokens) the infrastructure kept running. This is the store of
+/// `paddock up`; a backend may bring its own ([`paddock_infra::Infra::records`]).
 ///
-/// The file is written outside the map's lock (audit L3): the data plane reads routes through
-/// that lock, and must not wait for a disk sync. Each change takes a version under the lock;
-/// the writer skips a snapshot older than the one already on disk, so the newest state
-/// always wins and writers that queue up behind a slow disk coalesce. The write itself runs
-/// on the blocking pool, never on an async worker.
+/// On disk: a snapshot (`file`, the list of records, replaced atomically) and a journal
+/// beside it (`<file stem>.journal`, one change per line, appended). A change costs one
+/// append and one data sync, whatever the number of sandboxes; the snapshot is rewritten
+/// only when the journal has grown past [`COMPACT_AFTER`] lines and when the store is opened.
+/// Both files are owner-only: they hold every access token (audit H2).
+///
+/// Nothing touches the disk under the map's lock (audit L3): the data plane reads routes
+/// through it. Each change is queued under that lock (so the queue's order is the changes'
+/// order) and takes a version; whoever holds the writer lock next appends every queued
+/// change in one write and one sync (group commit), so creates that come together share a
+/// sync. A change's future resolves once it is durable. The writes run on the blocking
+/// pool, never on an async worker.
 #[derive(Clone, Default)]
 pub struct Records {
     shared: Arc<Shared>,
 }
+
+/// Journal lines after which the next write compacts them into the snapshot.
+const COMPACT_AFTER: usize = 4096;
 
 #[derive(Default)]
 struct Shared {
@@ -161,35 +170,92 @@ struct Shared {
     file: Option<PathBuf>,
     /// The version of the last change, taken under the map's lock.
     version: AtomicU64,
-    /// Serializes file writes; holds the version on disk.
-    written: Mutex<u64>,
+    /// Changes not yet written, in the order they were made (pushed under the map's lock).
+    queue: Mutex<Vec<Queued>>,
+    /// Serializes disk writes; holds what is on disk.
+    written: Mutex<Written>,
+    /// Journal lines that trigger a compaction ([`COMPACT_AFTER`]; lower in tests).
+    compact_after: usize,
 }
 
-/// The map as it was at one version, ready to be written.
-struct Snapshot {
+/// What is durable.
+#[derive(Default)]
+struct Written {
+    /// The newest version on disk.
     version: u64,
-    bytes: std::io::Result<Vec<u8>>,
+    /// Lines in the journal since the snapshot.
+    journal_lines: usize,
+}
+
+/// One change, ready to be appended (a journal line, newline included).
+struct Queued {
+    version: u64,
+    line: std::io::Result<Vec<u8>>,
+}
+
+/// A journal line, as read.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Change {
+    Put(Box<SandboxRecord>),
+    Del(SandboxId),
+}
+
+/// A journal line, as written (the same JSON as [`Change`]).
+#[derive(serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum ChangeRef<'a> {
+    Put(&'a SandboxRecord),
+    Del(&'a SandboxId),
+}
+
+fn journal_of(file: &std::path::Path) -> PathBuf {
+    file.with_extension("journal")
+}
+
+fn corrupt(file: &std::path::Path, e: impl std::fmt::Display) -> std::io::Error {
+    std::io::Error::other(format!("{} is corrupt: {e}", file.display()))
 }
 
 impl Records {
-    /// Records kept in `file` (loaded now if it exists).
+    /// Records kept in `file` and its journal (loaded now if they exist). A journal left
+    /// by an earlier run is folded into a new snapshot here.
     pub fn open(file: PathBuf) -> std::io::Result<Self> {
-        let map: HashMap<SandboxId, SandboxRecord> = match std::fs::read(&file) {
+        let mut map: HashMap<SandboxId, SandboxRecord> = match std::fs::read(&file) {
             Ok(bytes) => {
                 // Every access token is in there (audit H2).
                 crate::secret_file::restrict(&file)?;
-                let list: Vec<SandboxRecord> = serde_json::from_slice(&bytes).map_err(|e| {
-                    std::io::Error::other(format!("{} is corrupt: {e}", file.display()))
-                })?;
+                let list: Vec<SandboxRecord> =
+                    serde_json::from_slice(&bytes).map_err(|e| corrupt(&file, e))?;
                 list.into_iter().map(|r| (r.id.clone(), r)).collect()
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
+        let journal = journal_of(&file);
+        let replayed = match std::fs::read(&journal) {
+            Ok(bytes) => {
+                crate::secret_file::restrict(&journal)?;
+                replay(&mut map, &bytes).map_err(|e| corrupt(&journal, e))?
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+            Err(e) => return Err(e),
+        };
+        if replayed > 0 || journal.exists() {
+            // Fold it in: the snapshot first (atomically), then the journal emptied. A crash
+            // between the two replays changes the snapshot already holds, which is harmless:
+            // the journal is the full history since the old snapshot, so replaying it again
+            // ends in the same state.
+            let list: Vec<&SandboxRecord> = map.values().collect();
+            let bytes = serde_json::to_vec(&list).map_err(std::io::Error::other)?;
+            crate::secret_file::write(&file, &bytes)?;
+            truncate(&journal)?;
+        }
         Ok(Self {
             shared: Arc::new(Shared {
                 inner: RwLock::new(map),
                 file: Some(file),
+                compact_after: COMPACT_AFTER,
                 ..Shared::default()
             }),
         })
@@ -203,45 +269,99 @@ impl Records {
         self.shared.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes the map's state after a change; call with the map's write lock held.
-    fn snapshot(&self, map: &HashMap<SandboxId, SandboxRecord>) -> Option<Snapshot> {
+    /// Queues `change` for the disk and returns its version; call with the map's write lock
+    /// held, so that the queue's order is the order of the changes.
+    fn enqueue(&self, change: &ChangeRef<'_>) -> Option<u64> {
         self.shared.file.as_ref()?;
-        let list: Vec<&SandboxRecord> = map.values().collect();
-        Some(Snapshot {
-            version: self.shared.version.fetch_add(1, Ordering::SeqCst) + 1,
-            bytes: serde_json::to_vec(&list).map_err(std::io::Error::other),
-        })
+        let version = self.shared.version.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = serde_json::to_vec(change)
+            .map(|mut l| {
+                l.push(b'\n');
+                l
+            })
+            .map_err(std::io::Error::other);
+        lock(&self.shared.queue).push(Queued { version, line });
+        Some(version)
     }
 
-    /// Writes a snapshot, owner-only (it holds every access token: audit H2), through a temp
-    /// file + rename so a crash never leaves half a file; a snapshot older than the file is
-    /// skipped. Returns once this state (or a newer one) is on disk. Blocks: call it from
-    /// [`Self::persist`] or a plain thread.
-    fn persist_blocking(shared: &Shared, snapshot: Option<Snapshot>) -> Result<(), SaveError> {
-        let (Some(file), Some(snap)) = (&shared.file, snapshot) else {
+    /// Makes version `version` durable: appends every queued change (its own and any queued
+    /// meanwhile) to the journal and syncs it, unless another writer already did. Compacts
+    /// when the journal is long. Blocks: call it from [`Self::persist`] or a plain thread.
+    fn persist_blocking(shared: &Shared, version: u64) -> Result<(), SaveError> {
+        let Some(file) = &shared.file else {
             return Ok(());
         };
-        let mut written = shared.written.lock().unwrap_or_else(|p| p.into_inner());
-        if *written >= snap.version {
+        let mut written = lock(&shared.written);
+        if written.version >= version {
             return Ok(());
         }
-        snap.bytes
-            .and_then(|bytes| Ok(crate::secret_file::write(file, &bytes)?))
-            .map_err(|source| SaveError {
+        let journal = journal_of(file);
+        let err = |source| SaveError {
+            file: journal.display().to_string(),
+            source,
+        };
+        let batch = std::mem::take(&mut *lock(&shared.queue));
+        let mut bytes = Vec::new();
+        let mut newest = written.version;
+        for q in &batch {
+            bytes.extend_from_slice(
+                q.line
+                    .as_ref()
+                    .map_err(|e| err(std::io::Error::other(e.to_string())))?,
+            );
+            newest = newest.max(q.version);
+        }
+        if let Err(source) = append(&journal, &bytes) {
+            // Not on disk: put the changes back (ahead of newer ones) for the next writer.
+            let mut q = lock(&shared.queue);
+            let newer = std::mem::replace(&mut *q, batch);
+            q.extend(newer);
+            return Err(err(source));
+        }
+        written.version = newest;
+        written.journal_lines += batch.len();
+        if written.journal_lines >= shared.compact_after {
+            Self::compact(shared, file, &journal, &mut written).map_err(|source| SaveError {
                 file: file.display().to_string(),
                 source,
             })?;
-        *written = snap.version;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the snapshot from the map and empties the journal; called by the writer.
+    fn compact(
+        shared: &Shared,
+        file: &std::path::Path,
+        journal: &std::path::Path,
+        written: &mut Written,
+    ) -> std::io::Result<()> {
+        let (bytes, version) = {
+            // Under the map's lock no change is queued: the map, its version and the queue
+            // agree. What the snapshot holds need not be appended any more.
+            let map = shared.inner.read().unwrap_or_else(|p| p.into_inner());
+            let version = shared.version.load(Ordering::SeqCst);
+            lock(&shared.queue).retain(|q| q.version > version);
+            let list: Vec<&SandboxRecord> = map.values().collect();
+            (
+                serde_json::to_vec(&list).map_err(std::io::Error::other),
+                version,
+            )
+        };
+        crate::secret_file::write(file, &bytes?)?;
+        written.version = written.version.max(version);
+        truncate(journal)?;
+        written.journal_lines = 0;
         Ok(())
     }
 
     /// [`Self::persist_blocking`] on the blocking pool.
-    async fn persist(&self, snapshot: Option<Snapshot>) -> InfraResult<()> {
-        if snapshot.is_none() {
+    async fn persist(&self, version: Option<u64>) -> InfraResult<()> {
+        let Some(version) = version else {
             return Ok(());
-        }
+        };
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || Self::persist_blocking(&shared, snapshot))
+        tokio::task::spawn_blocking(move || Self::persist_blocking(&shared, version))
             .await
             .map_err(InfraError::internal)?
             .map_err(|e| {
@@ -250,24 +370,79 @@ impl Records {
             })
     }
 
-    fn insert_now(&self, r: SandboxRecord) -> Option<Snapshot> {
+    fn insert_now(&self, r: SandboxRecord) -> Option<u64> {
         let mut map = self.write();
+        let v = self.enqueue(&ChangeRef::Put(&r));
         map.insert(r.id.clone(), r);
-        self.snapshot(&map)
+        v
     }
 
-    fn update_now(&self, id: &SandboxId, f: RecordChange<'_>) -> Option<Option<Snapshot>> {
+    fn update_now(&self, id: &SandboxId, f: RecordChange<'_>) -> Option<Option<u64>> {
         let mut map = self.write();
         let r = map.get_mut(id)?;
         f(r);
-        Some(self.snapshot(&map))
+        Some(self.enqueue(&ChangeRef::Put(r)))
     }
 
-    fn remove_now(&self, id: &SandboxId) -> (Option<SandboxRecord>, Option<Snapshot>) {
+    fn remove_now(&self, id: &SandboxId) -> (Option<SandboxRecord>, Option<u64>) {
         let mut map = self.write();
         let gone = map.remove(id);
-        let snapshot = gone.as_ref().and_then(|_| self.snapshot(&map));
-        (gone, snapshot)
+        let version = gone
+            .as_ref()
+            .and_then(|_| self.enqueue(&ChangeRef::Del(id)));
+        (gone, version)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Applies journal `bytes` to `map`; the number of changes. A last line without its newline
+/// is a write cut short by a crash (its change never counted as saved) and is ignored; any
+/// other bad line is corruption.
+fn replay(map: &mut HashMap<SandboxId, SandboxRecord>, bytes: &[u8]) -> Result<usize, String> {
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let mut n = 0;
+    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line).map_err(|e| format!("line {}: {e}", i + 1))? {
+            Change::Put(r) => {
+                map.insert(r.id.clone(), *r);
+            }
+            Change::Del(id) => {
+                map.remove(&id);
+            }
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Appends `bytes` to the journal (created owner-only) and syncs its data.
+fn append(journal: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(journal)?;
+    f.write_all(bytes)?;
+    f.sync_data()
+}
+
+/// Empties the journal, durably.
+fn truncate(journal: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::OpenOptions::new().write(true).open(journal) {
+        Ok(f) => {
+            f.set_len(0)?;
+            f.sync_all()
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
 }
 
@@ -461,6 +636,93 @@ mod tests {
                 .contains("could not save the sandbox records"),
             "{err}"
         );
+    }
+
+    /// A change is one journal line; a restart folds the journal into the snapshot. A line cut
+    /// short by a crash (no newline: its write never returned) is dropped, not an error.
+    #[tokio::test]
+    async fn changes_go_to_the_journal_and_a_torn_last_line_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sandboxes.json");
+        let journal = dir.path().join("sandboxes.journal");
+        let r = Records::open(file.clone()).unwrap();
+        r.insert(record("aaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+        r.insert(record("bbbbbbbbbbbbbbbbbbbb")).await.unwrap();
+        r.remove(&id("aaaaaaaaaaaaaaaaaaaa")).await.unwrap();
+        assert!(!file.exists(), "no snapshot rewrite per change");
+        let text = std::fs::read_to_string(&journal).unwrap();
+        assert_eq!(text.lines().count(), 3, "{text}");
+        // A crash in the middle of a fourth append.
+        let mut torn = text.into_bytes();
+        torn.extend_from_slice(br#"{"put":{"id":"cccc"#);
+        std::fs::write(&journal, &torn).unwrap();
+        let again = Records::open(file.clone()).unwrap();
+        let ids: Vec<String> = again.all().iter().map(|r| r.id.to_string()).collect();
+        assert_eq!(ids, ["bbbbbbbbbbbbbbbbbbbb"]);
+        assert_eq!(
+            std::fs::read(&journal).unwrap(),
+            b"",
+            "folded into the snapshot"
+        );
+        assert!(file.exists());
+        // A bad line that is not the last one is corruption, reported.
+        std::fs::write(
+            &journal,
+            b"{\"put\":1}\n{\"del\":\"bbbbbbbbbbbbbbbbbbbb\"}\n",
+        )
+        .unwrap();
+        let err = Records::open(file).err().unwrap();
+        assert!(
+            err.to_string().contains("sandboxes.journal is corrupt"),
+            "{err}"
+        );
+    }
+
+    /// Changes made together share one append (group commit), each resolves only once it is
+    /// durable, and a long journal is compacted on the way without losing or reviving any.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_changes_are_all_durable_across_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sandboxes.json");
+        let mut r = Records::open(file.clone()).unwrap();
+        Arc::get_mut(&mut r.shared).unwrap().compact_after = 7;
+        let ids: Vec<String> = (0..40).map(|i| format!("{i:0>20}")).collect();
+        let tasks: Vec<_> = ids
+            .iter()
+            .map(|i| {
+                let (r, i) = (r.clone(), i.clone());
+                tokio::spawn(async move {
+                    r.insert(record(&i)).await.unwrap();
+                    r.update(&id(&i), Box::new(|x| x.state = ApiState::Paused))
+                        .await
+                        .unwrap();
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        // Every tenth one goes again.
+        for i in ids.iter().step_by(10) {
+            r.remove(&id(i)).await.unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.path().join("sandboxes.journal"))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines < 7, "the journal was compacted ({lines} lines)");
+        assert!(file.exists(), "into a snapshot");
+        let again = Records::open(file).unwrap();
+        let mut got: Vec<String> = again.all().iter().map(|r| r.id.to_string()).collect();
+        got.sort();
+        let want: Vec<String> = ids
+            .iter()
+            .enumerate()
+            .filter(|(n, _)| n % 10 != 0)
+            .map(|(_, i)| i.clone())
+            .collect();
+        assert_eq!(got, want);
+        assert!(again.all().iter().all(|r| r.state == ApiState::Paused));
     }
 
     #[test]

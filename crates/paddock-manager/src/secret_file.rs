@@ -204,6 +204,9 @@ mod h2 {
             })
             .await
             .unwrap();
+        // The change went to the journal; opening again folds it into the snapshot.
+        assert_owner_only(&data.join("sandboxes.journal"));
+        Records::open(file.clone()).unwrap();
         assert_owner_only(&file);
 
         // Files an older version left world-readable are tightened when opened.

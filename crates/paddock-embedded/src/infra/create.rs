@@ -86,27 +86,25 @@ impl EmbeddedInfra {
             None
         };
         if let Some(claimed) = claim {
-            let mut rec = claimed.rec;
+            let rec = claimed.rec;
             let span = info_span!("sandbox_claim", id = %rec.id, template = %req.template);
-            let _g = span.enter();
-            if limits != rec.limits {
-                let cg = self.inner.cgroups.sandbox(rec.id.as_str());
-                cg.apply(&cgroup_limits(&limits)).map_err(internal)?;
-                rec.limits = limits;
-            }
-            if req.allow_internet_access {
-                network::allow_egress(&self.inner.cfg.net, rec.ip).map_err(internal)?;
-            }
-            rec.allow_internet = req.allow_internet_access;
-            rec.metadata = req.metadata;
-            rec.pooled = false;
-            apply_lease(&mut rec, req.lease.as_ref());
-            self.save(&rec)?;
-            info!(waited = !claimed.ready, "claimed from warm pool");
-            let mut info = self.info(&rec);
-            // Warm: ready when asked for; a member made while the create waited is not.
-            info.from_pool = claimed.ready;
-            return Ok(info);
+            let id = rec.id.clone();
+            return match self
+                .hand_out(rec, req, limits, claimed.ready)
+                .instrument(span.clone())
+                .await
+            {
+                Ok(info) => Ok(info),
+                Err(e) => {
+                    // Out of the pool and not handed out: nothing would ever use it again.
+                    span.in_scope(|| warn!(error = %e, "claim failed; removing the sandbox"));
+                    if let Err(te) = self.teardown(&id).await {
+                        warn!(%id, error = %te, "cleanup after failed claim");
+                    }
+                    self.state().sandboxes.remove(&id);
+                    Err(e)
+                }
+            };
         }
         // The original's `create-on-no-stock: "false"`: no cold start, the caller retries or
         // waits for the pool instead.
@@ -129,8 +127,51 @@ impl EmbeddedInfra {
         if req.lease.is_some() {
             let mut rec = self.record(&info.id)?;
             apply_lease(&mut rec, req.lease.as_ref());
-            self.save(&rec)?;
+            self.save_async(&rec).await?;
         }
+        Ok(info)
+    }
+
+    /// Makes a sandbox taken from the pool the caller's: its limits, internet access, labels
+    /// and lease, recorded durably before it is handed out (a restart must not put it back
+    /// in the pool). The host work (cgroup, `nft`, the store's sync) runs on the blocking
+    /// pool; a pool member already has internet access (see [`Self::layered_create`]), so
+    /// the usual claim changes no firewall state at all.
+    async fn hand_out(
+        &self,
+        mut rec: SandboxRecord,
+        req: CreateSandbox,
+        limits: Limits,
+        ready: bool,
+    ) -> InfraResult<SandboxInfo> {
+        let resize = (limits != rec.limits).then(|| limits.clone());
+        let egress =
+            (req.allow_internet_access != rec.allow_internet).then_some(req.allow_internet_access);
+        rec.limits = limits;
+        rec.allow_internet = req.allow_internet_access;
+        rec.metadata = req.metadata;
+        rec.pooled = false;
+        apply_lease(&mut rec, req.lease.as_ref());
+        let me = self.clone();
+        let saved = rec.clone();
+        blocking(move || -> InfraResult<()> {
+            if let Some(l) = resize {
+                let cg = me.inner.cgroups.sandbox(saved.id.as_str());
+                cg.apply(&cgroup_limits(&l)).map_err(internal)?;
+            }
+            if let Some(allow) = egress {
+                network::set_egress(&me.inner.cfg.net, saved.ip, allow).map_err(internal)?;
+            }
+            me.inner.store.put(&saved).map_err(internal)
+        })
+        .await??;
+        if let Some(e) = self.state().sandboxes.get_mut(&rec.id) {
+            e.rec = rec.clone();
+        }
+        info!(waited = !ready, "claimed from warm pool");
+        let mut info = self.info(&rec);
+        // Warm: ready when asked for; a member made while the create waited is not.
+        info.from_pool = ready;
         Ok(info)
     }
 
@@ -161,8 +202,22 @@ impl EmbeddedInfra {
         pooled: bool,
     ) -> InfraResult<SandboxInfo> {
         let template = from.template.as_str();
+        // A pool member starts with internet access, as most claims want it (E2B's default):
+        // claiming it then needs no firewall change, and one that must not have access loses
+        // it before it is handed out. Until then only the runtime runs in it.
+        let allow_internet = allow_internet || pooled;
         let mut layers = from.layers.clone();
-        layers.extend(self.build_template(template).await?);
+        let me = self.clone();
+        let name = template.to_owned();
+        layers.extend(
+            blocking(move || {
+                me.inner
+                    .templates
+                    .sandbox_layers(&name, &|line| info!(target: "paddock::template", "{line}"))
+            })
+            .await?
+            .map_err(template_err)?,
+        );
         self.inner.create_rate.acquire().await;
         let id = new_id()?;
         let ip = self.allocate_ip()?;
@@ -185,9 +240,14 @@ impl EmbeddedInfra {
             snapshot: from.snapshot.clone(),
         };
         // Record first: if we crash from here on, recovery finds and cleans the leftovers.
-        if let Err(e) = self.inner.store.put(&rec) {
+        let me = self.clone();
+        let first = rec.clone();
+        if let Err(e) = blocking(move || me.inner.store.put(&first).map_err(internal))
+            .await
+            .and_then(|r| r)
+        {
             self.state().used_ips.remove(&ip);
-            return Err(internal(e));
+            return Err(e);
         }
         self.state().sandboxes.insert(
             id.clone(),
@@ -265,7 +325,7 @@ impl EmbeddedInfra {
                 source,
             }
         })?;
-        self.save(&rec)?;
+        self.save_async(&rec).await?;
         Ok(self.info(&rec))
     }
 
@@ -338,7 +398,7 @@ impl EmbeddedInfra {
         .await??;
         rec.init_pid = pid;
         rec.init_start_ticks = proc::start_ticks(pid).unwrap_or(0);
-        self.save(rec)?;
+        self.save_async(rec).await?;
         network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
             .await
             .map_err(network::NetError::into_infra)?;
@@ -353,8 +413,8 @@ impl EmbeddedInfra {
     /// Polls `GET /health` until it answers 2xx, the init dies, or the timeout passes.
     pub(super) async fn wait_ready(&self, rec: &SandboxRecord) -> InfraResult<()> {
         let addr = SocketAddr::new(rec.ip.into(), spec::RUNTIME_PORT);
-        let deadline = Instant::now() + self.inner.cfg.ready_timeout;
-        let mut delay = Duration::from_millis(2);
+        let started = Instant::now();
+        let deadline = started + self.inner.cfg.ready_timeout;
         loop {
             if !proc::alive(rec.init_pid, rec.init_start_ticks) {
                 let log = std::fs::read_to_string(self.paths(&rec.id).log()).unwrap_or_default();
@@ -375,8 +435,15 @@ impl EmbeddedInfra {
                     ),
                 });
             }
+            // A runtime starts in tens of milliseconds: polling often while it should be
+            // coming up costs a refused connect each time, where a growing backoff would
+            // answer up to twice as late; one that is slow gets polled gently.
+            let delay = if started.elapsed() < Duration::from_secs(1) {
+                Duration::from_millis(2)
+            } else {
+                Duration::from_millis(50)
+            };
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(50));
         }
     }
 }

@@ -42,6 +42,20 @@ impl EmbeddedInfra {
         Ok(())
     }
 
+    /// [`Self::save`] with the store's write (and its disk sync) on the blocking pool: for the
+    /// create path, whose async workers also serve the data plane.
+    pub(super) async fn save_async(&self, rec: &SandboxRecord) -> InfraResult<()> {
+        let me = self.clone();
+        let saved = rec.clone();
+        super::blocking(move || me.inner.store.put(&saved))
+            .await?
+            .map_err(internal)?;
+        if let Some(e) = self.state().sandboxes.get_mut(&rec.id) {
+            e.rec = rec.clone();
+        }
+        Ok(())
+    }
+
     pub(super) fn mark_dead(&self, id: &SandboxId) {
         if let Some(e) = self.state().sandboxes.get_mut(id) {
             e.rec.state = SandboxState::Dead;

@@ -280,6 +280,8 @@ pub(super) async fn register<I: Infra>(
         default_workdir: None,
         timestamp: Some(crate::records::rfc3339(SystemTime::now())),
     };
+    // Per phase, in the log line below: where a create's time goes.
+    let claimed_ms = started.elapsed().as_secs_f64() * 1e3;
     // A runtime started with a bootstrap token accepts /init only with it.
     if let Err(e) = m
         .runtime
@@ -294,6 +296,7 @@ pub(super) async fn register<I: Infra>(
             e,
         ));
     }
+    let inited_ms = started.elapsed().as_secs_f64() * 1e3;
     let now = SystemTime::now();
     let record = SandboxRecord {
         id: info.id.clone(),
@@ -331,7 +334,17 @@ pub(super) async fn register<I: Infra>(
         }
         return Err(e.into());
     }
-    tracing::info!(sandbox = %id, %team, source, ms = started.elapsed().as_millis() as u64, "sandbox created");
+    let total_ms = started.elapsed().as_secs_f64() * 1e3;
+    tracing::info!(
+        sandbox = %id,
+        %team,
+        source,
+        ms = total_ms as u64,
+        claim_ms = format_args!("{claimed_ms:.2}"),
+        init_ms = format_args!("{:.2}", inited_ms - claimed_ms),
+        record_ms = format_args!("{:.2}", total_ms - inited_ms),
+        "sandbox created"
+    );
     Ok(body)
 }
 
