@@ -160,15 +160,15 @@ pub fn bind_port(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<
 /// (release runs after partial attaches). `delete element` fails on an absent element and
 /// `destroy` needs a newer `nft`, so each element is added first in the same transaction:
 /// adding a present element is a no-op, and the pair always leaves it absent.
-pub fn release(cfg: &NetConfig, ip: Ipv4Addr) {
+pub fn release(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
     let (t, port) = (&cfg.nft_table, port_element(cfg, ip));
-    let _ = nft(&format!(
+    nft(&format!(
         "add element bridge {t} ports {{ {port} }}\n\
          delete element bridge {t} ports {{ {port} }}\n\
          {}{}",
         egress_element("add", cfg, ip),
         egress_element("delete", cfg, ip),
-    ));
+    ))
 }
 
 fn egress_element(verb: &str, cfg: &NetConfig, ip: Ipv4Addr) -> String {

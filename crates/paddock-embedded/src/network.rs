@@ -461,11 +461,7 @@ pub async fn attach(
         if let Ok(Some(i)) = link_index(&h, &host_if).await {
             let _ = h.link().del(i).execute().await;
         }
-        let _ = firewall_blocking(cfg, move |cfg| {
-            firewall::release(cfg, ip);
-            Ok(())
-        })
-        .await;
+        let _ = firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await;
     }
     result
 }
@@ -498,11 +494,7 @@ pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
             Err(e) => return Err(nl("delete veth")(e)),
         }
     }
-    firewall_blocking(cfg, move |cfg| {
-        firewall::release(cfg, ip);
-        Ok(())
-    })
-    .await
+    firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await
 }
 
 /// Gives `ip` internet access or takes it away (the egress set); blocks on `nft`.
