@@ -98,10 +98,7 @@ impl EmbeddedInfra {
                 Err(e) => {
                     // Out of the pool and not handed out: nothing would ever use it again.
                     span.in_scope(|| warn!(error = %e, "claim failed; removing the sandbox"));
-                    if let Err(te) = self.teardown(&id).await {
-                        warn!(%id, error = %te, "cleanup after failed claim");
-                    }
-                    self.state().sandboxes.remove(&id);
+                    self.discard(&id, "failed claim").await;
                     Err(e)
                 }
             };
@@ -275,13 +272,18 @@ impl EmbeddedInfra {
             }
             Err(e) => {
                 span.in_scope(|| warn!(error = %e, "sandbox creation failed; cleaning up"));
-                if let Err(te) = self.teardown(&id).await {
-                    warn!(%id, error = %te, "cleanup after failed create");
-                }
-                self.state().sandboxes.remove(&id);
+                self.discard(&id, "failed create").await;
                 Err(e)
             }
         }
+    }
+
+    /// Tears down a sandbox nobody will get (its create or claim failed) and forgets it.
+    async fn discard(&self, id: &SandboxId, after: &'static str) {
+        if let Err(te) = self.teardown(id).await {
+            warn!(%id, error = %te, after, "cleanup failed");
+        }
+        self.state().sandboxes.remove(id);
     }
 
     pub(super) async fn bring_up(
