@@ -166,6 +166,19 @@ mod tests {
             "{msg}"
         );
         drop(first);
-        InstanceLock::acquire(dir.path(), &names).expect("after release");
+        // Other tests of this binary spawn processes meanwhile: a child between its fork and
+        // its exec holds a copy of every descriptor, the lock file's included (flock locks
+        // belong to the open file, so that copy holds it until the exec closes it). Such a
+        // copy goes within moments; a lock that is never let go still fails here.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match InstanceLock::acquire(dir.path(), &names) {
+                Ok(_) => break,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(10))
+                }
+                Err(e) => panic!("after release: {e}"),
+            }
+        }
     }
 }
