@@ -151,12 +151,16 @@ t_port_forward() {
 t_dns() {
   local ip got
   ip=$(kubectl -n "$NS" get service web -o jsonpath='{.spec.clusterIP}')
+  # The answer is stdout alone: kubectl's own client warnings (e.g. "Unknown stream id")
+  # go to stderr, kept in that file for a failure's message.
+  : >/tmp/paddock-testbed-dns.err
   resolve() {
-    got=$(kubectl -n "$NS" exec deployment/web -- python3 -c 'import socket, sys; print(socket.gethostbyname(sys.argv[1]))' "$1" 2>&1) &&
+    got=$(kubectl -n "$NS" exec deployment/web -- python3 -c 'import socket, sys; print(socket.gethostbyname(sys.argv[1]))' "$1" 2>>/tmp/paddock-testbed-dns.err) &&
       [[ $got == "$2" ]]
   }
-  poll 30 resolve web "$ip" || { say "web -> $got (want $ip)"; return 1; }
-  resolve "web.$NS.svc.cluster.local" "$ip" || { say "web.$NS.svc.cluster.local -> $got"; return 1; }
+  poll 30 resolve web "$ip" || { say "web -> $got (want $ip); stderr: $(tail -3 /tmp/paddock-testbed-dns.err)"; return 1; }
+  resolve "web.$NS.svc.cluster.local" "$ip" ||
+    { say "web.$NS.svc.cluster.local -> $got; stderr: $(tail -3 /tmp/paddock-testbed-dns.err)"; return 1; }
   resolve kubernetes.default "$(kubectl get service kubernetes -o jsonpath='{.spec.clusterIP}')" ||
     { say "kubernetes.default -> $got"; return 1; }
   say "in-pod DNS: web, web.$NS.svc.cluster.local -> $ip; kubernetes.default -> $got"
