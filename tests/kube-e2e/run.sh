@@ -22,7 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LOCK=/var/lock/paddock-suites.lock
 if [[ -z ${PADDOCK_SUITES_LOCK_HELD:-} ]]; then
-  exec env PADDOCK_SUITES_LOCK_HELD=1 flock "$LOCK" "$0" "$@"
+  exec env PADDOCK_SUITES_LOCK_HELD=1 flock -o "$LOCK" "$0" "$@"
 fi
 
 TESTBED=$ROOT/hack/testbed
