@@ -135,6 +135,10 @@ YAML
   ip=$(jp sandbox/base '{.status.sandboxIp}')
   [[ $(curl -s -o /dev/null -w '%{http_code}' "http://$ip:49983/health") == 204 ]]
   connect_run "$ip" /bin/bash -c 'echo base-$(id -un)' | matches '^base-user$'
+  # the login layer of embedded mode is in the image too: a login shell's profile names
+  # the user by $EUID instead of starting `id` (the SDKs run every command as `bash -l -c`)
+  connect_run "$ip" /bin/grep -c 'EUID:-' /etc/profile | matches '^[1-9]'
+  connect_run "$ip" /bin/bash -l -c 'echo "login-$(id -un) $PATH"' | matches '^login-user /usr/local/bin:'
   # no code interpreter in the base image (`! cmd` would not fail the step under set -e)
   if curl -s --max-time 3 -o /dev/null "http://$ip:49999/health"; then
     say "something answers on $ip:49999"
