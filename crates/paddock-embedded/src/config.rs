@@ -81,6 +81,11 @@ pub struct PoolConfig {
     pub fill_concurrency: usize,
     /// What a create does when its template's pool has nothing ready.
     pub on_empty: OnEmpty,
+    /// How long after a claim the refill it set off waits while the pool still has members
+    /// ready (none wait for one): a refill is a cold create, and on a small host it takes
+    /// the CPU and the kernel's cgroup and mount locks from the claimed sandbox's `/init`
+    /// and first command. An empty pool, or a create waiting, refills at once.
+    pub refill_grace: Duration,
 }
 
 /// What a create does when its template's pool has nothing ready.
@@ -106,6 +111,10 @@ impl std::str::FromStr for OnEmpty {
     }
 }
 
+/// Default [`PoolConfig::refill_grace`]: a warm create and its first command take about
+/// 10 ms; the grace covers them with room to spare and is small next to a refill's 100 ms.
+pub const DEFAULT_REFILL_GRACE: Duration = Duration::from_millis(50);
+
 /// Default idle period of warm pools.
 pub const DEFAULT_POOL_IDLE: Duration = Duration::from_secs(300);
 
@@ -122,6 +131,7 @@ impl Default for PoolConfig {
             idle: DEFAULT_POOL_IDLE,
             fill_concurrency: default_fill_concurrency(),
             on_empty: OnEmpty::default(),
+            refill_grace: DEFAULT_REFILL_GRACE,
         }
     }
 }

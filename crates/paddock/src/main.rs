@@ -118,6 +118,10 @@ struct UpArgs {
     /// pool makes (the pool makes one per waiting create), or make a `cold` one of its own.
     #[arg(long, default_value = "wait")]
     pool_on_empty: paddock_embedded::config::OnEmpty,
+    /// Milliseconds a refill waits after a claim while the pool still has sandboxes ready,
+    /// so the claimed sandbox's first requests do not compete with a cold create.
+    #[arg(long, default_value_t = paddock_embedded::config::DEFAULT_REFILL_GRACE.as_millis() as u64)]
+    pool_refill_grace_ms: u64,
     /// Sandbox creations in progress at once; more wait their turn.
     #[arg(long, default_value_t = paddock_manager::DEFAULT_MAX_CLAIM_WORKERS)]
     max_claim_workers: usize,
@@ -504,6 +508,7 @@ fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfi
         cfg.pool.fill_concurrency = n;
     }
     cfg.pool.on_empty = args.pool_on_empty;
+    cfg.pool.refill_grace = std::time::Duration::from_millis(args.pool_refill_grace_ms);
     Ok(cfg)
 }
 

@@ -50,6 +50,8 @@ pub(super) struct TemplatePool {
     backoff: Option<(Instant, Duration)>,
     /// The target last logged.
     logged_target: usize,
+    /// When a create last took a ready member (see [`crate::config::PoolConfig::refill_grace`]).
+    last_claim: Option<Instant>,
 }
 
 impl TemplatePool {
@@ -251,6 +253,20 @@ impl EmbeddedInfra {
                 let have = p.ready.len() + p.filling;
                 let needed = (target + waiting).saturating_sub(have);
                 let for_waiters = waiting.saturating_sub(p.filling).min(needed);
+                let mut for_target = needed - for_waiters;
+                // Right after a claim, with members still ready and nobody waiting, the refill
+                // steps aside for the claimed sandbox's first requests.
+                if let Some(until) = refill_deferred_until(
+                    p.last_claim,
+                    self.inner.cfg.pool.refill_grace,
+                    waiting,
+                    p.ready.len(),
+                    now,
+                ) && for_target > 0
+                {
+                    for_target = 0;
+                    next = next.min(until);
+                }
                 if waiting == 0 && have > target {
                     let n = (have - target).min(p.ready.len());
                     surplus.extend(p.ready.drain(..n));
@@ -266,7 +282,7 @@ impl EmbeddedInfra {
                     );
                     p.logged_target = target;
                 }
-                wants.push((i, for_waiters, needed - for_waiters));
+                wants.push((i, for_waiters, for_target));
             }
             for pass in 0..2 {
                 for (i, for_waiters, for_target) in &wants {
@@ -380,6 +396,7 @@ impl EmbeddedInfra {
             while let Some(id) = p.ready.pop_front() {
                 let rec = st.sandboxes.get(&id).and_then(|e| usable(&e.rec));
                 if let Some(rec) = rec {
+                    p.last_claim = Some(Instant::now());
                     drop(guard);
                     // A refill, and perhaps a bigger pool.
                     self.inner.pool_wakeup.notify_one();
@@ -415,6 +432,19 @@ impl EmbeddedInfra {
             .and_then(|e| usable(&e.rec))?;
         Some(Claimed { rec, ready: false })
     }
+}
+
+/// Until when a refill for the pool's target waits after the last claim: `None` when it may
+/// start now (no recent claim, a create waiting, or nothing left ready).
+fn refill_deferred_until(
+    last_claim: Option<Instant>,
+    grace: Duration,
+    waiting: usize,
+    ready: usize,
+    now: Instant,
+) -> Option<Instant> {
+    let until = last_claim? + grace;
+    (waiting == 0 && ready > 0 && until > now).then_some(until)
 }
 
 /// A pool member taken by a create.
@@ -505,5 +535,30 @@ mod tests {
         assert!(b_rx.try_recv().is_err());
         p.disappoint_all();
         assert_eq!(b_rx.try_recv().ok(), Some(None));
+    }
+
+    #[test]
+    fn a_refill_waits_out_the_grace_only_while_members_are_ready_and_nobody_waits() {
+        let t0 = Instant::now();
+        let grace = Duration::from_millis(50);
+        let soon = t0 + Duration::from_millis(10);
+        // Just claimed, three left, nobody waiting: wait until the grace is over.
+        assert_eq!(
+            refill_deferred_until(Some(t0), grace, 0, 3, soon),
+            Some(t0 + grace)
+        );
+        // Past the grace, never claimed, no grace: at once.
+        assert_eq!(
+            refill_deferred_until(Some(t0), grace, 0, 3, t0 + grace),
+            None
+        );
+        assert_eq!(refill_deferred_until(None, grace, 0, 3, soon), None);
+        assert_eq!(
+            refill_deferred_until(Some(t0), Duration::ZERO, 0, 3, soon),
+            None
+        );
+        // A create waiting, or nothing left ready: at once.
+        assert_eq!(refill_deferred_until(Some(t0), grace, 1, 3, soon), None);
+        assert_eq!(refill_deferred_until(Some(t0), grace, 0, 0, soon), None);
     }
 }
