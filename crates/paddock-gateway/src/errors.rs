@@ -108,6 +108,23 @@ impl GatewayError {
         }
     }
 
+    /// Maps a failure of the pooled HTTP/1.1 path ([`crate::upstream::send_http1`]).
+    pub(crate) fn from_failure(sandbox: &str, port: u16, f: crate::upstream::Failure) -> Self {
+        use crate::upstream::Failure;
+        match f {
+            Failure::Breaker => GatewayError::Overloaded(Tripped::Connections),
+            Failure::Connect => GatewayError::PortNotOpen {
+                sandbox: sandbox.to_string(),
+                port,
+            },
+            Failure::Io(e) => GatewayError::ConnectionClosed {
+                sandbox: sandbox.to_string(),
+                port,
+                detail: e.to_string(),
+            },
+        }
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             GatewayError::NoTarget

@@ -107,6 +107,11 @@ impl Gateway {
         &self.breakers
     }
 
+    /// Idle pooled connections to `sandbox` now (all its ports).
+    pub fn idle_connections(&self, sandbox: &str) -> usize {
+        self.pools.idle(sandbox)
+    }
+
     /// Routes by these header names instead of the E2B SDK's.
     pub fn with_routing_headers(mut self, headers: RoutingHeaders) -> Self {
         self.headers = Arc::new(headers);
@@ -174,10 +179,14 @@ impl Gateway {
         target: &Target,
         started: Instant,
     ) -> Result<Response, GatewayError> {
-        // The path the sandbox will see; the token check judges this one.
-        let path = rewrite::upstream_path(target, &req);
+        // The token check judges the path the sandbox will see.
         let checked = self
-            .admission_phases(req.method(), req.headers(), &path, target)
+            .admission_phases(
+                req.method(),
+                req.headers(),
+                rewrite::upstream_path(target, &req),
+                target,
+            )
             .await;
         let (route, admission) = match checked {
             Ok(admitted) => admitted,
@@ -192,16 +201,13 @@ impl Gateway {
         // and neither must the sandbox.
         rewrite::strip_routing_headers(req.headers_mut(), &self.headers);
         let addr = SocketAddr::new(route.ip, target.port);
-        let protocol = Protocol::of(&req);
-        let resp = match protocol {
+        let resp = match Protocol::of(&req) {
             Protocol::Upgrade => {
+                let path = rewrite::upstream_path(target, &req).to_string();
                 upgrade::forward(req, addr, &path, target, &self.breakers, admission).await?
             }
-            Protocol::Grpc | Protocol::Http1 => {
-                let grpc = protocol == Protocol::Grpc;
-                self.pooled(req, addr, &path, target, grpc, admission)
-                    .await?
-            }
+            Protocol::Grpc => self.http2(req, addr, target, admission).await?,
+            Protocol::Http1 => self.http1(req, addr, target, admission).await?,
         };
         self.observe(target.port, resp.status(), started);
         Ok(resp)
@@ -266,27 +272,47 @@ impl Gateway {
         }
     }
 
-    /// The upstream phase for everything but upgrades.
-    async fn pooled(
+    /// The upstream phase for plain HTTP: the sandbox's pool of HTTP/1.1 connections.
+    async fn http1(
         &self,
         mut req: Request<Body>,
         addr: SocketAddr,
-        path: &str,
         target: &Target,
-        grpc: bool,
         mut admission: Admission,
     ) -> Result<Response, GatewayError> {
-        rewrite::for_pool(&mut req, addr, path, grpc)?;
+        rewrite::for_http1(&mut req, target, addr)?;
         let pool = self
             .pools
             .pool(&target.sandbox, &self.breakers, &*self.routes);
-        let result = upstream::send(pool.pick(grpc), req, &self.breakers).await;
+        let result = upstream::send_http1(&pool, addr, req, &self.breakers).await;
+        admission.headers_received();
+        let resp = result.map_err(|e| {
+            tracing::debug!(error = ?e, "upstream failed");
+            GatewayError::from_failure(&target.sandbox, target.port, e)
+        })?;
+        Ok(admission.hold(resp))
+    }
+
+    /// The upstream phase for gRPC, HTTP/2 end to end.
+    async fn http2(
+        &self,
+        mut req: Request<Body>,
+        addr: SocketAddr,
+        target: &Target,
+        mut admission: Admission,
+    ) -> Result<Response, GatewayError> {
+        let path = rewrite::upstream_path(target, &req).to_string();
+        rewrite::for_http2(&mut req, addr, &path)?;
+        let pool = self
+            .pools
+            .pool(&target.sandbox, &self.breakers, &*self.routes);
+        let result = upstream::send_http2(pool.http2(), req, &self.breakers).await;
         admission.headers_received();
         let resp = result.map_err(|e| {
             tracing::debug!(error = %e, "upstream failed");
             GatewayError::from_upstream(&target.sandbox, target.port, &e)
         })?;
-        Ok(admission.hold(resp.map(Body::new)))
+        Ok(admission.hold(resp))
     }
 
     /// Counts a response the sandbox gave.

@@ -2,10 +2,14 @@
 //!
 //! Only a request the sandbox cannot have seen is retried: the connection
 //! was never made (a sandbox's server still starting refuses connects for a
-//! moment), and the request has no body, so it can be rebuilt from its head
-//! alone. A failure after the connection was made is never retried, since
-//! the sandbox may have acted on the request. Retries also need a slot of
-//! the `max_retries` budget, which the upstream phase takes.
+//! moment). On the pooled HTTP/1.1 path the connection is made before the
+//! request is handed over, so the request itself is sent on the next
+//! attempt, body and all; the HTTP/2 (gRPC) client connects and sends in one
+//! call and consumes the request, so there only a request without a body is
+//! retried, rebuilt from its head ([`Replay`]). A failure after the connection
+//! was made is never retried, since the sandbox may have acted on the
+//! request. Retries also need a slot of the `max_retries` budget, which the
+//! upstream phase takes.
 
 use std::time::Duration;
 
