@@ -68,6 +68,25 @@ def to_ms(v: str) -> float:
     return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
 
 
+def cpu_seconds(pids) -> float:
+    """User + system CPU time of `pids` and their threads, seconds (from /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def nginx_pids(master: subprocess.Popen) -> list[int]:
+    """The master and its workers."""
+    kids = pathlib.Path(f"/proc/{master.pid}/task/{master.pid}/children").read_text().split()
+    return [master.pid, *map(int, kids)]
+
+
 def wrk(url, headers, duration, connections):
     cmd = ["wrk", "--latency", "-t2", f"-c{connections}", f"-d{duration}s"]
     for h in headers:
@@ -136,19 +155,28 @@ def main():
                     need("perf", "linux-perf")
                     perf = subprocess.Popen(["perf", "record", "-g", "-F", "1999", "-o", profile,
                                              "-p", str(proc.pid)], stderr=subprocess.DEVNULL)
-                results[name].append(wrk(url, headers, a.duration, a.connections))
+                pids = [proc.pid] if proc else nginx_pids(ng) if name.startswith("nginx") else []
+                cpu = cpu_seconds(pids)
+                rps, lat, bad, errors = wrk(url, headers, a.duration, a.connections)
+                # The proxy's own CPU per request: robust to the noise that moves req/s on a
+                # shared machine (the proxy's work per request does not change with it).
+                cpu_us = (cpu_seconds(pids) - cpu) / (rps * a.duration) * 1e6 if pids else None
+                results[name].append((rps, lat, bad, errors, cpu_us))
                 if perf:
                     perf.send_signal(2)
                     perf.wait()
         print(f"wrk -t2 -c{a.connections} -d{a.duration}s, {a.rounds} alternating rounds; medians over rounds")
-        print(f"{'path':36} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8}  vs nginx")
+        print(f"{'path':36} {'req/s':>9} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+              f"{'CPU us/req':>10}  vs nginx")
         ref = statistics.median(r[0] for r in results["nginx 1.22 (keepalive upstream)"])
         for name, rs in results.items():
             rps = statistics.median(r[0] for r in rs)
             med = {q: statistics.median(r[1][q] for r in rs) for q in ("50", "90", "99")}
             bad = sum(r[2] for r in rs)
-            print(f"{name:36} {rps:9.0f} {med['50']:8.2f} {med['90']:8.2f} {med['99']:8.2f} {bad:8}  "
-                  f"{rps / ref:5.2f}x throughput")
+            cpu = statistics.median(r[4] for r in rs) if rs[0][4] is not None else None
+            cpu_text = f"{cpu:10.1f}" if cpu is not None else f"{'-':>10}"
+            print(f"{name:36} {rps:9.0f} {med['50']:8.2f} {med['90']:8.2f} {med['99']:8.2f} {bad:8} "
+                  f"{cpu_text}  {rps / ref:5.2f}x throughput")
             for r in rs:
                 if r[3]:
                     print(f"  socket errors: {r[3]}")
