@@ -48,6 +48,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
+use http_body_util::Either;
 
 pub use access::Tokens;
 pub use breaker::{Breakers, Thresholds};
@@ -201,13 +202,16 @@ impl Gateway {
         // and neither must the sandbox.
         rewrite::strip_routing_headers(req.headers_mut(), &self.headers);
         let addr = SocketAddr::new(route.ip, target.port);
-        let resp = match Protocol::of(&req) {
+        let protocol = Protocol::of(&req);
+        let resp = match protocol {
             Protocol::Upgrade => {
                 let path = rewrite::upstream_path(target, &req).to_string();
                 upgrade::forward(req, addr, &path, target, &self.breakers, admission).await?
             }
-            Protocol::Grpc => self.http2(req, addr, target, admission).await?,
-            Protocol::Http1 => self.http1(req, addr, target, admission).await?,
+            Protocol::Grpc | Protocol::Http1 => {
+                let grpc = protocol == Protocol::Grpc;
+                self.pooled(req, addr, target, grpc, admission).await?
+            }
         };
         self.observe(target.port, resp.status(), started);
         Ok(resp)
@@ -272,46 +276,37 @@ impl Gateway {
         }
     }
 
-    /// The upstream phase for plain HTTP: the sandbox's pool of HTTP/1.1 connections.
-    async fn http1(
+    /// The upstream phase for everything but upgrades: the sandbox's pool of HTTP/1.1
+    /// connections, or HTTP/2 end to end for gRPC.
+    async fn pooled(
         &self,
         mut req: Request<Body>,
         addr: SocketAddr,
         target: &Target,
+        grpc: bool,
         mut admission: Admission,
     ) -> Result<Response, GatewayError> {
-        rewrite::for_http1(&mut req, target, addr)?;
         let pool = self
             .pools
             .pool(&target.sandbox, &self.breakers, &*self.routes);
-        let result = upstream::send_http1(&pool, addr, req, &self.breakers).await;
+        let result = if grpc {
+            let path = rewrite::upstream_path(target, &req).to_string();
+            rewrite::for_http2(&mut req, addr, &path)?;
+            upstream::send_http2(pool.http2(), req, &self.breakers)
+                .await
+                .map(|r| r.map(Either::Right))
+        } else {
+            rewrite::for_http1(&mut req, target, addr)?;
+            upstream::send_http1(&pool, addr, req, &self.breakers)
+                .await
+                .map(|r| r.map(Either::Left))
+        };
         admission.headers_received();
         let resp = result.map_err(|e| {
             tracing::debug!(error = ?e, "upstream failed");
             GatewayError::from_failure(&target.sandbox, target.port, e)
         })?;
-        Ok(admission.hold(resp))
-    }
-
-    /// The upstream phase for gRPC, HTTP/2 end to end.
-    async fn http2(
-        &self,
-        mut req: Request<Body>,
-        addr: SocketAddr,
-        target: &Target,
-        mut admission: Admission,
-    ) -> Result<Response, GatewayError> {
-        let path = rewrite::upstream_path(target, &req).to_string();
-        rewrite::for_http2(&mut req, addr, &path)?;
-        let pool = self
-            .pools
-            .pool(&target.sandbox, &self.breakers, &*self.routes);
-        let result = upstream::send_http2(pool.http2(), req, &self.breakers).await;
-        admission.headers_received();
-        let resp = result.map_err(|e| {
-            tracing::debug!(error = %e, "upstream failed");
-            GatewayError::from_upstream(&target.sandbox, target.port, &e)
-        })?;
+        // One box for the body, whichever way it came.
         Ok(admission.hold(resp))
     }
 

@@ -225,10 +225,19 @@ pub enum Failure {
     /// No connection could be made: nothing was sent.
     Connect,
     /// The connection failed once it had the request: the sandbox may have seen it.
-    Io(hyper::Error),
+    Io(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Failure {
+    /// How hyper-util's client (the HTTP/2 path) failed.
+    pub(crate) fn from_legacy(e: hyper_util::client::legacy::Error) -> Self {
+        match UpstreamFailure::of(&e) {
+            UpstreamFailure::Breaker => Failure::Breaker,
+            UpstreamFailure::Connect => Failure::Connect,
+            UpstreamFailure::Io => Failure::Io(Box::new(e)),
+        }
+    }
+
     pub(crate) fn kind(&self) -> UpstreamFailure {
         match self {
             Failure::Breaker => UpstreamFailure::Breaker,
@@ -264,7 +273,7 @@ pub async fn send_http1(
             Err(mut e) => match e.take_message() {
                 // Closed before it took the request: the sandbox has not seen it.
                 Some(again) if fresh < FRESH_ATTEMPTS => req = again,
-                _ => return Err(Failure::Io(e.into_error())),
+                _ => return Err(Failure::Io(Box::new(e.into_error()))),
             },
         }
     }
@@ -274,22 +283,7 @@ async fn connect_with_retries(
     addr: SocketAddr,
     breakers: &Breakers,
 ) -> Result<SendRequest<Body>, Failure> {
-    let mut result = connect(addr, breakers).await;
-    for delay in retry::DELAYS {
-        let failure = result.as_ref().err().map(Failure::kind);
-        if !retry::worth_retrying(failure) {
-            break;
-        }
-        // Held through the wait and the attempt, so the budget bounds
-        // retries in flight, not retries started.
-        let Some(_retry_slot) = breakers.retry() else {
-            break;
-        };
-        tracing::debug!(?delay, "connection refused; retrying");
-        tokio::time::sleep(delay).await;
-        result = connect(addr, breakers).await;
-    }
-    result
+    retry::with_retries(breakers, Failure::kind, || connect(addr, breakers)).await
 }
 
 /// A new HTTP/1.1 connection to `addr`, holding one `max_connections` slot while it lives;
@@ -405,25 +399,18 @@ pub async fn send_http2(
     client: &Upstream,
     req: Request<Body>,
     breakers: &Breakers,
-) -> Result<hyper::Response<Incoming>, hyper_util::client::legacy::Error> {
-    let replay = Replay::capture(&req);
-    let mut result = client.request(req).await;
-    let Some(replay) = replay else {
-        return result;
-    };
-    for delay in retry::DELAYS {
-        let failure = result.as_ref().err().map(UpstreamFailure::of);
-        if !retry::worth_retrying(failure) {
-            break;
+) -> Result<hyper::Response<Incoming>, Failure> {
+    let result = match Replay::capture(&req) {
+        None => client.request(req).await,
+        Some(replay) => {
+            let mut first = Some(req);
+            retry::with_retries(breakers, UpstreamFailure::of, || {
+                client.request(first.take().unwrap_or_else(|| replay.request()))
+            })
+            .await
         }
-        let Some(_retry_slot) = breakers.retry() else {
-            break;
-        };
-        tracing::debug!(?delay, "connection refused; retrying");
-        tokio::time::sleep(delay).await;
-        result = client.request(replay.request()).await;
-    }
-    result
+    };
+    result.map_err(Failure::from_legacy)
 }
 
 #[cfg(test)]

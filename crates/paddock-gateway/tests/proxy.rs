@@ -88,15 +88,7 @@ async fn gateway_with_metrics(thresholds: Thresholds) -> (SocketAddr, Gateway, G
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let gw = Gateway::new(Arc::new(Loopback), thresholds, metrics.clone());
-    let g = gw.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let g = g.clone();
-        async move { g.forward(req).await }
-    });
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (addr, gw, metrics)
+    (serve(gw.clone()).await, gw, metrics)
 }
 
 fn client()
