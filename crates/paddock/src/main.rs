@@ -18,12 +18,6 @@ mod gateway;
 mod kubernetes;
 mod manager;
 
-/// mimalloc rather than glibc's malloc: the data plane allocates and frees a handful of small
-/// blocks per request on whichever worker runs it, where glibc's arenas showed as ~5 % of
-/// `paddock up`'s profile under load (bench/README.md, the gateway).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Debug, Parser)]
 #[command(
     name = "paddock",
