@@ -4,19 +4,26 @@
 //! a request without the sandbox's token never reaches the sandbox at all (and
 //! so that `/init`, which could reset the token, is closed to the data plane).
 
-use axum::http::{HeaderMap, Method};
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, Method};
 
 pub use paddock_contract::{INTERPRETER_PORT, RUNTIME_PORT};
 
-/// The tokens a sandbox was given at creation.
+/// The tokens a sandbox was given at creation. Shared, not copied: a route (and so its
+/// tokens) is cloned out of the route table on every request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Tokens {
     /// `envdAccessToken`: required on the runtime's and interpreter's RPCs.
-    pub access: Option<String>,
+    pub access: Option<Arc<str>>,
     /// `trafficAccessToken`: required on every other port when the sandbox
     /// was created with `allowPublicTraffic: false`.
-    pub traffic: Option<String>,
+    pub traffic: Option<Arc<str>>,
 }
+
+/// The headers tokens come in (names, not strings: a string is parsed into a name on every lookup).
+static ACCESS_TOKEN: HeaderName = HeaderName::from_static("x-access-token");
+static TRAFFIC_TOKEN: HeaderName = HeaderName::from_static("e2b-traffic-access-token");
 
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,30 +67,20 @@ pub fn check(
             }
             // `/files` may be authorised by a signed URL instead; the runtime
             // verifies the signature, which needs the token we do not share.
-            if path == "/files" && has_signature(query) && !headers.contains_key("x-access-token") {
+            if path == "/files" && has_signature(query) && !headers.contains_key(&ACCESS_TOKEN) {
                 return Ok(());
             }
-            need(headers, "x-access-token", tokens.access.as_deref(), true)
+            need(headers, &ACCESS_TOKEN, tokens.access.as_deref(), true)
         }
         INTERPRETER_PORT => {
-            need(
-                headers,
-                "e2b-traffic-access-token",
-                tokens.traffic.as_deref(),
-                false,
-            )?;
+            need(headers, &TRAFFIC_TOKEN, tokens.traffic.as_deref(), false)?;
             // The SDKs send the access token on `/execute` only.
             if path == "/execute" {
-                need(headers, "x-access-token", tokens.access.as_deref(), true)?;
+                need(headers, &ACCESS_TOKEN, tokens.access.as_deref(), true)?;
             }
             Ok(())
         }
-        _ => need(
-            headers,
-            "e2b-traffic-access-token",
-            tokens.traffic.as_deref(),
-            false,
-        ),
+        _ => need(headers, &TRAFFIC_TOKEN, tokens.traffic.as_deref(), false),
     }
 }
 
@@ -96,7 +93,7 @@ fn has_signature(query: &str) -> bool {
 
 fn need(
     headers: &HeaderMap,
-    name: &str,
+    name: &HeaderName,
     expected: Option<&str>,
     access: bool,
 ) -> Result<(), Denied> {

@@ -50,8 +50,13 @@ impl Admission {
     }
 
     /// Ties the request slot to `resp`'s body, so a streaming response
-    /// counts as in flight until its last byte.
-    pub fn hold(self, resp: Response) -> Response {
+    /// counts as in flight until its last byte. (Generic, so that the
+    /// upstream's body is boxed once, here.)
+    pub fn hold<B>(self, resp: http::Response<B>) -> Response
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         let slot = self.request;
         resp.map(|inner| Body::new(Guarded { inner, _slot: slot }))
     }
@@ -64,14 +69,17 @@ impl Admission {
 }
 
 /// A response body that holds its request slots until it is done.
-struct Guarded {
-    inner: Body,
+struct Guarded<B> {
+    inner: B,
     _slot: RequestSlot,
 }
 
-impl http_body::Body for Guarded {
+impl<B> http_body::Body for Guarded<B>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
     type Data = bytes::Bytes;
-    type Error = axum::Error;
+    type Error = B::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,

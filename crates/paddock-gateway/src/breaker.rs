@@ -241,6 +241,16 @@ pub struct Counted {
     _permit: OwnedSemaphorePermit,
 }
 
+impl Counted {
+    /// `io`, holding `permit` (from [`Breakers::connection`]) for as long as it lives.
+    pub fn new(io: TokioIo<TcpStream>, permit: OwnedSemaphorePermit) -> Self {
+        Self {
+            io,
+            _permit: permit,
+        }
+    }
+}
+
 impl Connection for Counted {
     fn connected(&self) -> Connected {
         self.io.connected()

@@ -87,20 +87,17 @@ impl From<Tripped> for GatewayError {
 }
 
 impl GatewayError {
-    /// Maps a failure of the pooled upstream client. A connect refused by the
-    /// `max_connections` breaker is the gateway's doing, not the sandbox's.
-    pub(crate) fn from_upstream(
-        sandbox: &str,
-        port: u16,
-        e: &hyper_util::client::legacy::Error,
-    ) -> Self {
-        match UpstreamFailure::of(e) {
-            UpstreamFailure::Breaker => GatewayError::Overloaded(Tripped::Connections),
-            UpstreamFailure::Connect => GatewayError::PortNotOpen {
+    /// Maps a failure of the upstream phase. A connect refused by the `max_connections`
+    /// breaker is the gateway's doing, not the sandbox's.
+    pub(crate) fn from_failure(sandbox: &str, port: u16, f: crate::upstream::Failure) -> Self {
+        use crate::upstream::Failure;
+        match f {
+            Failure::Breaker => GatewayError::Overloaded(Tripped::Connections),
+            Failure::Connect => GatewayError::PortNotOpen {
                 sandbox: sandbox.to_string(),
                 port,
             },
-            UpstreamFailure::Io => GatewayError::ConnectionClosed {
+            Failure::Io(e) => GatewayError::ConnectionClosed {
                 sandbox: sandbox.to_string(),
                 port,
                 detail: e.to_string(),
@@ -401,7 +398,7 @@ mod tests {
         let e = client.get(uri).await.unwrap_err();
         assert_eq!(UpstreamFailure::of(&e), UpstreamFailure::Connect);
         assert!(matches!(
-            GatewayError::from_upstream("a", free.port(), &e),
+            GatewayError::from_failure("a", free.port(), crate::upstream::Failure::from_legacy(e)),
             GatewayError::PortNotOpen { port, .. } if port == free.port()
         ));
     }

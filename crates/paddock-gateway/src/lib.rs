@@ -48,6 +48,7 @@ use std::time::Instant;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::response::Response;
+use http_body_util::Either;
 
 pub use access::Tokens;
 pub use breaker::{Breakers, Thresholds};
@@ -105,6 +106,11 @@ impl Gateway {
     /// The circuit breakers' live counters.
     pub fn breakers(&self) -> &Breakers {
         &self.breakers
+    }
+
+    /// Idle pooled connections to `sandbox` now (all its ports).
+    pub fn idle_connections(&self, sandbox: &str) -> usize {
+        self.pools.idle(sandbox)
     }
 
     /// Routes by these header names instead of the E2B SDK's.
@@ -174,10 +180,14 @@ impl Gateway {
         target: &Target,
         started: Instant,
     ) -> Result<Response, GatewayError> {
-        // The path the sandbox will see; the token check judges this one.
-        let path = rewrite::upstream_path(target, &req);
+        // The token check judges the path the sandbox will see.
         let checked = self
-            .admission_phases(req.method(), req.headers(), &path, target)
+            .admission_phases(
+                req.method(),
+                req.headers(),
+                rewrite::upstream_path(target, &req),
+                target,
+            )
             .await;
         let (route, admission) = match checked {
             Ok(admitted) => admitted,
@@ -195,12 +205,12 @@ impl Gateway {
         let protocol = Protocol::of(&req);
         let resp = match protocol {
             Protocol::Upgrade => {
+                let path = rewrite::upstream_path(target, &req).to_string();
                 upgrade::forward(req, addr, &path, target, &self.breakers, admission).await?
             }
             Protocol::Grpc | Protocol::Http1 => {
                 let grpc = protocol == Protocol::Grpc;
-                self.pooled(req, addr, &path, target, grpc, admission)
-                    .await?
+                self.pooled(req, addr, target, grpc, admission).await?
             }
         };
         self.observe(target.port, resp.status(), started);
@@ -266,27 +276,38 @@ impl Gateway {
         }
     }
 
-    /// The upstream phase for everything but upgrades.
+    /// The upstream phase for everything but upgrades: the sandbox's pool of HTTP/1.1
+    /// connections, or HTTP/2 end to end for gRPC.
     async fn pooled(
         &self,
         mut req: Request<Body>,
         addr: SocketAddr,
-        path: &str,
         target: &Target,
         grpc: bool,
         mut admission: Admission,
     ) -> Result<Response, GatewayError> {
-        rewrite::for_pool(&mut req, addr, path, grpc)?;
         let pool = self
             .pools
             .pool(&target.sandbox, &self.breakers, &*self.routes);
-        let result = upstream::send(pool.pick(grpc), req, &self.breakers).await;
+        let result = if grpc {
+            let path = rewrite::upstream_path(target, &req).to_string();
+            rewrite::for_http2(&mut req, addr, &path)?;
+            upstream::send_http2(pool.http2(), req, &self.breakers)
+                .await
+                .map(|r| r.map(Either::Right))
+        } else {
+            rewrite::for_http1(&mut req, target, addr)?;
+            upstream::send_http1(&pool, addr, req, &self.breakers)
+                .await
+                .map(|r| r.map(Either::Left))
+        };
         admission.headers_received();
         let resp = result.map_err(|e| {
-            tracing::debug!(error = %e, "upstream failed");
-            GatewayError::from_upstream(&target.sandbox, target.port, &e)
+            tracing::debug!(error = ?e, "upstream failed");
+            GatewayError::from_failure(&target.sandbox, target.port, e)
         })?;
-        Ok(admission.hold(resp.map(Body::new)))
+        // One box for the body, whichever way it came.
+        Ok(admission.hold(resp))
     }
 
     /// Counts a response the sandbox gave.

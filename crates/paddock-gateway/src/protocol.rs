@@ -4,7 +4,7 @@
 //! rewritten, because the rewrite differs by protocol (an upgrade keeps its
 //! hop-by-hop headers; gRPC keeps HTTP/2).
 
-use axum::http::{Request, Version};
+use axum::http::{Request, Version, header};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -32,10 +32,10 @@ impl Protocol {
 
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
-        && req.headers().contains_key("upgrade")
+        && req.headers().contains_key(header::UPGRADE)
         && req
             .headers()
-            .get_all("connection")
+            .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| {
@@ -48,7 +48,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_2
         && req
             .headers()
-            .get("content-type")
+            .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|ct| ct.starts_with("application/grpc"))
 }

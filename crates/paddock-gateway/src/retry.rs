@@ -2,16 +2,21 @@
 //!
 //! Only a request the sandbox cannot have seen is retried: the connection
 //! was never made (a sandbox's server still starting refuses connects for a
-//! moment), and the request has no body, so it can be rebuilt from its head
-//! alone. A failure after the connection was made is never retried, since
-//! the sandbox may have acted on the request. Retries also need a slot of
-//! the `max_retries` budget, which the upstream phase takes.
+//! moment). On the pooled HTTP/1.1 path the connection is made before the
+//! request is handed over, so the request itself is sent on the next
+//! attempt, body and all; the HTTP/2 (gRPC) client connects and sends in one
+//! call and consumes the request, so there only a request without a body is
+//! retried, rebuilt from its head ([`Replay`]). A failure after the connection
+//! was made is never retried, since the sandbox may have acted on the
+//! request. Retries also need a slot of the `max_retries` budget, which the
+//! upstream phase takes.
 
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request};
 
+use crate::breaker::Breakers;
 use crate::errors::UpstreamFailure;
 
 /// Waits before each retry; their count is the most retries a request gets.
@@ -41,6 +46,33 @@ impl Replay {
         *again.headers_mut() = self.0.headers().clone();
         again
     }
+}
+
+/// Runs `attempt`, then again after each of [`DELAYS`] while its failure (as `kind` reads
+/// it) is worth retrying and the `max_retries` budget has room.
+pub async fn with_retries<T, E, Fut>(
+    breakers: &Breakers,
+    kind: impl Fn(&E) -> UpstreamFailure,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut result = attempt().await;
+    for delay in DELAYS {
+        if !worth_retrying(result.as_ref().err().map(&kind)) {
+            break;
+        }
+        // Held through the wait and the attempt, so the budget bounds
+        // retries in flight, not retries started.
+        let Some(_retry_slot) = breakers.retry() else {
+            break;
+        };
+        tracing::debug!(?delay, "connection refused; retrying");
+        tokio::time::sleep(delay).await;
+        result = attempt().await;
+    }
+    result
 }
 
 /// Whether the outcome of an attempt calls for another.

@@ -88,15 +88,7 @@ async fn gateway_with_metrics(thresholds: Thresholds) -> (SocketAddr, Gateway, G
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = GatewayMetrics::register(&mut registry);
     let gw = Gateway::new(Arc::new(Loopback), thresholds, metrics.clone());
-    let g = gw.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let g = g.clone();
-        async move { g.forward(req).await }
-    });
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (addr, gw, metrics)
+    (serve(gw.clone()).await, gw, metrics)
 }
 
 fn client()
@@ -390,4 +382,162 @@ async fn a_sandbox_gets_its_share_and_idle_websockets_give_theirs_back() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
+}
+
+/// A server that answers every request with its own name, counting the connections it
+/// accepted.
+async fn named_upstream(
+    ip: Ipv4Addr,
+    port: u16,
+    name: &'static str,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::serve::ListenerExt;
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let l = TcpListener::bind((ip, port)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let l = l.tap_io(move |_| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    });
+    let app = Router::new().fallback(move |body: String| async move { format!("{name}:{body}") });
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (addr, accepted)
+}
+
+/// A table whose one sandbox, `mover`, can be moved, paused and removed while the gateway
+/// runs, as resume (a new address) and kill do.
+#[derive(Default)]
+struct Movable(std::sync::Mutex<Option<RouteInfo>>);
+
+impl Routes for Movable {
+    fn lookup(&self, id: &str) -> Option<RouteInfo> {
+        if id != "mover" {
+            return None;
+        }
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl Movable {
+    fn set(&self, ip: Option<Ipv4Addr>) {
+        *self.0.lock().unwrap() = ip.map(|ip| RouteInfo {
+            ip: IpAddr::V4(ip),
+            paused: false,
+            tokens: Tokens::default(),
+        });
+    }
+}
+
+async fn serve(gw: Gateway) -> SocketAddr {
+    let app = Router::new().fallback(move |req: Request| {
+        let g = gw.clone();
+        async move { g.forward(req).await }
+    });
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    addr
+}
+
+async fn text_of(resp: http::Response<hyper::body::Incoming>) -> (u16, String) {
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn post_to(gw: SocketAddr, sandbox: &str, port: u16, body: &str) -> http::Request<Body> {
+    http::Request::post(format!("http://{gw}/"))
+        .header("e2b-sandbox-id", sandbox)
+        .header("e2b-sandbox-port", port.to_string())
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+/// Connections are kept per address: a sandbox's two ports never share one, and each is
+/// reused by the requests that follow (one connection each for sequential requests).
+#[tokio::test]
+async fn pooled_connections_are_reused_and_never_cross_ports() {
+    let (a, a_conns) = named_upstream(Ipv4Addr::LOCALHOST, 0, "a").await;
+    let (b, b_conns) = named_upstream(Ipv4Addr::LOCALHOST, 0, "b").await;
+    let (gw, g) = gateway(Thresholds::default()).await;
+    let c = client();
+    for i in 0..6 {
+        let (port, want) = if i % 2 == 0 {
+            (a.port(), "a")
+        } else {
+            (b.port(), "b")
+        };
+        let body = format!("req{i}");
+        let (status, text) =
+            text_of(c.request(post_to(gw, "sbx1", port, &body)).await.unwrap()).await;
+        assert_eq!((status, text), (200, format!("{want}:{body}")));
+    }
+    let conns = |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((conns(&a_conns), conns(&b_conns)), (1, 1));
+    assert_eq!(g.idle_connections("sbx1"), 2);
+}
+
+/// A sandbox resumed at another address is reached there, not over the connections to its
+/// old one; a sandbox that is gone takes its idle connections along.
+#[tokio::test]
+async fn a_moved_sandbox_is_reached_at_its_new_address_and_a_gone_one_closes_its_pool() {
+    let (old, _) = named_upstream(Ipv4Addr::LOCALHOST, 0, "old").await;
+    // The same port on another loopback address.
+    let _new = named_upstream(Ipv4Addr::new(127, 0, 0, 2), old.port(), "new").await;
+    let table = Arc::new(Movable::default());
+    table.set(Some(Ipv4Addr::LOCALHOST));
+    let metrics = GatewayMetrics::register(&mut prometheus_client::registry::Registry::default());
+    let g = Gateway::new(table.clone(), Thresholds::default(), metrics);
+    let gw = serve(g.clone()).await;
+    let c = client();
+    let ask = || c.request(post_to(gw, "mover", old.port(), "x"));
+    assert_eq!(text_of(ask().await.unwrap()).await, (200, "old:x".into()));
+    assert_eq!(g.idle_connections("mover"), 1);
+    table.set(Some(Ipv4Addr::new(127, 0, 0, 2)));
+    assert_eq!(text_of(ask().await.unwrap()).await, (200, "new:x".into()));
+    table.set(None);
+    let (status, text) = text_of(ask().await.unwrap()).await;
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("was not found"), "{text}");
+    assert_eq!(g.idle_connections("mover"), 0);
+}
+
+/// A server that answers one request per connection and then hangs up without saying so
+/// (as a server whose keep-alive timeout passed does): the closed connection is not used
+/// again, and every request gets its answer.
+#[tokio::test]
+async fn a_connection_the_sandbox_closed_is_not_used_again() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = l.local_addr().unwrap();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = l.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = tcp
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            // Dropped: closed with no `connection: close`.
+        }
+    });
+    let (gw, g) = gateway(Thresholds::default()).await;
+    let c = client();
+    for round in 1..=3 {
+        let (status, text) = text_of(c.request(get(gw, up.port(), "/")).await.unwrap()).await;
+        assert_eq!((status, text.as_str()), (200, "ok"), "round {round}");
+        // The gateway notices the close of the idle connection.
+        while g.idle_connections("sbx1") > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
 }

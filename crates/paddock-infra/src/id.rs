@@ -83,6 +83,14 @@ impl From<SandboxId> for String {
     }
 }
 
+/// Maps keyed by id can be read with a plain `&str` (no id built per lookup: the data plane's
+/// route reads). Consistent with `Hash`/`Eq`, which are the inner string's.
+impl std::borrow::Borrow<str> for SandboxId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for SandboxId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -92,6 +100,14 @@ impl fmt::Display for SandboxId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn maps_keyed_by_id_are_read_by_str() {
+        let id = SandboxId::new("team-a--base-x7k2q").unwrap();
+        let map = std::collections::HashMap::from([(id, 1)]);
+        assert_eq!(map.get("team-a--base-x7k2q"), Some(&1));
+        assert_eq!(map.get("team-a--base"), None);
+    }
 
     #[test]
     fn accepts_lowercase_alphanumerics() {

@@ -136,6 +136,17 @@ pub trait RecordStore: Send + Sync + 'static {
     ) -> BoxFuture<'a, InfraResult<Option<SandboxRecord>>> {
         Box::pin(async move { Ok(self.get(id)) })
     }
+    /// Calls `f` with the record of `id` (any string: an invalid id has no record), borrowed
+    /// where the store can, and returns whether there was one. The data plane reads routes
+    /// this way on every request: a store that keeps records in memory lends them instead of
+    /// copying each (metadata, tokens and all) as [`RecordStore::get`] does.
+    fn read(&self, id: &str, f: &mut dyn FnMut(&SandboxRecord)) -> bool {
+        let Some(r) = SandboxId::new(id).ok().and_then(|id| self.get(&id)) else {
+            return false;
+        };
+        f(&r);
+        true
+    }
     /// Every record.
     fn all(&self) -> Vec<SandboxRecord>;
     /// Adds (or replaces) a record.

@@ -67,7 +67,7 @@ fn route_of(sandbox: &Sandbox) -> RouteInfo {
             .as_ref()
             .and_then(|a| a.get(key))
             .filter(|v| !v.is_empty())
-            .cloned()
+            .map(|v| v.as_str().into())
     };
     RouteInfo {
         // A paused route is never dialled: the address only fills the field.
@@ -100,8 +100,14 @@ pub fn from_push(update: RouteUpdate) -> Result<Observation, BadPush> {
         Some(v) => Some(v.parse::<u64>().map_err(|_| BadPush::Version(v.into()))?),
     };
     let tokens = Tokens {
-        access: update.access_token.filter(|t| !t.is_empty()),
-        traffic: update.traffic_token.filter(|t| !t.is_empty()),
+        access: update
+            .access_token
+            .filter(|t| !t.is_empty())
+            .map(Into::into),
+        traffic: update
+            .traffic_token
+            .filter(|t| !t.is_empty())
+            .map(Into::into),
     };
     let change = match update.state {
         RouteState::Dead => Change::Gone,

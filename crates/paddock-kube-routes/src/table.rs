@@ -246,7 +246,7 @@ mod tests {
             ip: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
             paused,
             tokens: Tokens {
-                access: Some(format!("tok-{last}")),
+                access: Some(format!("tok-{last}").into()),
                 traffic: None,
             },
         }

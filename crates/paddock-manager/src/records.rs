@@ -84,30 +84,102 @@ impl RecordJson for SandboxRecord {
     }
 }
 
-/// Where the data plane sends a sandbox's traffic.
-#[derive(Debug, Clone)]
+/// Where the data plane sends a sandbox's traffic. Cheap to clone (the tokens are shared).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
     pub ip: std::net::IpAddr,
-    pub access_token: String,
-    pub traffic_token: Option<String>,
+    pub access_token: Arc<str>,
+    pub traffic_token: Option<Arc<str>>,
     pub paused: bool,
 }
 
 /// Read access to the sandboxes for the data plane: a view of the manager's record store,
 /// whichever backend keeps it (its reads are synchronous and cheap by contract).
+///
+/// Every request reads its route here, so a route is built once per change of its record,
+/// not per request: the table keeps the last route of each sandbox it served and hands out
+/// clones of it while the record (borrowed from the store, [`RecordStore::read`]) still says
+/// the same. A changed record (paused, resumed, new address, new token) builds a new one; a
+/// record that is gone takes its route along.
 #[derive(Clone)]
 pub struct RouteTable {
     store: Arc<dyn RecordStore>,
+    cache: Arc<RwLock<RouteCache>>,
 }
+
+#[derive(Default)]
+struct RouteCache {
+    routes: HashMap<SandboxId, Route>,
+    /// Routes left by the last pruning (see [`ROUTE_CACHE_SLACK`]).
+    kept: usize,
+}
+
+/// Routes of sandboxes whose records went away with no request for them since stay in the
+/// cache until it has grown by this many entries; then every route without a record goes.
+const ROUTE_CACHE_SLACK: usize = 256;
 
 impl RouteTable {
     pub fn new(store: Arc<dyn RecordStore>) -> Self {
-        Self { store }
+        Self {
+            store,
+            cache: Arc::default(),
+        }
     }
 
     pub fn get(&self, id: &str) -> Option<Route> {
-        let id = SandboxId::new(id).ok()?;
-        self.store.get(&id).as_ref().map(Route::of)
+        let mut route = None;
+        let mut prune = false;
+        let found = self.store.read(id, &mut |r| {
+            let (got, grown) = self.cached(r);
+            route = Some(got);
+            prune = grown;
+        });
+        if !found && self.cache_read().routes.contains_key(id) {
+            self.cache_write().routes.remove(id);
+        }
+        // Outside the store's read: pruning reads it again, and a read lock taken twice on one
+        // thread can deadlock behind a waiting writer.
+        if prune {
+            self.prune();
+        }
+        route
+    }
+
+    /// The route of `r`: the kept one while it matches the record, else a new one, kept; and
+    /// whether the cache has grown enough to be pruned.
+    fn cached(&self, r: &SandboxRecord) -> (Route, bool) {
+        if let Some(route) = self.cache_read().routes.get(r.id.as_str())
+            && route.is_of(r)
+        {
+            return (route.clone(), false);
+        }
+        let route = Route::of(r);
+        let mut cache = self.cache_write();
+        cache.routes.insert(r.id.clone(), route.clone());
+        let grown = cache.routes.len() >= cache.kept + ROUTE_CACHE_SLACK;
+        (route, grown)
+    }
+
+    /// Drops the routes of sandboxes that have no record any more.
+    fn prune(&self) {
+        let ids: Vec<SandboxId> = self.cache_read().routes.keys().cloned().collect();
+        let gone: Vec<SandboxId> = ids
+            .into_iter()
+            .filter(|id| !self.store.read(id.as_str(), &mut |_| {}))
+            .collect();
+        let mut cache = self.cache_write();
+        for id in &gone {
+            cache.routes.remove(id);
+        }
+        cache.kept = cache.routes.len();
+    }
+
+    fn cache_read(&self) -> std::sync::RwLockReadGuard<'_, RouteCache> {
+        self.cache.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn cache_write(&self) -> std::sync::RwLockWriteGuard<'_, RouteCache> {
+        self.cache.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every sandbox's route, by id.
@@ -124,10 +196,18 @@ impl Route {
     fn of(r: &SandboxRecord) -> Self {
         Self {
             ip: r.address.ip(),
-            access_token: r.access_token.clone(),
-            traffic_token: r.traffic_token.clone(),
+            access_token: r.access_token.as_str().into(),
+            traffic_token: r.traffic_token.as_deref().map(Into::into),
             paused: r.state == ApiState::Paused,
         }
+    }
+
+    /// Whether this is still the route of `r` (no allocation: compared field by field).
+    fn is_of(&self, r: &SandboxRecord) -> bool {
+        self.ip == r.address.ip()
+            && self.paused == (r.state == ApiState::Paused)
+            && *self.access_token == *r.access_token
+            && self.traffic_token.as_deref() == r.traffic_token.as_deref()
     }
 }
 
@@ -451,6 +531,10 @@ impl RecordStore for Records {
         self.read().get(id).cloned()
     }
 
+    fn read(&self, id: &str, f: &mut dyn FnMut(&SandboxRecord)) -> bool {
+        self.read().get(id).map(f).is_some()
+    }
+
     fn all(&self) -> Vec<SandboxRecord> {
         self.read().values().cloned().collect()
     }
@@ -723,6 +807,72 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         assert!(again.all().iter().all(|r| r.state == ApiState::Paused));
+    }
+
+    /// The data plane's routes follow their records: a pause, a resume at a new address
+    /// with new tokens, a kill; an unchanged record hands out the route it built before.
+    #[tokio::test]
+    async fn routes_follow_their_records() {
+        let r = Records::default();
+        let routes = RouteTable::new(Arc::new(r.clone()));
+        let a = "aaaaaaaaaaaaaaaaaaaa";
+        assert!(routes.get(a).is_none());
+        assert!(routes.get("Not An Id").is_none());
+        r.insert(record(a)).await.unwrap();
+        let first = routes.get(a).unwrap();
+        assert_eq!(first.ip, "10.213.0.9".parse::<std::net::IpAddr>().unwrap());
+        assert_eq!((&*first.access_token, first.paused), ("tok", false));
+        let again = routes.get(a).unwrap();
+        assert!(
+            Arc::ptr_eq(&first.access_token, &again.access_token),
+            "built once"
+        );
+        r.update(&id(a), Box::new(|x| x.state = ApiState::Paused))
+            .await
+            .unwrap();
+        assert!(routes.get(a).unwrap().paused);
+        r.update(
+            &id(a),
+            Box::new(|x| {
+                x.state = ApiState::Running;
+                x.address = "10.213.0.10:49983".parse().unwrap();
+                x.access_token = "tok2".into();
+                x.traffic_token = Some("tt".into());
+            }),
+        )
+        .await
+        .unwrap();
+        let moved = routes.get(a).unwrap();
+        assert_eq!(
+            moved,
+            Route {
+                ip: "10.213.0.10".parse().unwrap(),
+                access_token: "tok2".into(),
+                traffic_token: Some("tt".into()),
+                paused: false,
+            }
+        );
+        r.remove(&id(a)).await.unwrap();
+        assert!(routes.get(a).is_none());
+        assert!(routes.cache_read().routes.is_empty(), "its route went too");
+    }
+
+    /// Routes of records removed with no request since are dropped as the cache grows.
+    #[tokio::test]
+    async fn routes_of_records_gone_unasked_do_not_pile_up() {
+        let r = Records::default();
+        let routes = RouteTable::new(Arc::new(r.clone()));
+        let ids: Vec<String> = (0..3 * ROUTE_CACHE_SLACK)
+            .map(|i| format!("{i:0>20}"))
+            .collect();
+        for i in &ids {
+            r.insert(record(i)).await.unwrap();
+            assert!(routes.get(i).is_some());
+            // Killed, never asked for again.
+            r.remove(&id(i)).await.unwrap();
+        }
+        let kept = routes.cache_read().routes.len();
+        assert!(kept <= ROUTE_CACHE_SLACK, "{kept} routes kept");
     }
 
     #[test]
