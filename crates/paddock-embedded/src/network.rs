@@ -410,7 +410,12 @@ pub async fn attach(
             .await
             .map_err(nl("set sandbox hardware address"))?;
         // Egress too, in the same `nft` run: nothing can use it before the peer is set up.
+        let t = std::time::Instant::now();
         firewall_blocking(cfg, move |cfg| firewall::bind_port(cfg, ip, allow_internet)).await?;
+        tracing::debug!(
+            ms = t.elapsed().as_secs_f64() * 1000.0,
+            "phase: firewall port binding"
+        );
         h.link()
             .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
             .execute()

@@ -8,7 +8,7 @@ use paddock_infra::{
     CreateSandbox, InfraError, InfraResult, LifecycleEvent, Limits, SandboxId, SandboxInfo,
     SandboxState,
 };
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::state::Entry;
 use super::{EmbeddedInfra, blocking, cgroup_limits, internal, now_ms, template_err};
@@ -25,6 +25,9 @@ pub(super) fn new_id() -> InfraResult<SandboxId> {
         .collect();
     SandboxId::new(s).map_err(internal)
 }
+
+/// The data dir's directory of blank disk images, one per size (see [`disk::mount_limited`]).
+const DISK_BLANKS: &str = "disk-blanks";
 
 /// The runtime's environment variable for the access token it requires at start.
 const RUNTIME_TOKEN_ENV: &str = "PADDOCK_RUNTIME_ACCESS_TOKEN";
@@ -296,12 +299,20 @@ impl EmbeddedInfra {
         let cfg = self.inner.cfg.clone();
         let limits = rec.limits.clone();
         let userns = self.inner.userns.clone();
+        let t0 = Instant::now();
         blocking(move || -> InfraResult<()> {
             // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
             // enforced fails the create rather than being ignored (security review H5).
             let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);
-            disk::mount_limited(&paths.disk(), &paths.disk_image(), bytes, cfg.disk_backend)
-                .map_err(internal)?;
+            disk::mount_limited(
+                &paths.disk(),
+                &paths.disk_image(),
+                &cfg.data_dir.join(DISK_BLANKS),
+                bytes,
+                cfg.disk_backend,
+            )
+            .map_err(internal)?;
+            debug!(ms = ms_since(t0), "phase: disk image");
             for d in [paths.upper(), paths.work(), paths.rootfs(), paths.bundle()] {
                 std::fs::create_dir_all(&d).map_err(internal)?;
             }
@@ -320,6 +331,7 @@ impl EmbeddedInfra {
             .map_err(internal)
         })
         .await??;
+        debug!(ms = ms_since(t0), "phase: disk and root filesystem");
         self.launch(&mut rec).await?;
         rec.state = rec.state.on(LifecycleEvent::Ready).map_err(|source| {
             InfraError::IllegalTransition {
@@ -360,6 +372,7 @@ impl EmbeddedInfra {
             env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
         }
         let boot_id = new_boot_id()?;
+        let mut t = Instant::now();
         let pid = blocking(move || -> InfraResult<i32> {
             // Each boot has its own id, as a machine's (E2B's reboot tests read it).
             std::fs::write(paths.boot_id(), boot_id).map_err(internal)?;
@@ -383,6 +396,8 @@ impl EmbeddedInfra {
                 userns: cfg.userns,
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
+            debug!(ms = ms_since(t), "phase: cgroup and bundle");
+            let t = Instant::now();
             let created = container::create(
                 &cfg.helper_binary,
                 &state_root,
@@ -392,6 +407,7 @@ impl EmbeddedInfra {
                 &cfg.runtime_binary,
             )
             .map_err(internal)?;
+            debug!(ms = ms_since(t), "phase: container create");
             // The relay goes with the sandbox: killed by its teardown, charged to its memory,
             // and out of Paddock's own cgroup, so a Paddock restart does not end it.
             cg.add_process(created.relay_pid).map_err(internal)?;
@@ -401,15 +417,23 @@ impl EmbeddedInfra {
         rec.init_pid = pid;
         rec.init_start_ticks = proc::start_ticks(pid).unwrap_or(0);
         self.save_async(rec).await?;
+        debug!(ms = ms_since(t), "phase: container created and recorded");
+        t = Instant::now();
         network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
             .await
             .map_err(network::NetError::into_infra)?;
+        debug!(ms = ms_since(t), "phase: network attach");
+        t = Instant::now();
         let (root, id) = (self.state_root(), rec.id.clone());
         let helper = self.inner.cfg.helper_binary.clone();
         blocking(move || container::start(&helper, &root, id.as_str()))
             .await?
             .map_err(internal)?;
-        self.wait_ready(rec).await
+        debug!(ms = ms_since(t), "phase: container start");
+        t = Instant::now();
+        let r = self.wait_ready(rec).await;
+        debug!(ms = ms_since(t), "phase: readiness");
+        r
     }
 
     /// Polls `GET /health` until it answers 2xx, the init dies, or the timeout passes.
@@ -448,6 +472,11 @@ impl EmbeddedInfra {
             tokio::time::sleep(delay).await;
         }
     }
+}
+
+/// Milliseconds since `t`, fractional, for the phase timings of a create (debug level).
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
 }
 
 /// Keeps what a sandbox booted again needs from its creator's lease.
