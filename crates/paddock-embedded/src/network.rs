@@ -428,15 +428,19 @@ pub async fn attach(
                 }
                 e => nl("attach veth to bridge")(e),
             })?;
+        // Isolated, and no unknown unicast flooded to it: what reaches a sandbox's port is
+        // addressed to it (see `pin_addresses`), never a neighbour's traffic.
         h.link()
             .set_port(
                 LinkBridgePort::new(host_idx)
                     .append_info_data(InfoBridgePort::Isolated(true))
+                    .append_info_data(InfoBridgePort::UnicastFlood(false))
                     .build(),
             )
             .execute()
             .await
             .map_err(nl("isolate bridge port"))?;
+        pin_addresses(&h, br, host_idx, ip).await?;
         h.link()
             .set(LinkUnspec::new_with_index(host_idx).up().build())
             .execute()
@@ -466,9 +470,75 @@ pub async fn attach(
         if let Ok(Some(i)) = link_index(&h, &host_if).await {
             let _ = h.link().del(i).execute().await;
         }
+        let _ = unpin_address(&h, cfg, ip).await;
         let _ = firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await;
     }
     result
+}
+
+/// Pins a sandbox's addresses on the host: a static forwarding entry for its hardware
+/// address on its port, and a permanent neighbour entry for its IP on the bridge (both are
+/// known in advance: the MAC follows the IP). Without them the host finds a sandbox by
+/// flooding: its ARP requests, and frames for a MAC whose learned entry aged out (after 300 s
+/// without traffic from the sandbox), go to every port of the bridge at once. With about a
+/// thousand ports those copies overflow the CPU's input backlog (`net.core.netdev_max_backlog`,
+/// 1000), and the ports flooded last — the oldest — lose theirs: long-idle sandboxes became
+/// unreachable. Flooding also showed each sandbox frames meant for its neighbours.
+async fn pin_addresses(h: &Handle, bridge: u32, port: u32, ip: Ipv4Addr) -> Result<(), NetError> {
+    use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
+    let mac = firewall::sandbox_mac(ip);
+    // `bridge fdb replace MAC dev PORT master static`
+    h.neighbours()
+        .add_bridge(port, &mac)
+        .state(NeighbourState::Noarp)
+        .flags(NeighbourFlags::Controller)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("add the sandbox's forwarding entry"))?;
+    // `ip neigh replace IP lladdr MAC dev BRIDGE nud permanent`
+    h.neighbours()
+        .add(bridge, ip.into())
+        .link_layer_address(&mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl("add the sandbox's neighbour entry"))?;
+    Ok(())
+}
+
+/// Removes the host's neighbour entry for `ip` (see [`pin_addresses`]); the forwarding entry
+/// goes with the port.
+async fn unpin_address(h: &Handle, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+    let Some(bridge) = link_index(h, &cfg.bridge).await? else {
+        return Ok(());
+    };
+    let mut entries = h
+        .neighbours()
+        .get()
+        .set_address_family(rtnetlink::packet_route::AddressFamily::Inet)
+        .execute();
+    let mut found = Vec::new();
+    while let Some(n) = entries.try_next().await.map_err(nl("list neighbours"))? {
+        if n.header.ifindex == bridge
+            && n.attributes.iter().any(|a| {
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip)
+            })
+        {
+            found.push(n);
+        }
+    }
+    for n in found {
+        match h.neighbours().del(n).execute().await {
+            Ok(()) => {}
+            // Gone meanwhile (ENOENT): what was asked for.
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -2 => {}
+            Err(e) => return Err(nl("delete the sandbox's neighbour entry")(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Runs a firewall change (an `nft` process) on the blocking pool, not on an async worker.
@@ -488,6 +558,32 @@ pub fn rebind(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(),
     firewall::bind_port(cfg, ip, allow_internet)
 }
 
+/// Pins the addresses of a sandbox that outlived a restart again (see [`pin_addresses`]; one
+/// attached by an older version has none) and stops unknown unicast flooding to its port.
+pub async fn repin(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    let h = connect().await?;
+    let port_name = cfg.veth_name(ip);
+    let (Some(bridge), Some(port)) = (
+        link_index(&h, &cfg.bridge).await?,
+        link_index(&h, &port_name).await?,
+    ) else {
+        return Err(NetError::Config(format!(
+            "{ip}: bridge {} or its port {port_name} is missing",
+            cfg.bridge
+        )));
+    };
+    h.link()
+        .set_port(
+            LinkBridgePort::new(port)
+                .append_info_data(InfoBridgePort::UnicastFlood(false))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(nl("stop unknown unicast flooding to the bridge port"))?;
+    pin_addresses(&h, bridge, port, ip).await
+}
+
 /// Releases what [`attach`] made on the host: the host veth (if the namespace did not take it
 /// down already), the port binding and the egress set element.
 pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
@@ -499,6 +595,7 @@ pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
             Err(e) => return Err(nl("delete veth")(e)),
         }
     }
+    unpin_address(&h, cfg, ip).await?;
     firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await
 }
 

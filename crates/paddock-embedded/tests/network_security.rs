@@ -346,6 +346,79 @@ async fn a_sandbox_cannot_take_a_neighbours_addresses() {
     drop(outside);
 }
 
+/// Frames for a sandbox go to its port only, also after the bridge forgot what it learned
+/// (it does after 300 s without traffic from the sandbox): the host's neighbour entry for it
+/// is permanent and its hardware address is pinned on its port, so nothing is flooded. With
+/// flooding, each neighbour got a copy, and with about a thousand ports the copies overflowed
+/// the input backlog and the oldest, idle sandboxes became unreachable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_for_a_sandbox_reach_its_port_only() {
+    support::with_infra(36, |infra, env| async move {
+        let a = infra.create(req(false)).await.expect("create a");
+        let b = infra.create(req(false)).await.expect("create b");
+        let SocketAddr::V4(a_addr) = a.address else {
+            panic!("IPv6 sandbox address: {}", a.address);
+        };
+        let a_ip = *a_addr.ip();
+        let br = env.cfg.net.bridge.clone();
+        let neigh = Command::new("ip")
+            .args(["-4", "neigh", "show", &a_ip.to_string(), "dev", &br])
+            .output()
+            .expect("ip neigh");
+        let neigh = String::from_utf8_lossy(&neigh.stdout).into_owned();
+        assert!(
+            neigh.contains("PERMANENT"),
+            "the host's neighbour entry for {a_ip} is not permanent: {neigh:?}"
+        );
+
+        let received = |id| {
+            let infra = infra.clone();
+            async move {
+                let (code, out, err) =
+                    sh(&infra, &id, "cat /sys/class/net/eth0/statistics/rx_packets").await;
+                assert_eq!(code, 0, "{err}");
+                out.trim().parse::<u64>().expect("a packet count")
+            }
+        };
+        let (a_before, before) = (received(a.id.clone()).await, received(b.id.clone()).await);
+        let sock = UdpSocket::bind("0.0.0.0:0").expect("udp socket");
+        for _ in 0..20 {
+            // What the bridge learned goes, as after 300 s of silence from the sandbox.
+            let flushed = Command::new("ip")
+                .args(["link", "set", "dev", &br, "type", "bridge", "fdb_flush"])
+                .status()
+                .expect("ip link");
+            assert!(flushed.success());
+            sock.send_to(b"for a only", (a_ip, 9)).expect("send");
+        }
+        // Once `a` has them all, any flooded copy (made with `a`'s) has reached `b` too.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while received(a.id.clone()).await < a_before + 20 {
+            assert!(
+                Instant::now() < deadline,
+                "{a_ip} never received the 20 datagrams"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = received(b.id.clone()).await;
+        assert!(
+            after - before < 5,
+            "the neighbour received {} frames while the host sent 20 datagrams to {a_ip}",
+            after - before
+        );
+        assert!(
+            runtime_answers(a.address),
+            "the sandbox is unreachable from the host"
+        );
+
+        for id in [&a.id, &b.id] {
+            infra.kill(id).await.expect("kill");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
 /// Security review H4: a sandbox with internet access reaches a public address but not cloud
 /// metadata, private or shared ranges, nor the host's own addresses; DNS to the host's
 /// resolver works even though it sits in a private range, and only on port 53.

@@ -38,6 +38,9 @@ impl EmbeddedInfra {
                 if let Err(e) = network::rebind(&self.inner.cfg.net, rec.ip, rec.allow_internet) {
                     warn!(id = %rec.id, error = %e, "re-binding the sandbox's network failed");
                 }
+                if let Err(e) = network::repin(&self.inner.cfg.net, rec.ip).await {
+                    warn!(id = %rec.id, error = %e, "pinning the sandbox's addresses failed");
+                }
                 adopted.insert(self.adopt(rec));
             } else {
                 info!(id = %rec.id, state = %rec.state, "cleaning up sandbox left behind");

@@ -178,6 +178,23 @@ impl Env {
         {
             out.push(format!("veth {v}"));
         }
+        // The host's pinned neighbour entries of sandboxes (network::pin_addresses).
+        if let Ok(o) = std::process::Command::new("ip")
+            .args([
+                "-4",
+                "neigh",
+                "show",
+                "dev",
+                &self.cfg.net.bridge,
+                "nud",
+                "permanent",
+            ])
+            .output()
+        {
+            for l in String::from_utf8_lossy(&o.stdout).lines() {
+                out.push(format!("neighbour entry {l}"));
+            }
+        }
         for sub in ["sandboxes", "containers"] {
             if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
                 for e in rd.flatten() {
