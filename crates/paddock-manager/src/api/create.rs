@@ -262,13 +262,6 @@ async fn create<I: Infra>(
 
 /// Hands a sandbox the infrastructure made its configuration (`/init`) and records it; the
 /// sandbox's JSON as the API shows it. A sandbox that cannot be set up or recorded is killed.
-///
-/// `/init` and the record's durable write go at the same time: each is a round trip of its
-/// own (the runtime's answer, the journal's sync) and neither needs the other, so a create
-/// waits for the slower one instead of both in turn. The record is in place before `/init`
-/// is answered, which nobody can tell: only the creator learns the token that reaches the
-/// sandbox, from the answer sent after both. A crash between the two leaves a record of a
-/// sandbox its creator never got; it goes at its timeout like any other.
 pub(super) async fn register<I: Infra>(
     m: &Manager<I>,
     info: SandboxInfo,
@@ -289,6 +282,21 @@ pub(super) async fn register<I: Infra>(
     };
     // Per phase, in the log line below: where a create's time goes.
     let claimed_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A runtime started with a bootstrap token accepts /init only with it.
+    if let Err(e) = m
+        .runtime
+        .init(info.address, &init, info.bootstrap_token.as_deref())
+        .await
+    {
+        if let Err(k) = m.infra.kill(&info.id).await {
+            tracing::warn!(sandbox = %info.id, error = %k, "killing a sandbox whose /init failed");
+        }
+        return Err(ApiError::internal(
+            format!("initialising sandbox {} failed", info.id),
+            e,
+        ));
+    }
+    let inited_ms = started.elapsed().as_secs_f64() * 1e3;
     let now = SystemTime::now();
     let record = SandboxRecord {
         id: info.id.clone(),
@@ -309,43 +317,6 @@ pub(super) async fn register<I: Infra>(
         allow_internet_access,
     };
     let body = record.sandbox_json(&m.config.envd_version, m.config.domain.as_deref());
-    let id = record.id.clone();
-    let team = record.team.clone();
-    // Each phase's end, from `started`, for the log line.
-    let phase_end = || started.elapsed().as_secs_f64() * 1e3;
-    // A runtime started with a bootstrap token accepts /init only with it.
-    let initialise = async {
-        let r = m
-            .runtime
-            .init(info.address, &init, info.bootstrap_token.as_deref())
-            .await;
-        (r, phase_end())
-    };
-    let save = async { (m.records.insert(record).await, phase_end()) };
-    let ((inited, inited_ms), (saved, saved_ms)) = tokio::join!(initialise, save);
-    if let Err(e) = inited {
-        // Not set up: its record goes too (if it was written), then the sandbox.
-        if saved.is_ok()
-            && let Err(r) = m.records.remove(&id).await
-        {
-            tracing::warn!(sandbox = %id, error = %r, "removing the record of a sandbox whose /init failed");
-        }
-        if let Err(k) = m.infra.kill(&id).await {
-            tracing::warn!(sandbox = %id, error = %k, "killing a sandbox whose /init failed");
-        }
-        return Err(ApiError::internal(
-            format!("initialising sandbox {id} failed"),
-            e,
-        ));
-    }
-    // A sandbox nobody can find again must not keep running: without its record the caller
-    // gets a 5xx and the sandbox goes.
-    if let Err(e) = saved {
-        if let Err(k) = m.infra.kill(&id).await {
-            tracing::warn!(sandbox = %id, error = %k, "killing a sandbox whose record was not saved");
-        }
-        return Err(e.into());
-    }
     let source = if info.from_pool { "warm" } else { "cold" };
     let labels = crate::metrics::ClaimLabels { source };
     m.metrics.claims.get_or_create(&labels).inc();
@@ -353,6 +324,16 @@ pub(super) async fn register<I: Infra>(
         .claim_seconds
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
+    let id = record.id.clone();
+    let team = record.team.clone();
+    // A sandbox nobody can find again must not keep running: without its record the caller
+    // gets a 5xx and the sandbox goes.
+    if let Err(e) = m.records.insert(record).await {
+        if let Err(k) = m.infra.kill(&id).await {
+            tracing::warn!(sandbox = %id, error = %k, "killing a sandbox whose record was not saved");
+        }
+        return Err(e.into());
+    }
     let total_ms = started.elapsed().as_secs_f64() * 1e3;
     tracing::info!(
         sandbox = %id,
@@ -361,7 +342,7 @@ pub(super) async fn register<I: Infra>(
         ms = total_ms as u64,
         claim_ms = format_args!("{claimed_ms:.2}"),
         init_ms = format_args!("{:.2}", inited_ms - claimed_ms),
-        record_ms = format_args!("{:.2}", saved_ms - claimed_ms),
+        record_ms = format_args!("{:.2}", total_ms - inited_ms),
         "sandbox created"
     );
     Ok(body)

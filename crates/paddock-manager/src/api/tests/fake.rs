@@ -245,8 +245,6 @@ pub struct InitServer {
     pub address: SocketAddr,
     status: Arc<AtomicU16>,
     bodies: Arc<Mutex<Vec<serde_json::Value>>>,
-    /// Whether `/init` answers (else it waits, body already taken, until released).
-    open: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl InitServer {
@@ -256,7 +254,6 @@ impl InitServer {
             address: listener.local_addr().unwrap(),
             status: Arc::new(AtomicU16::new(204)),
             bodies: Arc::default(),
-            open: Arc::new(tokio::sync::watch::channel(true).0),
         };
         let app = axum::Router::new()
             .route("/init", post(init))
@@ -270,16 +267,6 @@ impl InitServer {
         self.status.store(status, Ordering::SeqCst);
     }
 
-    /// Later `/init` calls wait for [`Self::release`] before they answer.
-    pub fn hold(&self) {
-        self.open.send_replace(false);
-    }
-
-    /// Lets held `/init` calls answer.
-    pub fn release(&self) {
-        self.open.send_replace(true);
-    }
-
     /// The bodies of every `/init` so far.
     pub fn bodies(&self) -> Vec<serde_json::Value> {
         self.bodies.lock().unwrap().clone()
@@ -291,7 +278,5 @@ async fn init(
     axum::Json(body): axum::Json<serde_json::Value>,
 ) -> StatusCode {
     s.bodies.lock().unwrap().push(body);
-    let mut open = s.open.subscribe();
-    let _ = open.wait_for(|o| *o).await;
     StatusCode::from_u16(s.status.load(Ordering::SeqCst)).unwrap()
 }

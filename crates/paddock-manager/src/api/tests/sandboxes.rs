@@ -518,33 +518,6 @@ async fn a_sandbox_whose_init_fails_is_killed_and_not_recorded() {
     );
 }
 
-/// A create's `/init` and its record's durable write go at the same time (issue 16: a warm
-/// create waited for one, then the other): while the runtime has not answered `/init`, the
-/// record is already there, and the create answers once both are done.
-#[tokio::test]
-async fn the_record_is_written_while_init_is_in_flight() {
-    let h = std::sync::Arc::new(Harness::new().await);
-    h.init.hold();
-    let create = {
-        let h = h.clone();
-        tokio::spawn(async move { h.post("/v2/sandboxes", ADMIN, json!({})).await })
-    };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while h.init.bodies().is_empty() || h.manager.records.all().is_empty() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no record while /init waits: the two ran one after the other"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    assert!(!create.is_finished(), "answered before /init was");
-    h.init.release();
-    let a = create.await.unwrap();
-    assert_eq!(a.status, StatusCode::CREATED, "{}", a.text);
-    let id = a.body["sandboxID"].as_str().unwrap();
-    assert_eq!(h.manager.records.all()[0].id.as_str(), id);
-}
-
 #[tokio::test]
 async fn the_reaper_kills_a_sandbox_whose_timeout_passed() {
     let h = Harness::new().await;
