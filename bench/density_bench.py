@@ -33,7 +33,8 @@ from paddock_harness import ROOT, Paddock, pct
 
 sys.path.insert(0, str(ROOT / "tests/e2e"))
 # The leak checks of the crash test: the same definitions of "left behind".
-from test_crash_under_load import dir_ids, overlay_mounts, sandbox_veths, stray_processes  # noqa: E402
+from test_crash_under_load import (  # noqa: E402
+    dir_ids, overlay_mounts, pinned_neighbours, sandbox_veths, stray_processes)
 
 from paddock_testing import wait_until  # noqa: E402
 
@@ -258,6 +259,7 @@ def leftovers(p: Paddock, cg: MemoryCgroup, ours: set[str]) -> dict[str, int]:
         "overlay mounts": len(overlay_mounts(data) & ours),
         "cgroups": len(cgroups & ours),
         "veths": max(0, len(sandbox_veths()) - len(others)),
+        "neighbour entries": max(0, len(pinned_neighbours()) - len(others)),
         "processes": len(stray_processes(data, others)),
     }
 

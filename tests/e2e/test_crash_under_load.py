@@ -108,6 +108,9 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         assert dir_ids(data / "embedded/containers") == everything, "container state dirs"
         veths = sandbox_veths()
         assert len(veths) == len(everything), f"veths on pdkbr0: {veths} for {len(everything)} sandboxes"
+        pinned = pinned_neighbours()
+        assert len(pinned) == len(everything), (
+            f"pinned neighbour entries on pdkbr0: {pinned} for {len(everything)} sandboxes")
         records = {r["id"] for r in json.loads((data / "sandboxes.json").read_text())}
         assert records == live, f"records of sandboxes that are not live: {records - live}"
         # The check below must see what it looks for: every live sandbox's processes.
@@ -174,6 +177,13 @@ def sandbox_veths() -> list[str]:
     out = subprocess.run(["ip", "-o", "link", "show", "master", "pdkbr0"],
                          capture_output=True, text=True, check=True).stdout
     return re.findall(r"^\d+: (pdk[0-9a-f]{8})[@:]", out, re.M)
+
+
+def pinned_neighbours() -> list[str]:
+    """The host's permanent neighbour entries on pdkbr0: one per sandbox (its pinned address)."""
+    out = subprocess.run(["ip", "-4", "neigh", "show", "dev", "pdkbr0", "nud", "permanent"],
+                         capture_output=True, text=True, check=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
 def stray_processes(data: pathlib.Path, keep: set[str]) -> list[str]:

@@ -511,6 +511,25 @@ async fn pin_addresses(h: &Handle, bridge: u32, port: u32, ip: Ipv4Addr) -> Resu
 /// Removes the host's neighbour entry for `ip` (see [`pin_addresses`]); the forwarding entry
 /// goes with the port.
 async fn unpin_address(h: &Handle, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    unpin_where(h, cfg, |a| a == ip).await
+}
+
+/// Removes the pinned neighbour entries of addresses no sandbox holds any more (one whose
+/// sandbox was lost in a crash between [`attach`] and its record).
+pub async fn unpin_all_but(
+    cfg: &NetConfig,
+    keep: &std::collections::BTreeSet<Ipv4Addr>,
+) -> Result<(), NetError> {
+    let h = connect().await?;
+    unpin_where(&h, cfg, |a| !keep.contains(&a)).await
+}
+
+/// Removes the host's neighbour entries on the bridge whose address `gone` picks.
+async fn unpin_where(
+    h: &Handle,
+    cfg: &NetConfig,
+    gone: impl Fn(Ipv4Addr) -> bool,
+) -> Result<(), NetError> {
     use rtnetlink::packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
     let Some(bridge) = link_index(h, &cfg.bridge).await? else {
         return Ok(());
@@ -524,7 +543,7 @@ async fn unpin_address(h: &Handle, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), 
     while let Some(n) = entries.try_next().await.map_err(nl("list neighbours"))? {
         if n.header.ifindex == bridge
             && n.attributes.iter().any(|a| {
-                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if *d == ip)
+                matches!(a, NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) if gone(*d))
             })
         {
             found.push(n);

@@ -108,13 +108,12 @@ impl EmbeddedInfra {
             info!(%id, "removing orphaned sandbox resources");
             self.teardown(&id).await?;
         }
-        let keep_veths: BTreeSet<String> = {
-            let st = self.state();
-            st.sandboxes
-                .values()
-                .map(|e| self.inner.cfg.net.veth_name(e.rec.ip))
-                .collect()
-        };
+        let keep_ips: BTreeSet<std::net::Ipv4Addr> =
+            self.state().sandboxes.values().map(|e| e.rec.ip).collect();
+        let keep_veths: BTreeSet<String> = keep_ips
+            .iter()
+            .map(|ip| self.inner.cfg.net.veth_name(*ip))
+            .collect();
         for veth in network::host_veths(&self.inner.cfg.net)
             .await
             .map_err(internal)?
@@ -123,6 +122,9 @@ impl EmbeddedInfra {
                 network::delete_link(&veth).await.map_err(internal)?;
             }
         }
+        network::unpin_all_but(&self.inner.cfg.net, &keep_ips)
+            .await
+            .map_err(internal)?;
         Ok(())
     }
 }
