@@ -321,9 +321,29 @@ fn run(cmd: &mut Command) -> Result<(), String> {
 /// until `deadline` for the kernel to let them go. A lazily unmounted file system is released
 /// a moment later than the unmount returns, and autoclear follows that; `losetup -d` marks a
 /// still-busy device for the same autoclear. Returns the devices still attached at the deadline.
-pub fn release_loops_under(dir: &Path, deadline: std::time::Instant) -> Vec<PathBuf> {
+///
+/// `known` are the devices found behind `dir`'s mounts before they were detached
+/// ([`loops_mounted_at`]): only those are watched then. `None` looks at every loop device on
+/// the host, which costs a read per device — a thousand on a host of a thousand sandboxes.
+pub fn release_loops_under(
+    dir: &Path,
+    known: Option<Vec<PathBuf>>,
+    deadline: std::time::Instant,
+) -> Vec<PathBuf> {
+    let attached = || match &known {
+        Some(devs) => devs
+            .iter()
+            .filter_map(|dev| {
+                let name = dev.file_name()?;
+                let sys = Path::new("/sys/block").join(name);
+                let file = backing_file(&sys)?;
+                file.starts_with(dir).then(|| (dev.clone(), file))
+            })
+            .collect(),
+        None => loop_devices_under(dir),
+    };
     loop {
-        let left = loop_devices_under(dir);
+        let left = attached();
         if left.is_empty() {
             return Vec::new();
         }
@@ -335,6 +355,30 @@ pub fn release_loops_under(dir: &Path, deadline: std::time::Instant) -> Vec<Path
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The loop devices behind the file system mounted at `target`: none for a tmpfs, the one
+/// its device number names for an image (nothing is scanned). `None` when nothing is mounted
+/// there, so the caller cannot tell and must look at every loop device.
+pub fn loops_mounted_at(target: &Path) -> Option<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    const LOOP_MAJOR: u64 = 7;
+    if !crate::mounts::is_mount_point(target) {
+        return None;
+    }
+    let dev = std::fs::metadata(target).ok()?.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    if major != LOOP_MAJOR {
+        return Some(Vec::new());
+    }
+    let link = std::fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    Some(vec![Path::new("/dev").join(link.file_name()?)])
+}
+
+/// The file behind the loop device whose sysfs directory is `sys`, if it has one.
+fn backing_file(sys: &Path) -> Option<PathBuf> {
+    let file = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;
+    Some(PathBuf::from(file.trim().trim_end_matches(" (deleted)")))
 }
 
 /// Loop devices whose backing file lies under `dir` (leak checks).
@@ -352,8 +396,7 @@ fn loop_devices_under(dir: &Path) -> Vec<(PathBuf, PathBuf)> {
     };
     rd.flatten()
         .filter_map(|e| {
-            let file = std::fs::read_to_string(e.path().join("loop/backing_file")).ok()?;
-            let file = PathBuf::from(file.trim().trim_end_matches(" (deleted)"));
+            let file = backing_file(&e.path())?;
             file.starts_with(dir)
                 .then(|| (Path::new("/dev").join(e.file_name()), file))
         })
@@ -407,6 +450,52 @@ mod tests {
         assert!(got[32 << 20..(32 << 20) + 8192].iter().all(|b| *b == 2));
         assert!(got[(32 << 20) + 8192..].iter().all(|b| *b == 0));
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// The teardown finds a sandbox's loop device from its disk's mount, and releasing only
+    /// that device leaves no loop device behind the image.
+    #[test]
+    fn the_loop_device_is_found_from_the_mount() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: loop devices need root");
+            return;
+        }
+        let d = scratch("loopof");
+        let (target, image) = (d.join("disk"), d.join("disk.img"));
+        assert_eq!(loops_mounted_at(&target), None, "nothing mounted yet");
+        mount_limited(
+            &target,
+            &image,
+            &d.join("blanks"),
+            16 << 20,
+            DiskBackend::Image,
+        )
+        .expect("mount");
+        let devs = loops_mounted_at(&target).expect("mounted");
+        assert_eq!(devs.len(), 1, "{devs:?}");
+        let sys = Path::new("/sys/block").join(devs[0].file_name().expect("name"));
+        assert_eq!(backing_file(&sys), Some(image.clone()));
+        assert_eq!(loops_under(&d), vec![image.clone()]);
+
+        crate::mounts::unmount_points(std::slice::from_ref(&target)).expect("unmount");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        assert!(release_loops_under(&d, Some(devs), deadline).is_empty());
+        assert!(loops_under(&d).is_empty());
+
+        mount_limited(
+            &target,
+            &image,
+            &d.join("blanks"),
+            16 << 20,
+            DiskBackend::Tmpfs,
+        )
+        .expect("tmpfs");
+        assert_eq!(
+            loops_mounted_at(&target),
+            Some(Vec::new()),
+            "a tmpfs has none"
+        );
+        crate::mounts::remove_tree(&d).expect("remove");
     }
 
     #[test]

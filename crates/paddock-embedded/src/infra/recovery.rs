@@ -28,8 +28,7 @@ impl EmbeddedInfra {
             // Paused filesystem-only: no process to find, only its mounted writable layer.
             let fs_paused = rec.state == SandboxState::Paused
                 && rec.paused_in == Some(PauseMode::Filesystem)
-                && crate::mounts::mounts_under(&self.paths(&rec.id).dir)
-                    .contains(&self.paths(&rec.id).rootfs());
+                && crate::mounts::is_mount_point(&self.paths(&rec.id).rootfs());
             if fs_paused {
                 info!(id = %rec.id, "adopting sandbox paused filesystem-only");
                 adopted.insert(self.adopt(rec));

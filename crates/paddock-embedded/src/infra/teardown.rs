@@ -38,16 +38,18 @@ impl EmbeddedInfra {
                 let _ = container::try_reap(pid);
             }
             container::forget(&root, idc.as_str());
-            mounts::unmount_all_under(&paths.dir).map_err(internal)?;
+            // The disk's loop device, known from its mount before that goes (a sandbox whose
+            // disk is not mounted, half made, is looked for among all loop devices).
+            let disk_loop = disk::loops_mounted_at(&paths.disk());
+            // The root first (it holds the disk's upper and work directories), then the
+            // disk; `remove_tree` detaches anything else it meets on its way. Neither reads
+            // the host's mount table, which grows with every sandbox.
+            mounts::unmount_points(&[paths.rootfs(), paths.disk()]).map_err(internal)?;
+            mounts::remove_tree(&paths.dir).map_err(internal)?;
             // The disk image's loop device outlives the lazy unmount by a moment.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            for file in disk::release_loops_under(&paths.dir, deadline) {
+            for file in disk::release_loops_under(&paths.dir, disk_loop, deadline) {
                 warn!(id = %idc, image = %file.display(), "loop device still attached");
-            }
-            match std::fs::remove_dir_all(&paths.dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(internal(e)),
             }
             cg.remove().map_err(internal)
         })
