@@ -1,5 +1,6 @@
 //! The nftables side of sandbox networking: the rulesets, and the per-sandbox elements that
-//! [`crate::network`] adds on attach and removes on detach.
+//! [`crate::network`] adds on attach and removes on detach. The rulesets are loaded with `nft`
+//! (once per start); the elements change through nfnetlink batches ([`crate::nfset`]).
 //!
 //! Two tables carry the same name, one per family:
 //!
