@@ -1,5 +1,6 @@
 //! The nftables side of sandbox networking: the rulesets, and the per-sandbox elements that
-//! [`crate::network`] adds on attach and removes on detach.
+//! [`crate::network`] adds on attach and removes on detach. The rulesets are loaded with `nft`
+//! (once per start); the elements change through nfnetlink batches ([`crate::nfset`]).
 //!
 //! Two tables carry the same name, one per family:
 //!
@@ -29,6 +30,7 @@ use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
 
 use crate::network::{NetConfig, NetError};
+use crate::nfset::{self, Change, Family, Op};
 
 /// Destinations no sandbox may reach even with internet access: E2B's denied ranges (10/8,
 /// 169.254/16, 172.16/12, 192.168/16) plus "this network", shared address space (carrier NAT,
@@ -141,52 +143,69 @@ fn port_element(cfg: &NetConfig, ip: Ipv4Addr) -> String {
     )
 }
 
-/// Binds the bridge port of sandbox `ip` to its hardware and IP address and, when
-/// `allow_internet`, lets it open connections to the internet: one `nft` run (one
-/// transaction) for both, since starting `nft` is most of what a set element costs.
-pub fn bind_port(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
-    let mut script = format!(
-        "add element bridge {} ports {{ {} }}\n",
-        cfg.nft_table,
-        port_element(cfg, ip)
-    );
-    if allow_internet {
-        script.push_str(&egress_element("add", cfg, ip));
+/// Adding or deleting sandbox `ip`'s element in the bridge table's `ports` set.
+fn port_change(cfg: &NetConfig, ip: Ipv4Addr, op: Op) -> Result<Change, NetError> {
+    Ok(Change {
+        op,
+        family: Family::Bridge,
+        table: cfg.nft_table.clone(),
+        set: "ports".into(),
+        key: nfset::port_key(&cfg.veth_name(ip), sandbox_mac(ip), ip)?,
+        shown: port_element(cfg, ip),
+    })
+}
+
+/// Adding or deleting `ip` in the inet table's `egress` set.
+fn egress_change(cfg: &NetConfig, ip: Ipv4Addr, op: Op) -> Change {
+    Change {
+        op,
+        family: Family::Inet,
+        table: cfg.nft_table.clone(),
+        set: "egress".into(),
+        key: nfset::ipv4_key(ip),
+        shown: ip.to_string(),
     }
-    nft(&script)
 }
 
-/// Undoes [`bind_port`] and [`allow_egress`] in one `nft` run; absent elements are fine
-/// (release runs after partial attaches). `delete element` fails on an absent element and
-/// `destroy` needs a newer `nft`, so each element is added first in the same transaction:
-/// adding a present element is a no-op, and the pair always leaves it absent.
+/// Binds the bridge port of sandbox `ip` to its hardware and IP address and, when
+/// `allow_internet`, lets it open connections to the internet: one transaction for both.
+pub fn bind_port(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
+    let mut changes = vec![port_change(cfg, ip, Op::Add)?];
+    if allow_internet {
+        changes.push(egress_change(cfg, ip, Op::Add));
+    }
+    nfset::apply(&changes)
+}
+
+/// Undoes [`bind_port`] and [`allow_egress`] in one transaction; absent elements are fine
+/// (release runs after partial attaches). Deleting an absent element fails (and the
+/// destroy message that would not is only in kernels from 6.3), so each element is added
+/// first in the same transaction: adding a present element is a no-op, and the pair
+/// always leaves it absent.
 pub fn release(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    let (t, port) = (&cfg.nft_table, port_element(cfg, ip));
-    nft(&format!(
-        "add element bridge {t} ports {{ {port} }}\n\
-         delete element bridge {t} ports {{ {port} }}\n\
-         {}{}",
-        egress_element("add", cfg, ip),
-        egress_element("delete", cfg, ip),
-    ))
-}
-
-fn egress_element(verb: &str, cfg: &NetConfig, ip: Ipv4Addr) -> String {
-    format!("{verb} element inet {} egress {{ {ip} }}\n", cfg.nft_table)
+    nfset::apply(&[
+        port_change(cfg, ip, Op::Add)?,
+        port_change(cfg, ip, Op::Delete)?,
+        egress_change(cfg, ip, Op::Add),
+        egress_change(cfg, ip, Op::Delete),
+    ])
 }
 
 /// Lets `ip` open connections to the internet (adds it to the egress set).
 pub fn allow_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    nft(&egress_element("add", cfg, ip))
+    nfset::apply(&[egress_change(cfg, ip, Op::Add)])
 }
 
 /// Takes `ip`'s internet access away (removes it from the egress set). Unlike [`release`],
 /// a failure is reported: a sandbox that keeps access it should not have is an error.
 pub fn deny_egress(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    let e = |verb| egress_element(verb, cfg, ip);
-    nft(&format!("{}{}", e("add"), e("delete")))
+    nfset::apply(&[
+        egress_change(cfg, ip, Op::Add),
+        egress_change(cfg, ip, Op::Delete),
+    ])
 }
 
+/// Runs `nft -f -` on `script` (loading and removing the tables: once per `paddock up`).
 fn nft(script: &str) -> Result<(), NetError> {
     use std::io::Write;
     let mut child = Command::new("nft")

@@ -21,6 +21,7 @@ pub mod logrelay;
 mod logs;
 pub mod mounts;
 pub mod network;
+pub mod nfset;
 pub mod oci;
 pub mod private_dir;
 pub mod proc;

@@ -34,6 +34,15 @@ pub enum NetError {
     /// `nft` failed.
     #[error("nft: {0}")]
     Nft(String),
+    /// The kernel refused a change to a firewall set (see [`crate::nfset`]).
+    #[error("nftables: cannot {change}: {source}")]
+    SetElement {
+        /// Which element, which set, add or delete.
+        change: String,
+        /// The kernel's errno.
+        #[source]
+        source: std::io::Error,
+    },
     /// Other IO (netlink socket, namespace file, sysctl).
     #[error("network io {op}: {source}")]
     Io {
@@ -409,7 +418,7 @@ pub async fn attach(
             .execute()
             .await
             .map_err(nl("set sandbox hardware address"))?;
-        // Egress too, in the same `nft` run: nothing can use it before the peer is set up.
+        // Egress too, in the same transaction: nothing can use it before the peer is set up.
         let t = std::time::Instant::now();
         firewall_blocking(cfg, move |cfg| firewall::bind_port(cfg, ip, allow_internet)).await?;
         tracing::debug!(
@@ -560,7 +569,8 @@ async fn unpin_where(
     Ok(())
 }
 
-/// Runs a firewall change (an `nft` process) on the blocking pool, not on an async worker.
+/// Runs a firewall change (a netlink exchange that can wait on the kernel's nftables
+/// transaction lock) on the blocking pool, not on an async worker.
 async fn firewall_blocking(
     cfg: &NetConfig,
     f: impl FnOnce(&NetConfig) -> Result<(), NetError> + Send + 'static,
@@ -618,7 +628,7 @@ pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
     firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await
 }
 
-/// Gives `ip` internet access or takes it away (the egress set); blocks on `nft`.
+/// Gives `ip` internet access or takes it away (the egress set); blocks on netlink.
 pub fn set_egress(cfg: &NetConfig, ip: Ipv4Addr, allow: bool) -> Result<(), NetError> {
     if allow {
         firewall::allow_egress(cfg, ip)

@@ -567,3 +567,126 @@ async fn an_adopted_sandbox_is_bound_again_and_stays_reachable() {
     assert!(reachable, "the adopted sandbox's runtime is unreachable");
     assert_eq!(leaks, Vec::<String>::new());
 }
+
+/// The elements of an nftables set as `nft -j` shows them: a concatenation's parts joined
+/// with " . ".
+fn set_elements(family: &str, table: &str, set: &str) -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "set", family, table, set])
+        .output()
+        .expect("run nft");
+    assert!(
+        out.status.success(),
+        "nft list set {family} {table} {set}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("nft json");
+    let set = v["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .find_map(|o| o.get("set"))
+        .expect("the set");
+    let text = |e: &serde_json::Value| e.as_str().map(str::to_owned).unwrap_or(e.to_string());
+    let mut elements: Vec<String> = set
+        .get("elem")
+        .and_then(|e| e.as_array())
+        .map(|a| {
+            a.iter()
+                .map(|e| match e.get("concat").and_then(|c| c.as_array()) {
+                    Some(parts) => parts.iter().map(text).collect::<Vec<_>>().join(" . "),
+                    None => text(e),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    elements.sort();
+    elements
+}
+
+/// The per-sandbox firewall changes (sent as nfnetlink batches, not by `nft`) put exactly a
+/// sandbox's `port . mac . ip` in the bridge table's `ports` set and its IP in the inet
+/// table's `egress` set, as `nft` reads them back; release takes them out, also when they
+/// are absent already; denying egress takes the IP out; a change to a set that does not
+/// exist is reported with the set, the element and the errno.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn firewall_changes_put_exactly_the_expected_elements_in_the_sets() {
+    use paddock_embedded::firewall;
+    use paddock_embedded::network::{self, NetError};
+
+    let env = support::Env::new(36);
+    let net = env.cfg.net.clone();
+    network::setup_host(&net, None).await.expect("set up host");
+    let cfg = net.clone();
+    // The firewall calls block (as on the blocking pool in Paddock).
+    let result = tokio::task::spawn_blocking(move || {
+        let net = cfg;
+        let t = net.nft_table.as_str();
+        let (a, b) = (net.cidr.host(0).expect("a"), net.cidr.host(1).expect("b"));
+        let port = |ip: Ipv4Addr| {
+            let m = firewall::sandbox_mac(ip);
+            format!(
+                "{} . {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x} . {ip}",
+                net.veth_name(ip),
+                m[0],
+                m[1],
+                m[2],
+                m[3],
+                m[4],
+                m[5]
+            )
+        };
+        let ports = || set_elements("bridge", t, "ports");
+        let egress = || set_elements("inet", t, "egress");
+
+        firewall::bind_port(&net, a, true).expect("bind a with internet");
+        firewall::bind_port(&net, b, false).expect("bind b without");
+        let mut both = vec![port(a), port(b)];
+        both.sort();
+        assert_eq!(ports(), both);
+        assert_eq!(egress(), vec![a.to_string()]);
+        // Binding again is not an error (a restart's rebind of a bound sandbox).
+        firewall::bind_port(&net, a, true).expect("bind a again");
+        assert_eq!(ports(), both);
+
+        firewall::allow_egress(&net, b).expect("allow b");
+        let mut both_ips = vec![a.to_string(), b.to_string()];
+        both_ips.sort();
+        assert_eq!(egress(), both_ips);
+        firewall::deny_egress(&net, b).expect("deny b");
+        assert_eq!(egress(), vec![a.to_string()]);
+        assert_eq!(ports(), both, "denying egress leaves the port binding");
+
+        firewall::release(&net, a).expect("release a");
+        assert_eq!(ports(), vec![port(b)]);
+        assert_eq!(egress(), Vec::<String>::new());
+        firewall::release(&net, a).expect("releasing an absent element succeeds");
+        firewall::release(&net, b).expect("release b");
+        assert_eq!(ports(), Vec::<String>::new());
+        assert_eq!(egress(), Vec::<String>::new());
+
+        // A table that is not there: the error names the change and the kernel's errno.
+        let mut missing = net.clone();
+        missing.nft_table = format!("{t}_missing");
+        let e = firewall::deny_egress(&missing, a).expect_err("deny without a table");
+        assert!(matches!(e, NetError::SetElement { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!(
+                "add element {{ {a} }} to set inet {t}_missing egress"
+            )) && msg.contains("No such file or directory"),
+            "{msg}"
+        );
+        let e = firewall::bind_port(&missing, a, false).expect_err("bind without a table");
+        assert!(
+            e.to_string()
+                .contains(&format!("to set bridge {t}_missing ports")),
+            "{e}"
+        );
+    })
+    .await;
+    let _ = network::teardown_host(&net).await;
+    if let Err(e) = result {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
