@@ -62,6 +62,8 @@ pub struct BuildBox {
     pub limits: CgroupLimits,
     /// Connects a step to the mirrors; `None` = no network.
     pub network: Option<Arc<dyn BuildNetwork>>,
+    /// The sandboxes' compiled seccomp profile, which every step runs under.
+    pub seccomp: crate::seccomp::Program,
 }
 
 /// Why a build step failed.
@@ -170,6 +172,7 @@ impl BuildBox {
             env,
             resolv_conf: self.resolv_conf.as_deref(),
             tmp_bytes: BUILD_TMP_BYTES,
+            seccomp: &self.seccomp,
         });
         crate::spec::write(bundle, &spec).map_err(io("write spec"))?;
         progress(&format!("$ {}", args.join(" ")));

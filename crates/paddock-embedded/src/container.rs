@@ -45,6 +45,15 @@ pub enum ContainerError {
         /// The helper's error output.
         message: String,
     },
+    /// The spec's seccomp program is missing or not the one it names.
+    #[error("container {id}: {source}")]
+    Seccomp {
+        /// Container id.
+        id: String,
+        /// Cause.
+        #[source]
+        source: crate::seccomp::SeccompError,
+    },
     /// The helper was started with arguments it does not understand.
     #[error("container helper: bad arguments {0}")]
     HelperUsage(String),
@@ -327,6 +336,11 @@ fn create_here(
 /// Creates the container of `bundle` in this process: its init is made and waits for
 /// `start`, its output goes to `out` and `err`, its input is `/dev/null`. Serves both the
 /// sandboxes ([`create`]) and the build steps ([`RUN_CMD`]).
+///
+/// The init installs the seccomp program the spec names right before it execs the spec's
+/// process ([`crate::seccomp::FilteringExecutor`]); it is read and checked here, on the host,
+/// and reaches the init in memory (libcontainer forks it from this process), so nothing in
+/// the container can change it. A spec without one is refused.
 fn build_init(
     state_root: &Path,
     id: &str,
@@ -334,8 +348,16 @@ fn build_init(
     out: OwnedFd,
     err: OwnedFd,
 ) -> Result<Container, ContainerError> {
+    let text = std::fs::read(bundle.join("config.json")).map_err(io(id, "read config.json"))?;
+    let program = crate::seccomp::Program::from_spec_json(&text)
+        .and_then(|p| p.load())
+        .map_err(|e| ContainerError::Seccomp {
+            id: id.to_owned(),
+            source: e,
+        })?;
     let null = std::fs::File::open("/dev/null").map_err(io(id, "open /dev/null"))?;
     ContainerBuilder::new(id.to_owned(), SyscallType::Linux)
+        .with_executor(crate::seccomp::FilteringExecutor::new(program))
         .with_root_path(state_root)
         .map_err(rt(id, "state root"))?
         .with_stdin(OwnedFd::from(null))

@@ -7,10 +7,22 @@
 //! io_uring (its own path around seccomp and a long CVE record), kexec, swap, quotas.
 //!
 //! Only x86_64 names are listed: libseccomp resolves them for the native architecture, and a
-//! name it cannot resolve is skipped by libcontainer. 32-bit programs keep the calls they share
-//! with x86_64; the 32-bit-only ones (`socketcall`, `*_time64`, ...) answer ENOSYS.
+//! name it cannot resolve is skipped. 32-bit programs keep the calls they share with x86_64;
+//! the 32-bit-only ones (`socketcall`, `*_time64`, ...) answer ENOSYS.
+//!
+//! The profile is the same for every sandbox, and libseccomp takes about 11 ms of CPU to turn
+//! it into a BPF program, so it is compiled once per `paddock up` ([`Program::compile_into`])
+//! rather than by libcontainer in every sandbox's init: the container helper reads the
+//! compiled program on the host ([`Program::from_spec_json`], [`Program::load`]) and the
+//! sandbox's init installs it right before it execs the sandbox's first process
+//! ([`FilteringExecutor`]). The spec names the program in an annotation
+//! ([`PROGRAM_ANNOTATION`]) instead of carrying `linux.seccomp`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
+use sha2::Digest;
 
 /// ENOSYS: the answer for a call not on the allow-list.
 const ENOSYS: u32 = 38;
@@ -450,6 +462,263 @@ pub fn profile() -> Value {
     })
 }
 
+/// Why the profile could not be compiled, or a compiled program not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// libseccomp refused the profile.
+    #[error("compiling the seccomp profile: {0}")]
+    Compile(#[source] libseccomp::error::SeccompError),
+    /// The profile uses something [`filter`] does not translate.
+    #[error("seccomp profile: {0}")]
+    Unsupported(String),
+    /// The program file could not be written or read.
+    #[error("seccomp program {path}: {source}")]
+    Io {
+        /// The program file.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The program file is not the program the spec names.
+    #[error("seccomp program {path}: {reason}")]
+    Invalid {
+        /// The program file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The spec has no readable program annotation.
+    #[error("the spec names no seccomp program ({0}): refusing to run a container without one")]
+    Missing(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SeccompError + '_ {
+    move |source| SeccompError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The spec annotation that names a sandbox's compiled [`Program`].
+pub const PROGRAM_ANNOTATION: &str = "org.paddock.seccomp";
+
+/// Most instructions the kernel takes in one classic BPF program (`BPF_MAXINSNS`).
+const MAX_INSTRUCTIONS: usize = 4096;
+/// Bytes of one `struct sock_filter`: code (u16), jt (u8), jf (u8), k (u32).
+const INSTRUCTION_BYTES: usize = 8;
+
+/// The profile as libseccomp's filter, built as libcontainer 0.7's `initialize_seccomp` builds
+/// it from the same OCI JSON (same default, architectures, attributes and rules in the same
+/// order), so the exported program is the one libcontainer used to load (a test compares
+/// them). What our profile does not use is refused rather than approximated.
+fn filter(
+    seccomp: &oci_spec::runtime::LinuxSeccomp,
+) -> Result<libseccomp::ScmpFilterContext, SeccompError> {
+    use libseccomp::{
+        ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+    };
+    use oci_spec::runtime::{Arch, LinuxSeccompAction as A, LinuxSeccompOperator as Op};
+    let unsupported = |what: String| SeccompError::Unsupported(what);
+    let action = |a: A, errno: Option<u32>| -> Result<ScmpAction, SeccompError> {
+        // libcontainer's default errno is EPERM.
+        let errno = errno.map_or(EPERM as i32, |e| e as i32);
+        match a {
+            A::ScmpActAllow => Ok(ScmpAction::Allow),
+            A::ScmpActErrno => Ok(ScmpAction::Errno(errno)),
+            other => Err(unsupported(format!("action {other:?}"))),
+        }
+    };
+    if seccomp.flags().as_ref().is_some_and(|f| !f.is_empty()) {
+        return Err(unsupported("filter flags".into()));
+    }
+    let default = action(seccomp.default_action(), seccomp.default_errno_ret())?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(SeccompError::Compile)?;
+    for arch in seccomp.architectures().iter().flatten() {
+        let arch = match arch {
+            Arch::ScmpArchX86_64 => ScmpArch::X8664,
+            Arch::ScmpArchX86 => ScmpArch::X86,
+            Arch::ScmpArchX32 => ScmpArch::X32,
+            other => return Err(unsupported(format!("architecture {other:?}"))),
+        };
+        ctx.add_arch(arch).map_err(SeccompError::Compile)?;
+    }
+    // As libcontainer: loading never sets no_new_privs by itself (the spec's
+    // `noNewPrivileges` does, and the loader checks it).
+    ctx.set_ctl_nnp(false).map_err(SeccompError::Compile)?;
+    for rule in seccomp.syscalls().iter().flatten() {
+        let act = action(rule.action(), rule.errno_ret())?;
+        if act == default {
+            // libcontainer skips these (libseccomp refuses them).
+            continue;
+        }
+        let mut cmps = Vec::new();
+        for arg in rule.args().iter().flatten() {
+            let op = match arg.op() {
+                Op::ScmpCmpLt => ScmpCompareOp::Less,
+                Op::ScmpCmpGt => ScmpCompareOp::Greater,
+                Op::ScmpCmpEq => ScmpCompareOp::Equal,
+                Op::ScmpCmpMaskedEq => ScmpCompareOp::MaskedEqual(arg.value_two().unwrap_or(0)),
+                other => return Err(unsupported(format!("comparison {other:?}"))),
+            };
+            cmps.push(ScmpArgCompare::new(arg.index() as u32, op, arg.value()));
+        }
+        let mut indices: Vec<u32> = rule
+            .args()
+            .iter()
+            .flatten()
+            .map(|a| a.index() as u32)
+            .collect();
+        indices.sort_unstable();
+        indices.dedup();
+        if indices.len() != cmps.len() {
+            return Err(unsupported(
+                "two comparisons of one argument in a rule".into(),
+            ));
+        }
+        for name in rule.names() {
+            // A name this libseccomp does not know is skipped, as libcontainer does: the call
+            // then gets the default answer.
+            let Ok(sc) = ScmpSyscall::from_name(name) else {
+                tracing::debug!(name, "seccomp: unknown system call skipped");
+                continue;
+            };
+            if cmps.is_empty() {
+                ctx.add_rule(act, sc).map_err(SeccompError::Compile)?;
+            } else {
+                ctx.add_rule_conditional(act, sc, &cmps)
+                    .map_err(SeccompError::Compile)?;
+            }
+        }
+    }
+    Ok(ctx)
+}
+
+/// The profile compiled to a classic BPF program, in a file on the host.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Program {
+    /// The program file (the kernel's `struct sock_filter` array, native byte order).
+    pub path: PathBuf,
+    /// Its SHA-256, hex: the container helper refuses a file that does not match, so a
+    /// damaged or replaced file stops sandboxes from starting instead of changing their
+    /// filter.
+    pub sha256: String,
+}
+
+impl Program {
+    /// Compiles [`profile`] and writes the program into `dir` (a host directory no sandbox
+    /// sees: the data dir), named by its digest so that two builds with different profiles
+    /// never replace each other's file. The file is written whole and renamed into place.
+    pub fn compile_into(dir: &Path) -> Result<Self, SeccompError> {
+        let seccomp: oci_spec::runtime::LinuxSeccomp = serde_json::from_value(profile())
+            .map_err(|e| SeccompError::Unsupported(e.to_string()))?;
+        let ctx = filter(&seccomp)?;
+        let tmp = dir.join(format!(".seccomp-{}.tmp", std::process::id()));
+        let bytes = (|| {
+            let file = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+            ctx.export_bpf(&file).map_err(SeccompError::Compile)?;
+            std::fs::read(&tmp).map_err(io_err(&tmp))
+        })();
+        let bytes = match bytes {
+            Ok(b) => b,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(e);
+            }
+        };
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
+        let path = dir.join(format!("seccomp-{}.bpf", &sha256[..16]));
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        Ok(Self { path, sha256 })
+    }
+
+    /// The program a `config.json` text names ([`PROGRAM_ANNOTATION`]).
+    pub fn from_spec_json(text: &[u8]) -> Result<Self, SeccompError> {
+        let v: Value =
+            serde_json::from_slice(text).map_err(|e| SeccompError::Missing(e.to_string()))?;
+        let a = v["annotations"][PROGRAM_ANNOTATION]
+            .as_str()
+            .ok_or_else(|| SeccompError::Missing(format!("no {PROGRAM_ANNOTATION} annotation")))?;
+        serde_json::from_str(a).map_err(|e| SeccompError::Missing(e.to_string()))
+    }
+
+    /// The annotation's value.
+    pub fn to_annotation(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads the program, checking it is the one named (digest) and that the kernel can take
+    /// it whole: the length the kernel is given is 16 bits, so an oversized program must be
+    /// refused here rather than cut short.
+    pub fn load(&self) -> Result<Arc<[seccompiler::sock_filter]>, SeccompError> {
+        let bytes = std::fs::read(&self.path).map_err(io_err(&self.path))?;
+        let invalid = |reason: String| SeccompError::Invalid {
+            path: self.path.clone(),
+            reason,
+        };
+        let digest = hex::encode(sha2::Sha256::digest(&bytes));
+        if digest != self.sha256 {
+            return Err(invalid(format!(
+                "SHA-256 {digest}, expected {}",
+                self.sha256
+            )));
+        }
+        let n = bytes.len() / INSTRUCTION_BYTES;
+        if bytes.is_empty() || bytes.len() % INSTRUCTION_BYTES != 0 || n > MAX_INSTRUCTIONS {
+            return Err(invalid(format!("{} bytes is no BPF program", bytes.len())));
+        }
+        Ok(bytes
+            .chunks_exact(INSTRUCTION_BYTES)
+            .map(|i| seccompiler::sock_filter {
+                code: u16::from_ne_bytes([i[0], i[1]]),
+                jt: i[2],
+                jf: i[3],
+                k: u32::from_ne_bytes([i[4], i[5], i[6], i[7]]),
+            })
+            .collect())
+    }
+}
+
+/// libcontainer's executor with the sandbox's filter installed first: the last thing a
+/// container's init does before it execs the spec's process (after `start`), so every process
+/// of the sandbox, its first one included, runs under the filter. If the filter cannot be
+/// installed the init fails and nothing is executed.
+#[derive(Clone)]
+pub struct FilteringExecutor {
+    program: Arc<[seccompiler::sock_filter]>,
+}
+
+impl FilteringExecutor {
+    /// An executor that installs `program` (see [`Program::load`]).
+    pub fn new(program: Arc<[seccompiler::sock_filter]>) -> Self {
+        Self { program }
+    }
+}
+
+impl libcontainer::workload::Executor for FilteringExecutor {
+    fn exec(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorError> {
+        // Sets no_new_privs (checked, unlike libcontainer's own call) and installs the
+        // program for this thread; the init is single-threaded. A failure returns before
+        // any exec.
+        seccompiler::apply_filter(&self.program).map_err(|e| {
+            libcontainer::workload::ExecutorError::Other(format!(
+                "installing the seccomp filter: {e}"
+            ))
+        })?;
+        libcontainer::workload::default::DefaultExecutor {}.exec(spec)
+    }
+
+    fn validate(
+        &self,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), libcontainer::workload::ExecutorValidationError> {
+        libcontainer::workload::default::DefaultExecutor {}.validate(spec)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -494,5 +763,136 @@ mod tests {
             sorted.dedup();
             assert_eq!(sorted, list.to_vec());
         }
+    }
+
+    /// Set in the child of [`exported_program_is_what_libcontainer_loads`].
+    const CHILD_ENV: &str = "PADDOCK_SECCOMP_TEST_CHILD";
+
+    /// The program compiled once is, byte for byte, the one libcontainer's
+    /// `initialize_seccomp` loaded into every sandbox's init from the same profile: a child
+    /// (this test binary again) loads libcontainer's, and the kernel hands it back through
+    /// `PTRACE_SECCOMP_GET_FILTER` (needs root).
+    #[test]
+    #[allow(unsafe_code)]
+    fn exported_program_is_what_libcontainer_loads() {
+        const NAME: &str = "seccomp::tests::exported_program_is_what_libcontainer_loads";
+        if std::env::var_os(CHILD_ENV).is_some() {
+            nix::sys::prctl::set_no_new_privs().expect("no_new_privs");
+            let seccomp = serde_json::from_value(profile()).expect("profile");
+            libcontainer::seccomp::initialize_seccomp(&seccomp).expect("libcontainer loads");
+            // Filtered now (this thread only); wait for the parent to read the filter.
+            let _ = std::io::Read::read(&mut std::io::stdin(), &mut [0u8; 1]);
+            return;
+        }
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: reading a process's seccomp filter needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ours = Program::compile_into(dir.path()).expect("compile");
+        let ours_bytes = std::fs::read(&ours.path).expect("read");
+        let mut child = std::process::Command::new(std::env::current_exe().expect("exe"))
+            .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn child");
+        // The filter is on the thread that ran the test, not necessarily the main one.
+        let pid = child.id();
+        let mut tid = None;
+        for _ in 0..1000 {
+            tid = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .expect("tasks")
+                .filter_map(|e| e.ok())
+                .find(|e| {
+                    std::fs::read_to_string(e.path().join("status"))
+                        .is_ok_and(|s| s.contains("Seccomp:\t2"))
+                })
+                .and_then(|e| e.file_name().to_str()?.parse::<i32>().ok());
+            if tid.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let tid = nix::unistd::Pid::from_raw(tid.expect("the child loaded a filter"));
+        nix::sys::ptrace::attach(tid).expect("attach");
+        nix::sys::wait::waitpid(tid, Some(nix::sys::wait::WaitPidFlag::__WALL)).expect("stop");
+        const PTRACE_SECCOMP_GET_FILTER: nix::libc::c_uint = 0x420c;
+        // SAFETY: with a null buffer the kernel only returns the filter's length.
+        let n = unsafe {
+            nix::libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid.as_raw(),
+                0usize,
+                std::ptr::null_mut::<u8>(),
+            )
+        };
+        assert!(
+            n > 0,
+            "PTRACE_SECCOMP_GET_FILTER: {}",
+            std::io::Error::last_os_error()
+        );
+        let mut theirs = vec![0u8; n as usize * INSTRUCTION_BYTES];
+        // SAFETY: the buffer holds the `n` instructions the kernel said it will write.
+        let m = unsafe {
+            nix::libc::ptrace(
+                PTRACE_SECCOMP_GET_FILTER,
+                tid.as_raw(),
+                0usize,
+                theirs.as_mut_ptr(),
+            )
+        };
+        assert_eq!(m, n);
+        let _ = nix::sys::ptrace::detach(tid, None);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(ours_bytes.len(), theirs.len(), "instruction counts differ");
+        assert!(ours_bytes == theirs, "the programs differ");
+        // And the helper takes it.
+        assert_eq!(ours.load().expect("load").len(), n as usize);
+    }
+
+    /// A program file that is not the one named is refused, and so is anything the kernel
+    /// could not take whole (not whole instructions, empty, or longer than 4096 instructions,
+    /// whose 16-bit length would reach the kernel cut short).
+    #[test]
+    fn load_refuses_a_program_that_is_not_the_one_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let good = Program::compile_into(dir.path()).expect("compile");
+        good.load().expect("the compiled program loads");
+        let bytes = std::fs::read(&good.path).expect("read");
+        let named = |b: &[u8]| {
+            let path = dir.path().join("other.bpf");
+            std::fs::write(&path, b).expect("write");
+            Program {
+                path,
+                sha256: hex::encode(sha2::Sha256::digest(b)),
+            }
+        };
+        // Changed after compiling: the digest no longer matches.
+        let mut flipped = bytes.clone();
+        flipped[8] ^= 1;
+        std::fs::write(&good.path, &flipped).expect("write");
+        assert!(matches!(good.load(), Err(SeccompError::Invalid { .. })));
+        std::fs::remove_file(&good.path).expect("rm");
+        assert!(matches!(good.load(), Err(SeccompError::Io { .. })));
+        // Matching digests, but no whole program.
+        for b in [
+            &bytes[..bytes.len() - 3],
+            &[][..],
+            &bytes.repeat(MAX_INSTRUCTIONS * INSTRUCTION_BYTES / bytes.len() + 1)[..],
+        ] {
+            assert!(
+                matches!(named(b).load(), Err(SeccompError::Invalid { .. })),
+                "{} bytes accepted",
+                b.len()
+            );
+        }
+        // No annotation, no container.
+        assert!(matches!(
+            Program::from_spec_json(br#"{"annotations": {}}"#),
+            Err(SeccompError::Missing(_))
+        ));
     }
 }

@@ -1,7 +1,11 @@
 //! The OCI runtime spec of a sandbox: namespaces, mounts, capabilities, seccomp, masked paths.
 //!
 //! Built as `config.json` text and parsed back with `oci-spec`, so what we hand the runtime is
-//! exactly the documented OCI format.
+//! exactly the documented OCI format. The seccomp filter is the exception: the spec names the
+//! profile compiled once ([`crate::seccomp::Program`], in the
+//! [`crate::seccomp::PROGRAM_ANNOTATION`] annotation) instead of carrying `linux.seccomp`,
+//! which libcontainer would compile again for every sandbox; the container helper refuses a
+//! spec without it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -43,6 +47,8 @@ pub struct SpecInput<'a> {
     /// Run in a user namespace mapping the sandbox's ids to this host range (`None`: sandbox
     /// root is host root).
     pub userns: Option<crate::userns::IdRange>,
+    /// The compiled seccomp profile every process of the sandbox runs under.
+    pub seccomp: &'a crate::seccomp::Program,
 }
 
 /// A file to show as `/proc/sys/kernel/random/boot_id` inside the sandbox. A container
@@ -330,7 +336,6 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             "cgroupsPath": input.cgroup_path,
             "namespaces": [],
             "resources": { "devices": device_rules() },
-            "seccomp": crate::seccomp::profile(),
             "maskedPaths": [
                 "/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
                 "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi",
@@ -339,6 +344,9 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             "readonlyPaths": [
                 "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger",
             ],
+        },
+        "annotations": {
+            crate::seccomp::PROGRAM_ANNOTATION: input.seccomp.to_annotation(),
         },
     });
     if let Some(range) = input.userns {
@@ -349,7 +357,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
         v["linux"]["uidMappings"] = map.clone();
         v["linux"]["gidMappings"] = map;
         let text = serde_json::to_string(&stage).unwrap_or_default();
-        v["annotations"] = json!({ STAGE_ANNOTATION: text });
+        v["annotations"][STAGE_ANNOTATION] = json!(text);
     }
     v["linux"]["namespaces"] = json!(namespaces);
     v
@@ -374,6 +382,8 @@ pub struct JobInput<'a> {
     pub resolv_conf: Option<&'a Path>,
     /// Size of the `/tmp` tmpfs in bytes.
     pub tmp_bytes: u64,
+    /// The compiled seccomp profile (the sandboxes').
+    pub seccomp: &'a crate::seccomp::Program,
 }
 
 /// The OCI spec of a run-to-completion job (a template build step): a sandbox's spec — the
@@ -396,6 +406,7 @@ pub fn build_job(input: &JobInput<'_>) -> Value {
         boot_id: None,
         // Build steps write the template's layers, which are stored in host ids.
         userns: None,
+        seccomp: input.seccomp,
     });
     let mut args = vec![INIT_PATH.to_string(), "--".into()];
     args.extend(input.args.iter().cloned());
@@ -421,6 +432,12 @@ pub fn write(bundle: &Path, spec: &Value) -> std::io::Result<PathBuf> {
 mod tests {
     use super::*;
 
+    static PROGRAM: std::sync::LazyLock<crate::seccomp::Program> =
+        std::sync::LazyLock::new(|| crate::seccomp::Program {
+            path: "/data/seccomp-0123456789abcdef.bpf".into(),
+            sha256: "0123456789abcdef".repeat(4),
+        });
+
     fn input<'a>(env: &'a BTreeMap<String, String>) -> SpecInput<'a> {
         SpecInput {
             hostname: "sbx1",
@@ -435,6 +452,7 @@ mod tests {
             tmp_bytes: 1 << 20,
             boot_id: None,
             userns: None,
+            seccomp: &PROGRAM,
         }
     }
 
@@ -559,17 +577,20 @@ mod tests {
             env: &env,
             resolv_conf: None,
             tmp_bytes: 1 << 20,
+            seccomp: &PROGRAM,
         });
         let sandbox = build(&input(&env));
-        for key in [
-            "namespaces",
-            "seccomp",
-            "resources",
-            "maskedPaths",
-            "readonlyPaths",
-        ] {
+        for key in ["namespaces", "resources", "maskedPaths", "readonlyPaths"] {
             assert_eq!(job["linux"][key], sandbox["linux"][key], "{key}");
         }
+        // The same compiled seccomp profile, named the same way.
+        let a = crate::seccomp::PROGRAM_ANNOTATION;
+        assert_eq!(job["annotations"][a], sandbox["annotations"][a]);
+        let text = serde_json::to_vec(&job).expect("json");
+        assert_eq!(
+            crate::seccomp::Program::from_spec_json(&text).expect("program"),
+            *PROGRAM
+        );
         assert_eq!(
             job["process"]["capabilities"],
             sandbox["process"]["capabilities"]
@@ -606,12 +627,22 @@ mod tests {
         assert_eq!(process.args().as_ref().expect("args")[0], INIT_PATH);
         let linux = spec.linux().as_ref().expect("linux");
         assert_eq!(linux.namespaces().as_ref().expect("ns").len(), 6);
-        let seccomp = linux.seccomp().as_ref().expect("seccomp");
+        // The filter is the compiled profile the annotation names, not `linux.seccomp`
+        // (which libcontainer would compile again).
+        assert!(linux.seccomp().is_none());
+        let text = serde_json::to_vec(&v).expect("json");
+        assert_eq!(
+            crate::seccomp::Program::from_spec_json(&text).expect("program"),
+            *PROGRAM
+        );
+        let seccomp: oci_spec::runtime::LinuxSeccomp =
+            serde_json::from_value(crate::seccomp::profile()).expect("profile");
         let denied: Vec<&String> = seccomp
             .syscalls()
             .as_ref()
             .expect("rules")
             .iter()
+            .filter(|r| r.action() == oci_spec::runtime::LinuxSeccompAction::ScmpActErrno)
             .flat_map(|r| r.names())
             .collect();
         for must in [

@@ -299,6 +299,7 @@ fn m6_a_build_step_dies_with_its_caller() {
         env: &Default::default(),
         resolv_conf: None,
         tmp_bytes: 1 << 20,
+        seccomp: support::seccomp_program(),
     });
     let bundle = scratch.path().join("bundle");
     paddock_embedded::spec::write(&bundle, &spec).expect("spec");

@@ -253,6 +253,59 @@ async fn m5_io_uring_new_syscalls_and_vsock_are_refused() {
     assert_eq!(value(&report, "child"), 0, "{report:?}");
 }
 
+/// The seccomp profile is compiled once, at start, into the data dir, and each sandbox's init
+/// installs that program before it execs tini. Fail closed: a program that is damaged or gone
+/// stops sandboxes from starting (none runs without the filter), and leaves nothing behind;
+/// the same create succeeds once the program is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_without_its_seccomp_program_does_not_start() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(34, |infra, env| async move {
+        let programs: Vec<std::path::PathBuf> = std::fs::read_dir(env.dir.path())
+            .expect("data dir")
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| {
+                let name = p.file_name().unwrap_or_default().to_string_lossy();
+                name.starts_with("seccomp-") && name.ends_with(".bpf")
+            })
+            .collect();
+        assert_eq!(programs.len(), 1, "one compiled program: {programs:?}");
+        let program = &programs[0];
+        let good = std::fs::read(program).expect("read program");
+        // One instruction changed: still a program the kernel would take, and a weaker one
+        // (its first return answers "allow").
+        let mut damaged = good.clone();
+        let last = damaged.len() - 8;
+        damaged[last + 4..].copy_from_slice(&0x7fff_0000u32.to_ne_bytes());
+        for (what, content) in [("damaged", Some(damaged)), ("missing", None)] {
+            match content {
+                Some(c) => std::fs::write(program, c).expect("write"),
+                None => std::fs::remove_file(program).expect("remove"),
+            }
+            let e = infra.create(base()).await.expect_err(what);
+            assert!(e.to_string().contains("seccomp program"), "{what}: {e}");
+            assert!(infra.list().await.expect("list").is_empty(), "{what}");
+            assert_eq!(env.leaks().await, Vec::<String>::new(), "{what}");
+        }
+        std::fs::write(program, &good).expect("restore");
+        let sbx = infra
+            .create(base())
+            .await
+            .expect("create with the program back");
+        let (code, out, err) = sh(&infra, &sbx.id, "grep Seccomp /proc/1/status").await;
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains("Seccomp:\t2") && out.contains("Seccomp_filters:\t1"),
+            "{out}"
+        );
+        infra.kill(&sbx.id).await.expect("kill");
+    })
+    .await;
+}
+
 /// Security review L5: a sandbox's open-file limit is fixed (not Paddock's own hard limit) and
 /// core dumps are off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -403,6 +456,7 @@ fn c1_v2_device_program_refuses_unlisted_devices() {
         tmp_bytes: 1 << 20,
         boot_id: None,
         userns: None,
+        seccomp: support::seccomp_program(),
     });
     let rules: Vec<libcontainer::oci_spec::runtime::LinuxDeviceCgroup> =
         serde_json::from_value(spec["linux"]["resources"]["devices"].clone())

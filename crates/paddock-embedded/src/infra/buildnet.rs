@@ -49,6 +49,7 @@ impl EmbeddedInfra {
                 inner: Arc::downgrade(&self.inner),
                 handle: tokio::runtime::Handle::current(),
             })),
+            seccomp: self.inner.seccomp.clone(),
         }
     }
 }

@@ -356,6 +356,7 @@ impl EmbeddedInfra {
         let paths = self.paths(&rec.id);
         let cg = self.inner.cgroups.sandbox(rec.id.as_str());
         let cfg = self.inner.cfg.clone();
+        let seccomp = self.inner.seccomp.clone();
         let state_root = self.state_root();
         let (id, limits) = (rec.id.clone(), rec.limits.clone());
         let user = parse_user(tspec.user.as_deref())?;
@@ -394,6 +395,7 @@ impl EmbeddedInfra {
                     helper: &cfg.helper_binary,
                 }),
                 userns: cfg.userns,
+                seccomp: &seccomp,
             });
             spec::write(&paths.bundle(), &v).map_err(internal)?;
             debug!(ms = ms_since(t), "phase: cgroup and bundle");

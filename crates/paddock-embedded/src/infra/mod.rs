@@ -58,6 +58,8 @@ struct Inner {
     /// The user namespace whose mapping the template layers are idmapped with (`None`:
     /// sandboxes run without one, see `EmbeddedConfig::userns`).
     userns: Option<Arc<crate::userns::Userns>>,
+    /// The sandbox seccomp profile, compiled once at start (see [`crate::seccomp`]).
+    seccomp: crate::seccomp::Program,
     /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
     _instance_lock: crate::instance_lock::InstanceLock,
 }
@@ -142,6 +144,12 @@ impl EmbeddedInfra {
             }
             None => None,
         };
+        // Once here rather than in every sandbox's init (about 11 ms of CPU each).
+        let dir = cfg.data_dir.clone();
+        let seccomp = blocking(move || crate::seccomp::Program::compile_into(&dir))
+            .await?
+            .map_err(internal)?;
+        info!(program = %seccomp.path.display(), "seccomp profile compiled");
         let store = Store::open(&cfg.data_dir.join("paddock.redb")).map_err(internal)?;
         let snapshots = crate::snapshot::SnapshotStore::open(cfg.data_dir.join("snapshots"))
             .map_err(internal)?;
@@ -169,6 +177,7 @@ impl EmbeddedInfra {
                 ended: tokio::sync::broadcast::channel(ENDED_BACKLOG).0,
                 lifecycle_locks: Mutex::default(),
                 userns,
+                seccomp,
                 _instance_lock: instance_lock,
             }),
         };

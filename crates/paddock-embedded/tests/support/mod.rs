@@ -46,6 +46,17 @@ pub fn runtime_binary() -> PathBuf {
     standin_binary()
 }
 
+/// The sandbox seccomp profile compiled once for this test binary, for specs a test builds
+/// itself.
+pub fn seccomp_program() -> &'static paddock_embedded::seccomp::Program {
+    static PROGRAM: OnceLock<paddock_embedded::seccomp::Program> = OnceLock::new();
+    PROGRAM.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("seccomp");
+        std::fs::create_dir_all(&dir).expect("seccomp dir");
+        paddock_embedded::seccomp::Program::compile_into(&dir).expect("compile the profile")
+    })
+}
+
 /// A static stand-in for the runtime (answers 204 to everything on :49983), compiled once.
 /// Works in any root filesystem, even an empty one.
 pub fn standin_binary() -> PathBuf {
