@@ -170,6 +170,8 @@ done
 echo "$r" > /m6-disk-open
 # 5. Capabilities.
 while read k v; do [ "$k" = CapEff: ] && echo "$v"; done < /proc/self/status > /m6-capeff
+# 6. The sandboxes' seccomp filter, one of it.
+while read k v; do case "$k" in Seccomp:|Seccomp_filters:) echo "$k$v";; esac; done < /proc/self/status > /m6-seccomp
 exit 0
 "#,
         host = host_file.display(),
@@ -219,6 +221,10 @@ exit 0
     let caps = read("m6-capeff");
     if caps != "00000000a80425fb" {
         escapes.push(format!("effective capabilities {caps}"));
+    }
+    let seccomp = read("m6-seccomp");
+    if seccomp != "Seccomp:2\nSeccomp_filters:1" {
+        escapes.push(format!("seccomp {seccomp:?}"));
     }
     assert!(escapes.is_empty(), "the build step {escapes:#?}");
     assert!(
