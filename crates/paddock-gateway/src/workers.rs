@@ -9,8 +9,10 @@
 //! task were woken across its threads on every request; that cost more CPU per request than
 //! the proxying itself (`finish_task_switch` and spin-lock wake-ups, ~15 % of a profile).
 //!
-//! All workers accept on one socket (not one `SO_REUSEPORT` socket each: with that, another
-//! process of the same user could bind the same port and take a share of the connections).
+//! All workers accept on one socket. One `SO_REUSEPORT` socket per worker measured no
+//! better (`bench/README.md`: 0.80× the requests/s, the same CPU per request), and with it
+//! another process of the same user could bind the same port and take a share of the
+//! connections.
 //!
 //! Shutdown has two steps: [`Workers::drain`] stops accepting and waits for every open
 //! connection to end (axum's graceful shutdown, per worker); [`Workers::close`] then ends what
@@ -48,19 +50,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     )?;
     // As tokio's and std's `bind` do: a restart may bind while old connections linger.
     socket.set_reuse_address(true)?;
-    if reuseport_experiment() {
-        socket.set_reuse_port(true)?;
-    }
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     // Each worker's runtime polls it: never block a worker in `accept`.
     socket.set_nonblocking(true)?;
     Ok(socket.into())
-}
-
-// MEASUREMENT ONLY (removed before merge): one SO_REUSEPORT socket per worker.
-fn reuseport_experiment() -> bool {
-    std::env::var_os("PADDOCK_GW_REUSEPORT").is_some()
 }
 
 /// Running workers (see the module's documentation).
@@ -97,11 +91,7 @@ impl Workers {
             exit,
         };
         for index in 0..count.max(1) {
-            let listener = if reuseport_experiment() && index > 0 {
-                bind(listener.local_addr()?)?
-            } else {
-                listener.try_clone()?
-            };
+            let listener = listener.try_clone()?;
             let service = service.clone();
             let stop = workers.stop.subscribe();
             let exit = workers.exit.subscribe();
