@@ -9,10 +9,13 @@
 //! task were woken across its threads on every request; that cost more CPU per request than
 //! the proxying itself (`finish_task_switch` and spin-lock wake-ups, ~15 % of a profile).
 //!
-//! All workers accept on one socket. One `SO_REUSEPORT` socket per worker measured no
-//! better (`bench/README.md`: 0.80× the requests/s, the same CPU per request), and with it
-//! another process of the same user could bind the same port and take a share of the
-//! connections.
+//! One accept loop (on worker 0) hands the connections to the workers in turn. When every
+//! worker accepted on the shared socket itself, whichever was awake won the race: a client
+//! opening its connections at once (wrk's 32) put most of them on one worker, which then ran
+//! at 100 % while the other idled, and runs of the same benchmark varied from 0.92× to 1.20×
+//! the requests/s of the multi-thread runtime. One `SO_REUSEPORT` socket per worker spreads
+//! by a hash of the addresses, measured no better, and would let another process of the same
+//! user bind the port and take a share of the connections.
 //!
 //! Shutdown has two steps: [`Workers::drain`] stops accepting and waits for every open
 //! connection to end (axum's graceful shutdown, per worker); [`Workers::close`] then ends what
@@ -28,8 +31,8 @@ use std::thread::JoinHandle;
 
 use axum::extract::Request;
 use axum::response::Response;
-use axum::serve::ListenerExt;
-use tokio::sync::{oneshot, watch};
+use axum::serve::Listener;
+use tokio::sync::{mpsc, oneshot, watch};
 use tower_service::Service;
 
 /// Backlog of the listening socket (tokio's own default for `TcpListener::bind`).
@@ -90,8 +93,17 @@ impl Workers {
             stop,
             exit,
         };
-        for index in 0..count.max(1) {
-            let listener = listener.try_clone()?;
+        let count = count.max(1);
+        let addr = listener.local_addr()?;
+        let (handoff, mut inboxes): (Vec<_>, Vec<_>) =
+            (0..count).map(|_| mpsc::unbounded_channel()).unzip();
+        let mut acceptor = Some((listener, handoff));
+        for index in 0..count {
+            let inbox = Inbox {
+                rx: inboxes.remove(0),
+                addr,
+            };
+            let acceptor = acceptor.take();
             let service = service.clone();
             let stop = workers.stop.subscribe();
             let exit = workers.exit.subscribe();
@@ -110,7 +122,18 @@ impl Workers {
                         }
                     };
                     rt.block_on(async move {
-                        let served = serve(listener, service(index), until(stop)).await;
+                        if let Some((listener, handoff)) = acceptor {
+                            match tokio::net::TcpListener::from_std(listener) {
+                                Ok(l) => {
+                                    tokio::spawn(accept_loop(l, handoff, until(stop.clone())));
+                                }
+                                Err(e) => {
+                                    let _ = drained_tx.send(Err(e));
+                                    return;
+                                }
+                            }
+                        }
+                        let served = serve(inbox, service(index), until(stop)).await;
                         let _ = drained_tx.send(served);
                         // Tasks the connections left behind (upgraded pipes, pooled sandbox
                         // connections) run on until the process is done with them.
@@ -158,9 +181,83 @@ async fn until(mut flag: watch::Receiver<bool>) {
     let _ = flag.wait_for(|set| *set).await;
 }
 
-/// One worker's accept loop until `stop`, then its graceful drain.
+/// A connection accepted for a worker, not yet registered with any runtime.
+type Accepted = (std::net::TcpStream, SocketAddr);
+
+/// Accepts on `listener` until `stop` and hands each connection to the next worker in turn.
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    workers: Vec<mpsc::UnboundedSender<Accepted>>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let mut next = 0;
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            a = listener.accept() => a,
+        };
+        match accepted.and_then(|(tcp, peer)| Ok((tcp.into_std()?, peer))) {
+            Ok(conn) => {
+                // A worker gone (its runtime failed to start) leaves its share to the others.
+                let mut conn = Some(conn);
+                for _ in 0..workers.len() {
+                    let to = &workers[next % workers.len()];
+                    next = next.wrapping_add(1);
+                    match to.send(conn.take().expect("kept until sent")) {
+                        Ok(()) => break,
+                        Err(back) => conn = Some(back.0),
+                    }
+                }
+            }
+            // Out of descriptors and the like: the connection waits in the backlog; do not
+            // spin on it (axum's own accept loop does the same).
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting a gateway connection failed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+/// A worker's side of the hand-off: the connections the accept loop gave it, as axum's
+/// [`Listener`].
+struct Inbox {
+    rx: mpsc::UnboundedReceiver<Accepted>,
+    addr: SocketAddr,
+}
+
+impl Listener for Inbox {
+    type Io = tokio::net::TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Some((tcp, peer)) = self.rx.recv().await else {
+                // The accept loop stopped: no connection will come (the drain ends serving).
+                return std::future::pending().await;
+            };
+            // Registered with this worker's runtime, so it is driven here from now on.
+            match tokio::net::TcpStream::from_std(tcp) {
+                Ok(tcp) => {
+                    // Small responses must not wait for delayed ACKs.
+                    let _ = tcp.set_nodelay(true);
+                    return (tcp, peer);
+                }
+                Err(e) => tracing::warn!(error = %e, "taking over a gateway connection failed"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(self.addr)
+    }
+}
+
+/// One worker's serving of the connections handed to it until `stop`, then its graceful
+/// drain.
 async fn serve<S>(
-    listener: std::net::TcpListener,
+    inbox: Inbox,
     service: S,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()>
@@ -168,11 +265,7 @@ where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
     S::Future: Send,
 {
-    let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
-        // Small responses must not wait for delayed ACKs.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, tower::make::Shared::new(service))
+    axum::serve(inbox, tower::make::Shared::new(service))
         .with_graceful_shutdown(stop)
         .await
 }

@@ -151,3 +151,32 @@ async fn a_drain_finishes_requests_in_flight_then_stops_listening() {
     assert!(TcpStream::connect(addr).await.is_err());
     workers.close().await;
 }
+
+/// Connections a client opens at once are spread over the workers evenly (handed out in
+/// turn), not left to whichever worker wins the race to accept them.
+#[tokio::test]
+async fn connections_opened_at_once_are_spread_evenly() {
+    let listener = workers::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut workers = Workers::start(listener, 2, move |_| {
+        Router::new().fallback(|| async { std::thread::current().name().unwrap_or("").to_string() })
+    })
+    .unwrap();
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(connect(addr).await);
+    }
+    let mut per_worker = std::collections::BTreeMap::<String, usize>::new();
+    for conn in &mut conns {
+        let resp = conn.send_request(get(1)).await.unwrap();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        *per_worker
+            .entry(String::from_utf8(body.to_vec()).unwrap())
+            .or_default() += 1;
+    }
+    let counts: Vec<usize> = per_worker.values().copied().collect();
+    assert_eq!(counts, vec![8, 8], "{per_worker:?}");
+    drop(conns);
+    workers.drain().await.unwrap();
+    workers.close().await;
+}
