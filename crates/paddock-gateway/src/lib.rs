@@ -40,6 +40,7 @@ mod target;
 mod upgrade;
 mod upstream;
 pub mod wake;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -94,6 +95,17 @@ impl Gateway {
             metrics,
             headers: Arc::new(RoutingHeaders::default()),
             wakes: None,
+        }
+    }
+
+    /// This gateway for one worker thread ([`workers`]): everything shared (routes, breakers,
+    /// metrics, wakes, routing headers) but the pools of sandbox connections, which are the
+    /// worker's own, so that a pooled connection is only ever used on the thread that drives
+    /// it.
+    pub fn for_worker(&self) -> Self {
+        Self {
+            pools: Pools::default(),
+            ..self.clone()
         }
     }
 

@@ -160,6 +160,10 @@ struct UpArgs {
     /// closes it.
     #[arg(long, default_value_t = Thresholds::default().upgrade_idle_timeout.as_secs())]
     gateway_upgrade_idle_timeout_secs: u64,
+    /// Threads accepting and serving connections (both planes), each with its own event loop
+    /// and its own connections to sandboxes; default one per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    gateway_workers: Option<u64>,
 }
 
 /// The manager's routes, as the gateway wants them.
@@ -194,13 +198,22 @@ impl paddock_gateway::Routes for Routes {
 struct ManagerWaker {
     manager: Arc<Manager<EmbeddedInfra>>,
     routes: Routes,
+    rt: tokio::runtime::Handle,
 }
 
 impl paddock_gateway::Waker for ManagerWaker {
     fn wake<'a>(&'a self, id: &'a str) -> paddock_gateway::Waking<'a> {
         use paddock_gateway::Routes as _;
         Box::pin(async move {
-            match self.manager.wake(id).await {
+            // The manager's work runs on the manager's runtime, not on a gateway worker.
+            let manager = self.manager.clone();
+            let owned = id.to_string();
+            let woken = on_runtime(&self.rt, async move { manager.wake(&owned).await }).await;
+            let woken = match woken {
+                Ok(w) => w,
+                Err(_) => return paddock_gateway::Woken::Failed("shutting down".into()),
+            };
+            match woken {
                 Ok(Some(_)) => match self.routes.lookup(id) {
                     Some(r) => paddock_gateway::Woken::Resumed(r),
                     None => paddock_gateway::Woken::NotWakeable,
@@ -406,6 +419,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     .with_waker(Arc::new(ManagerWaker {
         manager: manager.clone(),
         routes: Routes(manager.routes()),
+        rt: tokio::runtime::Handle::current(),
     }));
     let registry = Arc::new(registry);
     let exporter: paddock_manager::Exporter = {
@@ -420,26 +434,38 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         })
     };
     let api = paddock_manager::router(manager.clone(), exporter);
-    // One reference count per request rather than a copy of the gateway's dozen handles.
-    let gateway = Arc::new(gateway);
-    // The one address serves both planes; a plain service in front of them (no router: the
-    // data plane's requests would pay for its matching and boxing on every request).
-    let app = tower::service_fn(move |req: Request| {
-        let gateway = gateway.clone();
+    // The manager's API runs on this (multi-thread) runtime, as before the workers: its
+    // handlers (creates, kills, waits) must not hold up the data plane's connections that
+    // share a worker's thread.
+    let main_rt = tokio::runtime::Handle::current();
+    // Each worker serves with a gateway of its own (its own sandbox connection pools), one
+    // reference count per request rather than a copy of the gateway's dozen handles; no
+    // router: the data plane's requests would pay for its matching and boxing on every
+    // request.
+    let app = move |_worker: usize| {
+        let gateway = Arc::new(gateway.for_worker());
         let api = api.clone();
-        async move {
-            // The request is read for its target once: the gateway routes on what it found.
-            let resp = if let Some(claim) = gateway.claim(&req) {
-                gateway.forward_claim(req, claim).await
-            } else {
-                api.oneshot(req).await.into_response()
-            };
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
+        let main_rt = main_rt.clone();
+        tower::service_fn(move |req: Request| {
+            let gateway = gateway.clone();
+            let api = api.clone();
+            let main_rt = main_rt.clone();
+            async move {
+                // The request is read for its target once: the gateway routes on what it found.
+                let resp = if let Some(claim) = gateway.claim(&req) {
+                    gateway.forward_claim(req, claim).await
+                } else {
+                    match on_runtime(&main_rt, api.oneshot(req)).await {
+                        Ok(resp) => resp.into_response(),
+                        Err(_) => axum::http::StatusCode::SERVICE_UNAVAILABLE.into_response(),
+                    }
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        })
+    };
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = paddock_gateway::workers::bind(args.listen)
         .with_context(|| format!("binding {}", args.listen))?;
     let url = format!("http://{}", listener.local_addr()?);
     println!("Paddock is up. Point the E2B SDKs at it:");
@@ -459,28 +485,50 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             println!("# E2B_API_KEY: the admin API key you gave Paddock");
         }
     }
-    use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let stop = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
-    axum::serve(listener, tower::make::Shared::new(app))
-        .with_graceful_shutdown(stop)
-        .await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    let workers = args
+        .gateway_workers
+        .map_or_else(paddock_gateway::workers::default_count, |n| n as usize);
+    let mut workers = paddock_gateway::workers::Workers::start(listener, workers, app)
+        .context("starting the gateway's worker threads")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    // In-flight requests finish and open connections end before the sandboxes go.
+    let drained = workers.drain().await;
     tracing::info!("shutting down: killing sandboxes");
-    infra.kill_all().await?;
+    let killed = infra.kill_all().await;
+    workers.close().await;
+    drained?;
+    killed?;
     // Nothing of ours stays on the host: bridge, addresses, firewall table.
     paddock_embedded::network::teardown_host(&net)
         .await
         .context("removing the sandbox network")?;
     Ok(())
+}
+
+/// Runs `work` on `rt` and waits for it there; dropping the wait (the client went away)
+/// cancels it, as if it had run in place.
+async fn on_runtime<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    work: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(rt.spawn(work));
+    match (&mut task.0).await {
+        // A panic goes on where the work was awaited, as it would have in place.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // Cancelled: only when the runtime shuts down.
+        done => done,
+    }
 }
 
 fn infra_config(args: &UpArgs, runtime: PathBuf) -> anyhow::Result<EmbeddedConfig> {
