@@ -247,6 +247,20 @@ impl NetConfig {
             self.cidr.index_of(ip).unwrap_or(u32::MAX)
         )
     }
+
+    /// The sandbox end of the veth pair while it is still in the host's namespace (it is
+    /// renamed `eth0` when it moves into the sandbox's). Unique per address and instance: it
+    /// used to be the host end's name cut to 14 characters plus `p`, which for a bridge's own
+    /// 7-character prefix dropped the index's last digit, so two sandboxes attached at once
+    /// (addresses .2 and .3, say) collided ("File exists"). `p` is no hex digit, so it never
+    /// equals a host end's name either.
+    pub fn peer_name(&self, ip: Ipv4Addr) -> String {
+        format!(
+            "{}p{:07x}",
+            self.veth_prefix,
+            self.cidr.index_of(ip).unwrap_or(u32::MAX) & 0x0fff_ffff
+        )
+    }
 }
 
 /// FNV-1a: stable across builds and runs, unlike std's hasher.
@@ -387,7 +401,7 @@ pub async fn attach(
 ) -> Result<(), NetError> {
     let h = connect().await?;
     let host_if = cfg.veth_name(ip);
-    let peer_if = format!("{}p", &host_if[..host_if.len().min(14)]);
+    let peer_if = cfg.peer_name(ip);
     // Leftover from a crash with the same address: remove it first.
     if let Some(old) = link_index(&h, &host_if).await? {
         let _ = h.link().del(old).execute().await;
@@ -867,6 +881,24 @@ mod tests {
             assert_eq!(c.veth_prefix.len(), 7);
             assert!(!c.veth_prefix.starts_with("pdk"), "{}", c.veth_prefix);
             assert!(c.veth_name(Ipv4Addr::new(10, 77, 255, 254)).len() <= 15);
+        }
+        // Every name of every address is distinct and fits IFNAMSIZ, for the default prefix
+        // and a bridge's own: host ends and the sandbox ends made beside them.
+        let wide: Cidr = "10.0.0.0/8".parse().expect("cidr");
+        for c in [
+            NetConfig::for_bridge("pdkbr0", cidr).expect("default"),
+            NetConfig::for_bridge("pdkbr1", cidr).expect("a"),
+            NetConfig::for_bridge("pdkbr1", wide).expect("wide"),
+        ] {
+            let mut names = std::collections::HashSet::new();
+            let base = u32::from(c.cidr.addr);
+            for i in (2..300).chain([0x00ff_fffe]) {
+                let ip = Ipv4Addr::from(base + i);
+                for n in [c.veth_name(ip), c.peer_name(ip)] {
+                    assert!(n.len() <= 15, "{n}");
+                    assert!(names.insert(n.clone()), "{n} twice");
+                }
+            }
         }
         for bad in ["", "a-very-long-bridge", "br 0", "br/0"] {
             assert!(NetConfig::for_bridge(bad, cidr).is_err(), "{bad:?}");
