@@ -66,9 +66,11 @@ class MemoryCgroup:
 
     def pids(self) -> list[int]:
         out = []
-        for d in [self.path, *(p for p in self.path.rglob("*") if p.is_dir())]:
+        # os.walk skips a directory that goes while it walks (a sandbox's cgroup removed by
+        # a teardown); Path.rglob raised instead.
+        for d, _, _ in os.walk(self.path, onerror=lambda e: None):
             try:
-                out += [int(x) for x in (d / "cgroup.procs").read_text().split()]
+                out += [int(x) for x in (pathlib.Path(d) / "cgroup.procs").read_text().split()]
             except OSError:
                 continue
         return out
