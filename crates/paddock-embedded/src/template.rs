@@ -396,10 +396,12 @@ impl Templates {
         let hash = self.hash(name)?;
         let final_dir = self.layer_dir(name, &hash);
         let tmp = final_dir.with_extension("tmp");
-        // A build cut short by a crash may have left its overlay mounted: removing the tree
-        // through it would fail on the mount point after emptying the layer under it.
-        let _ = mounts::unmount_all_under(&tmp);
-        remove_tree(&tmp)?;
+        // A build cut short by a crash may have left its overlay mounted: `mounts::remove_tree`
+        // detaches it instead of emptying the layer under it.
+        mounts::remove_tree(&tmp).map_err(|e| TemplateError::Io {
+            path: tmp.clone(),
+            source: std::io::Error::other(e),
+        })?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
         progress(&format!("building template {name} ({hash})"));
         let _span = tracing::info_span!("template_build", template = name, %hash).entered();
@@ -413,8 +415,7 @@ impl Templates {
         );
         if let Err(e) = result {
             // Leave nothing half-made behind; the error says what failed.
-            let _ = mounts::unmount_all_under(&tmp);
-            let _ = remove_tree(&tmp);
+            let _ = mounts::remove_tree(&tmp);
             return Err(e);
         }
         std::fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;

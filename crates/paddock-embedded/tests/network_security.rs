@@ -22,6 +22,14 @@ fn req(allow_internet_access: bool) -> CreateSandbox {
     }
 }
 
+/// A sandbox's IPv4 address (embedded sandboxes have no other).
+fn ipv4(addr: SocketAddr) -> Ipv4Addr {
+    match addr {
+        SocketAddr::V4(a) => *a.ip(),
+        SocketAddr::V6(_) => panic!("IPv6 sandbox address: {addr}"),
+    }
+}
+
 fn ip(args: &[&str]) {
     let st = Command::new("ip").args(args).status().expect("run ip");
     assert!(st.success(), "ip {args:?}");
@@ -274,10 +282,7 @@ async fn a_sandbox_cannot_take_a_neighbours_addresses() {
     support::with_infra(32, move |infra, env| async move {
         let attacker = infra.create(req(false)).await.expect("create attacker");
         let victim = infra.create(req(true)).await.expect("create victim");
-        let SocketAddr::V4(b) = victim.address else {
-            panic!("IPv6 sandbox address: {}", victim.address);
-        };
-        let b_ip = *b.ip();
+        let b_ip = ipv4(victim.address);
         let br = env.cfg.net.bridge.clone();
         let gw = env.cfg.net.cidr.gateway();
 
@@ -356,10 +361,7 @@ async fn frames_for_a_sandbox_reach_its_port_only() {
     support::with_infra(36, |infra, env| async move {
         let a = infra.create(req(false)).await.expect("create a");
         let b = infra.create(req(false)).await.expect("create b");
-        let SocketAddr::V4(a_addr) = a.address else {
-            panic!("IPv6 sandbox address: {}", a.address);
-        };
-        let a_ip = *a_addr.ip();
+        let a_ip = ipv4(a.address);
         let br = env.cfg.net.bridge.clone();
         let neigh = Command::new("ip")
             .args(["-4", "neigh", "show", &a_ip.to_string(), "dev", &br])
