@@ -375,6 +375,21 @@ pub fn loops_mounted_at(target: &Path) -> Option<Vec<PathBuf>> {
     Some(vec![Path::new("/dev").join(link.file_name()?)])
 }
 
+/// Bytes in use on the file system mounted at `target` (a sandbox's disk), as `df` counts
+/// them: its blocks less the free ones (ext4 leaves its own metadata out of both). `None` when
+/// nothing is mounted there: `statvfs` would then answer for the file system below.
+pub fn used_bytes(target: &Path) -> Option<u64> {
+    if !crate::mounts::is_mount_point(target) {
+        return None;
+    }
+    let s = rustix::fs::statvfs(target).ok()?;
+    Some(
+        s.f_blocks
+            .saturating_sub(s.f_bfree)
+            .saturating_mul(s.f_frsize),
+    )
+}
+
 /// The file behind the loop device whose sysfs directory is `sys`, if it has one.
 fn backing_file(sys: &Path) -> Option<PathBuf> {
     let file = std::fs::read_to_string(sys.join("loop/backing_file")).ok()?;

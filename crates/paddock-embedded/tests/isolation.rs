@@ -340,3 +340,67 @@ async fn the_gateway_keeps_its_hardware_address_while_sandboxes_come_and_go() {
     })
     .await;
 }
+
+/// Disk usage is what the sandbox's disk holds, as `df` counts it: a sparse file costs
+/// nothing, written data counts, deleted data stops counting. Every id asked for in one
+/// read gets its own answer, an unknown one `NotFound`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_usage_counts_blocks_in_use_and_a_batch_answers_each_sandbox() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(16, |infra, env| async move {
+        let a = infra.create(req(None)).await.expect("create a");
+        let b = infra.create(req(None)).await.expect("create b");
+        let base = infra.metrics(&a.id).await.expect("metrics").disk_bytes;
+        // A walk of the writable layer counted this file's length: a whole GiB.
+        let (code, _, err) = sh(&infra, &a.id, "truncate -s 1G /root/sparse").await;
+        assert_eq!(code, 0, "{err}");
+        let sparse = infra.metrics(&a.id).await.expect("metrics").disk_bytes;
+        assert!(
+            sparse < base + (1 << 20),
+            "a sparse file holds no blocks: {base} -> {sparse}"
+        );
+        let (code, _, err) = sh(
+            &infra,
+            &a.id,
+            "head -c 6M /dev/urandom > /root/data && sync",
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        let unknown = paddock_infra::SandboxId::new("nosuchsandbox0000000").expect("id");
+        let many = infra
+            .metrics_many(vec![a.id.clone(), unknown.clone(), b.id.clone()])
+            .await;
+        let ids: Vec<_> = many.iter().map(|(id, _)| id.clone()).collect();
+        assert_eq!(ids, vec![a.id.clone(), unknown.clone(), b.id.clone()]);
+        let written = many[0].1.as_ref().expect("a's metrics").disk_bytes;
+        assert!(
+            written >= base + (6 << 20),
+            "6 MiB written: {base} -> {written}"
+        );
+        assert!(
+            matches!(&many[1].1, Err(paddock_infra::InfraError::NotFound(id)) if *id == unknown),
+            "{:?}",
+            many[1].1
+        );
+        let other = many[2].1.as_ref().expect("b's metrics");
+        assert!(other.memory_bytes > 0 && other.pids > 0, "{other:?}");
+        assert!(
+            other.disk_bytes < base + (1 << 20),
+            "b wrote nothing: {other:?}"
+        );
+        let (code, _, err) = sh(&infra, &a.id, "rm /root/data /root/sparse && sync").await;
+        assert_eq!(code, 0, "{err}");
+        let after = infra.metrics(&a.id).await.expect("metrics").disk_bytes;
+        assert!(
+            after < base + (1 << 20),
+            "deleted data stops counting: {after}"
+        );
+        for s in [a, b] {
+            infra.kill(&s.id).await.expect("kill");
+        }
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}

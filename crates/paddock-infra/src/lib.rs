@@ -46,6 +46,20 @@ pub trait Infra: Send + Sync + 'static {
     fn kill(&self, id: &SandboxId) -> impl Future<Output = InfraResult<()>> + Send;
     /// Resource usage read from the kernel.
     fn metrics(&self, id: &SandboxId) -> impl Future<Output = InfraResult<SandboxMetrics>> + Send;
+    /// Resource usage of several sandboxes, one result per id in the order given: what a
+    /// sampler that reads every running sandbox on each tick asks for. The default asks
+    /// [`Infra::metrics`] for all of them at once; a backend that can read them in one pass
+    /// (one trip to a blocking thread instead of one per sandbox) overrides it.
+    fn metrics_many(
+        &self,
+        ids: Vec<SandboxId>,
+    ) -> impl Future<Output = Vec<(SandboxId, InfraResult<SandboxMetrics>)>> + Send {
+        async move {
+            let results =
+                futures_util::future::join_all(ids.iter().map(|id| self.metrics(id))).await;
+            ids.into_iter().zip(results).collect()
+        }
+    }
     /// The sandbox's log (its runtime's output: requests, processes started and ended), oldest
     /// first.
     fn logs(&self, id: &SandboxId) -> impl Future<Output = InfraResult<Vec<LogLine>>> + Send;

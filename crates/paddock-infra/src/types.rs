@@ -158,7 +158,8 @@ pub struct SandboxMetrics {
     pub memory_limit_bytes: u64,
     /// Number of processes and threads now.
     pub pids: u64,
-    /// Bytes written to the sandbox's writable layer.
+    /// Bytes in use on the sandbox's own disk, which holds its writable layer (what the
+    /// sandbox wrote; its template's layers are not counted).
     pub disk_bytes: u64,
     /// How many times a process in the sandbox was killed for lack of memory.
     pub oom_kills: u64,

@@ -134,12 +134,22 @@ pub fn spawn_sampler<I: Infra>(manager: Arc<Manager<I>>) {
             manager
                 .samples
                 .retain(&records.iter().map(|r| r.id.clone()).collect());
-            let mut reads = tokio::task::JoinSet::new();
-            for r in records.into_iter().filter(|r| r.state == ApiState::Running) {
-                let m = manager.clone();
-                reads.spawn(async move { sample_now(&m, &r.id).await });
+            let running: Vec<SandboxId> = records
+                .into_iter()
+                .filter(|r| r.state == ApiState::Running)
+                .map(|r| r.id)
+                .collect();
+            // One request for all of them: the backend reads them together (embedded: one
+            // blocking task) or side by side (the default), so one slow sandbox does not
+            // delay the others' samples.
+            let reads = manager.infra.metrics_many(running).await;
+            let at = SystemTime::now();
+            for (id, read) in reads {
+                match read {
+                    Ok(m) => manager.samples.push(&id, Sample::new(at, &m)),
+                    Err(e) => tracing::debug!(sandbox = %id, error = %e, "no usage sample"),
+                }
             }
-            while reads.join_next().await.is_some() {}
         }
     });
 }

@@ -303,6 +303,13 @@ impl Infra for EmbeddedInfra {
         self.sandbox_metrics(id).await
     }
 
+    async fn metrics_many(
+        &self,
+        ids: Vec<SandboxId>,
+    ) -> Vec<(SandboxId, InfraResult<SandboxMetrics>)> {
+        self.sandbox_metrics_many(ids).await
+    }
+
     async fn logs(&self, id: &SandboxId) -> InfraResult<Vec<paddock_infra::LogLine>> {
         self.sandbox_logs(id).await
     }

@@ -319,6 +319,26 @@ async fn a_failed_pause_changes_nothing() {
     );
 }
 
+/// The sampler's one request for every running sandbox: an answer per id, in order, an
+/// unknown id answered on its own (the default of `Infra::metrics_many`).
+#[tokio::test]
+async fn metrics_of_many_sandboxes_answer_each_id_in_order() {
+    use paddock_infra::{Infra, InfraError, SandboxId};
+    let h = Harness::new().await;
+    let a = SandboxId::new(h.create(ADMIN, json!({})).await).unwrap();
+    let b = SandboxId::new(h.create(ADMIN, json!({})).await).unwrap();
+    let gone = SandboxId::new("nosuchsandbox0000000").unwrap();
+    let got = h
+        .infra
+        .metrics_many(vec![b.clone(), gone.clone(), a.clone()])
+        .await;
+    let ids: Vec<_> = got.iter().map(|(id, _)| id.clone()).collect();
+    assert_eq!(ids, vec![b, gone.clone(), a]);
+    assert_eq!(got[0].1.as_ref().unwrap().memory_limit_bytes, 512 << 20);
+    assert!(matches!(&got[1].1, Err(InfraError::NotFound(id)) if *id == gone));
+    assert!(got[2].1.is_ok());
+}
+
 #[tokio::test]
 async fn metrics_and_logs_of_a_sandbox() {
     let h = Harness::new().await;
