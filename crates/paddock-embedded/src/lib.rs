@@ -26,6 +26,7 @@ pub mod oci;
 pub mod private_dir;
 pub mod proc;
 mod ratelimit;
+mod rtnl;
 pub mod seccomp;
 pub mod snapshot;
 pub mod spec;

@@ -10,14 +10,22 @@
 //! with the container; the host side is deleted explicitly when still present.
 
 use std::net::Ipv4Addr;
-use std::os::fd::AsFd;
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
 use rtnetlink::packet_route::link::InfoBridgePort;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::{
+    AddressMessageBuilder, Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 use crate::firewall;
+use crate::rtnl::{self, Req, Rtnl};
 
 /// Network errors.
 #[derive(Debug, thiserror::Error)]
@@ -247,20 +255,6 @@ impl NetConfig {
             self.cidr.index_of(ip).unwrap_or(u32::MAX)
         )
     }
-
-    /// The sandbox end of the veth pair while it is still in the host's namespace (it is
-    /// renamed `eth0` when it moves into the sandbox's). Unique per address and instance: it
-    /// used to be the host end's name cut to 14 characters plus `p`, which for a bridge's own
-    /// 7-character prefix dropped the index's last digit, so two sandboxes attached at once
-    /// (addresses .2 and .3, say) collided ("File exists"). `p` is no hex digit, so it never
-    /// equals a host end's name either.
-    pub fn peer_name(&self, ip: Ipv4Addr) -> String {
-        format!(
-            "{}p{:07x}",
-            self.veth_prefix,
-            self.cidr.index_of(ip).unwrap_or(u32::MAX) & 0x0fff_ffff
-        )
-    }
 }
 
 /// FNV-1a: stable across builds and runs, unlike std's hasher.
@@ -391,150 +385,264 @@ pub async fn teardown_host(cfg: &NetConfig) -> Result<(), NetError> {
     firewall::unload(cfg)
 }
 
-/// Wires a sandbox: veth pair, host side on the bridge (isolated port), sandbox side renamed
-/// `eth0` in the network namespace of `pid` with `ip`, default route via the gateway.
+/// The sandbox's end of its veth pair, in its network namespace.
+const SANDBOX_IF: &str = "eth0";
+
+/// Wires a sandbox: a veth pair whose host end joins the bridge (an isolated port) and whose
+/// other end is made as `eth0` in the network namespace of `pid`, with `ip` and a default
+/// route via the gateway. The netlink exchanges block, so they run on the blocking pool.
 pub async fn attach(
     cfg: &NetConfig,
     pid: i32,
     ip: Ipv4Addr,
     allow_internet: bool,
 ) -> Result<(), NetError> {
-    let h = connect().await?;
-    let host_if = cfg.veth_name(ip);
-    let peer_if = cfg.peer_name(ip);
-    // Leftover from a crash with the same address: remove it first.
-    if let Some(old) = link_index(&h, &host_if).await? {
-        let _ = h.link().del(old).execute().await;
-    }
-    h.link()
-        .add(LinkVeth::new(&host_if, &peer_if).build())
-        .execute()
+    let cfg = cfg.clone();
+    blocking(move || attach_blocking(&cfg, pid, ip, allow_internet)).await
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, NetError> + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(f)
         .await
-        .map_err(nl("add veth"))?;
-    let result = async {
-        let br = link_index(&h, &cfg.bridge)
-            .await?
-            .ok_or_else(|| NetError::Config("bridge missing".into()))?;
-        let host_idx = link_index(&h, &host_if)
-            .await?
-            .ok_or_else(|| NetError::Config("veth vanished".into()))?;
-        let peer_idx = link_index(&h, &peer_if)
-            .await?
-            .ok_or_else(|| NetError::Config("veth peer vanished".into()))?;
-        // The port is bound to this address pair before the sandbox owns the peer, so it
-        // never sends a frame that the bridge would take from anyone else.
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(peer_idx)
-                    .address(firewall::sandbox_mac(ip).to_vec())
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("set sandbox hardware address"))?;
-        // Egress too, in the same transaction: nothing can use it before the peer is set up.
-        let t = std::time::Instant::now();
-        firewall_blocking(cfg, move |cfg| firewall::bind_port(cfg, ip, allow_internet)).await?;
+        .map_err(|e| NetError::Config(format!("network task failed: {e}")))?
+}
+
+/// [`attach`] on the calling thread; undoes what it did when it fails.
+fn attach_blocking(
+    cfg: &NetConfig,
+    pid: i32,
+    ip: Ipv4Addr,
+    allow_internet: bool,
+) -> Result<(), NetError> {
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| NetError::Io {
+        op: format!("open the network namespace of {pid}"),
+        source,
+    })?;
+    let mut host = Rtnl::open()?;
+    let t = std::time::Instant::now();
+    // The port is bound to the sandbox's address pair (by the port's name) before the port
+    // exists, so it never forwards a frame that the bridge would take from anyone else.
+    // Egress too, in the same transaction.
+    let result = firewall::bind_port(cfg, ip, allow_internet).and_then(|()| {
         tracing::debug!(
             ms = t.elapsed().as_secs_f64() * 1000.0,
             "phase: firewall port binding"
         );
-        h.link()
-            .set(LinkUnspec::new_with_index(host_idx).controller(br).build())
-            .execute()
-            .await
-            .map_err(|e| match e {
-                // Ports taken by links that are not ours (or by a second instance on the
-                // same bridge) fill it before our own count does.
-                rtnetlink::Error::NetlinkError(ref m) if m.raw_code() == -EXFULL => {
-                    NetError::BridgeFull(cfg.bridge.clone())
-                }
-                e => nl("attach veth to bridge")(e),
-            })?;
-        // Isolated, and no unknown unicast flooded to it: what reaches a sandbox's port is
-        // addressed to it (see `pin_addresses`), never a neighbour's traffic.
-        h.link()
-            .set_port(
-                LinkBridgePort::new(host_idx)
-                    .append_info_data(InfoBridgePort::Isolated(true))
-                    .append_info_data(InfoBridgePort::UnicastFlood(false))
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("isolate bridge port"))?;
-        pin_addresses(&h, br, host_idx, ip).await?;
-        h.link()
-            .set(LinkUnspec::new_with_index(host_idx).up().build())
-            .execute()
-            .await
-            .map_err(nl("veth up"))?;
-        let pid_u = u32::try_from(pid).map_err(|_| NetError::Config(format!("bad pid {pid}")))?;
-        h.link()
-            .set(
-                LinkUnspec::new_with_index(peer_idx)
-                    .setns_by_pid(pid_u)
-                    .build(),
-            )
-            .execute()
-            .await
-            .map_err(nl("move veth into sandbox"))?;
-        configure_inside(
-            pid,
-            peer_if.clone(),
-            ip,
-            cfg.cidr.prefix,
-            cfg.cidr.gateway(),
-        )
-        .await
-    }
-    .await;
+        wire(&mut host, &ns, cfg, ip)
+    });
     if result.is_err() {
-        if let Ok(Some(i)) = link_index(&h, &host_if).await {
-            let _ = h.link().del(i).execute().await;
-        }
-        let _ = unpin_address(&h, cfg, ip).await;
-        let _ = firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await;
+        let _ = unwire(&mut host, cfg, ip);
+        let _ = firewall::release(cfg, ip);
     }
     result
 }
 
-/// Pins a sandbox's addresses on the host: a static forwarding entry for its hardware
-/// address on its port, and a permanent neighbour entry for its IP on the bridge (both are
-/// known in advance: the MAC follows the IP). Without them the host finds a sandbox by
-/// flooding: its ARP requests, and frames for a MAC whose learned entry aged out (after 300 s
-/// without traffic from the sandbox), go to every port of the bridge at once. With about a
-/// thousand ports those copies overflow the CPU's input backlog (`net.core.netdev_max_backlog`,
-/// 1000), and the ports flooded last — the oldest — lose theirs: long-idle sandboxes became
-/// unreachable. Flooding also showed each sandbox frames meant for its neighbours.
-async fn pin_addresses(h: &Handle, bridge: u32, port: u32, ip: Ipv4Addr) -> Result<(), NetError> {
-    use rtnetlink::packet_route::neighbour::{NeighbourFlags, NeighbourState};
-    let mac = firewall::sandbox_mac(ip);
-    // `bridge fdb replace MAC dev PORT master static`
-    h.neighbours()
-        .add_bridge(port, &mac)
-        .state(NeighbourState::Noarp)
-        .flags(NeighbourFlags::Controller)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("add the sandbox's forwarding entry"))?;
-    // `ip neigh replace IP lladdr MAC dev BRIDGE nud permanent`
-    h.neighbours()
-        .add(bridge, ip.into())
-        .link_layer_address(&mac)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(nl("add the sandbox's neighbour entry"))?;
+/// A lookup of the link named `name`.
+fn get_link(name: &str) -> Req {
+    Req::plain(
+        format!("get link {name}"),
+        RouteNetlinkMessage::GetLink(LinkUnspec::new_with_name(name).build()),
+    )
+}
+
+/// The index of the link an answer to [`get_link`] describes.
+fn index_in(req: &Req, answer: rtnl::Answer) -> Result<u32, NetError> {
+    let found = answer.map_err(|e| NetError::Netlink {
+        op: req.op.clone(),
+        source: rtnetlink::Error::NetlinkError(e),
+    })?;
+    rtnl::link_index_of(&found)
+        .ok_or_else(|| NetError::Config(format!("{}: no link in the answer", req.op)))
+}
+
+/// Makes the veth pair and sets up both of its ends (see [`attach`]), in five round trips:
+/// the pair, the namespace's side (two), the bridge port, and the port up.
+fn wire(
+    host: &mut Rtnl,
+    ns: &std::fs::File,
+    cfg: &NetConfig,
+    ip: Ipv4Addr,
+) -> Result<(), NetError> {
+    use rtnetlink::packet_route::link::{InfoData, InfoVeth};
+    let host_if = cfg.veth_name(ip);
+    // The sandbox's end is made in its namespace, named `eth0` and with its bound hardware
+    // address: it never has another address and never exists in the host's namespace. (It
+    // used to be made on the host and moved, which waits for an RCU grace period, and then
+    // renamed from inside.)
+    let peer = LinkUnspec::new_with_name(SANDBOX_IF)
+        .address(firewall::sandbox_mac(ip).to_vec())
+        .setns_by_fd(ns.as_raw_fd())
+        .build();
+    let veth = LinkVeth::new(&host_if, SANDBOX_IF)
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    let pair = [
+        get_link(&cfg.bridge),
+        Req::create("add veth", RouteNetlinkMessage::NewLink(veth)),
+        get_link(&host_if),
+    ];
+    let mut answers = host.exchange(&pair)?;
+    if matches!(&answers[1], Err(e) if e.raw_code() == -nix::libc::EEXIST) {
+        // Left over from a crash with the same address: remove it and try again.
+        host.run(&[delete_link_req(&host_if)], &[-nix::libc::ENODEV])?;
+        answers = host.exchange(&pair)?;
+    }
+    let mut answers = answers.into_iter();
+    let (bridge, made, port) = (answers.next(), answers.next(), answers.next());
+    if let Some(Err(e)) = made {
+        return Err(NetError::Netlink {
+            op: pair[1].op.clone(),
+            source: rtnetlink::Error::NetlinkError(e),
+        });
+    }
+    let bridge = match bridge {
+        Some(Err(e)) if e.raw_code() == -nix::libc::ENODEV => {
+            return Err(NetError::Config(format!("bridge {} missing", cfg.bridge)));
+        }
+        Some(a) => index_in(&pair[0], a)?,
+        None => return Err(NetError::Config("no answer about the bridge".into())),
+    };
+    let port = index_in(&pair[2], port.unwrap_or(Ok(Vec::new())))?;
+
+    // Inside: a socket made in the namespace, no thread left there.
+    let mut inside = Rtnl::open_in(ns)?;
+    let lookup = get_link(SANDBOX_IF);
+    let eth0 = index_in(
+        &lookup,
+        inside.exchange(std::slice::from_ref(&lookup))?.remove(0),
+    )?;
+    let address = AddressMessageBuilder::<Ipv4Addr>::new()
+        .index(eth0)
+        .address(ip, cfg.cidr.prefix)
+        .build();
+    let route = RouteMessageBuilder::<Ipv4Addr>::new()
+        .gateway(cfg.cidr.gateway())
+        .build();
+    // In order: the route needs the address and the link up.
+    inside.run(
+        &[
+            Req::set_link("lo up", LinkUnspec::new_with_name("lo").up().build()),
+            Req::create("add address", RouteNetlinkMessage::NewAddress(address)),
+            Req::set_link("eth0 up", LinkUnspec::new_with_index(eth0).up().build()),
+            Req::create("default route", RouteNetlinkMessage::NewRoute(route)),
+        ],
+        &[],
+    )?;
+
+    // The host's end joins the bridge while it is down: isolated, and no unknown unicast
+    // flooded to it (what reaches a sandbox's port is addressed to it, see `pin_requests`).
+    let mut port_setup = vec![Req::set_link(
+        "attach veth to bridge",
+        LinkUnspec::new_with_index(port).controller(bridge).build(),
+    )];
+    port_setup.extend(port_requests(bridge, port, ip, true));
+    host.run(&port_setup, &[]).map_err(|e| match e {
+        // Ports taken by links that are not ours (or by a second instance on the same
+        // bridge) fill it before our own count does.
+        NetError::Netlink {
+            source: rtnetlink::Error::NetlinkError(ref m),
+            ..
+        } if m.raw_code() == -EXFULL => NetError::BridgeFull(cfg.bridge.clone()),
+        e => e,
+    })?;
+    // Up only once all of the above held: a batch's requests all run, failed ones or not.
+    host.run(
+        &[Req::set_link(
+            "veth up",
+            LinkUnspec::new_with_index(port).up().build(),
+        )],
+        &[],
+    )?;
     Ok(())
 }
 
-/// Removes the host's neighbour entry for `ip` (see [`pin_addresses`]); the forwarding entry
-/// goes with the port.
-async fn unpin_address(h: &Handle, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    unpin_where(h, cfg, |a| a == ip).await
+/// Deletes the link named `name`.
+fn delete_link_req(name: &str) -> Req {
+    Req::plain(
+        format!("delete link {name}"),
+        RouteNetlinkMessage::DelLink(LinkUnspec::new_with_name(name).build()),
+    )
+}
+
+/// Removes what [`wire`] made on the host: the host end of the veth (the other end goes with
+/// it) and the pinned neighbour entry (the forwarding entry goes with the port).
+fn unwire(host: &mut Rtnl, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
+    let found = host.run(
+        &[get_link(&cfg.bridge), delete_link_req(&cfg.veth_name(ip))],
+        &[-nix::libc::ENODEV],
+    )?;
+    let Some(bridge) = rtnl::link_index_of(&found[0]) else {
+        return Ok(());
+    };
+    host.run(
+        &[Req::plain(
+            "delete the sandbox's neighbour entry",
+            RouteNetlinkMessage::DelNeighbour(neighbour_entry(bridge, ip)),
+        )],
+        &[-nix::libc::ENOENT],
+    )?;
+    Ok(())
+}
+
+/// The host's permanent neighbour entry for a sandbox: its IP on the bridge, with its MAC.
+fn neighbour_entry(bridge: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = AddressFamily::Inet;
+    m.header.ifindex = bridge;
+    m.header.state = NeighbourState::Permanent;
+    m.attributes = vec![
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)),
+        NeighbourAttribute::LinkLayerAddress(firewall::sandbox_mac(ip).to_vec()),
+    ];
+    m
+}
+
+/// A sandbox's bridge port settings, in order: no unknown unicast flooded to it (and
+/// isolated, when `isolate`), then its addresses pinned on the host: a static forwarding
+/// entry for its hardware address on its port, and a permanent neighbour entry for its IP on
+/// the bridge (both are known in advance: the MAC follows the IP). Without them the host
+/// finds a sandbox by flooding: its ARP requests, and frames for a MAC whose learned entry
+/// aged out (after 300 s without traffic from the sandbox), go to every port of the bridge
+/// at once. With about a thousand ports those copies overflow the CPU's input backlog
+/// (`net.core.netdev_max_backlog`, 1000), and the ports flooded last — the oldest — lose
+/// theirs: long-idle sandboxes became unreachable. Flooding also showed each sandbox frames
+/// meant for its neighbours.
+fn port_requests(bridge: u32, port: u32, ip: Ipv4Addr, isolate: bool) -> [Req; 3] {
+    let mut settings = LinkBridgePort::new(port);
+    if isolate {
+        settings = settings.append_info_data(InfoBridgePort::Isolated(true));
+    }
+    let settings = settings
+        .append_info_data(InfoBridgePort::UnicastFlood(false))
+        .build();
+    // `bridge fdb replace MAC dev PORT master static`
+    let mut fdb = NeighbourMessage::default();
+    fdb.header.family = AddressFamily::Bridge;
+    fdb.header.ifindex = port;
+    fdb.header.state = NeighbourState::Noarp;
+    fdb.header.flags = NeighbourFlags::Controller;
+    fdb.attributes = vec![NeighbourAttribute::LinkLayerAddress(
+        firewall::sandbox_mac(ip).to_vec(),
+    )];
+    [
+        // A port's settings go in a new-link request, as `ip link set … type bridge_slave`.
+        Req::plain(
+            "set the bridge port's flags",
+            RouteNetlinkMessage::NewLink(settings),
+        ),
+        Req::replace(
+            "add the sandbox's forwarding entry",
+            RouteNetlinkMessage::NewNeighbour(fdb),
+        ),
+        // `ip neigh replace IP lladdr MAC dev BRIDGE nud permanent`
+        Req::replace(
+            "add the sandbox's neighbour entry",
+            RouteNetlinkMessage::NewNeighbour(neighbour_entry(bridge, ip)),
+        ),
+    ]
 }
 
 /// Removes the pinned neighbour entries of addresses no sandbox holds any more (one whose
@@ -583,63 +691,48 @@ async fn unpin_where(
     Ok(())
 }
 
-/// Runs a firewall change (a netlink exchange that can wait on the kernel's nftables
-/// transaction lock) on the blocking pool, not on an async worker.
-async fn firewall_blocking(
-    cfg: &NetConfig,
-    f: impl FnOnce(&NetConfig) -> Result<(), NetError> + Send + 'static,
-) -> Result<(), NetError> {
-    let cfg = cfg.clone();
-    tokio::task::spawn_blocking(move || f(&cfg))
-        .await
-        .map_err(|e| NetError::Nft(format!("firewall task failed: {e}")))?
-}
-
 /// Binds the port of a sandbox that outlived a restart again ([`setup_host`] starts with
 /// empty sets), and re-allows its egress.
 pub fn rebind(cfg: &NetConfig, ip: Ipv4Addr, allow_internet: bool) -> Result<(), NetError> {
     firewall::bind_port(cfg, ip, allow_internet)
 }
 
-/// Pins the addresses of a sandbox that outlived a restart again (see [`pin_addresses`]; one
+/// Pins the addresses of a sandbox that outlived a restart again (see [`port_requests`]; one
 /// attached by an older version has none) and stops unknown unicast flooding to its port.
 pub async fn repin(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    let h = connect().await?;
-    let port_name = cfg.veth_name(ip);
-    let (Some(bridge), Some(port)) = (
-        link_index(&h, &cfg.bridge).await?,
-        link_index(&h, &port_name).await?,
-    ) else {
-        return Err(NetError::Config(format!(
-            "{ip}: bridge {} or its port {port_name} is missing",
-            cfg.bridge
-        )));
-    };
-    h.link()
-        .set_port(
-            LinkBridgePort::new(port)
-                .append_info_data(InfoBridgePort::UnicastFlood(false))
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(nl("stop unknown unicast flooding to the bridge port"))?;
-    pin_addresses(&h, bridge, port, ip).await
+    let cfg = cfg.clone();
+    blocking(move || {
+        let mut h = Rtnl::open()?;
+        let port_name = cfg.veth_name(ip);
+        let found = h.run(
+            &[get_link(&cfg.bridge), get_link(&port_name)],
+            &[-nix::libc::ENODEV],
+        )?;
+        let (Some(bridge), Some(port)) = (
+            rtnl::link_index_of(&found[0]),
+            rtnl::link_index_of(&found[1]),
+        ) else {
+            return Err(NetError::Config(format!(
+                "{ip}: bridge {} or its port {port_name} is missing",
+                cfg.bridge
+            )));
+        };
+        h.run(&port_requests(bridge, port, ip, false), &[])?;
+        Ok(())
+    })
+    .await
 }
 
 /// Releases what [`attach`] made on the host: the host veth (if the namespace did not take it
-/// down already), the port binding and the egress set element.
+/// down already), the pinned neighbour entry, the port binding and the egress set element.
+/// Nothing is listed: a teardown's cost does not grow with the number of sandboxes.
 pub async fn detach(cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError> {
-    let h = connect().await?;
-    if let Some(i) = link_index(&h, &cfg.veth_name(ip)).await? {
-        match h.link().del(i).execute().await {
-            Ok(()) => {}
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => {}
-            Err(e) => return Err(nl("delete veth")(e)),
-        }
-    }
-    unpin_address(&h, cfg, ip).await?;
-    firewall_blocking(cfg, move |cfg| firewall::release(cfg, ip)).await
+    let cfg = cfg.clone();
+    blocking(move || {
+        unwire(&mut Rtnl::open()?, &cfg, ip)?;
+        firewall::release(&cfg, ip)
+    })
+    .await
 }
 
 /// Gives `ip` internet access or takes it away (the egress set); blocks on netlink.
@@ -680,86 +773,6 @@ pub async fn host_veths(cfg: &NetConfig) -> Result<Vec<String>, NetError> {
         }
     }
     Ok(out)
-}
-
-/// Runs the in-namespace part on a thread that has joined the sandbox's network namespace
-/// (namespace membership is per thread, so the async workers are untouched).
-async fn configure_inside(
-    pid: i32,
-    peer: String,
-    ip: Ipv4Addr,
-    prefix: u8,
-    gw: Ipv4Addr,
-) -> Result<(), NetError> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new()
-        .name("netns-setup".into())
-        .spawn(move || {
-            let r = (|| {
-                let ns = std::fs::File::open(format!("/proc/{pid}/ns/net")).map_err(|source| {
-                    NetError::Io {
-                        op: "open netns".into(),
-                        source,
-                    }
-                })?;
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
-                    |e| NetError::Io {
-                        op: "setns".into(),
-                        source: e.into(),
-                    },
-                )?;
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .map_err(|source| NetError::Io {
-                        op: "runtime".into(),
-                        source,
-                    })?;
-                rt.block_on(async {
-                    let h = connect().await?;
-                    let lo = link_index(&h, "lo")
-                        .await?
-                        .ok_or_else(|| NetError::Config("no lo".into()))?;
-                    h.link()
-                        .set(LinkUnspec::new_with_index(lo).up().build())
-                        .execute()
-                        .await
-                        .map_err(nl("lo up"))?;
-                    let idx = link_index(&h, &peer)
-                        .await?
-                        .ok_or_else(|| NetError::Config("peer missing in netns".into()))?;
-                    h.link()
-                        .set(LinkUnspec::new_with_index(idx).name("eth0").build())
-                        .execute()
-                        .await
-                        .map_err(nl("rename eth0"))?;
-                    h.address()
-                        .add(idx, ip.into(), prefix)
-                        .execute()
-                        .await
-                        .map_err(nl("add address"))?;
-                    h.link()
-                        .set(LinkUnspec::new_with_index(idx).up().build())
-                        .execute()
-                        .await
-                        .map_err(nl("eth0 up"))?;
-                    let route = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).build();
-                    h.route()
-                        .add(route)
-                        .execute()
-                        .await
-                        .map_err(nl("default route"))?;
-                    Ok(())
-                })
-            })();
-            let _ = tx.send(r);
-        })
-        .map_err(|source| NetError::Io {
-            op: "spawn netns thread".into(),
-            source,
-        })?;
-    rx.await
-        .map_err(|_| NetError::Config("netns thread died".into()))?
 }
 
 #[cfg(test)]
@@ -883,7 +896,7 @@ mod tests {
             assert!(c.veth_name(Ipv4Addr::new(10, 77, 255, 254)).len() <= 15);
         }
         // Every name of every address is distinct and fits IFNAMSIZ, for the default prefix
-        // and a bridge's own: host ends and the sandbox ends made beside them.
+        // and a bridge's own.
         let wide: Cidr = "10.0.0.0/8".parse().expect("cidr");
         for c in [
             NetConfig::for_bridge("pdkbr0", cidr).expect("default"),
@@ -894,10 +907,9 @@ mod tests {
             let base = u32::from(c.cidr.addr);
             for i in (2..300).chain([0x00ff_fffe]) {
                 let ip = Ipv4Addr::from(base + i);
-                for n in [c.veth_name(ip), c.peer_name(ip)] {
-                    assert!(n.len() <= 15, "{n}");
-                    assert!(names.insert(n.clone()), "{n} twice");
-                }
+                let n = c.veth_name(ip);
+                assert!(n.len() <= 15, "{n}");
+                assert!(names.insert(n.clone()), "{n} twice");
             }
         }
         for bad in ["", "a-very-long-bridge", "br 0", "br/0"] {

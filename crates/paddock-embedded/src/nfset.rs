@@ -261,7 +261,7 @@ pub fn apply(changes: &[Change]) -> Result<(), NetError> {
 }
 
 /// The netlink messages in one datagram.
-fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
     std::iter::from_fn(move || {
         if data.len() < 16 {
             return None;

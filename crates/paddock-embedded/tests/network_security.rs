@@ -570,6 +570,121 @@ async fn an_adopted_sandbox_is_bound_again_and_stays_reachable() {
     assert_eq!(leaks, Vec::<String>::new());
 }
 
+/// Links the host's namespace announces while `watch` runs: (name, hardware address) of
+/// every new-link and delete-link message (`RTNLGRP_LINK`).
+fn host_links_during<T>(watch: impl FnOnce() -> T) -> (T, Vec<(String, Vec<u8>)>) {
+    use rtnetlink::packet_core::{NetlinkMessage, NetlinkPayload};
+    use rtnetlink::packet_route::RouteNetlinkMessage;
+    use rtnetlink::packet_route::link::LinkAttribute;
+    use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const RTMGRP_LINK: u32 = 1;
+    let mut socket = Socket::new(NETLINK_ROUTE).expect("netlink socket");
+    socket
+        .bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .expect("join the link group");
+    // A bigger buffer than the default: other sandboxes' links come and go meanwhile.
+    let _ = socket.set_rx_buf_sz(8 << 20);
+    rustix::net::sockopt::set_socket_timeout(
+        &socket,
+        rustix::net::sockopt::Timeout::Recv,
+        Some(Duration::from_millis(50)),
+    )
+    .expect("receive timeout");
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let mut seen = Vec::new();
+            let mut buf = vec![0u8; 1 << 16];
+            loop {
+                let n = match socket.recv(&mut &mut buf[..], 0) {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        if stop.load(Ordering::Relaxed) {
+                            return seen;
+                        }
+                        continue;
+                    }
+                    Err(e) => panic!("link notifications lost: {e}"),
+                };
+                let mut data = &buf[..n];
+                while data.len() >= 16 {
+                    let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+                    if len < 16 || len > data.len() {
+                        break;
+                    }
+                    if let Ok(m) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len])
+                        && let NetlinkPayload::InnerMessage(
+                            RouteNetlinkMessage::NewLink(l) | RouteNetlinkMessage::DelLink(l),
+                        ) = m.payload
+                    {
+                        let mut name = String::new();
+                        let mut mac = Vec::new();
+                        for a in l.attributes {
+                            match a {
+                                LinkAttribute::IfName(n) => name = n,
+                                LinkAttribute::Address(a) => mac = a,
+                                _ => {}
+                            }
+                        }
+                        seen.push((name, mac));
+                    }
+                    data = data.get(len.next_multiple_of(4)..).unwrap_or(&[]);
+                }
+            }
+        });
+        let out = watch();
+        // Notifications are queued before the requests that cause them are answered.
+        stop.store(true, Ordering::Relaxed);
+        (out, reader.join().expect("reader"))
+    })
+}
+
+/// The sandbox's end of its veth pair is made in the sandbox's network namespace, named
+/// `eth0` and with the hardware address its port is bound to: no link in the host's
+/// namespace ever carries that address. (It used to be made on the host, given its address
+/// there and moved in, which costs an RCU grace period per create, then renamed from inside.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sandbox_end_of_a_veth_is_made_in_the_sandbox() {
+    let env = support::Env::new(37);
+    let infra = env.start().await;
+    let handle = tokio::runtime::Handle::current();
+    let (sbx, seen) = tokio::task::block_in_place(|| {
+        host_links_during(|| handle.block_on(infra.create(req(false))))
+    });
+    let sbx = sbx.expect("create");
+    let ip = ipv4(sbx.address);
+    let mac = paddock_embedded::firewall::sandbox_mac(ip);
+    let host_end = env.cfg.net.veth_name(ip);
+    let (_, inside, _) = sh(
+        &infra,
+        &sbx.id,
+        "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0 2>/dev/null || true",
+    )
+    .await;
+    let reachable = runtime_answers(sbx.address);
+    let _ = infra.kill(&sbx.id).await;
+    let leaks = env.leaks().await;
+    env.cleanup(Some(&infra)).await;
+    assert!(
+        seen.iter().any(|(n, _)| *n == host_end),
+        "the host's end {host_end} was announced: {seen:?}"
+    );
+    let with_mac: Vec<_> = seen.iter().filter(|(_, m)| m[..] == mac[..]).collect();
+    assert!(
+        with_mac.is_empty(),
+        "host links with the sandbox's address {mac:02x?}: {with_mac:?}"
+    );
+    let want = mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(inside.starts_with(&want), "eth0 inside: {inside}");
+    assert!(reachable, "the sandbox's runtime is unreachable");
+    assert_eq!(leaks, Vec::<String>::new());
+}
+
 /// The elements of an nftables set as `nft -j` shows them: a concatenation's parts joined
 /// with " . ".
 fn set_elements(family: &str, table: &str, set: &str) -> Vec<String> {

@@ -321,6 +321,7 @@ impl EmbeddedInfra {
             if let Some(seed) = &seed {
                 crate::snapshot::copy_tree(seed, &paths.upper(), false).map_err(internal)?;
             }
+            let t = Instant::now();
             mounts::mount_overlay_mapped(
                 &layers,
                 &paths.upper(),
@@ -328,7 +329,9 @@ impl EmbeddedInfra {
                 &paths.rootfs(),
                 userns.as_deref(),
             )
-            .map_err(internal)
+            .map_err(internal)?;
+            debug!(ms = ms_since(t), "phase: overlay root");
+            Ok(())
         })
         .await??;
         debug!(ms = ms_since(t0), "phase: disk and root filesystem");
@@ -373,7 +376,7 @@ impl EmbeddedInfra {
             env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
         }
         let boot_id = new_boot_id()?;
-        let mut t = Instant::now();
+        let t = Instant::now();
         let pid = blocking(move || -> InfraResult<i32> {
             // Each boot has its own id, as a machine's (E2B's reboot tests read it).
             std::fs::write(paths.boot_id(), boot_id).map_err(internal)?;
@@ -418,21 +421,40 @@ impl EmbeddedInfra {
         .await??;
         rec.init_pid = pid;
         rec.init_start_ticks = proc::start_ticks(pid).unwrap_or(0);
-        self.save_async(rec).await?;
-        debug!(ms = ms_since(t), "phase: container created and recorded");
-        t = Instant::now();
-        network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
-            .await
-            .map_err(network::NetError::into_infra)?;
-        debug!(ms = ms_since(t), "phase: network attach");
-        t = Instant::now();
-        let (root, id) = (self.state_root(), rec.id.clone());
-        let helper = self.inner.cfg.helper_binary.clone();
-        blocking(move || container::start(&helper, &root, id.as_str()))
-            .await?
-            .map_err(internal)?;
-        debug!(ms = ms_since(t), "phase: container start");
-        t = Instant::now();
+        // The network is wired while the container starts: the runtime needs none to start
+        // (it listens on the unspecified address, and its kernels start on first use, long
+        // after readiness). Nothing reaches the sandbox before both are done: the host's
+        // port comes up last, bound beforehand, and readiness is polled after both.
+        let rec: &SandboxRecord = rec;
+        let attach = async {
+            let t = Instant::now();
+            let r = network::attach(&self.inner.cfg.net, pid, rec.ip, rec.allow_internet)
+                .await
+                .map_err(network::NetError::into_infra);
+            debug!(ms = ms_since(t), "phase: network attach");
+            r
+        };
+        let start = async {
+            self.save_async(rec).await?;
+            debug!(ms = ms_since(t), "phase: container created and recorded");
+            let t = Instant::now();
+            let (root, id) = (self.state_root(), rec.id.clone());
+            let helper = self.inner.cfg.helper_binary.clone();
+            blocking(move || container::start(&helper, &root, id.as_str()))
+                .await?
+                .map_err(internal)?;
+            debug!(ms = ms_since(t), "phase: container start");
+            Ok::<_, InfraError>(())
+        };
+        let t = Instant::now();
+        let (attached, started) = tokio::join!(attach, start);
+        attached?;
+        started?;
+        debug!(
+            ms = ms_since(t),
+            "phase: network attach and container start"
+        );
+        let t = Instant::now();
         let r = self.wait_ready(rec).await;
         debug!(ms = ms_since(t), "phase: readiness");
         r
