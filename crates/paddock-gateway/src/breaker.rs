@@ -10,7 +10,6 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -87,44 +86,25 @@ pub struct Breakers {
     pending: Arc<Semaphore>,
     requests: Arc<Semaphore>,
     retries: Arc<Semaphore>,
-    per_sandbox: Arc<Mutex<SandboxCounts>>,
+    per_sandbox: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-/// Request slots held per sandbox. A counter is taken (incremented) only under the lock, so
-/// a counter that no slot shares (its `Arc` held by the map alone) is zero and stays so
-/// until the lock is taken again: those are removed now and then, never one in use.
-#[derive(Debug, Default)]
-struct SandboxCounts {
-    counts: HashMap<String, Arc<AtomicUsize>>,
-    /// Clear out unused counters when the map grows to this many (then to twice what is
-    /// left): the cost is spread over the sandboxes added since.
-    prune_at: usize,
-}
-
-/// Counters kept before the first prune.
-const PRUNE_FROM: usize = 64;
-
-impl SandboxCounts {
-    fn prune(&mut self) {
-        if self.counts.len() < self.prune_at.max(PRUNE_FROM) {
-            return;
-        }
-        self.counts.retain(|_, n| Arc::strong_count(n) > 1);
-        self.prune_at = (self.counts.len() * 2).max(PRUNE_FROM);
-    }
-}
-
-/// One request slot of a sandbox's share; given back on drop. (Its sandbox's counter
-/// itself, not the sandbox's name: giving it back takes no lock and no look-up, and taking
-/// it allocates nothing.)
+/// One request slot of a sandbox's share; given back on drop.
 #[derive(Debug)]
 pub struct SandboxSlot {
-    count: Arc<AtomicUsize>,
+    counts: Arc<Mutex<HashMap<String, usize>>>,
+    sandbox: String,
 }
 
 impl Drop for SandboxSlot {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.get_mut(&self.sandbox) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.sandbox);
+            }
+        }
     }
 }
 
@@ -143,37 +123,31 @@ impl Breakers {
     /// One of `sandbox`'s request slots, unless it holds its whole share.
     /// (A short critical section over a map of counters: no await under it.)
     pub fn sandbox_slot(&self, sandbox: &str) -> Result<SandboxSlot, Tripped> {
-        let max = self.thresholds.max_requests_per_sandbox;
         let mut counts = self.per_sandbox.lock().unwrap_or_else(|e| e.into_inner());
-        // Looked up before inserting: a sandbox seen before (the common case under load)
-        // costs no key allocation.
-        let count = match counts.counts.get(sandbox) {
-            Some(n) => n.clone(),
-            None => {
-                counts.prune();
-                counts
-                    .counts
-                    .entry(sandbox.to_string())
-                    .or_default()
-                    .clone()
+        // Looked up before inserting: a sandbox with requests in flight (the common case under
+        // load) costs no key allocation.
+        match counts.get_mut(sandbox) {
+            Some(n) if *n >= self.thresholds.max_requests_per_sandbox => {
+                return Err(Tripped::SandboxRequests);
             }
-        };
-        // Only ever raised under the lock (released slots only lower it): the check holds
-        // until the increment.
-        if count.load(Ordering::Acquire) >= max {
-            return Err(Tripped::SandboxRequests);
+            Some(n) => *n += 1,
+            None if self.thresholds.max_requests_per_sandbox == 0 => {
+                return Err(Tripped::SandboxRequests);
+            }
+            None => {
+                counts.insert(sandbox.to_string(), 1);
+            }
         }
-        count.fetch_add(1, Ordering::AcqRel);
-        Ok(SandboxSlot { count })
+        Ok(SandboxSlot {
+            counts: self.per_sandbox.clone(),
+            sandbox: sandbox.to_string(),
+        })
     }
 
     /// Request slots `sandbox` holds now.
     pub fn sandbox_requests(&self, sandbox: &str) -> usize {
         let counts = self.per_sandbox.lock().unwrap_or_else(|e| e.into_inner());
-        counts
-            .counts
-            .get(sandbox)
-            .map_or(0, |n| n.load(Ordering::Acquire))
+        counts.get(sandbox).copied().unwrap_or(0)
     }
 
     /// A slot for a request (held until its response body is done) and one
@@ -352,16 +326,12 @@ mod tests {
         assert!(b.retry().is_some());
     }
 
-    fn two_per_sandbox() -> Breakers {
-        Breakers::new(Thresholds {
-            max_requests_per_sandbox: 2,
-            ..Thresholds::default()
-        })
-    }
-
     #[test]
     fn one_sandbox_cannot_take_every_slot() {
-        let b = two_per_sandbox();
+        let b = Breakers::new(Thresholds {
+            max_requests_per_sandbox: 2,
+            ..Thresholds::default()
+        });
         let a1 = b.sandbox_slot("a").unwrap();
         let a2 = b.sandbox_slot("a").unwrap();
         assert_eq!(b.sandbox_slot("a").unwrap_err(), Tripped::SandboxRequests);
@@ -372,25 +342,8 @@ mod tests {
         let _a3 = b.sandbox_slot("a").unwrap();
         drop(a2);
         drop(_a3);
+        // Nothing is kept for a sandbox that holds no slot.
         assert_eq!(b.sandbox_requests("a"), 0);
-    }
-
-    #[test]
-    fn counters_of_sandboxes_without_slots_do_not_pile_up() {
-        let b = two_per_sandbox();
-        let held = b.sandbox_slot("held").unwrap();
-        for i in 0..1000 {
-            drop(b.sandbox_slot(&format!("s{i}")).unwrap());
-        }
-        let counters = b.per_sandbox.lock().unwrap().counts.len();
-        assert!(counters <= PRUNE_FROM, "{counters} counters kept");
-        // A sandbox holding a slot keeps its count through the pruning.
-        assert_eq!(b.sandbox_requests("held"), 1);
-        let _second = b.sandbox_slot("held").unwrap();
-        assert_eq!(
-            b.sandbox_slot("held").unwrap_err(),
-            Tripped::SandboxRequests
-        );
-        drop(held);
+        assert!(!b.per_sandbox.lock().unwrap().contains_key("a"));
     }
 }

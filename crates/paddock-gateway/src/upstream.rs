@@ -10,28 +10,19 @@
 //! per response to give its connection back, and routes every request
 //! through its checkout machinery). gRPC needs HTTP/2 to the sandbox and keeps
 //! hyper-util's client.
-//!
-//! A pooled connection has no task of its own: whoever holds it drives its I/O
-//! ([`Conn::drive`]) — the request's task while it waits for the response headers, the
-//! response body while the client's connection reads it, the pool while it is idle (at
-//! checkout, on the sweeper's tick, when counted). With a driver task per connection,
-//! every request crossed tasks twice (the request handed over a channel to the driver,
-//! the response handed back over a oneshot), each a wake-up and a poll of another task;
-//! a client connection and the sandbox connection its request uses are now served in one
-//! poll, as nginx serves both sides of a request in one event loop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
 use hyper::body::Incoming;
-use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
@@ -59,64 +50,8 @@ pub struct Pool {
 }
 
 struct Idle {
-    conn: Conn,
+    conn: SendRequest<Body>,
     since: Instant,
-}
-
-/// The I/O half of a pooled connection: hyper's state machine over the socket, which
-/// holds one `max_connections` slot while it lives.
-type Driver = Connection<Counted, Body>;
-
-/// A pooled HTTP/1.1 connection: the handle a request is sent through and the I/O that
-/// carries it, which only moves when polled (see the module's documentation).
-pub struct Conn {
-    send: SendRequest<Body>,
-    /// `None` once the connection has ended (closed by either side, or failed): dropped
-    /// at once, so that its socket and slot go back.
-    driver: Option<Driver>,
-}
-
-impl Conn {
-    /// Moves the connection's I/O as far as it goes now, waking `cx` when it can go on;
-    /// `false` once it has ended.
-    fn drive(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(driver) = &mut self.driver else {
-            return false;
-        };
-        match Pin::new(driver).poll(cx) {
-            Poll::Pending => true,
-            Poll::Ready(result) => {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "sandbox connection ended with an error");
-                }
-                self.driver = None;
-                false
-            }
-        }
-    }
-
-    /// Drives an idle connection (nobody waits on it: a no-op waker); whether it is still
-    /// open.
-    fn drive_idle(&mut self) -> bool {
-        self.drive(&mut Context::from_waker(Waker::noop())) && !self.send.is_closed()
-    }
-
-    /// Sends `req` and waits for the response headers, driving the connection meanwhile.
-    async fn exchange(
-        &mut self,
-        req: Request<Body>,
-    ) -> Result<hyper::Response<Incoming>, hyper::client::conn::TrySendError<Request<Body>>> {
-        let mut response = std::pin::pin!(self.send.try_send_request(req));
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            // Only driving the connection (just done, on this task) can answer the request:
-            // its own waker would only wake this task a second time.
-            response
-                .as_mut()
-                .poll(&mut Context::from_waker(Waker::noop()))
-        })
-        .await
-    }
 }
 
 type IdleLists = Vec<(SocketAddr, Vec<Idle>)>;
@@ -141,7 +76,7 @@ impl Pool {
     }
 
     /// An idle connection to `addr` ready for a request, if one is.
-    fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Option<Conn> {
+    fn checkout(self: &Arc<Self>, addr: SocketAddr) -> Option<SendRequest<Body>> {
         loop {
             let mut conn = {
                 let mut lists = self.idle();
@@ -149,38 +84,27 @@ impl Pool {
                 expire(list, Instant::now());
                 list.pop()?.conn
             };
-            // Driven now: it may have been closed by the sandbox, or still be finishing
-            // its last exchange, while it sat in the pool.
-            if !conn.drive_idle() {
+            if conn.is_closed() {
                 continue;
             }
-            if conn.send.is_ready() {
+            if conn.is_ready() {
                 return Some(conn);
             }
             // Given back before it could take the next request: its response ended while the
-            // request's own body was still going up (a server that answers early). A task
-            // drives it until it can, then it joins the idle ones; this request does not
-            // wait for it.
+            // request's own body was still going up (a server that answers early). It joins
+            // the idle ones when it can; this request does not wait for it.
             let pool = Arc::downgrade(self);
             tokio::spawn(async move {
-                let ready = std::future::poll_fn(|cx| {
-                    if !conn.drive(cx) {
-                        Poll::Ready(false)
-                    } else if conn.send.is_ready() {
-                        Poll::Ready(true)
-                    } else {
-                        Poll::Pending
-                    }
-                })
-                .await;
-                if ready && let Some(pool) = pool.upgrade() {
+                if conn.ready().await.is_ok()
+                    && let Some(pool) = pool.upgrade()
+                {
                     pool.checkin(addr, conn);
                 }
             });
         }
     }
 
-    fn checkin(&self, addr: SocketAddr, conn: Conn) {
+    fn checkin(&self, addr: SocketAddr, conn: SendRequest<Body>) {
         let idle = Idle {
             conn,
             since: Instant::now(),
@@ -192,24 +116,22 @@ impl Pool {
         }
     }
 
-    /// Drops connections idle past [`IDLE_TIMEOUT`] or closed by the sandbox, and the
-    /// lists left empty.
+    /// Drops connections idle past [`IDLE_TIMEOUT`], and the lists left empty.
     fn sweep(&self, now: Instant) {
         let mut lists = self.idle();
         for (_, list) in lists.iter_mut() {
             expire(list, now);
-            list.retain_mut(|i| i.conn.drive_idle());
         }
         lists.retain(|(_, list)| !list.is_empty());
     }
 
-    /// Idle connections still open (those the sandbox closed are dropped on the way).
+    /// Idle connections still open.
     fn idle_count(&self) -> usize {
-        let mut lists = self.idle();
-        for (_, list) in lists.iter_mut() {
-            list.retain_mut(|i| i.conn.drive_idle());
-        }
-        lists.iter().map(|(_, list)| list.len()).sum()
+        self.idle()
+            .iter()
+            .flat_map(|(_, list)| list.iter())
+            .filter(|i| !i.conn.is_closed())
+            .count()
     }
 }
 
@@ -344,7 +266,7 @@ pub async fn send_http1(
                 connect_with_retries(addr, breakers).await?
             }
         };
-        match conn.exchange(req).await {
+        match conn.try_send_request(req).await {
             Ok(resp) => {
                 return Ok(resp.map(|inner| Returning::new(inner, conn, pool, addr)));
             }
@@ -357,12 +279,16 @@ pub async fn send_http1(
     }
 }
 
-async fn connect_with_retries(addr: SocketAddr, breakers: &Breakers) -> Result<Conn, Failure> {
+async fn connect_with_retries(
+    addr: SocketAddr,
+    breakers: &Breakers,
+) -> Result<SendRequest<Body>, Failure> {
     retry::with_retries(breakers, Failure::kind, || connect(addr, breakers)).await
 }
 
-/// A new HTTP/1.1 connection to `addr`, holding one `max_connections` slot while it lives.
-async fn connect(addr: SocketAddr, breakers: &Breakers) -> Result<Conn, Failure> {
+/// A new HTTP/1.1 connection to `addr`, holding one `max_connections` slot while it lives;
+/// its driver runs as a task of its own.
+async fn connect(addr: SocketAddr, breakers: &Breakers) -> Result<SendRequest<Body>, Failure> {
     let permit = breakers.connection().map_err(|_| Failure::Breaker)?;
     let stream =
         match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(addr)).await {
@@ -379,13 +305,15 @@ async fn connect(addr: SocketAddr, breakers: &Breakers) -> Result<Conn, Failure>
     // Small RPC frames must not wait for delayed ACKs.
     let _ = stream.set_nodelay(true);
     let io = Counted::new(TokioIo::new(stream), permit);
-    let (send, driver) = hyper::client::conn::http1::handshake::<_, Body>(io)
+    let (conn, driver) = hyper::client::conn::http1::handshake::<_, Body>(io)
         .await
         .map_err(|_| Failure::Connect)?;
-    Ok(Conn {
-        send,
-        driver: Some(driver),
-    })
+    tokio::spawn(async move {
+        if let Err(e) = driver.await {
+            tracing::debug!(error = %e, "sandbox connection ended with an error");
+        }
+    });
+    Ok(conn)
 }
 
 /// A response body that gives its connection back to the pool once it has ended. One that
@@ -396,13 +324,13 @@ pub struct Returning {
 }
 
 struct Lent {
-    conn: Conn,
+    conn: SendRequest<Body>,
     pool: Arc<Pool>,
     addr: SocketAddr,
 }
 
 impl Returning {
-    fn new(inner: Incoming, conn: Conn, pool: &Arc<Pool>, addr: SocketAddr) -> Self {
+    fn new(inner: Incoming, conn: SendRequest<Body>, pool: &Arc<Pool>, addr: SocketAddr) -> Self {
         let mut body = Returning {
             inner,
             lent: Some(Lent {
@@ -442,10 +370,6 @@ impl http_body::Body for Returning {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        // The body comes in as the connection is driven, and only then.
-        if let Some(lent) = &mut self.lent {
-            lent.conn.drive(cx);
-        }
         let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &frame {
             // Ended: the next request may have the connection now, not when hyper gets
@@ -493,70 +417,9 @@ pub async fn send_http2(
 mod tests {
     use super::*;
 
-    /// A sandbox server on a thread of its own that answers every request on a connection
-    /// with `ok` (keep-alive); counts the connections it accepted.
-    fn keep_alive_server() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-        use std::io::{Read, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = accepted.clone();
-        std::thread::spawn(move || {
-            for tcp in listener.incoming() {
-                let Ok(mut tcp) = tcp else { return };
-                count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || {
-                    let mut seen = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    loop {
-                        while let Some(end) = seen.windows(4).position(|w| w == b"\r\n\r\n") {
-                            seen.drain(..end + 4);
-                            let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
-                            if tcp.write_all(ok).is_err() {
-                                return;
-                            }
-                        }
-                        match tcp.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => seen.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                });
-            }
-        });
-        (addr, accepted)
-    }
-
-    /// The connection is driven by the request and its response body, not by a task of its
-    /// own: a request crosses no tasks, and an idle connection costs no task.
-    #[tokio::test(flavor = "current_thread")]
-    async fn pooled_connections_run_no_task_of_their_own() {
-        use http_body_util::BodyExt;
-        let (addr, accepted) = keep_alive_server();
-        let breakers = Breakers::new(crate::breaker::Thresholds::default());
-        let pool = Arc::new(Pool::new(&breakers));
-        let metrics = tokio::runtime::Handle::current().metrics();
-        for round in 0..3 {
-            let req = Request::get("/")
-                .header("host", addr.to_string())
-                .body(Body::empty())
-                .unwrap();
-            let resp = send_http1(&pool, addr, req, &breakers).await.unwrap();
-            let body = resp.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(&body[..], b"ok", "round {round}");
-            assert_eq!(metrics.num_alive_tasks(), 0, "round {round}");
-        }
-        // One connection, reused.
-        assert_eq!(accepted.load(Ordering::SeqCst), 1);
-        assert_eq!(pool.idle_count(), 1);
-        assert_eq!(breakers.open_connections(), 1);
-        drop(pool);
-        assert_eq!(breakers.open_connections(), 0);
-    }
-
     #[test]
     fn only_connections_idle_past_the_timeout_expire() {
-        // `expire` looks at `since` alone; connections come from a real (never served) pair.
+        // `expire` looks at `since` alone; connections come from a real (unconnected) pair.
         let now = Instant::now();
         let ages = [
             IDLE_TIMEOUT * 2,
@@ -568,24 +431,16 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let permits = Arc::new(tokio::sync::Semaphore::new(ages.len()));
         let mut idle: Vec<Idle> = rt.block_on(async {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let mut v = Vec::new();
             for age in ages {
-                let tcp = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-                    .await
-                    .unwrap();
-                let permit = permits.clone().try_acquire_owned().unwrap();
-                let io = Counted::new(TokioIo::new(tcp), permit);
-                let (send, driver) = hyper::client::conn::http1::handshake::<_, Body>(io)
-                    .await
-                    .unwrap();
+                let (a, _b) = tokio::io::duplex(64);
+                let (conn, _driver) =
+                    hyper::client::conn::http1::handshake::<_, Body>(TokioIo::new(a))
+                        .await
+                        .unwrap();
                 v.push(Idle {
-                    conn: Conn {
-                        send,
-                        driver: Some(driver),
-                    },
+                    conn,
                     since: now - age,
                 });
             }
