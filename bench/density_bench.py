@@ -20,12 +20,16 @@ sleeping process, what any container costs at least).
 import argparse
 import collections
 import concurrent.futures
+import http.client
+import json
 import os
 import pathlib
 import signal
 import subprocess
 import sys
+import threading
 import time
+import urllib.parse
 
 from e2b import Sandbox
 
@@ -230,12 +234,36 @@ def reference(n: int, name: str) -> dict:
     return {"per": per, "per_avail": per_avail}
 
 
-def create_all(n: int, clients: int) -> tuple[list[Sandbox], list[str], float, list[float]]:
+def create_all(n: int, clients: int, client: str = "sdk") -> tuple[list[Sandbox], list[str], float, list[float]]:
+    """`client` "sdk": each create is `Sandbox.create()`. "http": a bare `POST /sandboxes` on a
+    kept-alive connection per client thread, so the clients' own CPU (the SDK's is several ms
+    of Python per create, on the same cores as the server) does not bound the rate measured;
+    the SDK connects to each sandbox afterwards, outside the timing."""
+    local = threading.local()
+    url = urllib.parse.urlparse(os.environ["E2B_API_URL"])
+    body = json.dumps({"templateID": "base", "timeout": 3600})
+    headers = {"X-API-Key": os.environ["E2B_API_KEY"], "Content-Type": "application/json"}
+
+    def post() -> str:
+        if getattr(local, "conn", None) is None:
+            local.conn = http.client.HTTPConnection(url.hostname, url.port, timeout=120)
+        try:
+            local.conn.request("POST", "/sandboxes", body, headers)
+            r = local.conn.getresponse()
+            text = r.read()
+        except (OSError, http.client.HTTPException):
+            local.conn.close()
+            local.conn = None
+            raise
+        if r.status != 201:
+            raise RuntimeError(f"POST /sandboxes: {r.status} {text[:200]!r}")
+        return json.loads(text)["sandboxID"]
+
     def one(_):
         t0 = time.perf_counter()
         try:
-            sbx = Sandbox.create(timeout=3600)
-            return sbx, None, (time.perf_counter() - t0) * 1000
+            made = Sandbox.create(timeout=3600) if client == "sdk" else post()
+            return made, None, (time.perf_counter() - t0) * 1000
         except Exception as e:  # noqa: BLE001 - the failure is what we report
             return None, f"{type(e).__name__}: {e}", None
 
@@ -243,8 +271,11 @@ def create_all(n: int, clients: int) -> tuple[list[Sandbox], list[str], float, l
     with concurrent.futures.ThreadPoolExecutor(clients) as ex:
         results = list(ex.map(one, range(n)))
     wall = time.perf_counter() - t0
-    return ([s for s, _, _ in results if s], [e for _, e, _ in results if e], wall,
-            [ms for _, _, ms in results if ms is not None])
+    made = [s for s, _, _ in results if s]
+    if client == "http":
+        with concurrent.futures.ThreadPoolExecutor(clients) as ex:
+            made = list(ex.map(Sandbox.connect, made))
+    return (made, [e for _, e, _ in results if e], wall, [ms for _, _, ms in results if ms is not None])
 
 
 def leftovers(p: Paddock, cg: MemoryCgroup, ours: set[str]) -> dict[str, int]:
@@ -272,6 +303,8 @@ def main():
     ap.add_argument("--clients", type=int, default=8, help="concurrent SDK clients creating them")
     ap.add_argument("--pool-size", type=int, default=4)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds idle before memory is read")
+    ap.add_argument("--client", choices=["sdk", "http"], default="sdk",
+                    help="create with Sandbox.create() (sdk) or a bare POST /sandboxes (http)")
     a = ap.parse_args()
     tag = f"pdk-density-{os.getpid()}"
 
@@ -279,7 +312,7 @@ def main():
     ref = reference(a.n, f"{tag}-ref")
     print(f"   {ref['per'] / 1024:8.0f} KiB each (cgroup), {ref['per_avail'] / 1024:8.0f} KiB each (MemAvailable)")
 
-    print(f"== paddock up: {a.n} idle `base` sandboxes, {a.clients} clients, pool of {a.pool_size} ==")
+    print(f"== paddock up: {a.n} idle `base` sandboxes, {a.clients} {a.client} clients, pool of {a.pool_size} ==")
     cg = MemoryCgroup(f"{tag}-up")
     p = None
     sandboxes: list[Sandbox] = []
@@ -292,7 +325,7 @@ def main():
         before = {"usage": cg.usage(), "stat": cg.stat(), "avail": mem_available(), "slab": slab(),
                   "procs": processes(cg.pids()), "rest": cg.usage() - sandbox_usage(cg, None)}
 
-        sandboxes, errors, wall, create_ms = create_all(a.n, a.clients)
+        sandboxes, errors, wall, create_ms = create_all(a.n, a.clients, a.client)
         ok = len(sandboxes)
         print(f"   created {ok}/{a.n} in {wall:.1f} s: {ok / wall:.1f} creates/s; "
               f"create p50 {pct(create_ms, 50):.0f} ms, p99 {pct(create_ms, 99):.0f} ms")
