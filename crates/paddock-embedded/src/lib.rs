@@ -20,6 +20,7 @@ pub mod instance_lock;
 pub mod logrelay;
 mod logs;
 pub mod mounts;
+mod netlink;
 pub mod network;
 pub mod nfset;
 pub mod oci;

@@ -25,8 +25,9 @@ use netlink_packet_netfilter::nftables::{
 };
 use netlink_packet_netfilter::none::ControlMessage;
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterProtoFamily};
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_NETFILTER};
+use netlink_sys::protocols::NETLINK_NETFILTER;
 
+use crate::netlink::{self, split};
 use crate::network::NetError;
 
 /// `NFNL_SUBSYS_NFTABLES`: the subsystem a batch is addressed to (in the batch messages'
@@ -189,31 +190,13 @@ pub fn apply(changes: &[Change]) -> Result<(), NetError> {
     if changes.is_empty() {
         return Ok(());
     }
-    let io = |op: &str| {
-        let op = format!("nftables batch: {op}");
-        move |source| NetError::Io { op, source }
-    };
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(io("open netlink socket"))?;
-    socket.bind_auto().map_err(io("bind netlink socket"))?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(io("connect netlink socket"))?;
-    rustix::net::sockopt::set_socket_timeout(
-        &socket,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(ACK_TIMEOUT),
-    )
-    .map_err(|e| io("set receive timeout")(e.into()))?;
+    const WHAT: &str = "nftables batch";
+    let io = |op: &str| netlink::io_err(WHAT, op);
+    let socket = netlink::socket(NETLINK_NETFILTER, ACK_TIMEOUT, WHAT)?;
     // Sequence numbers only have to be unique on this socket, which is ours alone.
     let first_seq = 1;
     let batch = encode(changes, first_seq);
-    let sent = socket.send(&batch, 0).map_err(io("send"))?;
-    if sent != batch.len() {
-        return Err(io("send")(io::Error::other(format!(
-            "sent {sent} of {} bytes",
-            batch.len()
-        ))));
-    }
+    netlink::send_all(&socket, &batch, WHAT)?;
     let mut acked = vec![false; changes.len()];
     let mut buf = vec![0u8; 16 * 1024];
     while acked.iter().any(|a| !a) {
@@ -258,23 +241,6 @@ pub fn apply(changes: &[Change]) -> Result<(), NetError> {
         }
     }
     Ok(())
-}
-
-/// The netlink messages in one datagram.
-pub(crate) fn split(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
-    std::iter::from_fn(move || {
-        if data.len() < 16 {
-            return None;
-        }
-        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len < 16 || len > data.len() {
-            return None;
-        }
-        let (one, rest) = data.split_at(len);
-        // Messages start on 4-byte boundaries.
-        data = rest.get(len.next_multiple_of(4) - len..).unwrap_or(&[]);
-        Some(one)
-    })
 }
 
 #[cfg(test)]

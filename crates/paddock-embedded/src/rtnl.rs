@@ -22,8 +22,9 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use rtnetlink::packet_route::link::LinkMessage;
-use rtnetlink::sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use rtnetlink::sys::{Socket, protocols::NETLINK_ROUTE};
 
+use crate::netlink;
 use crate::network::NetError;
 
 /// How long to wait for the kernel's answers: it answers while the batch is sent, so this
@@ -89,27 +90,17 @@ pub(crate) struct Rtnl {
     buf: Vec<u8>,
 }
 
-fn io_err(op: &str) -> impl FnOnce(io::Error) -> NetError + '_ {
-    move |source| NetError::Io {
-        op: format!("route netlink: {op}"),
-        source,
-    }
+/// How socket errors name this client.
+const WHAT: &str = "route netlink";
+
+fn io_err(op: &str) -> impl FnOnce(io::Error) -> NetError + use<> {
+    netlink::io_err(WHAT, op)
 }
 
 impl Rtnl {
     /// A socket in this thread's network namespace.
     pub fn open() -> Result<Self, NetError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(io_err("open socket"))?;
-        socket.bind_auto().map_err(io_err("bind socket"))?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(io_err("connect socket"))?;
-        rustix::net::sockopt::set_socket_timeout(
-            &socket,
-            rustix::net::sockopt::Timeout::Recv,
-            Some(ANSWER_TIMEOUT),
-        )
-        .map_err(|e| io_err("set receive timeout")(e.into()))?;
+        let socket = netlink::socket(NETLINK_ROUTE, ANSWER_TIMEOUT, WHAT)?;
         Ok(Self {
             socket,
             seq: 0,
@@ -154,13 +145,7 @@ impl Rtnl {
             msg.serialize(&mut out[start..]);
         }
         self.seq = first.wrapping_add(reqs.len() as u32);
-        let sent = self.socket.send(&out, 0).map_err(io_err("send"))?;
-        if sent != out.len() {
-            return Err(io_err("send")(io::Error::other(format!(
-                "sent {sent} of {} bytes",
-                out.len()
-            ))));
-        }
+        netlink::send_all(&self.socket, &out, WHAT)?;
         let mut got: Vec<Vec<RouteNetlinkMessage>> = reqs.iter().map(|_| Vec::new()).collect();
         let mut answers: Vec<Option<Answer>> = reqs.iter().map(|_| None).collect();
         while answers.iter().any(Option::is_none) {
@@ -168,7 +153,7 @@ impl Rtnl {
                 .socket
                 .recv(&mut &mut self.buf[..], 0)
                 .map_err(io_err("receive"))?;
-            for one in crate::nfset::split(&self.buf[..n]) {
+            for one in netlink::split(&self.buf[..n]) {
                 let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(one)
                     .map_err(|e| io_err("parse")(io::Error::new(io::ErrorKind::InvalidData, e)))?;
                 let i = msg.header.sequence_number.wrapping_sub(first) as usize;

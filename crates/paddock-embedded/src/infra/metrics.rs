@@ -18,8 +18,9 @@ struct Probe {
     memory_limit_bytes: u64,
 }
 
-/// What a read found: the cgroup's counters (when it has one) and the bytes on disk.
-type Read = (Option<CgroupStats>, u64);
+/// What a read found: the cgroup's counters (when it has one), the bytes on disk, and the
+/// sandbox's memory limit from its record.
+type Read = (Option<CgroupStats>, u64, u64);
 
 impl EmbeddedInfra {
     /// The body of [`paddock_infra::Infra::metrics`].
@@ -53,10 +54,6 @@ impl EmbeddedInfra {
                 })
             })
             .collect();
-        let limits: Vec<Option<u64>> = probes
-            .iter()
-            .map(|p| p.as_ref().ok().map(|p| p.memory_limit_bytes))
-            .collect();
         let reads = blocking(move || {
             probes
                 .into_iter()
@@ -67,7 +64,7 @@ impl EmbeddedInfra {
                         .map(|cg| cg.stats())
                         .transpose()
                         .map_err(internal)?;
-                    Ok((stats, disk_used(&p.disk, &p.upper)))
+                    Ok((stats, disk_used(&p.disk, &p.upper), p.memory_limit_bytes))
                 })
                 .collect::<Vec<_>>()
         })
@@ -85,10 +82,8 @@ impl EmbeddedInfra {
         let mut st = self.state();
         ids.into_iter()
             .zip(reads)
-            .zip(limits)
-            .map(|((id, read), limit)| {
-                let metrics = read.and_then(|(stats, disk_bytes)| {
-                    let limit = limit.unwrap_or_default();
+            .map(|(id, read)| {
+                let metrics = read.and_then(|(stats, disk_bytes, limit)| {
                     let Some(stats) = stats else {
                         return Ok(SandboxMetrics {
                             memory_limit_bytes: limit,
