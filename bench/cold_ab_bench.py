@@ -1,6 +1,7 @@
 """Cold creates, builds side by side: for each build a `paddock up` with no pool, N
 sequential Sandbox.create() -> commands.run('true') -> kill; `paddock up`'s CPU per create
-(utime + stime of it and of the children it reaped, e.g. `nft`, from /proc/PID/stat) and
+(utime + stime of it and of the children it reaped, e.g. `nft`, and of its live children
+with theirs, e.g. the container fork server, from /proc/PID/stat) and
 the create phases from its debug log (`phase: ... ms=`). Builds alternate round by round;
 `--perf` records `perf record -a -g` around each build's first round
 (/var/tmp/cold-ab-perf-NAME.data).
@@ -16,10 +17,23 @@ from e2b import Sandbox
 
 TCK = os.sysconf("SC_CLK_TCK")
 
-def cpu(pid):
+def own_cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    # fields after comm: state(0) ... utime(11) stime(12) cutime(13) cstime(14)
-    return sum(int(x) for x in f[11:15]) / TCK
+    # fields after comm: state(0) ppid(1) ... utime(11) stime(12) cutime(13) cstime(14)
+    return int(f[1]), sum(int(x) for x in f[11:15]) / TCK
+
+def cpu(pid):
+    """`paddock up`'s CPU and its reaped children's, plus that of its live children (a
+    long-lived helper such as the container fork server reaps its own children)."""
+    total = own_cpu(pid)[1]
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid, c = own_cpu(p)
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            total += c
+    return total
 
 def phases(lines):
     out = {}

@@ -3,9 +3,11 @@
 //! libcontainer clones processes that keep running Rust code (no exec) until the payload
 //! starts. In a multi-threaded process another thread may hold a lock (allocator, logger) at
 //! that moment and the clone deadlocks on it — this was observed here. So libcontainer runs only
-//! in a single-threaded *helper process*: the public functions spawn `helper_binary` with
-//! [`HELPER_ARG`], and that binary must call [`run_helper_if_requested`] first thing in `main`,
-//! before starting any thread.
+//! in a single-threaded *helper process*: `helper_binary` started with [`HELPER_ARG`], which
+//! must call [`run_helper_if_requested`] first thing in `main`, before starting any thread.
+//! [`create`] and [`start`] run in a fresh fork of the long-lived helper that
+//! [`crate::forkserver`] keeps (no exec per call); [`exec`] and the template builds' run
+//! containers execute the helper.
 //!
 //! Lifecycle: [`create`] (init process exists, blocked before exec; namespaces made) →
 //! caller wires the network namespace → [`start`] (init execs tini, whose first child is the
@@ -20,6 +22,8 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+
+use crate::forkserver::ForkServer;
 
 /// A libcontainer call failed.
 #[derive(Debug, thiserror::Error)]
@@ -81,7 +85,10 @@ fn rt<'a>(
     }
 }
 
-fn io<'a>(id: &'a str, op: &'static str) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
+pub(crate) fn io<'a>(
+    id: &'a str,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> ContainerError + 'a {
     move |source| ContainerError::Io {
         id: id.to_owned(),
         op,
@@ -101,22 +108,22 @@ pub fn run_helper_if_requested() -> Option<i32> {
     }
     let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let r: Result<i32, ContainerError> = match a.as_slice() {
-        ["create", root, id, bundle, log, relay_bin] => create_here(
-            Path::new(root),
-            id,
-            Path::new(bundle),
-            Path::new(log),
-            Path::new(relay_bin),
-        )
-        .map(|c| {
-            println!("{} {}", c.init_pid, c.relay_pid);
+        [CREATE_CMD | START_CMD, ..] => served(&a).map(|out| {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(&out);
             0
         }),
+        [crate::forkserver::SERVE_CMD, root] => {
+            crate::forkserver::serve(Path::new(root)).map(|()| 0)
+        }
         [crate::userns::HOLD_CMD] => crate::userns::hold_here()
             .map(|()| 0)
             .map_err(io("userns", "hold a user namespace")),
-        [BOOT_ID_CMD, file, rootfs] => bind_boot_id(Path::new(file), Path::new(rootfs)).map(|()| 0),
-        ["start", root, id] => start_here(Path::new(root), id).map(|()| 0),
+        [BOOT_ID_CMD, file, rootfs] => {
+            paddock_contract::bootid::bind(Path::new(file), Path::new(rootfs))
+                .map(|()| 0)
+                .map_err(io(&target_name(Path::new(rootfs)), "boot id"))
+        }
         [RUN_CMD, root, id, bundle] => run_here(Path::new(root), id, Path::new(bundle)).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
             let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
@@ -133,44 +140,31 @@ pub fn run_helper_if_requested() -> Option<i32> {
     })
 }
 
-/// The helper command that binds a boot's id file over the sandbox's `boot_id` (see
-/// [`crate::spec::BootId`]).
-pub const BOOT_ID_CMD: &str = "boot-id";
+/// The helper command that creates a container (see [`create`]).
+const CREATE_CMD: &str = "create";
+/// The helper command that starts a created container (see [`start`]).
+const START_CMD: &str = "start";
 
-/// Binds `file` read-only over `<rootfs>/proc/sys/kernel/random/boot_id`. Runs as the
-/// sandbox's `createContainer` hook, in its mount namespace, before `pivot_root`.
-fn bind_boot_id(file: &Path, rootfs: &Path) -> Result<(), ContainerError> {
-    use nix::mount::{MsFlags, mount};
-    let target = rootfs.join(crate::spec::BOOT_ID_PATH);
-    let fail = |op: &'static str| {
-        move |e: nix::errno::Errno| ContainerError::Io {
-            id: target_name(rootfs),
-            op,
-            source: e.into(),
-        }
-    };
-    mount(
-        Some(file),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(fail("bind boot id"))?;
-    mount(
-        None::<&str>,
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(fail("make boot id read-only"))
+/// Runs a helper command whose whole answer is its output: [`CREATE_CMD`] or [`START_CMD`],
+/// in an executed helper or in a child of the fork server ([`crate::forkserver`]).
+pub(crate) fn served(a: &[&str]) -> Result<Vec<u8>, ContainerError> {
+    match a {
+        [CREATE_CMD, root, id, bundle, log, relay_bin] => create_here(
+            Path::new(root),
+            id,
+            Path::new(bundle),
+            Path::new(log),
+            Path::new(relay_bin),
+        )
+        .map(|c| format!("{} {}\n", c.init_pid, c.relay_pid).into_bytes()),
+        [START_CMD, root, id] => start_here(Path::new(root), id).map(|()| Vec::new()),
+        _ => Err(ContainerError::HelperUsage(format!("{a:?}"))),
+    }
 }
+
+/// The helper command that binds a boot's id file over the sandbox's `boot_id` (see
+/// [`crate::spec::BootId`]); the runtime binary runs it too, and the sandboxes' hook uses that.
+pub const BOOT_ID_CMD: &str = paddock_contract::bootid::BOOT_ID_ARGS[1];
 
 /// The sandbox's name for errors of the hook: its rootfs's parent directory is named by id.
 fn target_name(rootfs: &Path) -> String {
@@ -212,24 +206,24 @@ pub struct Created {
     pub relay_pid: i32,
 }
 
-/// Creates the container from the bundle (with `config.json`) in the helper and returns its
-/// init pid. The init waits for [`start`]; its output goes through a pipe to a log relay that
-/// keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`; `relay_bin` (the runtime
-/// binary) runs the relay. The init is not our child (the helper exits), so watch it through
-/// `/proc`.
+/// Creates the container from the bundle (with `config.json`) in a child of the fork server
+/// and returns its init pid. The init waits for [`start`]; its output goes through a pipe to a
+/// log relay that keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`;
+/// `relay_bin` (the runtime binary) runs the relay. The init is not our child (the server's
+/// child exits), so watch it through `/proc`.
 pub fn create(
-    helper_bin: &Path,
+    server: &ForkServer,
     state_root: &Path,
     id: &str,
     bundle: &Path,
     log: &Path,
     relay_bin: &Path,
 ) -> Result<Created, ContainerError> {
-    let out = helper(
-        helper_bin,
+    let out = server.request(
         id,
+        "create",
         &[
-            "create".as_ref(),
+            CREATE_CMD.as_ref(),
             state_root.as_os_str(),
             id.as_ref(),
             bundle.as_os_str(),
@@ -237,32 +231,30 @@ pub fn create(
             relay_bin.as_os_str(),
         ],
     )?;
-    if !out.status.success() {
-        return Err(helper_failed(id, "create", &out));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out);
     let mut pids = text.split_whitespace().map(str::parse::<i32>);
     match (pids.next(), pids.next()) {
         (Some(Ok(init_pid)), Some(Ok(relay_pid))) => Ok(Created {
             init_pid,
             relay_pid,
         }),
-        _ => Err(helper_failed(id, "create (no pids)", &out)),
+        _ => Err(ContainerError::Helper {
+            id: id.to_owned(),
+            op: "create (no pids)",
+            message: text.trim().to_owned(),
+        }),
     }
 }
 
-/// Lets a created container's init exec (in the helper).
-pub fn start(helper_bin: &Path, state_root: &Path, id: &str) -> Result<(), ContainerError> {
-    let out = helper(
-        helper_bin,
-        id,
-        &["start".as_ref(), state_root.as_os_str(), id.as_ref()],
-    )?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(helper_failed(id, "start", &out))
-    }
+/// Lets a created container's init exec (in a child of the fork server).
+pub fn start(server: &ForkServer, state_root: &Path, id: &str) -> Result<(), ContainerError> {
+    server
+        .request(
+            id,
+            "start",
+            &[START_CMD.as_ref(), state_root.as_os_str(), id.as_ref()],
+        )
+        .map(drop)
 }
 
 /// Runs `args` in the running container (through the helper) and waits for it.

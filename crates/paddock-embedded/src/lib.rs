@@ -14,6 +14,7 @@ pub mod config;
 pub mod container;
 pub mod disk;
 pub mod firewall;
+pub mod forkserver;
 pub mod host_limits;
 mod infra;
 pub mod instance_lock;

@@ -361,6 +361,7 @@ impl EmbeddedInfra {
         let cfg = self.inner.cfg.clone();
         let seccomp = self.inner.seccomp.clone();
         let state_root = self.state_root();
+        let me = self.clone();
         let (id, limits) = (rec.id.clone(), rec.limits.clone());
         let user = parse_user(tspec.user.as_deref())?;
         // The runtime requires this token from its first request on (security review M4):
@@ -395,7 +396,6 @@ impl EmbeddedInfra {
                 tmp_bytes: cfg.tmp_bytes,
                 boot_id: Some(spec::BootId {
                     file: &paths.boot_id(),
-                    helper: &cfg.helper_binary,
                 }),
                 userns: cfg.userns,
                 seccomp: &seccomp,
@@ -404,7 +404,7 @@ impl EmbeddedInfra {
             debug!(ms = ms_since(t), "phase: cgroup and bundle");
             let t = Instant::now();
             let created = container::create(
-                &cfg.helper_binary,
+                &me.inner.helper,
                 &state_root,
                 id.as_str(),
                 &paths.bundle(),
@@ -439,8 +439,8 @@ impl EmbeddedInfra {
             debug!(ms = ms_since(t), "phase: container created and recorded");
             let t = Instant::now();
             let (root, id) = (self.state_root(), rec.id.clone());
-            let helper = self.inner.cfg.helper_binary.clone();
-            blocking(move || container::start(&helper, &root, id.as_str()))
+            let me = self.clone();
+            blocking(move || container::start(&me.inner.helper, &root, id.as_str()))
                 .await?
                 .map_err(internal)?;
             debug!(ms = ms_since(t), "phase: container start");

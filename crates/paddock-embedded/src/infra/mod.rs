@@ -60,9 +60,14 @@ struct Inner {
     userns: Option<Arc<crate::userns::Userns>>,
     /// The sandbox seccomp profile, compiled once at start (see [`crate::seccomp`]).
     seccomp: crate::seccomp::Program,
+    /// Runs the containers' `create` and `start` (see [`crate::forkserver`]).
+    helper: crate::forkserver::ForkServer,
     /// Keeps other instances off our bridge, subnet, firewall and cgroup names.
     _instance_lock: crate::instance_lock::InstanceLock,
 }
+
+/// The data dir's directory of libcontainer's state, one directory per container.
+const CONTAINERS_DIR: &str = "containers";
 
 /// Events an `ended` receiver may fall behind by before it sees `Lagged`.
 const ENDED_BACKLOG: usize = 1024;
@@ -164,6 +169,10 @@ impl EmbeddedInfra {
         let (shutdown, _) = tokio::sync::watch::channel(false);
         let infra = Self {
             inner: Arc::new(Inner {
+                helper: crate::forkserver::ForkServer::new(
+                    &cfg.helper_binary,
+                    &cfg.data_dir.join(CONTAINERS_DIR),
+                ),
                 cfg,
                 templates,
                 cgroups,
@@ -189,7 +198,7 @@ impl EmbeddedInfra {
     }
 
     fn state_root(&self) -> PathBuf {
-        self.inner.cfg.data_dir.join("containers")
+        self.inner.cfg.data_dir.join(CONTAINERS_DIR)
     }
 
     fn paths(&self, id: &SandboxId) -> Paths {

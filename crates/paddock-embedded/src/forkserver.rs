@@ -1,0 +1,357 @@
+//! The container helper as a fork server: one long-lived, single-threaded helper process per
+//! `paddock up` that forks a child for each container `create` and `start`.
+//!
+//! libcontainer must run in a single-threaded process (see [`crate::container`]). Executing
+//! the helper binary for every call cost a process image of Paddock's size each time (loading,
+//! relocating and faulting in tens of MiB) twice per sandbox. The server is executed once;
+//! each request is a `fork` of it — single-threaded, so the child is as safe for
+//! libcontainer's clones as a freshly executed helper — and the child does what the helper
+//! did, in a process of its own (it may change its mount namespace, libcontainer's processes
+//! are its children), then answers and exits.
+//!
+//! Protocol: the server's stdin is its end of a `SOCK_SEQPACKET` socket pair whose other end
+//! only Paddock holds (close-on-exec there, so no other child inherits it). A request is one
+//! message: the helper arguments, NUL-separated, with one file descriptor attached — the
+//! requester's own reply socket, so concurrent requests cannot get each other's answers. The
+//! forked child sends one message on it: [`REPLY_OK`] and the output, or [`REPLY_ERR`] and
+//! the error message (which names the container and the step).
+//!
+//! Guarantees:
+//! - Only the process that started the server is served: each request carries its sender's
+//!   credentials, checked by the kernel (`SO_PASSCRED`), and a request from any other process
+//!   is refused with an error on its reply socket.
+//! - The server ends with Paddock: at EOF on its socket (Paddock's end is closed when Paddock
+//!   exits, however it exits) or when its parent changes. No `PR_SET_PDEATHSIG`: it fires when
+//!   the *thread* that spawned the server exits, and that is a blocking-pool thread.
+//! - A server that died is started again by the next request ([`ForkServer::request`]).
+//! - It serves only the state root it was started for, and only `create` and `start`.
+
+// `fork` and taking ownership of received descriptors.
+#![allow(unsafe_code)]
+
+use std::ffi::{OsStr, OsString};
+use std::io::{IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use nix::sys::socket::{
+    ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, sendmsg, sockopt,
+};
+
+use crate::container::{ContainerError, HELPER_ARG, io};
+
+/// The helper command that runs the fork server: `serve <state root>`.
+pub const SERVE_CMD: &str = "serve";
+/// First byte of a successful reply.
+const REPLY_OK: u8 = b'+';
+/// First byte of a failed reply.
+const REPLY_ERR: u8 = b'-';
+/// Largest request or reply (arguments are a few paths; an error message a few lines).
+const MAX_MESSAGE: usize = 64 * 1024;
+/// How long a requester waits for its answer, in seconds. Only a child killed mid-request (the OOM
+/// killer) answers never: libcontainer's init, blocked before its exec, then still holds the
+/// reply socket, so no EOF comes. Far above any create's time, so a slow machine is not
+/// failed by it.
+const REPLY_TIMEOUT_S: i64 = 300;
+
+/// A running fork server and Paddock's end of its socket.
+struct Conn {
+    child: std::process::Child,
+    sock: OwnedFd,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing the socket ends it; reap it so it leaves no zombie.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Paddock's handle on its fork server, started on first use and again after it died.
+pub struct ForkServer {
+    bin: PathBuf,
+    state_root: PathBuf,
+    conn: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for ForkServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkServer")
+            .field("bin", &self.bin)
+            .field("state_root", &self.state_root)
+            .field("pid", &self.pid())
+            .finish()
+    }
+}
+
+fn seqpacket_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    Ok(nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )?)
+}
+
+impl ForkServer {
+    /// A fork server running `bin` (which must call
+    /// [`crate::container::run_helper_if_requested`] first thing) for containers under
+    /// `state_root`. Nothing starts until the first request.
+    pub fn new(bin: &Path, state_root: &Path) -> Self {
+        Self {
+            bin: bin.to_owned(),
+            state_root: state_root.to_owned(),
+            conn: Mutex::new(None),
+        }
+    }
+
+    /// The server's pid, if it runs.
+    pub fn pid(&self) -> Option<u32> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.as_ref().map(|c| c.child.id())
+    }
+
+    fn spawn(&self) -> std::io::Result<Conn> {
+        let (ours, theirs) = seqpacket_pair()?;
+        // Set before the server exists, so no request can arrive without credentials.
+        nix::sys::socket::setsockopt(&theirs, sockopt::PassCred, &true)?;
+        let child = std::process::Command::new(&self.bin)
+            .arg(HELPER_ARG)
+            .arg(SERVE_CMD)
+            .arg(&self.state_root)
+            .stdin(std::process::Stdio::from(theirs))
+            .stdout(std::process::Stdio::null())
+            .spawn()?;
+        Ok(Conn { child, sock: ours })
+    }
+
+    /// Sends a request with `reply` attached, starting the server if it is not running and
+    /// once more if the one running is gone.
+    fn send(&self, msg: &[u8], reply: RawFd) -> std::io::Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        for attempt in 0..2 {
+            if conn.is_none() {
+                *conn = Some(self.spawn()?);
+            }
+            let Some(c) = conn.as_ref() else { continue };
+            let fds = [reply];
+            let sent = sendmsg::<()>(
+                c.sock.as_raw_fd(),
+                &[IoSlice::new(msg)],
+                &[ControlMessage::ScmRights(&fds)],
+                MsgFlags::MSG_NOSIGNAL,
+                None,
+            );
+            match sent {
+                Ok(_) => return Ok(()),
+                // The server died (its end is closed): start another.
+                Err(nix::Error::EPIPE | nix::Error::ECONNRESET | nix::Error::ECONNREFUSED)
+                    if attempt == 0 =>
+                {
+                    tracing::warn!("container fork server gone; starting another");
+                    *conn = None;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(std::io::Error::other("container fork server did not start"))
+    }
+
+    /// Runs helper command `args` (`create ...` or `start ...`) in a fresh child of the server
+    /// and returns its output; `id` and `op` name the failure.
+    pub fn request(
+        &self,
+        id: &str,
+        op: &'static str,
+        args: &[&OsStr],
+    ) -> Result<Vec<u8>, ContainerError> {
+        let mut msg = Vec::new();
+        for (i, a) in args.iter().enumerate() {
+            if i > 0 {
+                msg.push(0);
+            }
+            msg.extend_from_slice(a.as_bytes());
+        }
+        let (ours, theirs) = seqpacket_pair().map_err(io(id, "make a reply socket"))?;
+        nix::sys::socket::setsockopt(
+            &ours,
+            sockopt::ReceiveTimeout,
+            &nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0),
+        )
+        .map_err(|e| io(id, "make a reply socket")(e.into()))?;
+        self.send(&msg, theirs.as_raw_fd())
+            .map_err(io(id, "ask the container fork server"))?;
+        // Only the child that serves the request keeps the other end now.
+        drop(theirs);
+        let mut buf = vec![0u8; MAX_MESSAGE];
+        let n = loop {
+            match nix::sys::socket::recv(ours.as_raw_fd(), &mut buf, MsgFlags::empty()) {
+                Err(nix::Error::EINTR) => continue,
+                r => break r,
+            }
+        }
+        .map_err(|e| io(id, "wait for the container fork server")(e.into()))?;
+        match buf[..n].split_first() {
+            Some((&REPLY_OK, out)) => Ok(out.to_vec()),
+            Some((&REPLY_ERR, message)) => Err(ContainerError::Helper {
+                id: id.to_owned(),
+                op,
+                message: String::from_utf8_lossy(message).into_owned(),
+            }),
+            _ => Err(ContainerError::Helper {
+                id: id.to_owned(),
+                op,
+                message: "the container helper ended without an answer".into(),
+            }),
+        }
+    }
+}
+
+// === the server ===
+
+/// Serves requests on stdin until EOF (helper side of [`ForkServer`]). Never starts a thread.
+pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
+    let fail = |op: &'static str| io("fork server", op);
+    // SAFETY: fd 0 is the socket Paddock gave us as stdin; nothing else in this process owns
+    // it, and from here on only `ctl` does.
+    let ctl = unsafe { OwnedFd::from_raw_fd(0) };
+    let parent = nix::unistd::getppid();
+    let null = std::fs::File::open("/dev/null").map_err(fail("open /dev/null"))?;
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        reap_children();
+        if nix::unistd::getppid() != parent {
+            return Ok(());
+        }
+        // Wake up now and then to reap finished children and notice a new parent.
+        let mut fds = [nix::poll::PollFd::new(
+            ctl.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1000u16)) {
+            Ok(0) | Err(nix::Error::EINTR) => continue,
+            Ok(_) => {}
+            Err(e) => return Err(fail("wait for requests")(e.into())),
+        }
+        let mut space = nix::cmsg_space!(nix::libc::ucred, [RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = match recvmsg::<()>(
+            ctl.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        ) {
+            Ok(m) => m,
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(fail("read a request")(e.into())),
+        };
+        let mut sender = None;
+        let mut reply = None;
+        for c in msg.cmsgs().map_err(|e| fail("read a request")(e.into()))? {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
+                ControlMessageOwned::ScmRights(fds) => {
+                    for fd in fds {
+                        // SAFETY: the kernel just installed `fd` in this process for us.
+                        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                        if reply.is_none() {
+                            reply = Some(fd);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        let len = msg.bytes;
+        let Some(reply) = reply else {
+            if len == 0 {
+                return Ok(()); // EOF: Paddock is gone.
+            }
+            continue; // Nowhere to answer.
+        };
+        if sender != Some(parent.as_raw()) {
+            answer(
+                &reply,
+                Err(format!(
+                    "container fork server: refused a request from pid {}, not from its parent",
+                    sender.map_or_else(|| "unknown".into(), |p| p.to_string())
+                )),
+            );
+            continue;
+        }
+        let args: Vec<OsString> = buf[..len]
+            .split(|b| *b == 0)
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect();
+        fork_one(&ctl, &null, state_root, reply, &args);
+    }
+}
+
+/// Reaps every finished child of the server without blocking.
+fn reap_children() {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    while let Ok(s) = waitpid(None, Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL)) {
+        if s == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Sends one reply; the requester reports a lost one as "ended without an answer".
+fn answer(reply: &OwnedFd, r: Result<Vec<u8>, String>) {
+    let (tag, mut body) = match r {
+        Ok(out) => (REPLY_OK, out),
+        Err(msg) => (REPLY_ERR, msg.into_bytes()),
+    };
+    body.truncate(MAX_MESSAGE - 1);
+    body.insert(0, tag);
+    let _ = nix::sys::socket::send(reply.as_raw_fd(), &body, MsgFlags::MSG_NOSIGNAL);
+}
+
+/// Forks a child that runs one request and answers on `reply`.
+fn fork_one(
+    ctl: &OwnedFd,
+    null: &std::fs::File,
+    state_root: &Path,
+    reply: OwnedFd,
+    args: &[OsString],
+) {
+    // SAFETY: the server is single-threaded (it never starts a thread), so the child is a
+    // complete copy of it and may run any code.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            // Nothing the child starts (libcontainer's processes, the log relay) may hold the
+            // server's socket.
+            let _ = nix::unistd::dup2(null.as_raw_fd(), ctl.as_raw_fd());
+            let r = std::panic::catch_unwind(|| run_request(state_root, args))
+                .unwrap_or_else(|_| Err("the container helper panicked".into()));
+            answer(&reply, r);
+            std::process::exit(0);
+        }
+        Ok(nix::unistd::ForkResult::Parent { .. }) => {}
+        Err(e) => answer(&reply, Err(format!("container fork server: fork: {e}"))),
+    }
+}
+
+/// Runs one request in the forked child.
+fn run_request(state_root: &Path, args: &[OsString]) -> Result<Vec<u8>, String> {
+    let a: Vec<&Path> = args.iter().map(Path::new).collect();
+    match a.as_slice() {
+        [op, root, ..] if *root != state_root => Err(format!(
+            "container fork server: {} under {}: serves {} only",
+            op.display(),
+            root.display(),
+            state_root.display()
+        )),
+        _ => {
+            let a: Vec<&str> = args
+                .iter()
+                .map(|s| s.to_str().ok_or_else(|| format!("not UTF-8: {s:?}")))
+                .collect::<Result<_, _>>()?;
+            crate::container::served(&a).map_err(|e| e.to_string())
+        }
+    }
+}
