@@ -15,7 +15,6 @@
 //! The runtime links this crate without the `client` feature: types, constants and the
 //! standard-library-only [`caplog`].
 
-pub mod bootid;
 pub mod caplog;
 mod init;
 mod signature;

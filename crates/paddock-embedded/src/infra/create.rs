@@ -396,6 +396,7 @@ impl EmbeddedInfra {
                 tmp_bytes: cfg.tmp_bytes,
                 boot_id: Some(spec::BootId {
                     file: &paths.boot_id(),
+                    helper: &cfg.helper_binary,
                 }),
                 userns: cfg.userns,
                 seccomp: &seccomp,
