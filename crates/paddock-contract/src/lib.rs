@@ -15,6 +15,7 @@
 //! The runtime links this crate without the `client` feature: types, constants and the
 //! standard-library-only [`caplog`].
 
+pub mod bootid;
 pub mod caplog;
 mod init;
 mod signature;

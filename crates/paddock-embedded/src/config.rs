@@ -38,6 +38,12 @@ pub struct EmbeddedConfig {
     /// [`crate::container::run_helper_if_requested`] first thing in `main`. Defaults to the
     /// current executable.
     pub helper_binary: PathBuf,
+    /// Binary each sandbox's `createContainer` hook executes to bind its boot id (see
+    /// [`crate::spec::BootId`]): one that answers [`paddock_contract::bootid::BOOT_ID_ARGS`],
+    /// as the runtime binary and [`Self::helper_binary`] both do. Defaults to the runtime
+    /// binary: it is static and small, so executing it once per boot costs about a third of
+    /// the CPU of executing Paddock's own large, dynamically relocated binary.
+    pub hook_binary: PathBuf,
     /// Bridge, address range and firewall names.
     pub net: NetConfig,
     /// Name of the cgroup under this process's own cgroup that holds sandbox cgroups.
@@ -160,6 +166,7 @@ impl EmbeddedConfig {
         Self {
             data_dir,
             template_cache,
+            hook_binary: runtime_binary.clone(),
             runtime_binary,
             runtime_args: Vec::new(),
             init_binary: DEFAULT_INIT.into(),

@@ -119,7 +119,11 @@ pub fn run_helper_if_requested() -> Option<i32> {
         [crate::userns::HOLD_CMD] => crate::userns::hold_here()
             .map(|()| 0)
             .map_err(io("userns", "hold a user namespace")),
-        [BOOT_ID_CMD, file, rootfs] => bind_boot_id(Path::new(file), Path::new(rootfs)).map(|()| 0),
+        [BOOT_ID_CMD, file, rootfs] => {
+            paddock_contract::bootid::bind(Path::new(file), Path::new(rootfs))
+                .map(|()| 0)
+                .map_err(io(&target_name(Path::new(rootfs)), "boot id"))
+        }
         [RUN_CMD, root, id, bundle] => run_here(Path::new(root), id, Path::new(bundle)).map(|()| 0),
         ["exec", root, id, cmd @ ..] => {
             let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
@@ -159,43 +163,8 @@ pub(crate) fn served(a: &[&str]) -> Result<Vec<u8>, ContainerError> {
 }
 
 /// The helper command that binds a boot's id file over the sandbox's `boot_id` (see
-/// [`crate::spec::BootId`]).
-pub const BOOT_ID_CMD: &str = "boot-id";
-
-/// Binds `file` read-only over `<rootfs>/proc/sys/kernel/random/boot_id`. Runs as the
-/// sandbox's `createContainer` hook, in its mount namespace, before `pivot_root`.
-fn bind_boot_id(file: &Path, rootfs: &Path) -> Result<(), ContainerError> {
-    use nix::mount::{MsFlags, mount};
-    let target = rootfs.join(crate::spec::BOOT_ID_PATH);
-    let fail = |op: &'static str| {
-        move |e: nix::errno::Errno| ContainerError::Io {
-            id: target_name(rootfs),
-            op,
-            source: e.into(),
-        }
-    };
-    mount(
-        Some(file),
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    )
-    .map_err(fail("bind boot id"))?;
-    mount(
-        None::<&str>,
-        &target,
-        None::<&str>,
-        MsFlags::MS_BIND
-            | MsFlags::MS_REMOUNT
-            | MsFlags::MS_RDONLY
-            | MsFlags::MS_NOSUID
-            | MsFlags::MS_NODEV
-            | MsFlags::MS_NOEXEC,
-        None::<&str>,
-    )
-    .map_err(fail("make boot id read-only"))
-}
+/// [`crate::spec::BootId`]); the runtime binary runs it too, and the sandboxes' hook uses that.
+pub const BOOT_ID_CMD: &str = paddock_contract::bootid::BOOT_ID_ARGS[1];
 
 /// The sandbox's name for errors of the hook: its rootfs's parent directory is named by id.
 fn target_name(rootfs: &Path) -> String {

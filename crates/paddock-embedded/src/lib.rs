@@ -28,6 +28,7 @@ pub mod oci;
 pub mod private_dir;
 pub mod proc;
 mod ratelimit;
+mod readiness;
 mod rtnl;
 pub mod seccomp;
 pub mod snapshot;

@@ -53,14 +53,16 @@ pub struct SpecInput<'a> {
 
 /// A file to show as `/proc/sys/kernel/random/boot_id` inside the sandbox. A container
 /// otherwise shows the host's, the same on every boot of the sandbox. libcontainer refuses OCI
-/// mounts under `/proc` (but a few), so a `createContainer` hook (the container helper, run in
-/// the sandbox's mount namespace once `/proc` is mounted, before `pivot_root`) binds it.
+/// mounts under `/proc` (but a few), so a `createContainer` hook (see
+/// [`paddock_contract::bootid`], run in the sandbox's mount namespace once `/proc` is
+/// mounted, before `pivot_root`) binds it.
 #[derive(Debug, Clone, Copy)]
 pub struct BootId<'a> {
     /// The file holding this boot's id.
     pub file: &'a Path,
-    /// The binary that runs [`crate::container::HELPER_ARG`] commands.
-    pub helper: &'a Path,
+    /// The binary the hook executes: one that answers [`paddock_contract::bootid::BOOT_ID_ARGS`]
+    /// (see [`crate::config::EmbeddedConfig::hook_binary`]).
+    pub hook: &'a Path,
 }
 
 /// Where a user-namespaced sandbox's init finds the host paths its spec needs (see
@@ -142,7 +144,7 @@ impl Stage {
 }
 
 /// The sandbox-side path of the boot id.
-pub const BOOT_ID_PATH: &str = "proc/sys/kernel/random/boot_id";
+pub const BOOT_ID_PATH: &str = paddock_contract::bootid::BOOT_ID_PATH;
 
 /// The capability set of Docker's default, nothing more.
 pub const DEFAULT_CAPS: [&str; 14] = [
@@ -281,9 +283,15 @@ pub fn build(input: &SpecInput<'_>) -> Value {
     let init_binary = host(input.init_binary, "init");
     let runtime_binary = host(input.runtime_binary, "runtime");
     let resolv_conf = input.resolv_conf.map(|r| host(r, "resolv.conf"));
-    let boot_id = input
-        .boot_id
-        .map(|b| (host(b.helper, "helper"), host(b.file, "boot_id")));
+    // The hook is usually the runtime binary, already staged: one bind less per boot.
+    let boot_id = input.boot_id.map(|b| {
+        let hook = if b.hook == input.runtime_binary {
+            runtime_binary.clone()
+        } else {
+            host(b.hook, "hook")
+        };
+        (hook, host(b.file, "boot_id"))
+    });
     let mut mounts = vec![
         json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
         json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
@@ -299,11 +307,11 @@ pub fn build(input: &SpecInput<'_>) -> Value {
         mounts.push(json!({"destination": "/etc/resolv.conf", "type": "bind", "source": resolv, "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}));
     }
     let hooks = match &boot_id {
-        Some((helper, file)) => json!({ "createContainer": [{
-            "path": helper,
+        Some((hook, file)) => json!({ "createContainer": [{
+            "path": hook,
             "args": [
-                helper, crate::container::HELPER_ARG, crate::container::BOOT_ID_CMD,
-                file, rootfs,
+                hook, paddock_contract::bootid::BOOT_ID_ARGS[0],
+                paddock_contract::bootid::BOOT_ID_ARGS[1], file, rootfs,
             ],
         }]}),
         None => json!({}),
@@ -456,8 +464,8 @@ mod tests {
         }
     }
 
-    /// A boot id becomes one `createContainer` hook running the helper's boot-id command with
-    /// the file and the rootfs; without one there is no hook.
+    /// A boot id becomes one `createContainer` hook running the configured hook binary's
+    /// boot-id command with the file and the rootfs; without one there is no hook.
     #[test]
     fn boot_id_is_bound_by_a_create_container_hook() {
         let env = BTreeMap::new();
@@ -473,7 +481,7 @@ mod tests {
         let mut with = input(&env);
         with.boot_id = Some(BootId {
             file: Path::new("/data/sbx1/boot_id"),
-            helper: Path::new("/usr/bin/paddock"),
+            hook: Path::new("/opt/paddock-runtime"),
         });
         let path = write(d.path(), &build(&with)).expect("write");
         let spec = oci_spec::runtime::Spec::load(path).expect("parses");
@@ -483,17 +491,30 @@ mod tests {
             .and_then(|h| h.create_container().clone())
             .expect("createContainer hooks");
         assert_eq!(hooks.len(), 1);
-        assert_eq!(hooks[0].path(), Path::new("/usr/bin/paddock"));
+        assert_eq!(hooks[0].path(), Path::new("/opt/paddock-runtime"));
         assert_eq!(
             hooks[0].args().clone().expect("args"),
             [
-                "/usr/bin/paddock",
+                "/opt/paddock-runtime",
                 crate::container::HELPER_ARG,
                 crate::container::BOOT_ID_CMD,
                 "/data/sbx1/boot_id",
                 "/data/sbx1/rootfs"
             ]
         );
+        // Another binary (a stand-in runtime cannot bind the id) is named as given.
+        with.boot_id = Some(BootId {
+            file: Path::new("/data/sbx1/boot_id"),
+            hook: Path::new("/usr/bin/paddock"),
+        });
+        let path = write(d.path(), &build(&with)).expect("write");
+        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
+        let hooks = spec
+            .hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+            .expect("createContainer hooks");
+        assert_eq!(hooks[0].path(), Path::new("/usr/bin/paddock"));
     }
 
     /// Security review C1: the device policy starts by refusing every device, so only the

@@ -89,6 +89,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(log) = paddock_contract::caplog::relay_log(&argv) {
         std::process::exit(paddock_contract::caplog::relay(&log));
     }
+    // As a sandbox's boot-id hook (see `paddock_contract::bootid`), likewise.
+    if let Some((file, rootfs)) = paddock_contract::bootid::hook_args(&argv) {
+        if let Err(e) = paddock_contract::bootid::bind(&file, &rootfs) {
+            eprintln!("boot id of {}: {e}", rootfs.display());
+            std::process::exit(1);
+        }
+        std::process::exit(0);
+    }
     // Linked as `sudo` inside sandboxes (see `paddock_runtime::sudo`).
     if paddock_runtime::sudo::called_as_sudo() {
         let args: Vec<String> = std::env::args().skip(1).collect();

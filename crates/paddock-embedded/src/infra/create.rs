@@ -13,7 +13,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::state::Entry;
 use super::{EmbeddedInfra, blocking, cgroup_limits, internal, now_ms, template_err};
 use crate::store::SandboxRecord;
-use crate::{container, disk, mounts, network, proc, spec};
+use crate::{container, disk, mounts, network, proc, readiness, spec};
 
 /// A fresh id: 20 characters of `[a-z0-9]` from the kernel's random pool.
 pub(super) fn new_id() -> InfraResult<SandboxId> {
@@ -396,7 +396,7 @@ impl EmbeddedInfra {
                 tmp_bytes: cfg.tmp_bytes,
                 boot_id: Some(spec::BootId {
                     file: &paths.boot_id(),
-                    helper: &cfg.helper_binary,
+                    hook: &cfg.hook_binary,
                 }),
                 userns: cfg.userns,
                 seccomp: &seccomp,
@@ -466,13 +466,30 @@ impl EmbeddedInfra {
         let addr = SocketAddr::new(rec.ip.into(), spec::RUNTIME_PORT);
         let started = Instant::now();
         let deadline = started + self.inner.cfg.ready_timeout;
+        let died = || {
+            let log = std::fs::read_to_string(self.paths(&rec.id).log()).unwrap_or_default();
+            InfraError::SandboxFailed {
+                id: rec.id.clone(),
+                reason: format!("init exited while starting; output: {}", tail(&log, 800)),
+            }
+        };
+        // A runtime starts in a few milliseconds: the first second is polled finely from a
+        // blocking thread (see `crate::readiness`); one still starting after it is polled
+        // gently from here.
+        let fine_until = (started + Duration::from_secs(1)).min(deadline);
+        let (pid, ticks) = (rec.init_pid, rec.init_start_ticks);
+        match blocking(move || {
+            readiness::wait_healthy(addr, fine_until, || proc::alive(pid, ticks))
+        })
+        .await?
+        {
+            readiness::Outcome::Healthy => return Ok(()),
+            readiness::Outcome::Died => return Err(died()),
+            readiness::Outcome::TimedOut => {}
+        }
         loop {
-            if !proc::alive(rec.init_pid, rec.init_start_ticks) {
-                let log = std::fs::read_to_string(self.paths(&rec.id).log()).unwrap_or_default();
-                return Err(InfraError::SandboxFailed {
-                    id: rec.id.clone(),
-                    reason: format!("init exited while starting; output: {}", tail(&log, 800)),
-                });
+            if !proc::alive(pid, ticks) {
+                return Err(died());
             }
             if paddock_contract::client::probe_health(addr).await {
                 return Ok(());
@@ -486,15 +503,7 @@ impl EmbeddedInfra {
                     ),
                 });
             }
-            // A runtime starts in tens of milliseconds: polling often while it should be
-            // coming up costs a refused connect each time, where a growing backoff would
-            // answer up to twice as late; one that is slow gets polled gently.
-            let delay = if started.elapsed() < Duration::from_secs(1) {
-                Duration::from_millis(2)
-            } else {
-                Duration::from_millis(50)
-            };
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }

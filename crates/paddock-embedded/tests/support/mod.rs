@@ -57,12 +57,15 @@ pub fn seccomp_program() -> &'static paddock_embedded::seccomp::Program {
     })
 }
 
+/// File name of the built stand-in runtime.
+const STANDIN_NAME: &str = "paddock-runtime-standin";
+
 /// A static stand-in for the runtime (answers 204 to everything on :49983), compiled once.
 /// Works in any root filesystem, even an empty one.
 pub fn standin_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("paddock-runtime-standin");
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(STANDIN_NAME);
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/standin.rs");
         let status = std::process::Command::new("rustc")
             .args([
@@ -144,6 +147,10 @@ impl Env {
         let mut cfg = EmbeddedConfig::from_env(runtime_binary());
         cfg.data_dir = dir.path().to_owned();
         cfg.helper_binary = env!("CARGO_BIN_EXE_paddock-embedded").into();
+        // The stand-in cannot bind a boot id; the helper binary can.
+        if cfg.runtime_binary.ends_with(STANDIN_NAME) {
+            cfg.hook_binary = cfg.helper_binary.clone();
+        }
         cfg.template_cache = template_cache();
         cfg.net = NetConfig {
             bridge: format!("pdktbr{n}"),
