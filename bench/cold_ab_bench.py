@@ -7,7 +7,9 @@ the create phases from its debug log (`phase: ... ms=`). Builds alternate round 
 (/var/tmp/cold-ab-perf-NAME.data).
 
     sudo PADDOCK_BENCH_RUNTIME_BIN=<runtime> .venv/bin/python bench/cold_ab_bench.py \
-        --runs 30 --rounds 2 main=<paddock of main> new=<paddock of this build>
+        --runs 30 --rounds 2 main=<paddock of main> new=<paddock of this build>[,<its runtime>]
+
+(a build given as PADDOCK,RUNTIME runs its own runtime; the others PADDOCK_BENCH_RUNTIME_BIN's)
 """
 import argparse, os, pathlib, re, statistics, subprocess, sys, time
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -16,6 +18,7 @@ from paddock_harness import Paddock, row, pct  # noqa
 from e2b import Sandbox
 
 TCK = os.sysconf("SC_CLK_TCK")
+DEFAULT_RUNTIME = os.environ.get("PADDOCK_BENCH_RUNTIME_BIN")
 
 def own_cpu(pid):
     f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
@@ -54,7 +57,12 @@ builds = [b.split("=", 1) for b in a.builds]
 res = {n: {"tti": [], "cpu": [], "ph": {}} for n, _ in builds}
 for rnd in range(a.rounds):
     for name, binary in builds:
+        binary, _, runtime = binary.partition(",")
         os.environ["PADDOCK_BENCH_BIN"] = binary
+        if runtime or DEFAULT_RUNTIME:
+            os.environ["PADDOCK_BENCH_RUNTIME_BIN"] = runtime or DEFAULT_RUNTIME
+        else:
+            os.environ.pop("PADDOCK_BENCH_RUNTIME_BIN", None)
         p = Paddock(pool_size=0)
         perf = None
         try:

@@ -28,7 +28,7 @@ fn exempt(path: &str) -> bool {
     matches!(path, "/health" | "/files")
 }
 
-fn is_rpc(path: &str) -> bool {
+pub(crate) fn is_rpc(path: &str) -> bool {
     path.starts_with("/process.") || path.starts_with("/filesystem.")
 }
 

@@ -168,10 +168,7 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         ..RuntimeOptions::default()
     };
     let rt = Runtime::new(opts);
-    rt.prepare().context("preparing the default user")?;
-    if !args.no_sudo {
-        rt.start_sudo();
-    }
+    rt.prepare_in_background(!args.no_sudo);
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
