@@ -114,10 +114,10 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         records = {r["id"] for r in json.loads((data / "sandboxes.json").read_text())}
         assert records == live, f"records of sandboxes that are not live: {records - live}"
         # The check below must see what it looks for: every live sandbox's processes.
-        every_process = stray_processes(data, set())
+        every_process = stray_processes(data, set(), srv.proc.pid)
         unseen = {sid for sid in everything if not any(sid in p for p in every_process)}
         assert not unseen, f"the process check sees no process of the live sandboxes {unseen}"
-        strays = stray_processes(data, everything)
+        strays = stray_processes(data, everything, srv.proc.pid)
         assert strays == [], f"processes of sandboxes that are gone: {strays}"
     finally:
         for sid in {s["sandboxID"] for s in list_all(srv) if s["metadata"].get("crash") == run}:
@@ -186,10 +186,17 @@ def pinned_neighbours() -> list[str]:
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
-def stray_processes(data: pathlib.Path, keep: set[str]) -> list[str]:
+def parent_of(pid: str) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def stray_processes(data: pathlib.Path, keep: set[str], paddock_pid: int) -> list[str]:
     """Processes that belong to a sandbox not in `keep`: by their cgroup, or by a root file
     system that is a sandbox's overlay (its upper dir is in the data dir); and container
-    helpers of this data dir left running."""
+    helpers of this data dir left running, but the fork server of the live `paddock_pid`."""
     upper = re.compile(re.escape(str(data / "embedded/sandboxes")) + r"/([a-z0-9]{20})/")
     strays = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -211,5 +218,7 @@ def stray_processes(data: pathlib.Path, keep: set[str]) -> list[str]:
             if not owners:
                 strays.append(f"{pid} {cmd[:120]!r}: a log relay outside any sandbox's cgroup")
         elif "__paddock-container" in cmd and str(data) in cmd:
+            if "__paddock-container serve " in cmd and parent_of(pid) == paddock_pid:
+                continue  # the running paddock's own fork server
             strays.append(f"{pid} {cmd[:120]!r}: a container helper outlived its paddock")
     return strays
