@@ -293,7 +293,7 @@ def leftovers(p: Paddock, cg: MemoryCgroup, ours: set[str]) -> dict[str, int]:
         "cgroups": len(cgroups & ours),
         "veths": max(0, len(sandbox_veths()) - len(others)),
         "neighbour entries": max(0, len(pinned_neighbours()) - len(others)),
-        "processes": len(stray_processes(data, others)),
+        "processes": len(stray_processes(data, others, p.proc.pid)),
     }
 
 
