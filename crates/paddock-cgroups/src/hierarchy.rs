@@ -120,7 +120,8 @@ impl Hierarchy {
         }
     }
 
-    /// Names of the sandbox cgroups that exist now (for recovery and leak checks).
+    /// Names of the sandbox cgroups that exist now (for recovery and leak checks); not the
+    /// dot-named ones Paddock keeps for itself ([`crate::WARM_CGROUP`]).
     pub fn list(&self) -> Result<Vec<String>> {
         let dirs: Vec<PathBuf> = match self.version {
             Version::V1 => V1_CONTROLLERS
@@ -139,8 +140,11 @@ impl Hierarchy {
                 Err(source) => return Err(CgroupError::Io { path: dir, source }),
             };
             for entry in entries.flatten() {
-                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                    out.insert(entry.file_name().to_string_lossy().into_owned());
+                let name = entry.file_name().to_string_lossy().into_owned();
+                // Dot names are Paddock's own (see `crate::warm`), never a sandbox's.
+                if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) && !name.starts_with('.')
+                {
+                    out.insert(name);
                 }
             }
         }

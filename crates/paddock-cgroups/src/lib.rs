@@ -13,11 +13,13 @@
 mod hierarchy;
 mod v1;
 mod v2;
+mod warm;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use hierarchy::{Hierarchy, Version};
+pub use warm::{WARM_CGROUP, Warmer};
 
 /// Limits written to a sandbox's cgroup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -299,8 +299,18 @@ impl EmbeddedInfra {
         let cfg = self.inner.cfg.clone();
         let limits = rec.limits.clone();
         let userns = self.inner.userns.clone();
+        let cg = self.inner.cgroups.sandbox(rec.id.as_str());
+        let warmer = self.inner.cgroup_warmer.clone();
         let t0 = Instant::now();
         blocking(move || -> InfraResult<()> {
+            // The container's first cgroup move waits for a grace period after a quiet
+            // spell: one is started here, to run beside the disk work. The sandbox's cgroup is
+            // made first: making a cgroup waits for the cgroup mutex, which the warming move
+            // holds through its grace period. (A failed create's teardown removes it.)
+            cg.create().map_err(internal)?;
+            if let Some(w) = &warmer {
+                w.kick();
+            }
             // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
             // enforced fails the create rather than being ignored (security review H5).
             let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);

@@ -9,7 +9,7 @@ use paddock_infra::{
     CreateSandbox, CreateSnapshot, Infra, InfraError, InfraResult, Limits, PauseMode, SandboxEnded,
     SandboxId, SandboxInfo, SandboxMetrics, SnapshotInfo, TemplateInfo,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::EmbeddedConfig;
 use crate::store::{SandboxRecord, Store};
@@ -40,6 +40,9 @@ struct Inner {
     cfg: EmbeddedConfig,
     templates: Templates,
     cgroups: Hierarchy,
+    /// Warms the cgroup migration lock at the start of each cold create (cgroup v1; see
+    /// `paddock_cgroups::Warmer`).
+    cgroup_warmer: Option<paddock_cgroups::Warmer>,
     store: Store,
     /// Snapshots (see `snapshots.rs`).
     snapshots: crate::snapshot::SnapshotStore,
@@ -160,6 +163,11 @@ impl EmbeddedInfra {
             .map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
+        // Only speed: a host where it cannot start runs without it.
+        let cgroup_warmer = paddock_cgroups::Warmer::start(&cgroups).unwrap_or_else(|e| {
+            warn!(error = %e, "cgroup lock warming not started");
+            None
+        });
         network::setup_host(&cfg.net, cfg.resolv_conf.as_deref())
             .await
             .map_err(internal)?;
@@ -176,6 +184,7 @@ impl EmbeddedInfra {
                 cfg,
                 templates,
                 cgroups,
+                cgroup_warmer,
                 store,
                 snapshots,
                 snapshot_use: tokio::sync::RwLock::new(()),

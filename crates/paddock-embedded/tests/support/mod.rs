@@ -255,7 +255,10 @@ impl Env {
                 let _ = cg.kill_all();
                 let _ = cg.remove();
             }
-            // The parent directories (one per v1 hierarchy an OCI runtime may have joined).
+            // Paddock's own cgroup for warming the migration lock (v1), then the parent
+            // directories (one per v1 hierarchy an OCI runtime may have joined).
+            let warm = h.root().join("pids").join(h.base());
+            let _ = std::fs::remove_dir(warm.join(paddock_cgroups::WARM_CGROUP));
             for e in std::fs::read_dir(h.root()).into_iter().flatten().flatten() {
                 let _ = std::fs::remove_dir(e.path().join(h.base()));
             }
