@@ -464,32 +464,30 @@ mod tests {
         }
     }
 
+    /// The `createContainer` hooks of the spec built from `input`, written under `dir` and
+    /// loaded back as a runtime would.
+    fn create_container_hooks(dir: &Path, input: &SpecInput<'_>) -> Vec<oci_spec::runtime::Hook> {
+        let path = write(dir, &build(input)).expect("write");
+        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
+        spec.hooks()
+            .as_ref()
+            .and_then(|h| h.create_container().clone())
+            .unwrap_or_default()
+    }
+
     /// A boot id becomes one `createContainer` hook running the configured hook binary's
     /// boot-id command with the file and the rootfs; without one there is no hook.
     #[test]
     fn boot_id_is_bound_by_a_create_container_hook() {
         let env = BTreeMap::new();
         let d = tempfile::tempdir().expect("tempdir");
-        let plain = write(d.path(), &build(&input(&env))).expect("write");
-        let spec = oci_spec::runtime::Spec::load(plain).expect("parses");
-        assert!(
-            spec.hooks()
-                .as_ref()
-                .and_then(|h| h.create_container().as_ref())
-                .is_none_or(|h| h.is_empty())
-        );
+        assert!(create_container_hooks(d.path(), &input(&env)).is_empty());
         let mut with = input(&env);
         with.boot_id = Some(BootId {
             file: Path::new("/data/sbx1/boot_id"),
             hook: Path::new("/opt/paddock-runtime"),
         });
-        let path = write(d.path(), &build(&with)).expect("write");
-        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
-        let hooks = spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.create_container().clone())
-            .expect("createContainer hooks");
+        let hooks = create_container_hooks(d.path(), &with);
         assert_eq!(hooks.len(), 1);
         assert_eq!(hooks[0].path(), Path::new("/opt/paddock-runtime"));
         assert_eq!(
@@ -507,13 +505,8 @@ mod tests {
             file: Path::new("/data/sbx1/boot_id"),
             hook: Path::new("/usr/bin/paddock"),
         });
-        let path = write(d.path(), &build(&with)).expect("write");
-        let spec = oci_spec::runtime::Spec::load(path).expect("parses");
-        let hooks = spec
-            .hooks()
-            .as_ref()
-            .and_then(|h| h.create_container().clone())
-            .expect("createContainer hooks");
+        let hooks = create_container_hooks(d.path(), &with);
+        assert_eq!(hooks.len(), 1);
         assert_eq!(hooks[0].path(), Path::new("/usr/bin/paddock"));
     }
 

@@ -391,6 +391,8 @@ impl EmbeddedInfra {
         let pid = blocking(move || -> InfraResult<i32> {
             // Each boot has its own id, as a machine's (E2B's reboot tests read it).
             std::fs::write(paths.boot_id(), boot_id).map_err(internal)?;
+            // A create made the cgroup already (see `bring_up`; this is a no-op then); a
+            // filesystem-only pause removed its sandbox's, and its reboot comes here.
             cg.create().map_err(internal)?;
             cg.apply(&cgroup_limits(&limits)).map_err(internal)?;
             let v = spec::build(&spec::SpecInput {
