@@ -20,6 +20,8 @@
 //! - Only the process that started the server is served: each request carries its sender's
 //!   credentials, checked by the kernel (`SO_PASSCRED`), and a request from any other process
 //!   is refused with an error on its reply socket.
+//! - Signals for Paddock's process group (a Ctrl-C, a SIGTERM to the group) do not reach it:
+//!   it runs in a session of its own.
 //! - The server ends with Paddock: at EOF on its socket (Paddock's end is closed when Paddock
 //!   exits, however it exits) or when its parent changes. No `PR_SET_PDEATHSIG`: it fires when
 //!   the *thread* that spawned the server exits, and that is a blocking-pool thread.
@@ -218,6 +220,12 @@ pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
     // SAFETY: fd 0 is the socket Paddock gave us as stdin; nothing else in this process owns
     // it, and from here on only `ctl` does.
     let ctl = unsafe { OwnedFd::from_raw_fd(0) };
+    // Out of Paddock's process group and session: a Ctrl-C at its terminal, or a SIGTERM to
+    // its group, would otherwise kill the server and the children serving creates while
+    // Paddock shuts down. A child killed mid-create leaves its reply socket held by
+    // libcontainer's blocked init, and Paddock's shutdown then waited out REPLY_TIMEOUT_S with
+    // sandboxes half made. The server still ends with Paddock (EOF on `ctl`).
+    let _ = nix::unistd::setsid();
     let parent = nix::unistd::getppid();
     let null = std::fs::File::open("/dev/null").map_err(fail("open /dev/null"))?;
     let mut buf = vec![0u8; MAX_MESSAGE];

@@ -169,3 +169,16 @@ fn the_server_ends_when_its_parent_closes_its_end() {
     let status = server.child.wait().expect("wait");
     assert!(status.success(), "{status:?}");
 }
+
+/// The server leaves Paddock's process group and session, so a Ctrl-C or a SIGTERM to
+/// Paddock's group does not kill it (and the children serving creates) mid-shutdown.
+#[test]
+fn the_server_runs_in_a_session_of_its_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = ForkServer::new(Path::new(HELPER), dir.path());
+    start_nothing(&server, dir.path());
+    let pid = nix::unistd::Pid::from_raw(server.pid().expect("running") as i32);
+    let ours = nix::unistd::getpgid(None).expect("own group");
+    assert_ne!(nix::unistd::getpgid(Some(pid)).expect("its group"), ours);
+    assert_eq!(nix::unistd::getsid(Some(pid)).expect("its session"), pid);
+}
