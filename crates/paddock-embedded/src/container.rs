@@ -14,7 +14,7 @@
 //! runtime) → ... → caller kills the processes through the cgroup → [`forget`] drops
 //! libcontainer's state.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
@@ -108,13 +108,14 @@ pub fn run_helper_if_requested() -> Option<i32> {
     }
     let a: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
     let r: Result<i32, ContainerError> = match a.as_slice() {
-        [CREATE_CMD | START_CMD, ..] => served(&a).map(|out| {
+        [CREATE_CMD | START_CMD, ..] => served(&a, Vec::new()).map(|out| {
             use std::io::Write;
             let _ = std::io::stdout().write_all(&out);
             0
         }),
-        [crate::forkserver::SERVE_CMD, root] => {
-            crate::forkserver::serve(Path::new(root)).map(|()| 0)
+        [crate::forkserver::SERVE_CMD, root, keep @ ..] => {
+            let keep: Vec<PathBuf> = keep.iter().map(PathBuf::from).collect();
+            crate::forkserver::serve(Path::new(root), &keep).map(|()| 0)
         }
         [crate::userns::HOLD_CMD] => crate::userns::hold_here()
             .map(|()| 0)
@@ -146,8 +147,10 @@ const CREATE_CMD: &str = "create";
 const START_CMD: &str = "start";
 
 /// Runs a helper command whose whole answer is its output: [`CREATE_CMD`] or [`START_CMD`],
-/// in an executed helper or in a child of the fork server ([`crate::forkserver`]).
-pub(crate) fn served(a: &[&str]) -> Result<Vec<u8>, ContainerError> {
+/// in an executed helper or in a child of the fork server ([`crate::forkserver`]). `fds` are
+/// the descriptors the request came with: a `create` from the fork server brings its root
+/// filesystem as a detached mount (the server's namespace has none of the sandboxes' mounts).
+pub(crate) fn served(a: &[&str], fds: Vec<OwnedFd>) -> Result<Vec<u8>, ContainerError> {
     match a {
         [CREATE_CMD, root, id, bundle, log, relay_bin] => create_here(
             Path::new(root),
@@ -155,6 +158,7 @@ pub(crate) fn served(a: &[&str]) -> Result<Vec<u8>, ContainerError> {
             Path::new(bundle),
             Path::new(log),
             Path::new(relay_bin),
+            fds.into_iter().next(),
         )
         .map(|c| format!("{} {}\n", c.init_pid, c.relay_pid).into_bytes()),
         [START_CMD, root, id] => start_here(Path::new(root), id).map(|()| Vec::new()),
@@ -209,8 +213,10 @@ pub struct Created {
 /// Creates the container from the bundle (with `config.json`) in a child of the fork server
 /// and returns its init pid. The init waits for [`start`]; its output goes through a pipe to a
 /// log relay that keeps at most [`crate::logrelay::LOG_CAP_BYTES`] of it in `log`;
-/// `relay_bin` (the runtime binary) runs the relay. The init is not our child (the server's
-/// child exits), so watch it through `/proc`.
+/// `relay_bin` (the runtime binary) runs the relay. `rootfs` is the mounted root filesystem
+/// the bundle's spec names; it reaches the server's child as a detached copy (see
+/// [`crate::forkserver`]). The init is not our child (the server's child exits), so watch it
+/// through `/proc`.
 pub fn create(
     server: &ForkServer,
     state_root: &Path,
@@ -218,7 +224,9 @@ pub fn create(
     bundle: &Path,
     log: &Path,
     relay_bin: &Path,
+    rootfs: &Path,
 ) -> Result<Created, ContainerError> {
+    let tree = crate::mounts::clone_tree(rootfs).map_err(io(id, "take the root filesystem"))?;
     let out = server.request(
         id,
         "create",
@@ -230,6 +238,7 @@ pub fn create(
             log.as_os_str(),
             relay_bin.as_os_str(),
         ],
+        &[tree.as_fd()],
     )?;
     let text = String::from_utf8_lossy(&out);
     let mut pids = text.split_whitespace().map(str::parse::<i32>);
@@ -253,6 +262,7 @@ pub fn start(server: &ForkServer, state_root: &Path, id: &str) -> Result<(), Con
             id,
             "start",
             &[START_CMD.as_ref(), state_root.as_os_str(), id.as_ref()],
+            &[],
         )
         .map(drop)
 }
@@ -281,13 +291,17 @@ pub fn exec(
     })
 }
 
-/// Creates the container in this process (helper side of [`create`]).
+/// Creates the container in this process (helper side of [`create`]). With `rootfs` (a
+/// detached mount of the root filesystem) the container is made from a mount namespace of
+/// this process's own with it attached where the spec names it; without, the spec's root is
+/// used where it is (an executed helper in the host's namespace).
 fn create_here(
     state_root: &Path,
     id: &str,
     bundle: &Path,
     log: &Path,
     relay_bin: &Path,
+    rootfs: Option<OwnedFd>,
 ) -> Result<Created, ContainerError> {
     std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
     // A pipe, not the log file itself: sandbox root can write to `/proc/1/fd/1`, and a host
@@ -299,7 +313,7 @@ fn create_here(
         crate::logrelay::spawn(read_end, log, relay_bin).map_err(io(id, "start log relay"))?;
     let out = std::fs::File::from(out);
     let err = out.try_clone().map_err(io(id, "log pipe"))?;
-    if let Some(stage) = stage_for_bundle(id, bundle)? {
+    if let Some(stage) = stage_for_bundle(id, bundle, rootfs)? {
         // Sandbox root may reopen its output (`/proc/1/fd/1`, as the log tests and many
         // images do); a pipe made by host root is not its own inside a user namespace
         // (runc does the same for its stdio).
@@ -373,16 +387,30 @@ fn build_init(
 /// [`crate::spec::STAGE_DIR`] with each path bound into it. The init, host uid
 /// `host_base`, cannot walk the host's 0700 directories (the data dir, `/root`) to the
 /// originals, and the host never sees these mounts: they go with this helper's namespace (the
-/// container keeps its own copy). Nothing to do for a spec without a stage.
-fn stage_for_bundle(id: &str, bundle: &Path) -> Result<Option<crate::spec::Stage>, ContainerError> {
+/// container keeps its own copy). `rootfs`, if given, is attached as the spec's root: in the
+/// stage, or where the spec names it for a spec without one.
+fn stage_for_bundle(
+    id: &str,
+    bundle: &Path,
+    rootfs: Option<OwnedFd>,
+) -> Result<Option<crate::spec::Stage>, ContainerError> {
     let config = bundle.join("config.json");
     let text = std::fs::read(&config).map_err(io(id, "read config.json"))?;
-    let Some(stage) = crate::spec::Stage::from_spec_json(&text).map_err(io(id, "read stage"))?
-    else {
-        return Ok(None);
-    };
-    stage.mount_here().map_err(io(id, "stage host paths"))?;
-    Ok(Some(stage))
+    let stage = crate::spec::Stage::from_spec_json(&text).map_err(io(id, "read stage"))?;
+    match (&stage, rootfs) {
+        (Some(stage), rootfs) => stage
+            .mount_here(rootfs.as_ref().map(|f| f.as_fd()))
+            .map_err(io(id, "stage host paths"))?,
+        (None, Some(rootfs)) => {
+            let at = crate::spec::root_path_from_spec_json(&text)
+                .map_err(io(id, "read the spec's root"))?;
+            crate::spec::own_mount_namespace().map_err(io(id, "make a mount namespace"))?;
+            crate::mounts::attach_tree(rootfs.as_fd(), &at)
+                .map_err(io(id, "attach the root filesystem"))?;
+        }
+        (None, None) => {}
+    }
+    Ok(stage)
 }
 
 fn start_here(state_root: &Path, id: &str) -> Result<(), ContainerError> {
@@ -415,7 +443,7 @@ fn exec_here(state_root: &Path, id: &str, args: &[String]) -> Result<i32, Contai
         .map_err(io(id, "dup stderr"))?;
     // libcontainer resolves the spec's root again: the same stage as at create.
     let c = Container::load(state_root.join(id)).map_err(rt(id, "load"))?;
-    stage_for_bundle(id, c.bundle())?;
+    stage_for_bundle(id, c.bundle(), None)?;
     // libcontainer 0.7's tenant path joins every namespace of the init but its user
     // namespace; join that one here (we are single-threaded), so the command runs as the
     // sandbox's root, an unprivileged host uid, like everything else in there. The other

@@ -11,8 +11,9 @@
 //!
 //! Protocol: the server's stdin is its end of a `SOCK_SEQPACKET` socket pair whose other end
 //! only Paddock holds (close-on-exec there, so no other child inherits it). A request is one
-//! message: the helper arguments, NUL-separated, with one file descriptor attached — the
-//! requester's own reply socket, so concurrent requests cannot get each other's answers. The
+//! message: the helper arguments, NUL-separated, with file descriptors attached: first the
+//! requester's own reply socket, so concurrent requests cannot get each other's answers, then
+//! any the command takes (a `create`'s root filesystem, see below). The
 //! forked child sends one message on it: [`REPLY_OK`] and the output, or [`REPLY_ERR`] and
 //! the error message (which names the container and the step).
 //!
@@ -27,13 +28,20 @@
 //!   the *thread* that spawned the server exits, and that is a blocking-pool thread.
 //! - A server that died is started again by the next request ([`ForkServer::request`]).
 //! - It serves only the state root it was started for, and only `create` and `start`.
+//! - It runs in a mount namespace of its own, private, holding none of the sandboxes' mounts.
+//!   Every mount in the namespace a container is created from is copied into the container's
+//!   new one and then unmounted there again, and libcontainer reads `/proc/self/mountinfo`
+//!   whole several times per create (cgroup v1 lookups, mount propagation): in the host's
+//!   namespace, with two mounts per live sandbox, a create cost more CPU the more sandboxes
+//!   there were. A `create` gets its sandbox's root filesystem as a detached mount
+//!   ([`crate::mounts::clone_tree`]) that its child attaches in a namespace of its own.
 
 // `fork` and taking ownership of received descriptors.
 #![allow(unsafe_code)]
 
 use std::ffi::{OsStr, OsString};
 use std::io::{IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -44,12 +52,14 @@ use nix::sys::socket::{
 
 use crate::container::{ContainerError, HELPER_ARG, io};
 
-/// The helper command that runs the fork server: `serve <state root>`.
+/// The helper command that runs the fork server: `serve <state root> [<needed path>...]`.
 pub const SERVE_CMD: &str = "serve";
 /// First byte of a successful reply.
 const REPLY_OK: u8 = b'+';
 /// First byte of a failed reply.
 const REPLY_ERR: u8 = b'-';
+/// Most descriptors a request carries: its reply socket and a `create`'s root filesystem.
+const MAX_FDS: usize = 2;
 /// Largest request or reply (arguments are a few paths; an error message a few lines).
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a requester waits for its answer, in seconds. Only a child killed mid-request (the OOM
@@ -76,6 +86,8 @@ impl Drop for Conn {
 pub struct ForkServer {
     bin: PathBuf,
     state_root: PathBuf,
+    /// Paths outside the data dir its children use (see [`ForkServer::keeping`]).
+    keep: Vec<PathBuf>,
     conn: Mutex<Option<Conn>>,
 }
 
@@ -106,8 +118,17 @@ impl ForkServer {
         Self {
             bin: bin.to_owned(),
             state_root: state_root.to_owned(),
+            keep: Vec::new(),
             conn: Mutex::new(None),
         }
+    }
+
+    /// Also keeps `paths` reachable in the server's mount namespace: the files outside the
+    /// data dir that the sandboxes' specs name (binaries, `resolv.conf`). Every other mount
+    /// outside the data dir's own is left out of it.
+    pub fn keeping(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        self.keep.extend(paths);
+        self
     }
 
     /// The server's pid, if it runs.
@@ -124,6 +145,7 @@ impl ForkServer {
             .arg(HELPER_ARG)
             .arg(SERVE_CMD)
             .arg(&self.state_root)
+            .args(&self.keep)
             .stdin(std::process::Stdio::from(theirs))
             .stdout(std::process::Stdio::null())
             .spawn()?;
@@ -132,18 +154,17 @@ impl ForkServer {
 
     /// Sends a request with `reply` attached, starting the server if it is not running and
     /// once more if the one running is gone.
-    fn send(&self, msg: &[u8], reply: RawFd) -> std::io::Result<()> {
+    fn send(&self, msg: &[u8], fds: &[RawFd]) -> std::io::Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         for attempt in 0..2 {
             if conn.is_none() {
                 *conn = Some(self.spawn()?);
             }
             let Some(c) = conn.as_ref() else { continue };
-            let fds = [reply];
             let sent = sendmsg::<()>(
                 c.sock.as_raw_fd(),
                 &[IoSlice::new(msg)],
-                &[ControlMessage::ScmRights(&fds)],
+                &[ControlMessage::ScmRights(fds)],
                 MsgFlags::MSG_NOSIGNAL,
                 None,
             );
@@ -162,13 +183,15 @@ impl ForkServer {
         Err(std::io::Error::other("container fork server did not start"))
     }
 
-    /// Runs helper command `args` (`create ...` or `start ...`) in a fresh child of the server
-    /// and returns its output; `id` and `op` name the failure.
+    /// Runs helper command `args` (`create ...` or `start ...`) in a fresh child of the server,
+    /// with descriptors `fds` passed to it, and returns its output; `id` and `op` name the
+    /// failure.
     pub fn request(
         &self,
         id: &str,
         op: &'static str,
         args: &[&OsStr],
+        fds: &[BorrowedFd<'_>],
     ) -> Result<Vec<u8>, ContainerError> {
         let mut msg = Vec::new();
         for (i, a) in args.iter().enumerate() {
@@ -184,7 +207,9 @@ impl ForkServer {
             &nix::sys::time::TimeVal::new(REPLY_TIMEOUT_S, 0),
         )
         .map_err(|e| io(id, "make a reply socket")(e.into()))?;
-        self.send(&msg, theirs.as_raw_fd())
+        let mut attached = vec![theirs.as_raw_fd()];
+        attached.extend(fds.iter().map(|f| f.as_raw_fd()));
+        self.send(&msg, &attached)
             .map_err(io(id, "ask the container fork server"))?;
         // Only the child that serves the request keeps the other end now.
         drop(theirs);
@@ -215,7 +240,7 @@ impl ForkServer {
 // === the server ===
 
 /// Serves requests on stdin until EOF (helper side of [`ForkServer`]). Never starts a thread.
-pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
+pub(crate) fn serve(state_root: &Path, keep: &[PathBuf]) -> Result<(), ContainerError> {
     let fail = |op: &'static str| io("fork server", op);
     // SAFETY: fd 0 is the socket Paddock gave us as stdin; nothing else in this process owns
     // it, and from here on only `ctl` does.
@@ -226,6 +251,7 @@ pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
     // libcontainer's blocked init, and Paddock's shutdown then waited out REPLY_TIMEOUT_S with
     // sandboxes half made. The server still ends with Paddock (EOF on `ctl`).
     let _ = nix::unistd::setsid();
+    private_mounts(state_root, keep).map_err(fail("make its mount namespace"))?;
     let parent = nix::unistd::getppid();
     let null = std::fs::File::open("/dev/null").map_err(fail("open /dev/null"))?;
     let mut buf = vec![0u8; MAX_MESSAGE];
@@ -244,7 +270,7 @@ pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
             Ok(_) => {}
             Err(e) => return Err(fail("wait for requests")(e.into())),
         }
-        let mut space = nix::cmsg_space!(nix::libc::ucred, [RawFd; 1]);
+        let mut space = nix::cmsg_space!(nix::libc::ucred, [RawFd; MAX_FDS]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = match recvmsg::<()>(
             ctl.as_raw_fd(),
@@ -257,24 +283,23 @@ pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
             Err(e) => return Err(fail("read a request")(e.into())),
         };
         let mut sender = None;
-        let mut reply = None;
+        let mut fds = Vec::new();
         for c in msg.cmsgs().map_err(|e| fail("read a request")(e.into()))? {
             match c {
                 ControlMessageOwned::ScmCredentials(cred) => sender = Some(cred.pid()),
-                ControlMessageOwned::ScmRights(fds) => {
-                    for fd in fds {
-                        // SAFETY: the kernel just installed `fd` in this process for us.
-                        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-                        if reply.is_none() {
-                            reply = Some(fd);
-                        }
-                    }
+                ControlMessageOwned::ScmRights(got) => {
+                    // SAFETY: the kernel just installed each of these in this process for us.
+                    fds.extend(
+                        got.into_iter()
+                            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                    );
                 }
                 _ => {}
             }
         }
         let len = msg.bytes;
-        let Some(reply) = reply else {
+        let mut fds = fds.into_iter();
+        let Some(reply) = fds.next() else {
             if len == 0 {
                 return Ok(()); // EOF: Paddock is gone.
             }
@@ -294,7 +319,44 @@ pub(crate) fn serve(state_root: &Path) -> Result<(), ContainerError> {
             .split(|b| *b == 0)
             .map(|a| OsString::from_vec(a.to_vec()))
             .collect();
-        fork_one(&ctl, &null, state_root, reply, &args);
+        fork_one(&ctl, &null, state_root, reply, &args, fds.collect());
+    }
+}
+
+/// Moves the server into a mount namespace of its own that no mount enters or leaves by
+/// propagation, and unmounts there everything a create does not need: all but the mounts
+/// holding the data dir (the parent of `state_root`) and the paths in `keep` (the binaries and
+/// files the sandboxes' specs name), and the kernel's views. So the sandboxes' disks and roots
+/// that exist as it starts go (the host keeps them), and so does anything else mounted then:
+/// a copy here would pin it while the server lives (a disk's loop device stays attached while
+/// any namespace holds its mount, another instance's sandboxes included).
+fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    // Private before anything is unmounted: on a host whose mounts are shared, an unmount
+    // here would otherwise propagate to the host's namespace.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )?;
+    let data = state_root.parent().unwrap_or(state_root);
+    let mut needed: Vec<PathBuf> = std::iter::once(data)
+        .chain(keep.iter().map(PathBuf::as_path))
+        // A symlinked path needs the mounts of where it leads.
+        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()))
+        .collect();
+    needed.push(data.to_owned());
+    crate::mounts::detach_all_but(&needed);
+    let left = crate::mounts::mounts_under(data);
+    match left.iter().find(|p| p.as_path() != data) {
+        Some(p) => Err(std::io::Error::other(format!(
+            "{} is still mounted in its namespace",
+            p.display()
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -326,6 +388,7 @@ fn fork_one(
     state_root: &Path,
     reply: OwnedFd,
     args: &[OsString],
+    fds: Vec<OwnedFd>,
 ) {
     // SAFETY: the server is single-threaded (it never starts a thread), so the child is a
     // complete copy of it and may run any code.
@@ -334,7 +397,7 @@ fn fork_one(
             // Nothing the child starts (libcontainer's processes, the log relay) may hold the
             // server's socket.
             let _ = nix::unistd::dup2(null.as_raw_fd(), ctl.as_raw_fd());
-            let r = std::panic::catch_unwind(|| run_request(state_root, args))
+            let r = std::panic::catch_unwind(move || run_request(state_root, args, fds))
                 .unwrap_or_else(|_| Err("the container helper panicked".into()));
             answer(&reply, r);
             std::process::exit(0);
@@ -345,7 +408,7 @@ fn fork_one(
 }
 
 /// Runs one request in the forked child.
-fn run_request(state_root: &Path, args: &[OsString]) -> Result<Vec<u8>, String> {
+fn run_request(state_root: &Path, args: &[OsString], fds: Vec<OwnedFd>) -> Result<Vec<u8>, String> {
     let a: Vec<&Path> = args.iter().map(Path::new).collect();
     match a.as_slice() {
         [op, root, ..] if *root != state_root => Err(format!(
@@ -359,7 +422,7 @@ fn run_request(state_root: &Path, args: &[OsString]) -> Result<Vec<u8>, String> 
                 .iter()
                 .map(|s| s.to_str().ok_or_else(|| format!("not UTF-8: {s:?}")))
                 .collect::<Result<_, _>>()?;
-            crate::container::served(&a).map_err(|e| e.to_string())
+            crate::container::served(&a, fds).map_err(|e| e.to_string())
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Mount helpers: overlay root filesystems, `/proc` for template builds, and finding/undoing
-//! every mount under a directory (teardown and recovery).
+//! every mount under a directory (teardown and recovery), and detached mount trees that carry
+//! a mount from one mount namespace into another.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
@@ -308,6 +312,85 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
         Some(e) if !mounts_under(dir).is_empty() => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Lazily unmounts, in this mount namespace, every mount that holds none of the paths in
+/// `needed` on its way to the root and is not under `/proc`, `/sys` or `/dev` (the kernel's
+/// views every process uses). What stays is each needed path's own mount and the mounts above
+/// it; anything mounted below a needed directory goes. Errors are left out: a mount that went
+/// with its parent's detach is gone either way.
+pub fn detach_all_but(needed: &[PathBuf]) {
+    let kernel = [Path::new("/proc"), Path::new("/sys"), Path::new("/dev")];
+    let keep = |m: &Path| {
+        kernel.iter().any(|k| m.starts_with(k)) || needed.iter().any(|n| n.starts_with(m))
+    };
+    // Deepest first (see `mounts_under`); stacked mounts need one detach each.
+    for _ in 0..8 {
+        let points: Vec<PathBuf> = mounts_under(Path::new("/"))
+            .into_iter()
+            .filter(|p| !keep(p))
+            .collect();
+        if points.is_empty() {
+            return;
+        }
+        for p in points {
+            let _ = umount2(&p, MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+// From <linux/mount.h>; the libc crate lacks some of them.
+const OPEN_TREE_CLONE: u32 = 1;
+const OPEN_TREE_CLOEXEC: u32 = nix::libc::O_CLOEXEC as u32;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+
+fn c_path(p: &Path) -> std::io::Result<CString> {
+    CString::new(p.as_os_str().as_bytes()).map_err(std::io::Error::other)
+}
+
+/// A detached copy of the mount at `path` (`open_tree(2)` with `OPEN_TREE_CLONE`), without its
+/// submounts. It belongs to no mount namespace: [`attach_tree`] puts it into the caller's
+/// (whichever namespace that is by then), and closing the last descriptor unmounts it.
+#[allow(unsafe_code)]
+pub fn clone_tree(path: &Path) -> std::io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    // SAFETY: a plain syscall on a NUL-terminated path that outlives it; the descriptor it
+    // returns is ours alone from here on.
+    unsafe {
+        let fd = nix::libc::syscall(
+            nix::libc::SYS_open_tree,
+            nix::libc::AT_FDCWD,
+            c.as_ptr(),
+            (OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC) as nix::libc::c_uint,
+        );
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd as i32))
+    }
+}
+
+/// Mounts the detached tree `tree` (from [`clone_tree`]) at `target`, an existing directory
+/// or file, in the caller's mount namespace (`move_mount(2)`).
+#[allow(unsafe_code)]
+pub fn attach_tree(tree: BorrowedFd<'_>, target: &Path) -> std::io::Result<()> {
+    let t = c_path(target)?;
+    // SAFETY: a plain syscall on a descriptor we borrow and NUL-terminated paths that outlive
+    // it.
+    let r = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            nix::libc::AT_FDCWD,
+            t.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH as nix::libc::c_uint,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Mount points listed in a `/proc/<pid>/mountinfo` text, with octal escapes decoded.

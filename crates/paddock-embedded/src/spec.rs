@@ -8,6 +8,7 @@
 //! spec without it.
 
 use std::collections::BTreeMap;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
@@ -68,6 +69,8 @@ pub struct BootId<'a> {
 /// Where a user-namespaced sandbox's init finds the host paths its spec needs (see
 /// [`Stage`]).
 pub const STAGE_DIR: &str = "/run/paddock-userns";
+/// The name under [`STAGE_DIR`] of a sandbox's root filesystem.
+const STAGE_ROOTFS: &str = "root";
 /// The spec annotation that lists a [`Stage`].
 pub const STAGE_ANNOTATION: &str = "org.paddock.stage";
 
@@ -105,18 +108,12 @@ impl Stage {
 
     /// Makes the stage in a new mount namespace of this (single-threaded) process: a tmpfs
     /// on [`STAGE_DIR`] holding a bind of each path. Mounts made here never reach the host's
-    /// namespace.
-    pub fn mount_here(&self) -> std::io::Result<()> {
+    /// namespace. `rootfs`, if given, is a detached mount of the root filesystem, attached in
+    /// the stage instead of a bind of its host path (see [`crate::forkserver`]).
+    pub fn mount_here(&self, rootfs: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
         use nix::mount::{MsFlags, mount};
         std::fs::create_dir_all(STAGE_DIR)?;
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_SLAVE,
-            None::<&str>,
-        )?;
+        own_mount_namespace()?;
         mount(
             Some("tmpfs"),
             STAGE_DIR,
@@ -131,16 +128,43 @@ impl Stage {
             } else {
                 std::fs::File::create(&target)?;
             }
-            mount(
-                Some(host.as_path()),
-                &target,
-                None::<&str>,
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )?;
+            match rootfs {
+                Some(tree) if name == STAGE_ROOTFS => crate::mounts::attach_tree(tree, &target)?,
+                _ => mount(
+                    Some(host.as_path()),
+                    &target,
+                    None::<&str>,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    None::<&str>,
+                )?,
+            }
         }
         Ok(())
     }
+}
+
+/// Moves this (single-threaded) process into a new mount namespace, a slave of the one it
+/// leaves: what it mounts or unmounts stays its own.
+pub fn own_mount_namespace() -> std::io::Result<()> {
+    use nix::mount::{MsFlags, mount};
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
+/// The `root.path` of a `config.json` text.
+pub fn root_path_from_spec_json(text: &[u8]) -> std::io::Result<PathBuf> {
+    let v: Value = serde_json::from_slice(text).map_err(std::io::Error::other)?;
+    v["root"]["path"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| std::io::Error::other("config.json has no root.path"))
 }
 
 /// The sandbox-side path of the boot id.
@@ -279,7 +303,7 @@ pub fn build(input: &SpecInput<'_>) -> Value {
             p.to_owned()
         }
     };
-    let rootfs = host(input.rootfs, "root");
+    let rootfs = host(input.rootfs, STAGE_ROOTFS);
     let init_binary = host(input.init_binary, "init");
     let runtime_binary = host(input.runtime_binary, "runtime");
     let resolv_conf = input.resolv_conf.map(|r| host(r, "resolv.conf"));

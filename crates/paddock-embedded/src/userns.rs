@@ -18,10 +18,8 @@
 // implemented), so the three new-mount-API calls are raw syscalls, in one place below.
 #![allow(unsafe_code)]
 
-use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -221,64 +219,36 @@ impl Userns {
 
     /// A detached, idmapped copy of the mount tree at `dir` (an `open_tree` file descriptor).
     fn idmapped_tree(&self, dir: &Path) -> std::io::Result<OwnedFd> {
-        let c = CString::new(dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-        // SAFETY: plain syscalls on a NUL-terminated path and a struct that lives across the
-        // call; the returned descriptor is owned by us from here on.
-        unsafe {
-            let fd = libc::syscall(
-                libc::SYS_open_tree,
-                libc::AT_FDCWD,
-                c.as_ptr(),
-                (OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC) as libc::c_uint,
-            );
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let tree = OwnedFd::from_raw_fd(fd as i32);
-            let attr = MountAttr {
-                attr_set: MOUNT_ATTR_IDMAP,
-                attr_clr: 0,
-                propagation: 0,
-                userns_fd: self.fd.as_raw_fd() as u64,
-            };
-            let empty = c"";
-            let r = libc::syscall(
+        let tree = crate::mounts::clone_tree(dir)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_IDMAP,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: self.fd.as_raw_fd() as u64,
+        };
+        // SAFETY: a plain syscall on descriptors we hold and a struct that lives across the
+        // call.
+        let r = unsafe {
+            libc::syscall(
                 libc::SYS_mount_setattr,
                 tree.as_raw_fd(),
-                empty.as_ptr(),
+                c"".as_ptr(),
                 libc::AT_EMPTY_PATH as libc::c_uint,
                 &attr as *const MountAttr,
                 std::mem::size_of::<MountAttr>(),
-            );
-            if r < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(tree)
+            )
+        };
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
         }
+        Ok(tree)
     }
 
     /// Mounts an idmapped view of `dir` at `target` (an existing directory).
     pub fn mount_idmapped(&self, dir: &Path, target: &Path) -> Result<(), UsernsError> {
         let tree = self.idmapped_tree(dir).map_err(io_err("idmap", dir))?;
-        let t = CString::new(target.as_os_str().as_bytes())
-            .map_err(|e| io_err("mount on", target)(std::io::Error::other(e)))?;
-        // SAFETY: as above.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_move_mount,
-                tree.as_raw_fd(),
-                c"".as_ptr(),
-                libc::AT_FDCWD,
-                t.as_ptr(),
-                MOVE_MOUNT_F_EMPTY_PATH as libc::c_uint,
-            )
-        };
-        if r < 0 {
-            return Err(io_err("mount idmapped layer on", target)(
-                std::io::Error::last_os_error(),
-            ));
-        }
-        Ok(())
+        crate::mounts::attach_tree(tree.as_fd(), target)
+            .map_err(io_err("mount idmapped layer on", target))
     }
 
     /// Whether layer `dir` needs the idmapping: its root is not owned by a host id of the
@@ -301,10 +271,7 @@ impl Userns {
     }
 }
 
-// From <linux/mount.h>; the libc crate lacks some of them.
-const OPEN_TREE_CLONE: u32 = 1;
-const OPEN_TREE_CLOEXEC: u32 = libc::O_CLOEXEC as u32;
-const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+// From <linux/mount.h>; the libc crate lacks it.
 const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
 
 /// `struct mount_attr` of `mount_setattr(2)`.

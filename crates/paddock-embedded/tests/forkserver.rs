@@ -182,3 +182,59 @@ fn the_server_runs_in_a_session_of_its_own() {
     assert_ne!(nix::unistd::getpgid(Some(pid)).expect("its group"), ours);
     assert_eq!(nix::unistd::getsid(Some(pid)).expect("its session"), pid);
 }
+
+fn mount_points_of(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .expect("mountinfo")
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_owned))
+        .collect()
+}
+
+fn tmpfs_on(p: &Path) {
+    std::fs::create_dir_all(p).expect("mkdir");
+    nix::mount::mount(
+        Some("tmpfs"),
+        p,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )
+    .expect("mount tmpfs");
+}
+
+/// The server's mount namespace holds none of the data dir's mounts, neither those there when
+/// it started (a restart with sandboxes up) nor later ones, nor other mounts it does not need
+/// (they would stay pinned while it lives); the host keeps all of them. In the host's
+/// namespace every container create copied, and libcontainer read, every sandbox's mounts.
+#[test]
+fn the_server_holds_no_mounts_of_the_sandboxes_or_others() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let before = data.path().join("sandboxes/a/rootfs");
+    let other = elsewhere.path().join("mnt");
+    tmpfs_on(&before);
+    tmpfs_on(&other);
+    let root = data.path().join("containers");
+    let server = ForkServer::new(Path::new(HELPER), &root);
+    let e = start_nothing(&server, &root).to_string();
+    assert!(e.contains("load"), "{e}");
+    let after = data.path().join("sandboxes/b/rootfs");
+    tmpfs_on(&after);
+    let pid = server.pid().expect("running");
+    let theirs = mount_points_of(pid);
+    let ours = mount_points_of(std::process::id());
+    for p in [&before, &after, &other] {
+        let p = p.display().to_string();
+        assert!(ours.contains(&p), "the host lost {p}");
+        assert!(!theirs.contains(&p), "the server holds {p}: {theirs:?}");
+    }
+    // What a create needs stays: the root and the kernel's views.
+    for p in ["/", "/proc"] {
+        assert!(theirs.iter().any(|m| m == p), "{p} missing: {theirs:?}");
+    }
+    drop(server);
+    for p in [&after, &before, &other] {
+        nix::mount::umount2(p.as_path(), nix::mount::MntFlags::MNT_DETACH).expect("umount");
+    }
+}

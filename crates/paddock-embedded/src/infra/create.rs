@@ -423,6 +423,7 @@ impl EmbeddedInfra {
                 &paths.bundle(),
                 &paths.log(),
                 &cfg.runtime_binary,
+                &paths.rootfs(),
             )
             .map_err(internal)?;
             debug!(ms = ms_since(t), "phase: container create");

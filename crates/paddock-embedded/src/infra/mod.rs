@@ -180,6 +180,13 @@ impl EmbeddedInfra {
                 helper: crate::forkserver::ForkServer::new(
                     &cfg.helper_binary,
                     &cfg.data_dir.join(CONTAINERS_DIR),
+                )
+                // What the specs name outside the data dir (see `spec::build`).
+                .keeping(
+                    [&cfg.init_binary, &cfg.runtime_binary, &cfg.hook_binary]
+                        .into_iter()
+                        .chain(cfg.resolv_conf.as_ref())
+                        .cloned(),
                 ),
                 cfg,
                 templates,
