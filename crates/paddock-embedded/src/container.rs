@@ -404,7 +404,8 @@ fn stage_for_bundle(
         (None, Some(rootfs)) => {
             let at = crate::spec::root_path_from_spec_json(&text)
                 .map_err(io(id, "read the spec's root"))?;
-            crate::spec::own_mount_namespace().map_err(io(id, "make a mount namespace"))?;
+            crate::mounts::own_mount_namespace(nix::mount::MsFlags::MS_SLAVE)
+                .map_err(io(id, "make a mount namespace"))?;
             crate::mounts::attach_tree(rootfs.as_fd(), &at)
                 .map_err(io(id, "attach the root filesystem"))?;
         }

@@ -331,17 +331,9 @@ pub(crate) fn serve(state_root: &Path, keep: &[PathBuf]) -> Result<(), Container
 /// a copy here would pin it while the server lives (a disk's loop device stays attached while
 /// any namespace holds its mount, another instance's sandboxes included).
 fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
-    use nix::mount::{MsFlags, mount};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
     // Private before anything is unmounted: on a host whose mounts are shared, an unmount
     // here would otherwise propagate to the host's namespace.
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )?;
+    crate::mounts::own_mount_namespace(nix::mount::MsFlags::MS_PRIVATE)?;
     let data = state_root.parent().unwrap_or(state_root);
     let mut needed: Vec<PathBuf> = std::iter::once(data)
         .chain(keep.iter().map(PathBuf::as_path))

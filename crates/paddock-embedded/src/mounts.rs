@@ -339,6 +339,21 @@ pub fn detach_all_but(needed: &[PathBuf]) {
     }
 }
 
+/// Moves this (single-threaded) process into a new mount namespace whose mounts all have
+/// `propagation` (`MS_SLAVE`: what it mounts or unmounts stays its own; `MS_PRIVATE`: nor
+/// does anything reach it from the namespace it leaves).
+pub fn own_mount_namespace(propagation: MsFlags) -> std::io::Result<()> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | propagation,
+        None::<&str>,
+    )?;
+    Ok(())
+}
+
 // From <linux/mount.h>; the libc crate lacks some of them.
 const OPEN_TREE_CLONE: u32 = 1;
 const OPEN_TREE_CLOEXEC: u32 = nix::libc::O_CLOEXEC as u32;

@@ -113,7 +113,7 @@ impl Stage {
     pub fn mount_here(&self, rootfs: Option<BorrowedFd<'_>>) -> std::io::Result<()> {
         use nix::mount::{MsFlags, mount};
         std::fs::create_dir_all(STAGE_DIR)?;
-        own_mount_namespace()?;
+        crate::mounts::own_mount_namespace(MsFlags::MS_SLAVE)?;
         mount(
             Some("tmpfs"),
             STAGE_DIR,
@@ -141,21 +141,6 @@ impl Stage {
         }
         Ok(())
     }
-}
-
-/// Moves this (single-threaded) process into a new mount namespace, a slave of the one it
-/// leaves: what it mounts or unmounts stays its own.
-pub fn own_mount_namespace() -> std::io::Result<()> {
-    use nix::mount::{MsFlags, mount};
-    nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS)?;
-    mount(
-        None::<&str>,
-        "/",
-        None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_SLAVE,
-        None::<&str>,
-    )?;
-    Ok(())
 }
 
 /// The `root.path` of a `config.json` text.
