@@ -181,15 +181,12 @@ impl EmbeddedInfra {
                     &cfg.helper_binary,
                     &cfg.data_dir.join(CONTAINERS_DIR),
                 )
-                // What the specs name outside the data dir (see `spec::build`), and where a
-                // user-namespaced create makes its stage (on a host whose `/` is read-only,
-                // `/run` is the mount that can take its directory).
+                // What the specs name outside the data dir (see `spec::build`).
                 .keeping(
                     [&cfg.init_binary, &cfg.runtime_binary, &cfg.hook_binary]
                         .into_iter()
                         .chain(cfg.resolv_conf.as_ref())
-                        .cloned()
-                        .chain([std::path::PathBuf::from(crate::spec::STAGE_DIR)]),
+                        .cloned(),
                 ),
                 cfg,
                 templates,
