@@ -335,12 +335,17 @@ fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
     // here would otherwise propagate to the host's namespace.
     crate::mounts::own_mount_namespace(nix::mount::MsFlags::MS_PRIVATE)?;
     let data = state_root.parent().unwrap_or(state_root);
-    let mut needed: Vec<PathBuf> = std::iter::once(data)
+    // Each path both as given and as it resolves: a symlinked path needs the mounts on its
+    // way and those of where it leads.
+    let needed: Vec<PathBuf> = std::iter::once(data)
         .chain(keep.iter().map(PathBuf::as_path))
-        // A symlinked path needs the mounts of where it leads.
-        .map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()))
+        .flat_map(|p| {
+            [
+                p.to_owned(),
+                std::fs::canonicalize(p).unwrap_or_else(|_| p.to_owned()),
+            ]
+        })
         .collect();
-    needed.push(data.to_owned());
     crate::mounts::detach_all_but(&needed);
     let left = crate::mounts::mounts_under(data);
     match left.iter().find(|p| p.as_path() != data) {

@@ -287,14 +287,26 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Lazily unmounts everything at or under `dir` (deepest first).
 pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
+    let first_err = detach_until_gone(|| mounts_under(dir));
+    match first_err {
+        Some(e) if !mounts_under(dir).is_empty() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Detaches the mount points `points` lists (deepest first), asking again until it lists
+/// none: stacked mounts on one point need one detach each, and a detach may take mounts below
+/// it along. Returns the first refusal other than "not a mount" or "no such path" (a mount
+/// gone with its parent's detach), for the caller to weigh against what is left.
+fn detach_until_gone(points: impl Fn() -> Vec<PathBuf>) -> Option<MountError> {
     let mut first_err = None;
-    // Repeat: stacked mounts on the same point need one umount each.
+    // Bounded: a mount that cannot be detached must not loop forever.
     for _ in 0..8 {
-        let points = mounts_under(dir);
-        if points.is_empty() {
+        let now = points();
+        if now.is_empty() {
             break;
         }
-        for p in points {
+        for p in now {
             if let Err(e) = umount2(&p, MntFlags::MNT_DETACH)
                 && e != nix::Error::EINVAL
                 && e != nix::Error::ENOENT
@@ -308,10 +320,7 @@ pub fn unmount_all_under(dir: &Path) -> Result<(), MountError> {
             }
         }
     }
-    match first_err {
-        Some(e) if !mounts_under(dir).is_empty() => Err(e),
-        _ => Ok(()),
-    }
+    first_err
 }
 
 /// Lazily unmounts, in this mount namespace, every mount that holds none of the paths in
@@ -324,19 +333,12 @@ pub fn detach_all_but(needed: &[PathBuf]) {
     let keep = |m: &Path| {
         kernel.iter().any(|k| m.starts_with(k)) || needed.iter().any(|n| n.starts_with(m))
     };
-    // Deepest first (see `mounts_under`); stacked mounts need one detach each.
-    for _ in 0..8 {
-        let points: Vec<PathBuf> = mounts_under(Path::new("/"))
+    let _ = detach_until_gone(|| {
+        mounts_under(Path::new("/"))
             .into_iter()
             .filter(|p| !keep(p))
-            .collect();
-        if points.is_empty() {
-            return;
-        }
-        for p in points {
-            let _ = umount2(&p, MntFlags::MNT_DETACH);
-        }
-    }
+            .collect()
+    });
 }
 
 /// Moves this (single-threaded) process into a new mount namespace whose mounts all have

@@ -15,7 +15,9 @@
 //! with the range's mapping, made once ([`Userns::new`]) and kept as a file descriptor.
 
 // `mount_setattr(2)` has no safe wrapper in nix or rustix (rustix lists it as not
-// implemented), so the three new-mount-API calls are raw syscalls, in one place below.
+// implemented), so it is a raw syscall, in one place below; the other two new-mount-API
+// calls a layer view needs (`open_tree`, `move_mount`) are `mounts::clone_tree` and
+// `mounts::attach_tree`.
 #![allow(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};

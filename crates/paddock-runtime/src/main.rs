@@ -194,8 +194,8 @@ async fn serve(args: Args) -> anyhow::Result<()> {
             return Ok(());
         }
         let config = paddock_runtime::interpreter::KernelConfig {
-            python: args.kernel_python.clone(),
             max_contexts: args.max_contexts,
+            ..paddock_runtime::interpreter::KernelConfig::new(args.kernel_python.clone())
         };
         paddock_runtime::serve(
             paddock_runtime::interpreter_app(rt.clone(), config),

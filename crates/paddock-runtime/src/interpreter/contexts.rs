@@ -39,6 +39,9 @@ pub struct KernelConfig {
     /// once. The per-language default contexts do not count, so filling
     /// the cap cannot stop plain `/execute` calls.
     pub max_contexts: usize,
+    /// Install prefixes, besides the interpreter's own, whose files may tell that a Python
+    /// kernel is installed (see [`super::hint`]): [`super::hint::SYSTEM_PREFIXES`].
+    pub hint_prefixes: Vec<PathBuf>,
 }
 
 impl KernelConfig {
@@ -47,8 +50,23 @@ impl KernelConfig {
         Self {
             python: python.into(),
             max_contexts: DEFAULT_MAX_CONTEXTS,
+            hint_prefixes: super::hint::SYSTEM_PREFIXES
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
         }
     }
+}
+
+/// What [`Contexts::warm_default`] did at boot.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Warmed {
+    /// The default Python kernel is up.
+    Started,
+    /// No file hints at a Python kernel: Python was not asked, and will be on first use.
+    NoHint,
+    /// Python was asked, and has no kernel.
+    NoKernel,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +185,32 @@ impl Contexts {
     pub async fn available(&self) -> Vec<Language> {
         let python = self.config.python.clone();
         self.available.get_or_init(|| probe(python)).await.clone()
+    }
+
+    /// Starts the default Python kernel ahead of the first execution, if there is one. Python
+    /// is asked only when a file hints at a kernel (see [`super::hint`]): a sandbox without
+    /// one should not pay a Python start at every boot.
+    pub async fn warm_default(&self) -> Result<Warmed, ContextError> {
+        let python = self.config.python.clone();
+        let prefixes = self.config.hint_prefixes.clone();
+        let hinted = tokio::task::spawn_blocking(move || {
+            super::hint::python_kernel_hinted(
+                &python,
+                std::env::var_os("PATH").as_deref(),
+                std::env::var_os("PYTHONPATH").as_deref(),
+                &prefixes,
+            )
+        })
+        .await
+        .unwrap_or(true);
+        if !hinted {
+            return Ok(Warmed::NoHint);
+        }
+        if !self.available().await.contains(&Language::Python) {
+            return Ok(Warmed::NoKernel);
+        }
+        self.default_for(Language::Python).await?;
+        Ok(Warmed::Started)
     }
 
     /// Maps what a client sent to a language this sandbox can run.
@@ -378,35 +422,96 @@ fn random_id() -> String {
 mod tests {
     use super::*;
 
-    /// One interpreter start finds every kernel module there is. `python` here is a script
-    /// that counts its starts and runs the host's `python3` with a fake `ipykernel` package
-    /// on its path (the host need not have any kernel installed).
+    /// A script that counts its starts in `dir/starts` and runs the host's `python3`, with
+    /// `pythonpath` (if any) on its path.
+    fn counting_python(dir: &Path, pythonpath: Option<&Path>) -> PathBuf {
+        let python = dir.join("bin/python");
+        std::fs::create_dir_all(dir.join("bin")).expect("mkdir");
+        let env = pythonpath
+            .map(|p| format!("PYTHONPATH='{}' ", p.display()))
+            .unwrap_or_default();
+        std::fs::write(
+            &python,
+            format!(
+                "#!/bin/sh\necho start >> '{}'\n{env}exec python3 \"$@\"\n",
+                dir.join("starts").display(),
+            ),
+        )
+        .expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        python
+    }
+
+    fn starts(dir: &Path) -> usize {
+        std::fs::read_to_string(dir.join("starts"))
+            .map(|s| s.lines().count())
+            .unwrap_or(0)
+    }
+
+    fn contexts(python: &Path) -> Contexts {
+        let mut config = KernelConfig::new(python.to_str().unwrap());
+        // Only the interpreter's own prefix: whatever the test host has installed under
+        // `/usr` must not count.
+        config.hint_prefixes.clear();
+        Contexts::new(
+            crate::state::Runtime::new(crate::state::RuntimeOptions::default()),
+            config,
+        )
+    }
+
+    /// Without a file that hints at a kernel, the boot-time warm-up starts no Python; the
+    /// first request that needs a kernel still asks Python, and finds one that is there.
+    /// With a hint, Python is asked at boot (here it has no kernel).
+    #[tokio::test]
+    async fn a_boot_without_a_kernel_hint_starts_no_python() {
+        if std::env::var_os("PYTHONPATH").is_some_and(|p| !p.is_empty()) {
+            panic!("PYTHONPATH is set: every boot would have a hint; unset it for this test");
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        // The kernel package is where only the script puts it on Python's path.
+        let pkgs = dir.path().join("elsewhere");
+        std::fs::create_dir_all(pkgs.join("ipykernel")).expect("mkdir");
+        std::fs::write(pkgs.join("ipykernel/__init__.py"), "").expect("write");
+        let python = counting_python(dir.path(), Some(&pkgs));
+        let c = contexts(&python);
+        assert_eq!(c.warm_default().await.expect("warm"), Warmed::NoHint);
+        assert_eq!(starts(dir.path()), 0, "no Python start at boot");
+        assert_eq!(
+            c.language(Some("python")).await.expect("lang"),
+            Language::Python
+        );
+        assert_eq!(starts(dir.path()), 1, "asked on first use");
+
+        // A kernel's directory under the interpreter's prefix is a hint; this Python does
+        // not have that directory on its path, so it answers that there is no kernel.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let python = counting_python(dir.path(), None);
+        std::fs::create_dir_all(dir.path().join("lib/python3/dist-packages/ipykernel"))
+            .expect("mkdir");
+        let c = contexts(&python);
+        assert_eq!(c.warm_default().await.expect("warm"), Warmed::NoKernel);
+        assert_eq!(starts(dir.path()), 1, "asked at boot");
+        assert!(c.language(Some("python")).await.is_err());
+        assert_eq!(starts(dir.path()), 1, "asked once");
+    }
+
+    /// One interpreter start finds every kernel module there is. `python` here counts its
+    /// starts and runs the host's `python3` with a fake `ipykernel` package on its path (the
+    /// host need not have any kernel installed).
     #[test]
     fn one_python_start_finds_the_installed_kernels() {
         let dir = tempfile::tempdir().expect("tempdir");
         let pkgs = dir.path().join("site");
         std::fs::create_dir_all(pkgs.join("ipykernel")).expect("mkdir");
         std::fs::write(pkgs.join("ipykernel/__init__.py"), "").expect("write");
-        let count = dir.path().join("starts");
-        let python = dir.path().join("python");
-        std::fs::write(
-            &python,
-            format!(
-                "#!/bin/sh\necho start >> '{}'\nPYTHONPATH='{}' exec python3 \"$@\"\n",
-                count.display(),
-                pkgs.display()
-            ),
-        )
-        .expect("write");
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let python = counting_python(dir.path(), Some(&pkgs));
 
         assert_eq!(
             installed_kernels(python.to_str().unwrap()),
             vec![Language::Python]
         );
-        let starts = std::fs::read_to_string(&count).expect("count");
-        assert_eq!(starts.lines().count(), 1, "{starts}");
+        assert_eq!(starts(dir.path()), 1);
         // No python at all: no kernels, no error.
         assert!(installed_kernels("/nonexistent/python3").is_empty());
     }

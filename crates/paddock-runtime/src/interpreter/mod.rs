@@ -5,6 +5,7 @@
 mod contexts;
 mod envcode;
 mod execute;
+mod hint;
 mod kernel;
 mod result;
 
@@ -20,7 +21,7 @@ use axum::routing::{delete, get, post};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use contexts::{ContextError, Contexts, Language};
+use contexts::{ContextError, Contexts, Language, Warmed};
 pub use contexts::{DEFAULT_MAX_CONTEXTS, KernelConfig};
 
 use crate::state::Runtime;
@@ -57,12 +58,15 @@ pub fn router(rt: Arc<Runtime>, config: KernelConfig) -> Router {
     let contexts = Arc::new(Contexts::new(rt.clone(), config));
     let warm = contexts.clone();
     tokio::spawn(async move {
-        if let Ok(lang) = warm.language(Some("python")).await {
-            if let Err(e) = warm.default_for(lang).await {
-                tracing::warn!(error = %e, "could not pre-start the python kernel");
+        match warm.warm_default().await {
+            Ok(Warmed::Started) => tracing::debug!("python kernel pre-started"),
+            Ok(Warmed::NoHint) => tracing::debug!(
+                "no file hints at a python kernel; the code interpreter looks for one on first use"
+            ),
+            Ok(Warmed::NoKernel) => {
+                tracing::info!("no python kernel here; the code interpreter will report it on use")
             }
-        } else {
-            tracing::info!("no python kernel here; the code interpreter will report it on use");
+            Err(e) => tracing::warn!(error = %e, "could not pre-start the python kernel"),
         }
     });
     let state = Interp {
