@@ -123,7 +123,7 @@ mod tests {
         let pip = local.join("lib/python3.11/dist-packages/ipykernel");
         std::fs::create_dir_all(&pip).unwrap();
         assert!(hinted("python3", &bin, &system));
-        assert!(!hinted("python3", &bin, &[usr.clone()]));
+        assert!(!hinted("python3", &bin, std::slice::from_ref(&usr)));
         std::fs::remove_dir(&pip).unwrap();
 
         // A kernelspec alone (a kernel whose package lives elsewhere).
@@ -157,12 +157,25 @@ mod tests {
         let usr = t.path().join("usr");
         std::fs::create_dir_all(usr.join("lib/python3/dist-packages/ipykernel")).unwrap();
         // The kernel's files without an interpreter to run them.
-        assert!(!hinted("python3", &usr.join("bin"), &[usr.clone()]));
+        assert!(!hinted(
+            "python3",
+            &usr.join("bin"),
+            std::slice::from_ref(&usr)
+        ));
         // A file that is not executable is no interpreter either.
         std::fs::create_dir_all(usr.join("bin")).unwrap();
         std::fs::write(usr.join("bin/python3"), "").unwrap();
-        assert!(!hinted("python3", &usr.join("bin"), &[usr.clone()]));
-        assert!(!python_kernel_hinted("python3", None, None, &[usr.clone()]));
+        assert!(!hinted(
+            "python3",
+            &usr.join("bin"),
+            std::slice::from_ref(&usr)
+        ));
+        assert!(!python_kernel_hinted(
+            "python3",
+            None,
+            None,
+            std::slice::from_ref(&usr)
+        ));
 
         let bare = t.path().join("bare");
         executable(&bare.join("bin/python3"));
