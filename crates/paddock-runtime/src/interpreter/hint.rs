@@ -43,6 +43,10 @@ pub fn python_kernel_hinted(
         }
     }
     all.extend(prefixes.iter().cloned());
+    // The usual interpreter, `/usr/bin/python3`, is its own resolved prefix and a system
+    // prefix too: look at each place once (this runs at every boot).
+    all.sort();
+    all.dedup();
     all.iter().any(|p| kernel_files_under(p))
 }
 
