@@ -111,3 +111,59 @@ fn bad_ranges_are_refused() {
     assert!(IdRange::parse_setting("100000:10").is_err());
     assert_eq!(IdRange::parse_setting("off"), Ok(None));
 }
+
+/// The idmapped views of a sandbox's layers are detached once its overlay is up, and their
+/// directories stay (empty, no mount points) until the sandbox's directory goes: a create
+/// deletes nothing in the data dir, where every deletion made later creates' inode
+/// allocations dearer (see `mounts::mount_overlay_mapped`). The overlay keeps its layers.
+#[test]
+fn idmapped_layer_views_are_detached_and_their_directories_kept() {
+    use paddock_embedded::mounts;
+    use paddock_embedded::userns::Userns;
+    if support::skip_unless_root() {
+        return;
+    }
+    let d = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let ns = Userns::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_paddock-embedded")),
+        IdRange::default(),
+        d.path(),
+    )
+    .expect("user namespace");
+    let (lower, sandbox) = (d.path().join("layer"), d.path().join("sandbox"));
+    std::fs::create_dir_all(lower.join("etc")).expect("mkdir");
+    std::fs::write(lower.join("etc/hostname"), "template\n").expect("write");
+    let (upper, work, root) = (
+        sandbox.join("disk/upper"),
+        sandbox.join("disk/work"),
+        sandbox.join("rootfs"),
+    );
+    for p in [&upper, &work, &root] {
+        std::fs::create_dir_all(p).expect("mkdir");
+    }
+    mounts::mount_overlay_mapped(
+        std::slice::from_ref(&lower),
+        &upper,
+        &work,
+        &root,
+        Some(&ns),
+    )
+    .expect("overlay");
+    let view = sandbox.join("rootfs.lowers/0");
+    assert!(view.is_dir(), "the view's directory stays");
+    assert!(!mounts::is_mount_point(&view), "the view is detached");
+    assert_eq!(std::fs::read_dir(&view).expect("read").count(), 0);
+    assert_eq!(mounts::mounts_under(&sandbox), vec![root.clone()]);
+    // The overlay still shows the layer's files.
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/hostname")).expect("read"),
+        "template\n"
+    );
+    mounts::unmount_all_under(&sandbox).expect("unmount");
+    mounts::remove_tree(&sandbox).expect("remove");
+    assert!(!sandbox.exists());
+    assert_eq!(
+        std::fs::read_to_string(lower.join("etc/hostname")).expect("the layer is untouched"),
+        "template\n"
+    );
+}
