@@ -133,7 +133,8 @@ class PaddockUp:
         self.url = f"http://{self.listen}"
         self.pool_size = pool_size
         self.extra = list(extra)
-        self.data = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+        # PADDOCK_DATA_PARENT: another file system for the data dir (a benchmark's choice).
+        self.data = tempfile.mkdtemp(prefix=prefix, dir=os.environ.get("PADDOCK_DATA_PARENT", "/var/tmp"))
         self.log_path = log_path or f"/tmp/{prefix}{self.listen.replace(':', '-')}.log"
         self.env = dict(os.environ if env is None else env)
         self.env.setdefault("PADDOCK_TEMPLATE_CACHE", TEMPLATE_CACHE)
