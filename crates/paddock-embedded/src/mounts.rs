@@ -63,19 +63,20 @@ pub fn mount_overlay(
 /// [`mount_overlay`]): the lowers stored in host root's ids (the template's) are taken through
 /// idmapped mounts of the namespace's range, the ones already in the range (a snapshot's) as
 /// they are, and the upper and work directories belong to the range's root. The idmapped
-/// mounts are made under `<target>.lowers` and detached once the overlay is up: overlayfs
-/// keeps private clones of its layers' mounts.
+/// mounts are made in `views` (a directory beside `upper` and `work` on the sandbox's own
+/// disk) and detached once the overlay is up: overlayfs keeps private clones of its layers'
+/// mounts.
 ///
-/// Their directories stay, empty, until the sandbox's directory goes (they are reused if the
-/// overlay is mounted again). Removing them here made every create dearer the faster creates
-/// came: on an ext4 without a journal each inode allocation steps one by one over the inodes
-/// freed in the last seconds (the kernel's `recently_deleted`), and three deletions per
-/// create put thousands of those in the way of every file and directory a burst of creates
-/// makes in the data dir.
+/// Their directories stay, empty, until the sandbox's disk goes (they are reused if the
+/// overlay is mounted again), and they are made on the sandbox's disk, not in the data dir:
+/// on an ext4 without a journal each inode allocation steps one by one over the inodes freed
+/// in the last minute or more (the kernel's `recently_deleted`), so every inode made and freed
+/// in the data dir per create made the next creates dearer.
 pub fn mount_overlay_mapped(
     lowers: &[PathBuf],
     upper: &Path,
     work: &Path,
+    views: &Path,
     target: &Path,
     userns: Option<&crate::userns::Userns>,
 ) -> Result<(), MountError> {
@@ -94,8 +95,7 @@ pub fn mount_overlay_mapped(
         ns.own_by_root(d)
             .map_err(shift("give to sandbox root", d))?;
     }
-    let staging = target.with_extension("lowers");
-    let mut views = Vec::new();
+    let mut made = Vec::new();
     let result = (|| {
         let mut mapped = Vec::with_capacity(lowers.len());
         for (i, lower) in lowers.iter().enumerate() {
@@ -103,14 +103,14 @@ pub fn mount_overlay_mapped(
                 mapped.push(lower.clone());
                 continue;
             }
-            let at = staging.join(i.to_string());
+            let at = views.join(i.to_string());
             std::fs::create_dir_all(&at).map_err(|e| MountError {
                 op: "mkdir",
                 target: at.clone(),
                 source: e,
             })?;
             // Listed before mounting: a mount that half happened is detached too.
-            views.push(at.clone());
+            made.push(at.clone());
             ns.mount_idmapped(lower, &at)
                 .map_err(shift("idmap layer on", &at))?;
             mapped.push(at);
@@ -119,7 +119,7 @@ pub fn mount_overlay_mapped(
     })();
     // The views are the overlay's now (or useless, after a failure): ours go, whatever
     // happened, and nothing may stay mounted on a directory left in place.
-    let cleanup = views.iter().try_for_each(|at| {
+    let cleanup = made.iter().try_for_each(|at| {
         detach_all_at(at)?;
         if is_mount_point(at) {
             return Err(MountError {

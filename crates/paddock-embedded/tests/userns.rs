@@ -112,10 +112,11 @@ fn bad_ranges_are_refused() {
     assert_eq!(IdRange::parse_setting("off"), Ok(None));
 }
 
-/// The idmapped views of a sandbox's layers are detached once its overlay is up, and their
-/// directories stay (empty, no mount points) until the sandbox's directory goes: a create
-/// deletes nothing in the data dir, where every deletion made later creates' inode
-/// allocations dearer (see `mounts::mount_overlay_mapped`). The overlay keeps its layers.
+/// The idmapped views of a sandbox's layers are made where they are told (the sandbox's disk,
+/// not the data dir) and detached once its overlay is up; their directories stay (empty, no
+/// mount points) until the sandbox's disk goes: a create frees no inode, where every one freed
+/// made later creates' inode allocations dearer (see `mounts::mount_overlay_mapped`). The
+/// overlay keeps its layers.
 #[test]
 fn idmapped_layer_views_are_detached_and_their_directories_kept() {
     use paddock_embedded::mounts;
@@ -141,15 +142,21 @@ fn idmapped_layer_views_are_detached_and_their_directories_kept() {
     for p in [&upper, &work, &root] {
         std::fs::create_dir_all(p).expect("mkdir");
     }
+    let views = sandbox.join("disk/views");
     mounts::mount_overlay_mapped(
         std::slice::from_ref(&lower),
         &upper,
         &work,
+        &views,
         &root,
         Some(&ns),
     )
     .expect("overlay");
-    let view = sandbox.join("rootfs.lowers/0");
+    assert!(
+        !sandbox.join("rootfs.lowers").exists(),
+        "nothing beside the root"
+    );
+    let view = views.join("0");
     assert!(view.is_dir(), "the view's directory stays");
     assert!(!mounts::is_mount_point(&view), "the view is detached");
     assert_eq!(std::fs::read_dir(&view).expect("read").count(), 0);

@@ -336,6 +336,7 @@ impl EmbeddedInfra {
                 &layers,
                 &paths.upper(),
                 &paths.work(),
+                &paths.layer_views(),
                 &paths.rootfs(),
                 userns.as_deref(),
             )

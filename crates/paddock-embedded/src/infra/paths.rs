@@ -30,6 +30,11 @@ impl Paths {
     pub(super) fn work(&self) -> PathBuf {
         self.disk().join("work")
     }
+    /// Where the template's layers are idmapped for the overlay (see
+    /// [`crate::mounts::mount_overlay_mapped`]): on the sandbox's disk, out of its view.
+    pub(super) fn layer_views(&self) -> PathBuf {
+        self.disk().join("views")
+    }
     pub(super) fn rootfs(&self) -> PathBuf {
         self.dir.join("rootfs")
     }
