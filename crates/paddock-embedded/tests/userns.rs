@@ -124,7 +124,16 @@ fn idmapped_layer_views_are_detached_and_their_directories_kept() {
     if support::skip_unless_root() {
         return;
     }
+    /// Unmounts and removes the tree at the end, a failed assertion's too.
+    struct Cleanup(std::path::PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = mounts::unmount_all_under(&self.0);
+            let _ = mounts::remove_tree(&self.0);
+        }
+    }
     let d = tempfile::tempdir_in("/var/tmp").expect("tempdir");
+    let _cleanup = Cleanup(d.path().to_owned());
     let ns = Userns::new(
         std::path::Path::new(env!("CARGO_BIN_EXE_paddock-embedded")),
         IdRange::default(),
