@@ -85,7 +85,7 @@ pub enum StoreError {
     /// A record could not be (de)serialised.
     #[error("store record: {0}")]
     Codec(#[from] serde_json::Error),
-    /// A queued change was in no commit (a bug: the writer commits all it finds queued).
+    /// A queued change was in no commit that ended: the commit that took it panicked.
     #[error("store: a change was not committed")]
     Lost,
 }
@@ -94,8 +94,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A redb error as the changes of one commit share it.
+fn shared<E: Into<redb::Error>>(e: E) -> Arc<redb::Error> {
+    Arc::new(e.into())
+}
+
 fn db<E: Into<redb::Error>>(e: E) -> StoreError {
-    StoreError::Db(Arc::new(e.into()))
+    StoreError::Db(shared(e))
 }
 
 /// The outcome of a queued change, set by the commit that took it.
@@ -176,16 +181,15 @@ impl Store {
         match outcome.get() {
             Some(Ok(())) => Ok(()),
             Some(Err(e)) => Err(StoreError::Db(e.clone())),
-            // Unreachable: the batch just committed held every change queued before it.
+            // The batch just committed held every change queued before it; only one taken
+            // by a commit that panicked (its writer's lock is then poisoned, see `lock`) has
+            // no outcome.
             None => Err(StoreError::Lost),
         }
     }
 
     /// Applies `batch` in order in one transaction.
     fn commit(&self, batch: &[Queued]) -> Result<(), Arc<redb::Error>> {
-        fn shared<E: Into<redb::Error>>(e: E) -> Arc<redb::Error> {
-            Arc::new(e.into())
-        }
         let tx = self.db.begin_write().map_err(shared)?;
         {
             let mut t = tx.open_table(SANDBOXES).map_err(shared)?;
