@@ -289,6 +289,8 @@ def leftovers(p: Paddock, cg: MemoryCgroup, ours: set[str]) -> dict[str, int]:
     return {
         "records": len(listed & ours),
         "state dirs": len(dir_ids(sandboxes_dir) & ours),
+        "run dirs": len(dir_ids(data / "embedded/run/sandboxes") & ours),
+        "container state dirs": len(dir_ids(data / "embedded/run/containers") & ours),
         "overlay mounts": len(overlay_mounts(data) & ours),
         "cgroups": len(cgroups & ours),
         "veths": max(0, len(sandbox_veths()) - len(others)),
@@ -353,8 +355,14 @@ def main():
               f"+ outside them {(after['rest'] - before['rest']) / n / MIB:.2f} MiB")
         print(f"   reference: {ref['per'] / MIB:.2f} MiB each; paddock / reference: {own / ref['per']:.1f}x")
         if sandboxes:
-            sample = pathlib.Path(p.data) / "embedded/sandboxes" / sandboxes[0].sandbox_id
-            held = files_of(sample)
+            sid = sandboxes[0].sandbox_id
+            embedded = pathlib.Path(p.data) / "embedded"
+            # On disk (image, log) and on the run tmpfs (bundle, boot id, libcontainer's state).
+            held = sorted(
+                [(b, f"{where}/{f}") for where, d in [("sandboxes", embedded / "sandboxes" / sid),
+                                                       ("run", embedded / "run/sandboxes" / sid),
+                                                       ("run", embedded / "run/containers" / sid)]
+                 if d.is_dir() for b, f in files_of(d)], reverse=True)
             print(f"   files of one sandbox on the host: {sum(b for b, _ in held) / 1024:.0f} KiB; largest: "
                   + ", ".join(f"{f} {b / 1024:.0f} KiB" for b, f in held[:6]))
         with open(f"/proc/{paddock_pid}/status") as f:

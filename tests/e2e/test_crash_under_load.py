@@ -105,7 +105,8 @@ def test_a_crash_under_load_keeps_the_created_and_leaks_nothing(paddock):
         assert overlay_mounts(data) == everything, "overlay mounts"
         assert stray_mounts(data, everything) == [], "mounts of sandboxes that are gone"
         assert dir_ids(data / "embedded/sandboxes") == everything, "sandbox state dirs"
-        assert dir_ids(data / "embedded/containers") == everything, "container state dirs"
+        assert dir_ids(data / "embedded/run/sandboxes") == everything, "sandbox run dirs"
+        assert dir_ids(data / "embedded/run/containers") == everything, "container state dirs"
         veths = sandbox_veths()
         assert len(veths) == len(everything), f"veths on pdkbr0: {veths} for {len(everything)} sandboxes"
         pinned = pinned_neighbours()
@@ -156,16 +157,19 @@ def mount_points() -> list[str]:
 
 
 def overlay_mounts(data: pathlib.Path) -> set[str]:
-    """Ids whose overlay root is mounted at `<data>/embedded/sandboxes/<id>/rootfs`."""
-    pat = re.compile(re.escape(str(data / "embedded/sandboxes")) + r"/([a-z0-9]{20})/rootfs$")
+    """Ids whose overlay root is mounted at `<data>/embedded/run/sandboxes/<id>/rootfs`."""
+    pat = re.compile(re.escape(str(data / "embedded/run/sandboxes")) + r"/([a-z0-9]{20})/rootfs$")
     return {m.group(1) for p in mount_points() if (m := pat.match(p))}
 
 
 def stray_mounts(data: pathlib.Path, keep: set[str]) -> list[str]:
-    """Mounts under the data dir that belong to no kept sandbox (templates are shared, not here)."""
-    sandboxes = str(data / "embedded/sandboxes") + "/"
+    """Mounts under the data dir that belong to no kept sandbox (templates are shared, not here;
+    the run tmpfs itself is Paddock's while it runs)."""
+    run = str(data / "embedded/run")
+    sandboxes = run + "/sandboxes/"
     return [p for p in mount_points()
-            if p.startswith(str(data)) and not any(p.startswith(sandboxes + k + "/") for k in keep)]
+            if p.startswith(str(data)) and p != run
+            and not any(p.startswith(sandboxes + k + "/") for k in keep)]
 
 
 def dir_ids(d: pathlib.Path) -> set[str]:
@@ -195,9 +199,9 @@ def parent_of(pid: str) -> int | None:
 
 def stray_processes(data: pathlib.Path, keep: set[str], paddock_pid: int) -> list[str]:
     """Processes that belong to a sandbox not in `keep`: by their cgroup, or by a root file
-    system that is a sandbox's overlay (its upper dir is in the data dir); and container
+    system that is a sandbox's overlay (its upper dir is in the run tmpfs); and container
     helpers of this data dir left running, but the fork server of the live `paddock_pid`."""
-    upper = re.compile(re.escape(str(data / "embedded/sandboxes")) + r"/([a-z0-9]{20})/")
+    upper = re.compile(re.escape(str(data / "embedded/run/sandboxes")) + r"/([a-z0-9]{20})/")
     strays = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:

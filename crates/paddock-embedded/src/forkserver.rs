@@ -86,7 +86,7 @@ impl Drop for Conn {
 pub struct ForkServer {
     bin: PathBuf,
     state_root: PathBuf,
-    /// Paths outside the data dir its children use (see [`ForkServer::keeping`]).
+    /// Paths outside the run tmpfs its children use (see [`ForkServer::keeping`]).
     keep: Vec<PathBuf>,
     conn: Mutex<Option<Conn>>,
 }
@@ -123,12 +123,19 @@ impl ForkServer {
         }
     }
 
-    /// Also keeps `paths` reachable in the server's mount namespace: the files outside the
-    /// data dir that the sandboxes' specs name (binaries, `resolv.conf`). Every other mount
-    /// outside the data dir's own is left out of it.
+    /// Also keeps `paths` reachable in the server's mount namespace: what its children use
+    /// outside the parent of `state_root` (the data dir, for the logs; the binaries and
+    /// `resolv.conf` the sandboxes' specs name). Every other mount is left out of it.
     pub fn keeping(mut self, paths: impl IntoIterator<Item = PathBuf>) -> Self {
         self.keep.extend(paths);
         self
+    }
+
+    /// Ends the server, if it runs; the next request starts another (in a mount namespace
+    /// made then).
+    pub fn stop(&self) {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        *conn = None;
     }
 
     /// The server's pid, if it runs.
@@ -325,19 +332,20 @@ pub(crate) fn serve(state_root: &Path, keep: &[PathBuf]) -> Result<(), Container
 
 /// Moves the server into a mount namespace of its own that no mount enters or leaves by
 /// propagation, and unmounts there everything a create does not need: all but the mounts
-/// holding the data dir (the parent of `state_root`) and the paths in `keep` (the binaries and
-/// files the sandboxes' specs name), and the kernel's views. So the sandboxes' disks and roots
-/// that exist as it starts go (the host keeps them), and so does anything else mounted then:
-/// a copy here would pin it while the server lives (a disk's loop device stays attached while
-/// any namespace holds its mount, another instance's sandboxes included).
+/// holding the run tmpfs (the parent of `state_root`) and the paths in `keep` (the data dir,
+/// the binaries and files the sandboxes' specs name), and the kernel's views. So the
+/// sandboxes' disks and roots that exist as it starts go (the host keeps them), and so does
+/// anything else mounted then: a copy here would pin it while the server lives (a disk's loop
+/// device stays attached while any namespace holds its mount, another instance's sandboxes
+/// included).
 fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
     // Private before anything is unmounted: on a host whose mounts are shared, an unmount
     // here would otherwise propagate to the host's namespace.
     crate::mounts::own_mount_namespace(nix::mount::MsFlags::MS_PRIVATE)?;
-    let data = state_root.parent().unwrap_or(state_root);
+    let run = state_root.parent().unwrap_or(state_root);
     // Each path both as given and as it resolves: a symlinked path needs the mounts on its
     // way and those of where it leads.
-    let needed: Vec<PathBuf> = std::iter::once(data)
+    let needed: Vec<PathBuf> = std::iter::once(run)
         .chain(keep.iter().map(PathBuf::as_path))
         .flat_map(|p| {
             [
@@ -346,9 +354,13 @@ fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
             ]
         })
         .collect();
-    crate::mounts::detach_all_but(&needed);
-    let left = crate::mounts::mounts_under(data);
-    match left.iter().find(|p| p.as_path() != data) {
+    // What must not stay is a mount below a needed directory (a sandbox's disk or root):
+    // one elsewhere that would not go (none seen) holds nothing of Paddock's.
+    let left = crate::mounts::detach_all_but(&needed);
+    match left
+        .iter()
+        .find(|m| needed.iter().any(|n| m.starts_with(n)))
+    {
         Some(p) => Err(std::io::Error::other(format!(
             "{} is still mounted in its namespace",
             p.display()

@@ -30,6 +30,7 @@ pub mod proc;
 mod ratelimit;
 mod readiness;
 mod rtnl;
+pub mod rundir;
 pub mod seccomp;
 pub mod snapshot;
 pub mod spec;

@@ -346,19 +346,22 @@ fn detach_until_gone(points: impl Fn() -> Vec<PathBuf>) -> Option<MountError> {
 /// Lazily unmounts, in this mount namespace, every mount that holds none of the paths in
 /// `needed` on its way to the root and is not under `/proc`, `/sys` or `/dev` (the kernel's
 /// views every process uses). What stays is each needed path's own mount and the mounts above
-/// it; anything mounted below a needed directory goes. Errors are left out: a mount that went
+/// it; anything mounted below a needed directory goes (unless it is needed too). Returns what
+/// should have gone and is still there: refusals themselves are left out, as a mount that went
 /// with its parent's detach is gone either way.
-pub fn detach_all_but(needed: &[PathBuf]) {
+pub fn detach_all_but(needed: &[PathBuf]) -> Vec<PathBuf> {
     let kernel = [Path::new("/proc"), Path::new("/sys"), Path::new("/dev")];
     let keep = |m: &Path| {
         kernel.iter().any(|k| m.starts_with(k)) || needed.iter().any(|n| n.starts_with(m))
     };
-    let _ = detach_until_gone(|| {
+    let unneeded = || -> Vec<PathBuf> {
         mounts_under(Path::new("/"))
             .into_iter()
             .filter(|p| !keep(p))
             .collect()
-    });
+    };
+    let _ = detach_until_gone(unneeded);
+    unneeded()
 }
 
 /// Moves this (single-threaded) process into a new mount namespace whose mounts all have

@@ -121,14 +121,12 @@ async fn h1_host_users_cannot_run_setuid_files_a_sandbox_planted() {
         .await;
         assert_eq!(code, 0, "{err}");
         let data = env.dir.path();
-        let rootfs = data.join("sandboxes").join(sbx.id.as_str()).join("rootfs");
+        let rootfs = env.run_dir(&sbx.id).join("rootfs");
         let planted = rootfs.join("usr/local/bin/s");
         // The host user `nobody` tries it, by the rootfs and by the writable layer.
         for path in [
             planted.clone(),
-            data.join("sandboxes")
-                .join(sbx.id.as_str())
-                .join("disk/upper/usr/local/bin/s"),
+            env.run_dir(&sbx.id).join("disk/upper/usr/local/bin/s"),
         ] {
             let r = std::process::Command::new(&path)
                 .uid(65534)
@@ -151,7 +149,9 @@ async fn h1_host_users_cannot_run_setuid_files_a_sandbox_planted() {
         for dir in [
             data.to_owned(),
             data.join("sandboxes"),
-            data.join("containers"),
+            data.join("run"),
+            data.join("run/sandboxes"),
+            data.join("run/containers"),
         ] {
             let mode = std::fs::metadata(&dir).expect("stat").permissions().mode() & 0o7777;
             assert_eq!(mode, 0o700, "{}", dir.display());

@@ -162,7 +162,7 @@ async fn pause_stops_a_counter_and_resume_continues_it() {
         let (code, _, err) =
             sh(&infra, &s.id, "nohup sh -c 'i=0; while :; do i=$((i+1)); echo $i > /root/c; sleep 0.02; done' >/dev/null 2>&1 &").await;
         assert_eq!(code, 0, "{err}");
-        let counter = env.dir.path().join("sandboxes").join(s.id.as_str()).join("disk/upper/root/c");
+        let counter = env.run_dir(&s.id).join("disk/upper/root/c");
         let read = || std::fs::read_to_string(&counter).ok().and_then(|s| s.trim().parse::<u64>().ok()).unwrap_or(0);
         while read() < 5 {
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -298,3 +298,113 @@ async fn warm_pool_claims_are_ready_sandboxes_and_refill() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// Every file and directory under `dir` on `dir`'s own file system (no mount below is entered).
+fn files_on_the_same_fs(dir: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = std::fs::metadata(dir).expect("stat").dev();
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![dir.to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let Ok(m) = std::fs::symlink_metadata(e.path()) else {
+                continue;
+            };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+            out.insert(e.path());
+        }
+    }
+    out
+}
+
+/// A sandbox makes three entries in the data dir's file system: its directory, its disk's
+/// image and its log. Everything else it needs (bundle, boot id, libcontainer's state, the
+/// mount points of its disk and root) is on the run tmpfs, which a restart keeps, with the
+/// state of the sandboxes it adopts, and which a stop with no sandbox left unmounts. (Each
+/// inode made and freed on a host's ext4 without a journal made every later allocation dearer;
+/// see `paddock_embedded::rundir`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_keeps_only_its_disk_image_and_log_in_the_data_dir() {
+    if support::skip_unless_root() {
+        return;
+    }
+    let env = std::sync::Arc::new(support::Env::new(24));
+    let data = env.dir.path().to_owned();
+    let first = env.start().await;
+    let r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(async {
+        // The first create also makes what every later one shares (the blank disk image).
+        let warm = first.create(req()).await.expect("create");
+        first.kill(&warm.id).await.expect("kill");
+        let before = files_on_the_same_fs(&data);
+        let s = first.create(req()).await.expect("create");
+        let made: Vec<_> = files_on_the_same_fs(&data)
+            .difference(&before)
+            .cloned()
+            .collect();
+        let dir = data.join("sandboxes").join(s.id.as_str());
+        assert_eq!(
+            made,
+            vec![dir.clone(), dir.join("disk.img"), dir.join("runtime.log")],
+            "made in the data dir"
+        );
+        let run = paddock_embedded::rundir::path(&data);
+        for p in [
+            env.run_dir(&s.id).join("bundle/config.json"),
+            env.run_dir(&s.id).join("boot_id"),
+            paddock_embedded::rundir::containers(&data)
+                .join(s.id.as_str())
+                .join("state.json"),
+        ] {
+            assert!(p.starts_with(&run) && p.exists(), "{}", p.display());
+            let fs = nix::sys::statfs::statfs(&p).expect("statfs");
+            assert_eq!(
+                fs.filesystem_type(),
+                nix::sys::statfs::TMPFS_MAGIC,
+                "{}",
+                p.display()
+            );
+        }
+
+        // A restart keeps the tmpfs and what is in it: the adopted sandbox's container is
+        // found there.
+        first.shutdown();
+        drop(first);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let second = loop {
+            match EmbeddedInfra::start(env.cfg.clone()).await {
+                Ok(s) => break s,
+                Err(e) if Instant::now() > deadline => panic!("restart: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        let out = second
+            .exec(&s.id, &["/bin/cat", "/proc/sys/kernel/hostname"])
+            .await
+            .expect("exec in the adopted sandbox");
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), s.id.as_str());
+
+        // A stop with no sandbox left: nothing of Paddock's stays mounted in the data dir.
+        second.kill_all().await.expect("kill all");
+        assert!(
+            !paddock_embedded::mounts::is_mount_point(&run),
+            "the run tmpfs outlived the last sandbox"
+        );
+        assert_eq!(
+            paddock_embedded::mounts::mounts_under(&data),
+            Vec::<std::path::PathBuf>::new()
+        );
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+        second
+    }))
+    .await;
+    let infra = r.as_ref().ok().cloned();
+    env.cleanup(infra.as_ref()).await;
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}

@@ -148,12 +148,7 @@ async fn oci_layout_and_directory_templates_run() {
             })
             .await
             .expect("create oci");
-        let root = env
-            .dir
-            .path()
-            .join("sandboxes")
-            .join(s.id.as_str())
-            .join("rootfs");
+        let root = env.run_dir(&s.id).join("rootfs");
         assert_eq!(
             std::fs::read_to_string(root.join("etc/a")).expect("a"),
             "two",
@@ -176,12 +171,7 @@ async fn oci_layout_and_directory_templates_run() {
             })
             .await
             .expect("create dir");
-        let root = env
-            .dir
-            .path()
-            .join("sandboxes")
-            .join(d.id.as_str())
-            .join("rootfs");
+        let root = env.run_dir(&d.id).join("rootfs");
         assert_eq!(
             std::fs::read_to_string(root.join("etc/from-dir")).expect("from-dir"),
             "yes"

@@ -51,12 +51,7 @@ async fn sandbox_root_is_an_unprivileged_host_uid() {
         // Other users of the range work too (`su` switches to nobody, 65534 inside).
         assert_eq!(lines[7], "65534", "{out}");
 
-        let planted = env
-            .dir
-            .path()
-            .join("sandboxes")
-            .join(sbx.id.as_str())
-            .join("disk/upper/planted");
+        let planted = env.run_dir(&sbx.id).join("disk/upper/planted");
         let meta = std::fs::metadata(&planted).expect("planted file in the writable layer");
         assert_eq!(
             (meta.uid(), meta.gid()),
@@ -89,14 +84,7 @@ async fn user_namespaces_can_be_turned_off() {
         assert_eq!(code, 0, "{err}");
         let map: Vec<&str> = out.split_whitespace().collect();
         assert_eq!(map, ["0", "0", "4294967295"], "{out}");
-        let meta = std::fs::metadata(
-            env.dir
-                .path()
-                .join("sandboxes")
-                .join(sbx.id.as_str())
-                .join("disk/upper/x"),
-        )
-        .expect("file");
+        let meta = std::fs::metadata(env.run_dir(&sbx.id).join("disk/upper/x")).expect("file");
         assert_eq!(meta.uid(), 0);
         infra.kill(&sbx.id).await.expect("kill");
         assert_eq!(env.leaks().await, Vec::<String>::new());

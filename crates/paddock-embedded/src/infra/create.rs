@@ -314,6 +314,8 @@ impl EmbeddedInfra {
             // Every sandbox has a disk limit (see `create_sandbox`); one that cannot be
             // enforced fails the create rather than being ignored (security review H5).
             let bytes = limits.disk_bytes.unwrap_or(cfg.default_disk_bytes);
+            // The directory of what lasts on disk: the disk's image and the log.
+            std::fs::create_dir_all(&paths.dir).map_err(internal)?;
             disk::mount_limited(
                 &paths.disk(),
                 &paths.disk_image(),

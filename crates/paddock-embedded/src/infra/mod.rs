@@ -69,8 +69,9 @@ struct Inner {
     _instance_lock: crate::instance_lock::InstanceLock,
 }
 
-/// The data dir's directory of libcontainer's state, one directory per container.
-const CONTAINERS_DIR: &str = "containers";
+/// Where libcontainer's state was kept in the data dir before the run tmpfs: a sandbox
+/// adopted from an older Paddock has its state there, and its teardown removes it.
+const LEGACY_CONTAINERS_DIR: &str = "containers";
 
 /// Events an `ended` receiver may fall behind by before it sees `Lagged`.
 const ENDED_BACKLOG: usize = 1024;
@@ -128,13 +129,13 @@ impl EmbeddedInfra {
     pub async fn start(cfg: EmbeddedConfig) -> InfraResult<Self> {
         let instance_lock =
             crate::instance_lock::InstanceLock::for_config(&cfg).map_err(internal)?;
-        for d in [
-            cfg.data_dir.clone(),
-            cfg.data_dir.join("sandboxes"),
-            cfg.data_dir.join("containers"),
-        ] {
+        for d in [cfg.data_dir.clone(), cfg.data_dir.join("sandboxes")] {
             crate::private_dir::create_private_dir(&d).map_err(internal)?;
         }
+        // Before anything below reads or makes a sandbox's state (recovery reads it, the fork
+        // server's mount namespace must hold it).
+        let run = crate::rundir::mount(&cfg.data_dir).map_err(internal)?;
+        info!(dir = %crate::rundir::path(&cfg.data_dir).display(), mounted = ?run, "run tmpfs");
         // Refuses to start, with the reason, where the kernel cannot run sandboxes in user
         // namespaces, rather than quietly running them as host root.
         let userns = match cfg.userns {
@@ -179,14 +180,20 @@ impl EmbeddedInfra {
             inner: Arc::new(Inner {
                 helper: crate::forkserver::ForkServer::new(
                     &cfg.helper_binary,
-                    &cfg.data_dir.join(CONTAINERS_DIR),
+                    &crate::rundir::containers(&cfg.data_dir),
                 )
-                // What the specs name outside the data dir (see `spec::build`).
+                // The data dir (the sandboxes' logs) and what the specs name outside the run
+                // tmpfs (see `spec::build`).
                 .keeping(
-                    [&cfg.init_binary, &cfg.runtime_binary, &cfg.hook_binary]
-                        .into_iter()
-                        .chain(cfg.resolv_conf.as_ref())
-                        .cloned(),
+                    [
+                        &cfg.data_dir,
+                        &cfg.init_binary,
+                        &cfg.runtime_binary,
+                        &cfg.hook_binary,
+                    ]
+                    .into_iter()
+                    .chain(cfg.resolv_conf.as_ref())
+                    .cloned(),
                 ),
                 cfg,
                 templates,
@@ -213,8 +220,9 @@ impl EmbeddedInfra {
         Ok(infra)
     }
 
+    /// libcontainer's state root, on the run tmpfs.
     fn state_root(&self) -> PathBuf {
-        self.inner.cfg.data_dir.join(CONTAINERS_DIR)
+        crate::rundir::containers(&self.inner.cfg.data_dir)
     }
 
     fn paths(&self, id: &SandboxId) -> Paths {

@@ -90,7 +90,13 @@ impl EmbeddedInfra {
             .map_err(internal)?
             .into_iter()
             .collect();
-        for dir in [self.inner.cfg.data_dir.join("sandboxes"), self.state_root()] {
+        let data = &self.inner.cfg.data_dir;
+        for dir in [
+            data.join("sandboxes"),
+            crate::rundir::sandboxes(data),
+            self.state_root(),
+            data.join(super::LEGACY_CONTAINERS_DIR),
+        ] {
             if let Ok(entries) = std::fs::read_dir(&dir) {
                 orphans.extend(
                     entries

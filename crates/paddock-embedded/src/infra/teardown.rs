@@ -28,6 +28,7 @@ impl EmbeddedInfra {
         let cg = self.inner.cgroups.sandbox(id.as_str());
         let paths = self.paths(id);
         let root = self.state_root();
+        let legacy_root = self.inner.cfg.data_dir.join(super::LEGACY_CONTAINERS_DIR);
         let (idc, pid) = (id.clone(), rec.as_ref().map(|r| r.init_pid).unwrap_or(0));
         blocking(move || -> InfraResult<()> {
             if cg.exists() {
@@ -38,13 +39,16 @@ impl EmbeddedInfra {
                 let _ = container::try_reap(pid);
             }
             container::forget(&root, idc.as_str());
+            container::forget(&legacy_root, idc.as_str());
             // The disk's loop device, known from its mount before that goes (a sandbox whose
             // disk is not mounted, half made, is looked for among all loop devices).
             let disk_loop = disk::loops_mounted_at(&paths.disk());
             // The root first (it holds the disk's upper and work directories), then the
-            // disk; `remove_tree` detaches anything else it meets on its way. Neither reads
-            // the host's mount table, which grows with every sandbox.
+            // disk; `remove_tree` detaches anything else it meets on its way (the mounts of a
+            // sandbox made by an older Paddock, under `dir`, too). Neither reads the host's
+            // mount table, which grows with every sandbox.
             mounts::unmount_points(&[paths.rootfs(), paths.disk()]).map_err(internal)?;
+            mounts::remove_tree(&paths.run).map_err(internal)?;
             mounts::remove_tree(&paths.dir).map_err(internal)?;
             // The disk image's loop device outlives the lazy unmount by a moment.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -98,7 +102,24 @@ impl EmbeddedInfra {
             self.forget(&id);
         }
         self.state().pools.clear();
-        Ok(())
+        self.release_run_dir().await
+    }
+
+    /// After the last sandbox is gone: ends the fork server (its mount namespace holds the run
+    /// tmpfs) and unmounts the run tmpfs, so a stopped Paddock leaves no mount in its data
+    /// dir. Kept while any sandbox is recorded: its state is there.
+    async fn release_run_dir(&self) -> InfraResult<()> {
+        let left = !self.state().sandboxes.is_empty()
+            || !self.inner.store.all().map_err(internal)?.is_empty();
+        if left {
+            warn!("sandboxes left after killing them all: the run tmpfs stays");
+            return Ok(());
+        }
+        self.inner.helper.stop();
+        let data = self.inner.cfg.data_dir.clone();
+        blocking(move || crate::rundir::unmount(&data))
+            .await?
+            .map_err(internal)
     }
 
     /// Kills sandbox `id` (the body of [`paddock_infra::Infra::kill`]).

@@ -173,12 +173,24 @@ impl Env {
             .expect("start infra")
     }
 
+    /// Where sandbox `id`'s disk and root are mounted (`disk/upper`, `rootfs`): on the run
+    /// tmpfs.
+    #[allow(dead_code)] // not every test binary that includes this module looks there
+    pub fn run_dir(&self, id: &paddock_infra::SandboxId) -> std::path::PathBuf {
+        paddock_embedded::rundir::sandboxes(self.dir.path()).join(id.as_str())
+    }
+
     /// Everything this environment could have left behind; empty when clean.
     pub async fn leaks(&self) -> Vec<String> {
         let mut out = Vec::new();
         let data = self.dir.path().to_string_lossy().into_owned();
+        // The run tmpfs itself is Paddock's while it runs, not a sandbox's (a stop with no
+        // sandbox left unmounts it); what is mounted in it is.
+        let run = paddock_embedded::rundir::path(self.dir.path());
         for m in paddock_embedded::mounts::mounts_under(self.dir.path()) {
-            out.push(format!("mount {}", m.display()));
+            if m != run {
+                out.push(format!("mount {}", m.display()));
+            }
         }
         for l in paddock_embedded::disk::loops_under(self.dir.path()) {
             out.push(format!("loop device backed by {}", l.display()));
@@ -213,7 +225,7 @@ impl Env {
                 out.push(format!("neighbour entry {l}"));
             }
         }
-        for sub in ["sandboxes", "containers"] {
+        for sub in ["sandboxes", "containers", "run/sandboxes", "run/containers"] {
             if let Ok(rd) = std::fs::read_dir(self.dir.path().join(sub)) {
                 for e in rd.flatten() {
                     out.push(format!(
