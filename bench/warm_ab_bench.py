@@ -20,7 +20,6 @@ import argparse
 import pathlib
 import re
 import shlex
-import statistics
 import sys
 import time
 
@@ -28,7 +27,7 @@ from e2b import Sandbox
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
 from paddock_testing import PaddockUp  # noqa: E402
-from paddock_harness import ADMIN_KEY, build_release, row  # noqa: E402
+from paddock_harness import ADMIN_KEY, build_release, pct, row  # noqa: E402
 
 def ms(t0):
     return (time.perf_counter() - t0) * 1000
@@ -120,11 +119,11 @@ def main():
             print(row(f"{name}: its first commands.run", first_run[name], second_run[name]))
             print(row(f"{name}: its second commands.run", second_run[name]))
             print(row(f"{name}: TTI warm (create + run)", tti[name], tti[first] if name != first else None))
-        print("server-side per phase (medians, ms, warm creates incl. warm-up):")
+        print("server-side per phase (p50 / p90 / p99, ms, warm creates incl. warm-up):")
         for name, p in ups.items():
             ph = phases(p.log_path)
             print(f"  {name:30} " + "  ".join(
-                f"{k} {statistics.median(v):6.2f}" for k, v in ph.items() if v))
+                f"{k} {pct(v, 50):.2f} / {pct(v, 90):.2f} / {pct(v, 99):.2f}" for k, v in ph.items() if v))
     finally:
         for p in ups.values():
             p.stop()
