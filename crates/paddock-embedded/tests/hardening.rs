@@ -478,3 +478,59 @@ fn c1_v2_device_program_refuses_unlisted_devices() {
     );
     assert_eq!(null_result, "ok", "/dev/null must stay usable");
 }
+
+/// The mount source of a `/proc/<pid>/mountinfo` line (the field after the file system type).
+fn mount_source(line: &str) -> Option<&str> {
+    line.split(" - ").nth(1).and_then(|t| t.split(' ').nth(1))
+}
+
+/// Of the run tmpfs (every sandbox's bundle, boot id, container state and mount points) a
+/// sandbox sees one file: its own boot id, bound read-only where the kernel's is. No other
+/// part of it is in the sandbox's mount namespace, and its path leads nowhere inside.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_tmpfs_is_not_in_a_sandbox() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(35, |infra, env| async move {
+        let sbx = infra.create(base()).await.expect("create");
+        let run = paddock_embedded::rundir::path(env.dir.path());
+        let host = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+        assert!(
+            host.lines()
+                .any(|l| mount_source(l) == Some("paddock-run")
+                    && l.contains(&*run.to_string_lossy())),
+            "the host has no run tmpfs at {} to look for",
+            run.display()
+        );
+        let script = format!(
+            "cat /proc/self/mountinfo; echo ---; ls -d {} 2>&1 || true",
+            run.display()
+        );
+        let (code, out, err) = sh(&infra, &sbx.id, &script).await;
+        assert_eq!(code, 0, "{err}");
+        let (inside, ls) = out.split_once("---\n").expect("both parts");
+        assert!(inside.lines().count() > 3, "{inside}");
+        let own_boot_id = format!("/sandboxes/{}/boot_id", sbx.id.as_str());
+        let of_run: Vec<&str> = inside
+            .lines()
+            .filter(|l| mount_source(l) == Some("paddock-run"))
+            .collect();
+        // (Once per `/proc` the sandbox has mounted.)
+        assert!(!of_run.is_empty(), "no boot id bound: {inside}");
+        for line in of_run {
+            // Fields: id, parent, dev, root in its file system, mount point, options.
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!(
+                (f[3], f[4]),
+                (own_boot_id.as_str(), "/proc/sys/kernel/random/boot_id"),
+                "{line}"
+            );
+            assert!(f[5].split(',').any(|o| o == "ro"), "{line}");
+        }
+        assert!(ls.contains("No such file"), "{ls}");
+        infra.kill(&sbx.id).await.expect("kill");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
