@@ -19,7 +19,10 @@ pub struct MountError {
     source: std::io::Error,
 }
 
-fn err<'a>(op: &'static str, target: &'a Path) -> impl FnOnce(nix::Error) -> MountError + 'a {
+pub(crate) fn err<'a>(
+    op: &'static str,
+    target: &'a Path,
+) -> impl FnOnce(nix::Error) -> MountError + 'a {
     move |e| MountError {
         op,
         target: target.to_owned(),
@@ -221,7 +224,10 @@ pub fn remove_tree(dir: &Path) -> Result<(), MountError> {
     }
 }
 
-fn io_err<'a>(op: &'static str, p: &'a Path) -> impl FnOnce(std::io::Error) -> MountError + 'a {
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    p: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MountError + 'a {
     move |source| MountError {
         op,
         target: p.to_owned(),

@@ -16,30 +16,14 @@
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags, umount2};
+use nix::mount::MsFlags;
+
+use crate::mounts::{MountError, err, io_err};
 
 /// The run tmpfs' place in the data dir.
 pub const RUN_DIR: &str = "run";
 /// Its source name in the host's mount table, for an admin who wonders what it is.
 const SOURCE: &str = "paddock-run";
-
-/// A step of mounting or unmounting the run tmpfs failed.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {source}", path.display())]
-pub struct RunDirError {
-    op: &'static str,
-    path: PathBuf,
-    #[source]
-    source: std::io::Error,
-}
-
-fn fail<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> RunDirError + 'a {
-    move |source| RunDirError {
-        op,
-        path: path.to_owned(),
-        source,
-    }
-}
 
 /// The run tmpfs of data dir `data`.
 pub fn path(data: &Path) -> PathBuf {
@@ -68,9 +52,9 @@ pub enum Mounted {
 /// Mounts the run tmpfs of `data` unless it is mounted, and makes its directories. Only root
 /// may enter it (mode 0700); nothing on it runs (`noexec`: the sandboxes' roots are mounts of
 /// their own, with their own flags).
-pub fn mount(data: &Path) -> Result<Mounted, RunDirError> {
+pub fn mount(data: &Path) -> Result<Mounted, MountError> {
     let run = path(data);
-    crate::private_dir::create_private_dir(&run).map_err(fail("mkdir", &run))?;
+    crate::private_dir::create_private_dir(&run).map_err(io_err("mkdir", &run))?;
     let how = if crate::mounts::is_mount_point(&run) {
         Mounted::Kept
     } else {
@@ -81,31 +65,20 @@ pub fn mount(data: &Path) -> Result<Mounted, RunDirError> {
             MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
             Some("mode=0700"),
         )
-        .map_err(|e| fail("mount a tmpfs on", &run)(e.into()))?;
+        .map_err(err("mount a tmpfs on", &run))?;
         Mounted::Fresh
     };
     for d in [sandboxes(data), containers(data)] {
-        crate::private_dir::create_private_dir(&d).map_err(fail("mkdir", &d))?;
+        crate::private_dir::create_private_dir(&d).map_err(io_err("mkdir", &d))?;
     }
     Ok(how)
 }
 
-/// Unmounts the run tmpfs of `data` (lazily; nothing mounted there is fine). What is in it is
-/// gone: for a stop with no sandbox left, or a data dir would keep a mount after its owner.
-pub fn unmount(data: &Path) -> Result<(), RunDirError> {
-    let run = path(data);
-    // Each detach takes one of the mounts stacked there (bounded, as a refusal to go must not
-    // loop forever).
-    for _ in 0..8 {
-        match umount2(&run, MntFlags::MNT_DETACH) {
-            Ok(()) => {}
-            Err(nix::Error::EINVAL | nix::Error::ENOENT) => return Ok(()),
-            Err(e) => return Err(fail("unmount", &run)(e.into())),
-        }
-    }
-    Err(fail("unmount", &run)(std::io::Error::other(
-        "still mounted after 8 detaches",
-    )))
+/// Unmounts the run tmpfs of `data` (lazily, each mount stacked there; nothing mounted there
+/// is fine). What is in it is gone: for a stop with no sandbox left, or a data dir would keep
+/// a mount after its owner.
+pub fn unmount(data: &Path) -> Result<(), MountError> {
+    crate::mounts::unmount_points(&[path(data)])
 }
 
 #[cfg(test)]
