@@ -234,7 +234,7 @@ def reference(n: int, name: str) -> dict:
     return {"per": per, "per_avail": per_avail}
 
 
-def create_all(n: int, clients: int, client: str = "sdk") -> tuple[list[Sandbox], list[str], float, list[float]]:
+def create_all(n: int, clients: int, client: str = "sdk") -> tuple[list[Sandbox], list[str], float, list[float], list[float]]:
     """`client` "sdk": each create is `Sandbox.create()`. "http": a bare `POST /sandboxes` on a
     kept-alive connection per client thread, so the clients' own CPU (the SDK's is several ms
     of Python per create, on the same cores as the server) does not bound the rate measured;
@@ -259,15 +259,19 @@ def create_all(n: int, clients: int, client: str = "sdk") -> tuple[list[Sandbox]
             raise RuntimeError(f"POST /sandboxes: {r.status} {text[:200]!r}")
         return json.loads(text)["sandboxID"]
 
+    done_at: list[float] = []
+
     def one(_):
         t0 = time.perf_counter()
         try:
             made = Sandbox.create(timeout=3600) if client == "sdk" else post()
-            return made, None, (time.perf_counter() - t0) * 1000
+            end = time.perf_counter()
+            done_at.append(end - start)
+            return made, None, (end - t0) * 1000
         except Exception as e:  # noqa: BLE001 - the failure is what we report
             return None, f"{type(e).__name__}: {e}", None
 
-    t0 = time.perf_counter()
+    start = t0 = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as ex:
         results = list(ex.map(one, range(n)))
     wall = time.perf_counter() - t0
@@ -275,7 +279,27 @@ def create_all(n: int, clients: int, client: str = "sdk") -> tuple[list[Sandbox]
     if client == "http":
         with concurrent.futures.ThreadPoolExecutor(clients) as ex:
             made = list(ex.map(Sandbox.connect, made))
-    return (made, [e for _, e, _ in results if e], wall, [ms for _, _, ms in results if ms is not None])
+    return (made, [e for _, e, _ in results if e], wall, [ms for _, _, ms in results if ms is not None],
+            sorted(done_at))
+
+
+def host_busy() -> float:
+    """CPU seconds all of this host's cores spent busy so far (/proc/stat: all but idle and
+    iowait). The memory cgroup is no CPU account on cgroup v1, so the server's share is the
+    host's minus this process's (the clients): read it on a quiet host."""
+    ticks = [int(x) for x in pathlib.Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def rate_by_tenths(done_at: list[float]) -> str:
+    """Creates/s in each tenth of the run (by count): a rate that falls as sandboxes pile up
+    shows a cost that grows with their number."""
+    n = len(done_at)
+    if n < 10:
+        return ""
+    cuts = [0.0] + [done_at[n * k // 10 - 1] for k in range(1, 11)]
+    return ", ".join(f"{(n * (k + 1) // 10 - n * k // 10) / max(cuts[k + 1] - cuts[k], 1e-9):.0f}"
+                     for k in range(10))
 
 
 def leftovers(p: Paddock, cg: MemoryCgroup, ours: set[str]) -> dict[str, int]:
@@ -327,10 +351,16 @@ def main():
         before = {"usage": cg.usage(), "stat": cg.stat(), "avail": mem_available(), "slab": slab(),
                   "procs": processes(cg.pids()), "rest": cg.usage() - sandbox_usage(cg, None)}
 
-        sandboxes, errors, wall, create_ms = create_all(a.n, a.clients, a.client)
+        cpu0 = host_busy(), os.times()
+        sandboxes, errors, wall, create_ms, done_at = create_all(a.n, a.clients, a.client)
+        cpu1 = host_busy(), os.times()
         ok = len(sandboxes)
         print(f"   created {ok}/{a.n} in {wall:.1f} s: {ok / wall:.1f} creates/s; "
               f"create p50 {pct(create_ms, 50):.0f} ms, p99 {pct(create_ms, 99):.0f} ms")
+        print(f"   creates/s by tenths of the run: {rate_by_tenths(done_at)}")
+        clients_cpu = (cpu1[1].user + cpu1[1].system) - (cpu0[1].user + cpu0[1].system)
+        print(f"   host CPU per create: {(cpu1[0] - cpu0[0]) / max(ok, 1) * 1000:.1f} ms, of it the clients "
+              f"(this process) {clients_cpu / max(ok, 1) * 1000:.1f} ms")
         for e, count in collections.Counter(errors).most_common(5):
             print(f"   error x{count}: {e[:300]}")
         if a.pool_size:
