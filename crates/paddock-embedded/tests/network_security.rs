@@ -734,6 +734,52 @@ async fn the_sandbox_end_of_a_veth_is_made_in_the_sandbox() {
     assert_eq!(leaks, Vec::<String>::new());
 }
 
+/// The host's end of a sandbox's veth has IPv6 off: no address, no route in any of the
+/// host's IPv6 tables (each port's routes made every later port's going up walk them all).
+/// The sandbox's runtime is still reached, and its own end keeps IPv6.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_end_of_a_veth_has_no_ipv6() {
+    let env = support::Env::new(38);
+    let infra = env.start().await;
+    let sbx = infra.create(req(false)).await.expect("create");
+    let ip = ipv4(sbx.address);
+    let host_end = env.cfg.net.veth_name(ip);
+    let knob = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{host_end}/disable_ipv6"));
+    let run = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().expect("run ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let addrs = run(&["-6", "-o", "addr", "show", "dev", &host_end]);
+    let routes = run(&["-6", "route", "show", "table", "all", "dev", &host_end]);
+    let link = run(&["-o", "link", "show", "dev", &host_end]);
+    let (code, out, err) = sh(
+        &infra,
+        &sbx.id,
+        "cat /proc/sys/net/ipv6/conf/eth0/disable_ipv6",
+    )
+    .await;
+    let reachable = runtime_answers(sbx.address);
+    let _ = infra.kill(&sbx.id).await;
+    let leaks = env.leaks().await;
+    env.cleanup(Some(&infra)).await;
+    assert_eq!(
+        knob.expect("the port's IPv6 settings").trim(),
+        "1",
+        "disable_ipv6 of {host_end}"
+    );
+    assert_eq!(addrs.trim(), "", "IPv6 addresses on {host_end}");
+    assert_eq!(routes.trim(), "", "IPv6 routes through {host_end}");
+    assert!(
+        link.contains("state UP") || link.contains(",UP"),
+        "{host_end} is up: {link}"
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "0", "the sandbox's own end keeps IPv6");
+    assert!(reachable, "the sandbox's runtime is unreachable");
+    assert_eq!(leaks, Vec::<String>::new());
+}
+
 /// The elements of an nftables set as `nft -j` shows them: a concatenation's parts joined
 /// with " . ".
 fn set_elements(family: &str, table: &str, set: &str) -> Vec<String> {
