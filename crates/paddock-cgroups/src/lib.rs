@@ -10,6 +10,7 @@
 //! base is the process's own *memory* cgroup (that is where the host accounts memory); for the
 //! other controllers the same relative path is used under each controller's root.
 
+mod cpuset;
 mod hierarchy;
 mod v1;
 mod v2;
@@ -18,6 +19,7 @@ mod warm;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use cpuset::CLONE_CHILDREN;
 pub use hierarchy::{Hierarchy, Version};
 pub use warm::{WARM_CGROUP, Warmer};
 

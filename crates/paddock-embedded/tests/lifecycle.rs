@@ -408,3 +408,48 @@ async fn a_sandbox_keeps_only_its_disk_image_and_log_in_the_data_dir() {
         std::panic::resume_unwind(p);
     }
 }
+
+/// On cgroup v1 a sandbox's cpuset comes from its base, copied by the kernel when the
+/// sandbox's directory is made (`cgroup.clone_children` on the base), not written by the
+/// runtime in every create: such a write checks every sibling and rebuilds the scheduler's
+/// domains, a cost that grew with the sandboxes running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_cpusets_are_cloned_from_their_base() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(39, |infra, env| async move {
+        let h = paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent).expect("cgroups");
+        let mount = h.root().join("cpuset");
+        if h.version() != paddock_cgroups::Version::V1 || !mount.join("cpuset.cpus").is_file() {
+            eprintln!("skipped: no cgroup v1 cpuset hierarchy on this host");
+            return;
+        }
+        let base = mount.join(h.base());
+        let s = infra.create(req()).await.expect("create");
+        let read = |p: std::path::PathBuf| {
+            std::fs::read_to_string(&p)
+                .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+                .trim()
+                .to_owned()
+        };
+        let clone = read(base.join(paddock_cgroups::CLONE_CHILDREN));
+        let (cpus, mems) = (
+            read(base.join("cpuset.cpus")),
+            read(base.join("cpuset.mems")),
+        );
+        let own = base.join(s.id.as_str());
+        let (own_cpus, own_mems) = (read(own.join("cpuset.cpus")), read(own.join("cpuset.mems")));
+        let (code, _, err) = support::sh(&infra, &s.id, "true").await;
+        infra.kill(&s.id).await.expect("kill");
+        assert_eq!(clone, "1", "{}", base.display());
+        assert!(
+            !cpus.is_empty() && !mems.is_empty(),
+            "base cpuset: {cpus:?} {mems:?}"
+        );
+        assert_eq!((own_cpus, own_mems), (cpus, mems), "the sandbox's cpuset");
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}

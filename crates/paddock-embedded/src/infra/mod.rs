@@ -9,7 +9,7 @@ use paddock_infra::{
     CreateSandbox, CreateSnapshot, Infra, InfraError, InfraResult, Limits, PauseMode, SandboxEnded,
     SandboxId, SandboxInfo, SandboxMetrics, SnapshotInfo, TemplateInfo,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::EmbeddedConfig;
 use crate::store::{SandboxRecord, Store};
@@ -164,6 +164,13 @@ impl EmbeddedInfra {
             .map_err(internal)?;
         let cgroups = Hierarchy::detect(&cfg.cgroup_parent).map_err(internal)?;
         info!(version = ?cgroups.version(), base = %cgroups.base().display(), "cgroups detected");
+        // Only speed (see `paddock_cgroups::cpuset`): without it, the runtime sets each
+        // sandbox's cpuset itself.
+        match cgroups.inherit_cpusets() {
+            Ok(Some(dir)) => debug!(base = %dir.display(), "new cpusets inherit their parent's"),
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cpusets not inherited: each create sets its own"),
+        }
         // Only speed: a host where it cannot start runs without it.
         let cgroup_warmer = paddock_cgroups::Warmer::start(&cgroups).unwrap_or_else(|e| {
             warn!(error = %e, "cgroup lock warming not started");
