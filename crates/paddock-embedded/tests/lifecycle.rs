@@ -453,3 +453,54 @@ async fn sandbox_cpusets_are_cloned_from_their_base() {
     })
     .await;
 }
+
+/// An idle sandbox's processes are one thread each (init, the runtime, the log relay): the
+/// runtime's blocking pool ends its threads after 10 s without work, and nothing else in it
+/// keeps a thread. Every thread on the host lengthens the walk the kernel makes over all of
+/// them in each new sandbox's `pivot_root`, and costs its stacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_sandbox_runs_one_thread_per_process() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(25, |infra, env| async move {
+        let s = infra.create(req()).await.expect("create");
+        // Some work first: a command (which starts blocking-pool threads) and sudo.
+        let (code, out, err) = support::sh(&infra, &s.id, "sudo -n true && echo ran").await;
+        assert_eq!((code, out.trim()), (0, "ran"), "{err}");
+        let cgroup = paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent)
+            .expect("cgroups")
+            .sandbox(s.id.as_str());
+        let threads = || -> Vec<(i32, String, usize)> {
+            let pids = cgroup.pids().expect("the sandbox's processes");
+            pids.into_iter()
+                .filter_map(|pid| {
+                    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+                    let field = |k: &str| {
+                        status
+                            .lines()
+                            .find_map(|l| l.strip_prefix(k))
+                            .map(|v| v.trim().to_owned())
+                    };
+                    Some((pid, field("Name:")?, field("Threads:")?.parse().ok()?))
+                })
+                .collect()
+        };
+        let mut seen = threads();
+        for _ in 0..120 {
+            if seen.len() >= 3 && seen.iter().all(|(_, _, n)| *n == 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            seen = threads();
+        }
+        infra.kill(&s.id).await.expect("kill");
+        assert!(seen.len() >= 3, "init, runtime and log relay: {seen:?}");
+        assert!(
+            seen.iter().all(|(_, _, n)| *n == 1),
+            "threads per process after a minute idle: {seen:?}"
+        );
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}

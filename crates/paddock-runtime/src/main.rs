@@ -127,26 +127,17 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     launch::become_session_leader();
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(worker_threads())
+    // One thread drives every request: the runtime mostly waits on sockets and pipes, and its
+    // blocking work (files, users, sudo requests) goes to tokio's blocking pool, whose threads
+    // end after 10 s idle. An idle sandbox's runtime is thus one thread. It was the main
+    // thread plus two workers: the kernel walks every thread on the host in each new
+    // sandbox's `pivot_root`, and with 1,000 sandboxes that walk was 5.7 % of the host's CPU
+    // time (and each thread costs its stacks).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?
         .block_on(serve(args))
-}
-
-/// Most async worker threads: the runtime mostly waits on sockets and pipes, and blocking
-/// work runs on tokio's blocking pool, so two workers keep requests apart without one thread
-/// per host core in every idle sandbox (a thousand sandboxes on a 64-core host would
-/// otherwise hold 64,000 mostly idle threads and as many host pids).
-const MAX_WORKER_THREADS: usize = 2;
-
-/// Worker threads for this runtime: the CPUs it may use (which counts the sandbox's CPU
-/// limit), at most [`MAX_WORKER_THREADS`].
-fn worker_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, usize::from)
-        .min(MAX_WORKER_THREADS)
 }
 
 async fn serve(args: Args) -> anyhow::Result<()> {

@@ -197,22 +197,44 @@ pub fn start(users: UserDb, allowed: u32) {
             return;
         }
     };
-    let spawned = std::thread::Builder::new()
-        .name("paddock-sudo".into())
-        .spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let users = users.clone();
-                let _ = std::thread::Builder::new()
-                    .name("paddock-sudo-req".into())
-                    .spawn(move || {
-                        if let Err(e) = serve(conn, &users, allowed) {
-                            tracing::info!(error = %e, "sudo request failed");
-                        }
-                    });
+    // A task of the runtime, not a thread of its own: an idle sandbox holds no thread for it.
+    // Each request is served on the blocking pool (it lasts as long as the command it runs).
+    let accepting = tokio::runtime::Handle::try_current()
+        .map_err(io::Error::other)
+        .and_then(|rt| {
+            listener.set_nonblocking(true)?;
+            let _entered = rt.enter();
+            let listener = tokio::net::UnixListener::from_std(listener)?;
+            rt.spawn(accept_loop(listener, users, allowed));
+            Ok(())
+        });
+    if let Err(e) = accepting {
+        tracing::warn!(error = %e, "sudo requests not accepted");
+    }
+}
+
+/// Accepts sudo connections until the runtime ends.
+async fn accept_loop(listener: tokio::net::UnixListener, users: UserDb, allowed: u32) {
+    loop {
+        let conn = match listener.accept().await {
+            Ok((conn, _)) => conn,
+            Err(e) => {
+                // Out of descriptors or memory: wait instead of spinning on the error.
+                tracing::warn!(error = %e, "sudo accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let users = users.clone();
+        tokio::task::spawn_blocking(move || {
+            let served = conn
+                .into_std()
+                .and_then(|c| c.set_nonblocking(false).map(|()| c))
+                .and_then(|c| serve(c, &users, allowed));
+            if let Err(e) = served {
+                tracing::info!(error = %e, "sudo request failed");
             }
         });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "sudo thread not started");
     }
 }
 
