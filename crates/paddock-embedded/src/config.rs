@@ -44,6 +44,9 @@ pub struct EmbeddedConfig {
     /// binary: it is static and small, so executing it once per boot costs about a third of
     /// the CPU of executing Paddock's own large, dynamically relocated binary.
     pub hook_binary: PathBuf,
+    /// Binary that runs each sandbox's log relay on the host (see [`crate::logrelay`]):
+    /// `paddock-logrelay` beside the runtime binary when it is there, else the runtime binary.
+    pub relay_binary: PathBuf,
     /// Bridge, address range and firewall names.
     pub net: NetConfig,
     /// Name of the cgroup under this process's own cgroup that holds sandbox cgroups.
@@ -167,6 +170,7 @@ impl EmbeddedConfig {
             data_dir,
             template_cache,
             hook_binary: runtime_binary.clone(),
+            relay_binary: crate::logrelay::beside(&runtime_binary),
             runtime_binary,
             runtime_args: Vec::new(),
             init_binary: DEFAULT_INIT.into(),

@@ -10,15 +10,32 @@
 //! killed with the sandbox and its memory is charged to it. Sandbox processes cannot see it
 //! (it is in the host's pid namespace) and hold only the pipe's write end.
 //!
-//! The relay runs the runtime binary ([`paddock_contract::caplog`] has the code): one relay
-//! lives as long as each sandbox, and Paddock's own binary cost over a MiB more per relay.
+//! The relay runs [`RELAY_BINARY`], built beside the runtime binary, or the runtime binary
+//! when there is none beside it ([`paddock_contract::caplog`] has the code; both answer its
+//! arguments): one relay lives as long as each sandbox, and each process of a static PIE
+//! keeps its own relocated copy of the binary's pointer tables: ~296 KiB for the runtime, a
+//! few KiB for the relay's own binary (Paddock's binary cost over a MiB more per relay).
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 pub use paddock_contract::caplog::{LOG_CAP_BYTES, rotated};
 
-/// Starts the relay: `relay_bin` (the runtime binary) with [`paddock_contract::caplog::RELAY_ARGS`]
+/// The file name of the relay's own binary (a binary of the `paddock-runtime` package).
+pub const RELAY_BINARY: &str = "paddock-logrelay";
+
+/// The relay binary to use with the runtime binary `runtime`: [`RELAY_BINARY`] in the same
+/// directory when it is a file there, else `runtime` itself.
+pub fn beside(runtime: &Path) -> PathBuf {
+    let own = runtime.with_file_name(RELAY_BINARY);
+    if runtime.parent().is_some() && own.is_file() {
+        own
+    } else {
+        runtime.to_owned()
+    }
+}
+
+/// Starts the relay: `relay_bin` ([`beside`] the runtime binary) with [`paddock_contract::caplog::RELAY_ARGS`]
 /// and `log`, with `read_end` as its stdin and `/dev/null` as its stdout and stderr (the
 /// helper's stdout is the pipe Paddock reads the helper's answer from: a relay holding it open
 /// would make Paddock wait for it forever). In its own process group, so a signal to
@@ -67,6 +84,27 @@ pub const RELAY_CMD: &str = paddock_contract::caplog::RELAY_ARGS[1];
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_binary_beside_the_runtime_is_preferred() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let runtime = d.path().join("paddock-runtime");
+        std::fs::write(&runtime, b"").expect("runtime");
+        assert_eq!(
+            beside(&runtime),
+            runtime,
+            "none beside it: the runtime itself"
+        );
+        let own = d.path().join(RELAY_BINARY);
+        std::fs::create_dir(&own).expect("a directory of that name");
+        assert_eq!(beside(&runtime), runtime, "a directory is no binary");
+        std::fs::remove_dir(&own).expect("rmdir");
+        std::fs::write(&own, b"").expect("relay");
+        assert_eq!(beside(&runtime), own);
+        assert_eq!(beside(Path::new("")), Path::new(""), "no runtime given");
+    }
+
     #[test]
     fn the_relay_is_recognised_as_a_container_helper() {
         assert_eq!(

@@ -504,3 +504,43 @@ async fn an_idle_sandbox_runs_one_thread_per_process() {
     })
     .await;
 }
+
+/// A sandbox's log relay runs the relay's own small binary when it is beside the runtime
+/// binary (as a build of the `paddock-runtime` package puts it): a relay of the runtime
+/// binary kept its own ~296 KiB copy of the runtime's relocated pointer tables for the
+/// sandbox's whole life. The sandbox's output still reaches its log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_relay_runs_its_own_binary_beside_the_runtime() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(26, |infra, env| async move {
+        if env.cfg.runtime_binary.ends_with("paddock-runtime-standin") {
+            eprintln!("skipped: the runtime is the stand-in (no paddock-runtime built)");
+            return;
+        }
+        let own = env
+            .cfg
+            .runtime_binary
+            .with_file_name(paddock_embedded::logrelay::RELAY_BINARY);
+        assert!(
+            own.is_file(),
+            "{} is built with the runtime (cargo build -p paddock-runtime)",
+            own.display()
+        );
+        assert_eq!(env.cfg.relay_binary, own);
+        let s = infra.create(req()).await.expect("create");
+        let sandbox_dir = env.dir.path().join("sandboxes").join(s.id.as_str());
+        let relays = support::relays_under(&sandbox_dir);
+        assert_eq!(relays.len(), 1, "the sandbox's log relay: {relays:?}");
+        let relay = relays[0].split(' ').next().expect("pid").to_owned();
+        let exe = std::fs::read_link(format!("/proc/{relay}/exe")).expect("its binary");
+        let log = sandbox_dir.join("runtime.log");
+        let logged = std::fs::read_to_string(&log).unwrap_or_default();
+        infra.kill(&s.id).await.expect("kill");
+        assert_eq!(exe, own.canonicalize().expect("canonical"), "relay {relay}");
+        assert!(!logged.is_empty(), "nothing reached {}", log.display());
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}

@@ -350,11 +350,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "runtime binary {} not found",
         runtime.display()
     );
-    // The runtime binary is also every sandbox's log relay on the host.
-    let relay = runtime.clone();
+    // Every sandbox's log relay on the host: the relay's own binary beside the runtime, or
+    // the runtime binary itself.
+    let relay = paddock_embedded::logrelay::beside(&runtime);
+    tracing::debug!(relay = %relay.display(), "log relay binary");
     tokio::task::spawn_blocking(move || paddock_embedded::logrelay::check(&relay))
         .await
-        .context("checking the runtime binary")??;
+        .context("checking the log relay binary")??;
 
     // Before any sandbox exists: a full bridge of them needs more than the host defaults.
     match paddock_embedded::host_limits::raise_open_files() {

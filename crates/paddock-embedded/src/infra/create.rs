@@ -425,7 +425,7 @@ impl EmbeddedInfra {
                 id.as_str(),
                 &paths.bundle(),
                 &paths.log(),
-                &cfg.runtime_binary,
+                &cfg.relay_binary,
                 &paths.rootfs(),
             )
             .map_err(internal)?;

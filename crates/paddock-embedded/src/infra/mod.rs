@@ -197,6 +197,7 @@ impl EmbeddedInfra {
                         &cfg.init_binary,
                         &cfg.runtime_binary,
                         &cfg.hook_binary,
+                        &cfg.relay_binary,
                     ]
                     .into_iter()
                     .chain(cfg.resolv_conf.as_ref())
