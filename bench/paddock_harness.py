@@ -47,7 +47,12 @@ class Paddock(PaddockUp):
             paddock = in_cgroup(paddock, memory_cgroup)
         super().__init__(paddock, runtime, ADMIN_KEY, pool_size=pool_size, extra=extra,
                          prefix="paddock-bench-")
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            # Refused (another instance on the bridge, a bad binary): nothing of it may stay.
+            self.remove_data()
+            raise
         os.environ.update(self.sdk_env())
 
     def stop(self, timeout: float = 120) -> int:
