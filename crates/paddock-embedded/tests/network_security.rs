@@ -30,9 +30,11 @@ fn ipv4(addr: SocketAddr) -> Ipv4Addr {
     }
 }
 
-fn ip(args: &[&str]) {
-    let st = Command::new("ip").args(args).status().expect("run ip");
-    assert!(st.success(), "ip {args:?}");
+/// Runs `ip` with `args`, which must succeed; its standard output.
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// A stand-in for the world outside the host: a network namespace joined to the host by a
@@ -742,17 +744,11 @@ async fn the_host_end_of_a_veth_has_no_ipv6() {
     let env = support::Env::new(38);
     let infra = env.start().await;
     let sbx = infra.create(req(false)).await.expect("create");
-    let ip = ipv4(sbx.address);
-    let host_end = env.cfg.net.veth_name(ip);
+    let host_end = env.cfg.net.veth_name(ipv4(sbx.address));
     let knob = std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{host_end}/disable_ipv6"));
-    let run = |args: &[&str]| {
-        let out = Command::new("ip").args(args).output().expect("run ip");
-        assert!(out.status.success(), "ip {args:?}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let addrs = run(&["-6", "-o", "addr", "show", "dev", &host_end]);
-    let routes = run(&["-6", "route", "show", "table", "all", "dev", &host_end]);
-    let link = run(&["-o", "link", "show", "dev", &host_end]);
+    let addrs = ip(&["-6", "-o", "addr", "show", "dev", &host_end]);
+    let routes = ip(&["-6", "route", "show", "table", "all", "dev", &host_end]);
+    let link = ip(&["-o", "link", "show", "dev", &host_end]);
     let (code, out, err) = sh(
         &infra,
         &sbx.id,

@@ -350,9 +350,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         "runtime binary {} not found",
         runtime.display()
     );
-    // Every sandbox's log relay on the host: the relay's own binary beside the runtime, or
-    // the runtime binary itself.
-    let relay = paddock_embedded::logrelay::beside(&runtime);
+    let cfg = infra_config(&args, runtime)?;
+    // Every sandbox's log relay on the host (the config picks the relay's own binary beside
+    // the runtime, or the runtime binary itself).
+    let relay = cfg.relay_binary.clone();
     tracing::debug!(relay = %relay.display(), "log relay binary");
     tokio::task::spawn_blocking(move || paddock_embedded::logrelay::check(&relay))
         .await
@@ -365,7 +366,6 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     paddock_embedded::host_limits::raise_all();
     tracing::info!(data_dir = %args.data_dir.display(), "starting embedded infrastructure");
-    let cfg = infra_config(&args, runtime)?;
     let net = cfg.net.clone();
     let infra = EmbeddedInfra::start(cfg)
         .await
