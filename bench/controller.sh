@@ -23,7 +23,7 @@ source "$ROOT/tests/controller/lib.sh"
 
 NS=pdk-bench-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 IMAGE=$TB_IMAGE_PREFIX/paddock-runtime:$TB_IMAGE_TAG
-PORT=$((20000 + RANDOM % 20000))
+PORT=$((12000 + RANDOM % 18000))  # below the ephemeral range
 WORK=$(mktemp -d)
 CTL_PID=
 

@@ -9,6 +9,24 @@ T0=$(date +%s)
 
 say() { printf '[%s %4ss] %s\n' "${STEP_PREFIX:-test}" "$(($(date +%s) - T0))" "$*"; }
 
+# free_port_base COUNT -- a first port of COUNT consecutive local TCP ports that nothing uses
+# now. Below the kernel's ephemeral range (32768 and up by default), where an outgoing
+# connection of the test bed could take a port between our pick and our bind, and above the
+# test bed's own 10xxx ports.
+free_port_base() {
+  local count=$1 base tries in_use
+  in_use=$(ss -Htan | awk '{n=split($4, a, ":"); print a[n]}' | sort -un)
+  for ((tries = 0; tries < 50; tries++)); do
+    base=$((12000 + RANDOM % 18000))
+    if ! grep -qxF -f <(seq "$base" $((base + count - 1))) <<<"$in_use"; then
+      echo "$base"
+      return 0
+    fi
+  done
+  echo "no $count free consecutive ports found in 12000-29999" >&2
+  return 1
+}
+
 # step NAME FUNCTION -- runs FUNCTION with `set -e` in a subshell and records the result
 step() {
   local name=$1 rc
@@ -188,8 +206,19 @@ kube_finish() {
       [[ -f $WORK/$log.log ]] || continue
       echo "---- warnings and last lines of the $log log"
       grep -E 'WARN|ERROR' "$WORK/$log.log" | tail -n 10 || true
+      # A process that exits with an error prints it above its backtrace, which alone would
+      # fill the tail below.
+      grep -E -A 8 '^Error:' "$WORK/$log.log" | grep -vE '^ +(at |[0-9]+: )' || true
       tail -n 20 "$WORK/$log.log"
     done
+    # The work dir goes; its logs stay for whoever reads the failure.
+    local kept
+    kept=/var/tmp/paddock-failed-${STEP_PREFIX:-suite}-$(date +%Y%m%d-%H%M%S)
+    if mkdir -p "$kept" && cp "$WORK"/*.log "$kept"/ 2>/dev/null; then
+      say "logs of this failed run kept in $kept"
+    else
+      rmdir "$kept" 2>/dev/null || true
+    fi
   fi
   if [[ -f $WORK/started-testbed ]]; then
     say "taking down the test bed this suite started"

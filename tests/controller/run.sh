@@ -24,7 +24,7 @@ use_testbed
 NS=pdk-ctl-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')
 WORK=$(mktemp -d)
 IMAGE=$TB_IMAGE_PREFIX/paddock-runtime:$TB_IMAGE_TAG
-PORT_BASE=$((20000 + RANDOM % 20000))
+PORT_BASE=$(free_port_base 3)
 WEBHOOK_PORT=$PORT_BASE
 HEALTH=127.0.0.1:$((PORT_BASE + 1))
 METRICS=127.0.0.1:$((PORT_BASE + 2))

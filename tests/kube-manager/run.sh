@@ -30,7 +30,7 @@ WORK=$(mktemp -d)
 VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 RUNTIME_IMAGE=paddock.local/paddock-runtime:$VERSION
 IMAGE=paddock.local/sandbox-base:$VERSION
-PORT_BASE=$((20000 + RANDOM % 20000))
+PORT_BASE=$(free_port_base 8)
 HEALTH=127.0.0.1:$PORT_BASE
 METRICS=127.0.0.1:$((PORT_BASE + 1))
 API_A=127.0.0.1:$((PORT_BASE + 2))

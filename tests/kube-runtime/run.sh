@@ -30,7 +30,7 @@ CI_IMAGE=paddock.local/sandbox-code-interpreter-v1:$VERSION
 BASE_IMAGE=paddock.local/sandbox-base:$VERSION
 # An image without the runtime: Debian + python3, from the test bed.
 PLAIN_IMAGE=$TB_IMAGE_PREFIX/sandbox-base:$TB_IMAGE_TAG
-PORT_BASE=$((20000 + RANDOM % 20000))
+PORT_BASE=$(free_port_base 2)
 HEALTH=127.0.0.1:$PORT_BASE
 METRICS=127.0.0.1:$((PORT_BASE + 1))
 
