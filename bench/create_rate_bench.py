@@ -1,7 +1,7 @@
 """Creation rate of `paddock up` by how many sandboxes already exist.
 
 Creates `--batches` batches of `--batch` `base` sandboxes with bare `POST /sandboxes` from 8
-concurrent clients (the density bench's http client: the SDK's own CPU would bound the rate),
+(`--clients`) concurrent clients (the density bench's http client: the SDK's own CPU would bound the rate),
 keeping all of them, and prints per batch: creates/s, create latency p50/p90/p99, and the
 host's CPU per create (all CPUs busy time over the batch, from /proc/stat, divided by the
 creates: it includes the kernel's and the sandboxes' own boot work). Then kills them all.
@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--batch", type=int, default=100)
     ap.add_argument("--pool-size", type=int, default=4)
     ap.add_argument("--tag", default="paddock")
+    ap.add_argument("--clients", type=int, default=8)
     a = ap.parse_args()
     p = Paddock(pool_size=a.pool_size)
     made_all = []
@@ -46,7 +47,7 @@ def main():
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1)
             s0 = cpu_times()
-            made, errs, wall, ms = d.create_all(a.batch, 8, "http")
+            made, errs, wall, ms, _ = d.create_all(a.batch, a.clients, "http")
             s1 = cpu_times()
             if perf:
                 perf.send_signal(signal.SIGINT)

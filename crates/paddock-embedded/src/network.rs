@@ -522,12 +522,23 @@ fn wire(
     let route = RouteMessageBuilder::<Ipv4Addr>::new()
         .gateway(cfg.cidr.gateway())
         .build();
+    // The gateway's hardware address is known in advance (the bridge's, fixed): pinned, the
+    // sandbox never asks for it. Asked, its first request could go out before its port was
+    // up (its init starts beside this attach) and be lost, and the kernel asks again only a
+    // second later: about one cold create in a hundred took a second more to answer, each
+    // time from a sandbox whose gateway entry had needed that extra request. Sandbox root
+    // may change the entry; then it asks as any host would, and the host answers.
+    let gateway = permanent_neighbour(eth0, cfg.cidr.gateway(), cfg.bridge_mac());
     // In order: the route needs the address and the link up.
     inside.run(
         &[
             Req::set_link("lo up", LinkUnspec::new_with_name("lo").up().build()),
             Req::create("add address", RouteNetlinkMessage::NewAddress(address)),
             Req::set_link("eth0 up", LinkUnspec::new_with_index(eth0).up().build()),
+            Req::replace(
+                "pin the gateway's neighbour entry",
+                RouteNetlinkMessage::NewNeighbour(gateway),
+            ),
             Req::create("default route", RouteNetlinkMessage::NewRoute(route)),
         ],
         &[],
@@ -609,13 +620,18 @@ fn unwire(host: &mut Rtnl, cfg: &NetConfig, ip: Ipv4Addr) -> Result<(), NetError
 
 /// The host's permanent neighbour entry for a sandbox: its IP on the bridge, with its MAC.
 fn neighbour_entry(bridge: u32, ip: Ipv4Addr) -> NeighbourMessage {
+    permanent_neighbour(bridge, ip, firewall::sandbox_mac(ip))
+}
+
+/// `ip neigh replace IP lladdr MAC dev LINK nud permanent`, as a message.
+fn permanent_neighbour(link: u32, ip: Ipv4Addr, mac: [u8; 6]) -> NeighbourMessage {
     let mut m = NeighbourMessage::default();
     m.header.family = AddressFamily::Inet;
-    m.header.ifindex = bridge;
+    m.header.ifindex = link;
     m.header.state = NeighbourState::Permanent;
     m.attributes = vec![
         NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)),
-        NeighbourAttribute::LinkLayerAddress(firewall::sandbox_mac(ip).to_vec()),
+        NeighbourAttribute::LinkLayerAddress(mac.to_vec()),
     ];
     m
 }

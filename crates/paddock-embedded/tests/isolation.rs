@@ -301,14 +301,7 @@ async fn the_gateway_keeps_its_hardware_address_while_sandboxes_come_and_go() {
         return;
     }
     support::with_infra(15, |infra, env| async move {
-        let mac = env
-            .cfg
-            .net
-            .bridge_mac()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let mac = support::mac_text(env.cfg.net.bridge_mac());
         let sysfs = format!("/sys/class/net/{}/address", env.cfg.net.bridge);
         let bridge_address = || std::fs::read_to_string(&sysfs).expect("bridge address");
         let first = infra.create(req(None)).await.expect("create");

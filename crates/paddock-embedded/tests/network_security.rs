@@ -776,6 +776,41 @@ async fn the_host_end_of_a_veth_has_no_ipv6() {
     assert_eq!(leaks, Vec::<String>::new());
 }
 
+/// A sandbox knows its gateway's hardware address from the start: a permanent entry in its
+/// neighbour table (flags 0x6 in `/proc/net/arp`: complete and permanent) with the bridge's
+/// address. Asked for instead, a request lost while its port was coming up cost a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_has_its_gateway_pinned_in_its_neighbour_table() {
+    let env = support::Env::new(39);
+    let infra = env.start().await;
+    let sbx = infra.create(req(false)).await.expect("create");
+    let (code, arp, err) = sh(&infra, &sbx.id, "cat /proc/net/arp").await;
+    let reachable = runtime_answers(sbx.address);
+    let _ = infra.kill(&sbx.id).await;
+    let leaks = env.leaks().await;
+    env.cleanup(Some(&infra)).await;
+    assert_eq!(code, 0, "{err}");
+    let gateway = env.cfg.net.cidr.gateway().to_string();
+    let mac = support::mac_text(env.cfg.net.bridge_mac());
+    let entry: Vec<&str> = arp
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(gateway.as_str()))
+        .unwrap_or_else(|| panic!("no entry for the gateway {gateway}:\n{arp}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        entry[2], "0x6",
+        "the gateway's entry is not permanent:\n{arp}"
+    );
+    assert_eq!(
+        entry[3], mac,
+        "the gateway's entry is not the bridge's address"
+    );
+    assert_eq!(entry[5], "eth0", "{arp}");
+    assert!(reachable, "the sandbox's runtime is unreachable");
+    assert_eq!(leaks, Vec::<String>::new());
+}
+
 /// The elements of an nftables set as `nft -j` shows them: a concatenation's parts joined
 /// with " . ".
 fn set_elements(family: &str, table: &str, set: &str) -> Vec<String> {

@@ -349,3 +349,11 @@ pub fn relays_under(dir: &std::path::Path) -> Vec<String> {
         })
         .collect()
 }
+
+/// A hardware address as `ip` and `/proc/net/arp` print it (`02:ab:...`).
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
