@@ -9,6 +9,8 @@
 //! * with the `client` feature, the one client that probes `/health` and sends `/init`, with
 //!   one retry policy ([`client::RuntimeClient`]).
 //!
+//! * with the `users` feature, the user database the runtime and the embedded infra's template
+//!   layers both edit ([`users`]), and the default user's name ([`DEFAULT_USER`]);
 //! * the capped log of a sandbox's init output and its relay process ([`caplog`]), which
 //!   the runtime binary runs for the embedded infra.
 //!
@@ -23,10 +25,16 @@ mod token;
 
 #[cfg(feature = "client")]
 pub mod client;
+#[cfg(feature = "users")]
+pub mod users;
 
 pub use init::InitRequest;
 pub use signature::file_signature;
 pub use token::{RandomUnavailable, random_hex, same_secret};
+
+/// The user a sandbox's commands run as when a request names none (E2B's `user`): the runtime
+/// makes sure it exists at boot, and the embedded infra's templates carry it ready-made.
+pub const DEFAULT_USER: &str = "user";
 
 /// The port the E2B SDKs expect the runtime (envd's protocol) on.
 pub const RUNTIME_PORT: u16 = 49983;

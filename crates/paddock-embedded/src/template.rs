@@ -362,7 +362,8 @@ impl Templates {
     }
 
     /// The read-only layers a sandbox of template `name` is made of (topmost first): the
-    /// template's (built now unless cached) under its login layer (see [`login_layer`]).
+    /// template's (built now unless cached) under its default user's layer (see
+    /// [`user_layer`]) and its login layer (see [`login_layer`]).
     pub fn sandbox_layers(
         &self,
         name: &str,
@@ -374,7 +375,8 @@ impl Templates {
             TemplateSource::RootfsDir(_) => return Ok(layers),
             _ => self.layer_dir(name, &self.hash(name)?),
         };
-        let mut out = Vec::with_capacity(layers.len() + 1);
+        let mut out = Vec::with_capacity(layers.len() + 2);
+        out.extend(user_layer(&own, &layers)?);
         out.extend(login_layer(&own, &layers)?);
         out.extend(layers);
         Ok(out)
@@ -544,14 +546,18 @@ const LOGIN_EDITS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// A read-only layer over a template's `layers` holding the profile files of
-/// [`LOGIN_EDITS`] with their edits, made once per built template next to its layer (in
-/// `own`, the template's build directory) and dropped with it. `None` when no file needs an
-/// edit. Made beside the build rather than by it, so that caches built before it exist need
-/// no rebuild; its name carries a version, bumped when the edits change.
-fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, TemplateError> {
-    let dir = own.join("login-v1");
-    let none = own.join("login-v1.none");
+/// A read-only layer named `name` (which carries a version, bumped when what goes into it
+/// changes) made once per built template next to its layer (in `own`, the template's build
+/// directory) and dropped with it: `make` fills the directory it is given and says whether
+/// the layer has anything in it. `None` (remembered) when it has not. Made beside the build
+/// rather than by it, so that caches built before it exist need no rebuild.
+fn made_once(
+    own: &Path,
+    name: &str,
+    make: impl FnOnce(&Path) -> Result<bool, TemplateError>,
+) -> Result<Option<PathBuf>, TemplateError> {
+    let dir = own.join(name);
+    let none = own.join(format!("{name}.none"));
     if dir.is_dir() {
         return Ok(Some(dir));
     }
@@ -560,36 +566,19 @@ fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, Templa
     }
     // Another process may be making it too: each works in its own directory and the first
     // rename wins.
-    let tmp = own.join(format!("login-v1.tmp{}", std::process::id()));
+    let tmp = own.join(format!("{name}.tmp{}", std::process::id()));
     remove_tree(&tmp)?;
-    let mut edited = 0;
-    for (file, from, to) in LOGIN_EDITS {
-        // The file as the sandbox would see it: from the topmost layer that has it.
-        let Some(layer) = layers
-            .iter()
-            .find(|l| l.join(file).symlink_metadata().is_ok())
-        else {
-            continue;
-        };
-        let src = layer.join(file);
-        let meta = src.symlink_metadata().map_err(io(&src))?;
-        if !meta.file_type().is_file() {
-            continue;
+    match make(&tmp) {
+        Ok(true) => {}
+        Ok(false) => {
+            remove_tree(&tmp)?;
+            std::fs::write(&none, b"").map_err(io(&none))?;
+            return Ok(None);
         }
-        let text = std::fs::read_to_string(&src).map_err(io(&src))?;
-        if !text.contains(from) {
-            continue;
+        Err(e) => {
+            let _ = remove_tree(&tmp);
+            return Err(e);
         }
-        copy_parents(layers, &tmp, Path::new(file))?;
-        let dst = tmp.join(file);
-        std::fs::write(&dst, text.replace(from, to)).map_err(io(&dst))?;
-        copy_owner_and_mode(&meta, &dst)?;
-        edited += 1;
-    }
-    if edited == 0 {
-        remove_tree(&tmp)?;
-        std::fs::write(&none, b"").map_err(io(&none))?;
-        return Ok(None);
     }
     match std::fs::rename(&tmp, &dir) {
         Ok(()) => {}
@@ -598,6 +587,87 @@ fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, Templa
         Err(e) => return Err(io(&dir)(e)),
     }
     Ok(Some(dir))
+}
+
+/// The layer over a template's `layers` holding the profile files of [`LOGIN_EDITS`] with
+/// their edits ([`made_once`]); `None` when no file needs an edit.
+fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, TemplateError> {
+    made_once(own, "login-v1", |tmp| {
+        let mut edited = 0;
+        for (file, from, to) in LOGIN_EDITS {
+            // The file as the sandbox would see it: from the topmost layer that has it.
+            let Some(layer) = layers
+                .iter()
+                .find(|l| l.join(file).symlink_metadata().is_ok())
+            else {
+                continue;
+            };
+            let src = layer.join(file);
+            let meta = src.symlink_metadata().map_err(io(&src))?;
+            if !meta.file_type().is_file() {
+                continue;
+            }
+            let text = std::fs::read_to_string(&src).map_err(io(&src))?;
+            if !text.contains(from) {
+                continue;
+            }
+            copy_parents(layers, tmp, Path::new(file))?;
+            let dst = tmp.join(file);
+            std::fs::write(&dst, text.replace(from, to)).map_err(io(&dst))?;
+            copy_owner_and_mode(&meta, &dst)?;
+            edited += 1;
+        }
+        Ok(edited > 0)
+    })
+}
+
+/// The account files the default user is added to, when the template has them.
+const USER_FILES: [&str; 3] = ["etc/passwd", "etc/group", "etc/shadow"];
+
+/// The layer over a template's `layers` holding its [`paddock_contract::DEFAULT_USER`]
+/// ready-made ([`made_once`]): the account files with the user added, as the runtime would
+/// add it at boot (the same [`paddock_contract::users::UserDb`]), and the user's home.
+/// Without it every sandbox's runtime copied `/etc/passwd`, `/etc/group` and `/etc/shadow` up
+/// into the sandbox's own disk and appended to them on each boot; with it the runtime finds
+/// the user and writes nothing. `None` when the template has no `/etc/passwd`, already has
+/// the user, or has its home directory (the runtime then does what it always did).
+fn user_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, TemplateError> {
+    use paddock_contract::users::{UserDb, UserError};
+    let name = paddock_contract::DEFAULT_USER;
+    let topmost = |file: &str| {
+        layers
+            .iter()
+            .map(|l| l.join(file))
+            .find(|p| p.symlink_metadata().is_ok())
+    };
+    let home = format!("home/{name}");
+    made_once(own, "user-v1", |tmp| {
+        if !topmost(USER_FILES[0]).is_some_and(|p| p.is_file()) || topmost(&home).is_some() {
+            return Ok(false);
+        }
+        for file in USER_FILES {
+            let Some(src) = topmost(file) else { continue };
+            let meta = src.symlink_metadata().map_err(io(&src))?;
+            if !meta.file_type().is_file() {
+                // A symlinked account file is the image's own arrangement: left to the runtime.
+                return Ok(false);
+            }
+            copy_parents(layers, tmp, Path::new(file))?;
+            let dst = tmp.join(file);
+            std::fs::copy(&src, &dst).map_err(io(&dst))?;
+            copy_owner_and_mode(&meta, &dst)?;
+        }
+        let db = UserDb::new(tmp.to_owned());
+        let failed = |e: UserError| io(tmp)(std::io::Error::other(e.to_string()));
+        match db.lookup(name) {
+            Ok(_) => return Ok(false),
+            Err(UserError::Unknown(_)) => {}
+            Err(e) => return Err(failed(e)),
+        }
+        copy_parents(layers, tmp, Path::new(&home))?;
+        db.ensure(name).map_err(failed)?;
+        Ok(true)
+    })
 }
 
 /// Makes the directories above `file` in `tmp` with the owner and mode they have in the
@@ -817,11 +887,15 @@ mod tests {
         let src = dir.join("src");
         std::fs::create_dir_all(src.join("etc")).expect("mkdir");
         std::fs::write(src.join("etc/hello"), "hi").expect("write");
-        let tarball = dir.join("r.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
-        b.append_dir_all(".", &src).expect("append");
+        tarball_of(&src, &dir.join("r.tar"))
+    }
+
+    /// A tarball at `tarball` of directory `src`'s contents, as a tarball template's source.
+    fn tarball_of(src: &Path, tarball: &Path) -> PathBuf {
+        let mut b = tar::Builder::new(std::fs::File::create(tarball).expect("create"));
+        b.append_dir_all(".", src).expect("append");
         b.finish().expect("finish");
-        tarball
+        tarball.to_owned()
     }
 
     #[test]
@@ -901,10 +975,7 @@ mod tests {
             "x=1\n\nmesg n 2> /dev/null || true\n",
         )
         .expect("write");
-        let tarball = d.path().join("r.tar");
-        let mut b = tar::Builder::new(std::fs::File::create(&tarball).expect("create"));
-        b.append_dir_all(".", &src).expect("append");
-        b.finish().expect("finish");
+        let tarball = tarball_of(&src, &d.path().join("r.tar"));
         let mut t = templates(&d.path().join("cache"));
         t.insert(TemplateSpec {
             name: "tb".into(),
@@ -945,6 +1016,85 @@ mod tests {
         });
         let layers = t.sandbox_layers("plain", &|_| {}).expect("layers");
         assert_eq!(layers, t.layers("plain").expect("layers").expect("built"));
+    }
+
+    /// The default user's layer holds the account files with the user added, as the runtime
+    /// would add it, and its home; the files and directories keep the template's owner and
+    /// mode. A template that has the user already gets none.
+    #[test]
+    fn the_user_layer_adds_the_default_user_as_the_runtime_would() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let d = tempfile::tempdir().expect("tempdir");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::create_dir_all(src.join("home")).expect("mkdir");
+        std::fs::write(
+            src.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n",
+        )
+        .expect("write");
+        std::fs::write(src.join("etc/group"), "root:x:0:\nalice:x:1000:\n").expect("write");
+        std::fs::write(src.join("etc/shadow"), "root:*:19000:0:99999:7:::\n").expect("write");
+        std::fs::set_permissions(
+            src.join("etc/shadow"),
+            std::fs::Permissions::from_mode(0o640),
+        )
+        .expect("chmod");
+        let tarball = tarball_of(&src, &d.path().join("r.tar"));
+        let mut t = templates(&d.path().join("cache"));
+        t.insert(TemplateSpec {
+            name: "tu".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        });
+        let layers = t.sandbox_layers("tu", &|_| {}).expect("layers");
+        assert_eq!(layers.len(), 2, "{layers:?}");
+        let (user, base) = (&layers[0], &layers[1]);
+        let read = |p: PathBuf| std::fs::read_to_string(p).expect("read");
+        assert_eq!(
+            read(user.join("etc/passwd")),
+            "root:x:0:0:root:/root:/bin/bash\nalice:x:1000:1000::/home/alice:/bin/sh\n\
+             user:x:1001:1001::/home/user:/bin/bash\n"
+        );
+        assert_eq!(
+            read(user.join("etc/group")),
+            "root:x:0:\nalice:x:1000:\nuser:x:1001:\n"
+        );
+        assert!(read(user.join("etc/shadow")).ends_with("\nuser:!:19000:0:99999:7:::\n"));
+        let meta = |p: &Path| std::fs::metadata(p).expect("stat");
+        for file in ["etc", "etc/shadow", "etc/passwd", "home"] {
+            assert_eq!(
+                meta(&user.join(file)).mode(),
+                meta(&base.join(file)).mode(),
+                "{file}"
+            );
+        }
+        let home = meta(&user.join("home/user"));
+        assert!(home.is_dir());
+        assert_eq!(home.mode() & 0o7777, 0o750);
+        if rustix::process::geteuid().is_root() {
+            assert_eq!((home.uid(), home.gid()), (1001, 1001));
+        }
+        // The template's own files are untouched, and the layer is made once.
+        assert!(!read(base.join("etc/passwd")).contains("user:x"));
+        assert_eq!(t.sandbox_layers("tu", &|_| {}).expect("again"), layers);
+
+        // A template with the user already: no layer.
+        let has = d.path().join("has");
+        std::fs::create_dir_all(has.join("etc")).expect("mkdir");
+        std::fs::write(
+            has.join("etc/passwd"),
+            "user:x:1000:1000::/home/user:/bin/sh\n",
+        )
+        .expect("write");
+        let tarball = tarball_of(&has, &d.path().join("has.tar"));
+        t.insert(TemplateSpec {
+            name: "has".into(),
+            source: TemplateSource::Tarball(tarball),
+            ..TemplateSpec::base()
+        });
+        let layers = t.sandbox_layers("has", &|_| {}).expect("layers");
+        assert_eq!(layers, t.layers("has").expect("layers").expect("built"));
     }
 
     /// Every cold create asks for its template's layers: a built one is answered without the

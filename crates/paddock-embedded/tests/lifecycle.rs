@@ -544,3 +544,35 @@ async fn the_log_relay_runs_its_own_binary_beside_the_runtime() {
     })
     .await;
 }
+
+/// A sandbox boots with its default user ready-made (the template's user layer): the runtime
+/// finds the user and copies none of the account files up into the sandbox's disk; the user
+/// has its home, its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_user_comes_with_the_template_not_with_each_boot() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(27, |infra, env| async move {
+        let s = infra.create(req()).await.expect("create");
+        let user = paddock_contract::DEFAULT_USER;
+        let (code, out, err) = support::sh(
+            &infra,
+            &s.id,
+            &format!("id -nu {user} && stat -c '%U %a' /home/{user}"),
+        )
+        .await;
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(out, format!("{user}\n{user} 750\n"));
+        let upper = env.run_dir(&s.id).join("disk/upper");
+        assert!(upper.is_dir(), "{}", upper.display());
+        for file in ["etc/passwd", "etc/group", "etc/shadow"] {
+            assert!(
+                !upper.join(file).exists(),
+                "{file} was copied up into the sandbox's disk"
+            );
+        }
+        infra.kill(&s.id).await.expect("kill");
+    })
+    .await;
+}

@@ -24,7 +24,7 @@ mod process;
 mod server;
 mod state;
 pub mod sudo;
-mod users;
+use paddock_contract::users;
 
 pub use filesystem::DEFAULT_MAX_WATCHERS;
 pub use server::{app, interpreter_app, serve};

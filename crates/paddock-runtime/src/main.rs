@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, env = "PADDOCK_RUNTIME_ACCESS_TOKEN", hide_env_values = true)]
     access_token: Option<String>,
     /// User for requests that name none; created if missing.
-    #[arg(long, default_value = "user")]
+    #[arg(long, default_value = paddock_contract::DEFAULT_USER)]
     default_user: String,
     /// Working directory for processes that name none (default: the user's home).
     #[arg(long)]

@@ -31,7 +31,7 @@ impl Default for RuntimeOptions {
     fn default() -> Self {
         Self {
             access_token: None,
-            default_user: "user".to_string(),
+            default_user: paddock_contract::DEFAULT_USER.to_string(),
             default_workdir: None,
             system_root: PathBuf::from("/"),
             max_watchers: DEFAULT_MAX_WATCHERS,

@@ -138,7 +138,7 @@ impl EmbeddedInfra {
         let init = paddock_contract::InitRequest {
             env_vars: Some(r.env_vars),
             access_token: Some(r.access_token),
-            default_user: Some("user".into()),
+            default_user: Some(paddock_contract::DEFAULT_USER.into()),
             default_workdir: None,
             timestamp: Some(now_rfc3339()),
         };
