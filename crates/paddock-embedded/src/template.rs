@@ -564,9 +564,12 @@ fn made_once(
     if none.exists() {
         return Ok(None);
     }
-    // Another process may be making it too: each works in its own directory and the first
-    // rename wins.
-    let tmp = own.join(format!("{name}.tmp{}", std::process::id()));
+    // Another process, or another create of this one, may be making it too: each works in
+    // a directory of its own and the first rename wins. (Named by the process alone, two
+    // creates at once emptied each other's directory and one failed.)
+    static MAKING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = MAKING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = own.join(format!("{name}.tmp{}-{n}", std::process::id()));
     remove_tree(&tmp)?;
     match make(&tmp) {
         Ok(true) => {}
@@ -1095,6 +1098,63 @@ mod tests {
         });
         let layers = t.sandbox_layers("has", &|_| {}).expect("layers");
         assert_eq!(layers, t.layers("has").expect("layers").expect("built"));
+    }
+
+    /// The first creates of a template often come at once (a pool filling, a burst), each
+    /// asking for the layers from its own thread: every one gets the same, whole layers.
+    #[test]
+    fn concurrent_first_asks_get_whole_layers() {
+        let d = tempfile::tempdir().expect("tempdir");
+        let src = d.path().join("src");
+        std::fs::create_dir_all(src.join("etc")).expect("mkdir");
+        std::fs::create_dir_all(src.join("root")).expect("mkdir");
+        std::fs::write(src.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\n").expect("write");
+        std::fs::write(src.join("etc/group"), "root:x:0:\n").expect("write");
+        std::fs::write(src.join("root/.profile"), "\nmesg n 2> /dev/null || true\n")
+            .expect("write");
+        let tarball = tarball_of(&src, &d.path().join("r.tar"));
+        for round in 0..10 {
+            let mut t = templates(&d.path().join(format!("cache{round}")));
+            t.insert(TemplateSpec {
+                name: "tc".into(),
+                source: TemplateSource::Tarball(tarball.clone()),
+                ..TemplateSpec::base()
+            });
+            t.build("tc", &|_| {}).expect("build");
+            let t = std::sync::Arc::new(t);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(8));
+            let asks: Vec<_> = (0..8)
+                .map(|_| {
+                    let (t, start) = (t.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        t.sandbox_layers("tc", &|_| {})
+                    })
+                })
+                .collect();
+            let got: Vec<_> = asks
+                .into_iter()
+                .map(|a| a.join().expect("thread").expect("layers"))
+                .collect();
+            assert!(got.iter().all(|l| *l == got[0]), "round {round}: {got:?}");
+            let layers = &got[0];
+            assert_eq!(layers.len(), 3, "round {round}: {layers:?}");
+            let passwd = std::fs::read_to_string(layers[0].join("etc/passwd")).expect("passwd");
+            assert!(
+                passwd.contains("\nuser:x:1000:1000:"),
+                "round {round}: {passwd}"
+            );
+            assert!(layers[0].join("home/user").is_dir(), "round {round}");
+            assert!(layers[1].join("root/.profile").is_file(), "round {round}");
+            let own = layers[0].parent().expect("own");
+            let left: Vec<_> = std::fs::read_dir(own)
+                .expect("read")
+                .filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp"))
+                .collect();
+            assert_eq!(left, Vec::<String>::new(), "round {round}");
+        }
     }
 
     /// Every cold create asks for its template's layers: a built one is answered without the
