@@ -7,10 +7,10 @@
 //! * the constant-time token comparison every token check uses ([`same_secret`]);
 //! * the signature of pre-signed file URLs ([`file_signature`]);
 //! * with the `client` feature, the one client that probes `/health` and sends `/init`, with
-//!   one retry policy ([`client::RuntimeClient`]).
-//!
+//!   one retry policy ([`client::RuntimeClient`]);
 //! * with the `users` feature, the user database the runtime and the embedded infra's template
-//!   layers both edit ([`users`]), and the default user's name ([`DEFAULT_USER`]);
+//!   layers both edit ([`users`]); the default user's name ([`DEFAULT_USER`]) always.
+//!
 //! * the capped log of a sandbox's init output and its relay process ([`caplog`]), which
 //!   the runtime binary runs for the embedded infra.
 //!
