@@ -598,14 +598,9 @@ fn login_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, Templa
     made_once(own, "login-v1", |tmp| {
         let mut edited = 0;
         for (file, from, to) in LOGIN_EDITS {
-            // The file as the sandbox would see it: from the topmost layer that has it.
-            let Some(layer) = layers
-                .iter()
-                .find(|l| l.join(file).symlink_metadata().is_ok())
-            else {
+            let Some(src) = topmost(layers, file) else {
                 continue;
             };
-            let src = layer.join(file);
             let meta = src.symlink_metadata().map_err(io(&src))?;
             if !meta.file_type().is_file() {
                 continue;
@@ -637,12 +632,7 @@ const USER_FILES: [&str; 3] = ["etc/passwd", "etc/group", "etc/shadow"];
 fn user_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, TemplateError> {
     use paddock_contract::users::{UserDb, UserError};
     let name = paddock_contract::DEFAULT_USER;
-    let topmost = |file: &str| {
-        layers
-            .iter()
-            .map(|l| l.join(file))
-            .find(|p| p.symlink_metadata().is_ok())
-    };
+    let topmost = |file: &str| topmost(layers, file);
     let home = format!("home/{name}");
     made_once(own, "user-v1", |tmp| {
         if !topmost(USER_FILES[0]).is_some_and(|p| p.is_file()) || topmost(&home).is_some() {
@@ -671,6 +661,14 @@ fn user_layer(own: &Path, layers: &[PathBuf]) -> Result<Option<PathBuf>, Templat
         db.ensure(name).map_err(failed)?;
         Ok(true)
     })
+}
+
+/// `file` (relative) as a sandbox over `layers` sees it: in the topmost layer that has it.
+fn topmost(layers: &[PathBuf], file: &str) -> Option<PathBuf> {
+    layers
+        .iter()
+        .map(|l| l.join(file))
+        .find(|p| p.symlink_metadata().is_ok())
 }
 
 /// Makes the directories above `file` in `tmp` with the owner and mode they have in the
