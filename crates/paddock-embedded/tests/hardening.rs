@@ -79,15 +79,24 @@ print("rootfs", try_open("/root/hostdisk", stat.S_IFBLK, {major}, {minor}))
                 "{dev} ({major}:{minor} for the disk) must be refused with EPERM: {out}"
             );
         }
-        let rootfs = out.lines().find(|l| l.starts_with("rootfs")).expect("rootfs");
-        assert!(rootfs.contains("errno"), "a node on the root must not open: {out}");
+        let rootfs = out
+            .lines()
+            .find(|l| l.starts_with("rootfs"))
+            .expect("rootfs");
+        assert!(
+            rootfs.contains("errno"),
+            "a node on the root must not open: {out}"
+        );
 
         // What a sandbox needs still works: the memory devices and pseudo-terminals.
+        // The pty hands the echoed line to its master side asynchronously, so one read may see
+        // only part of it: read until the line's end.
         let (code, out, err) = sh(
             &infra,
             &sbx.id,
             "echo x > /dev/null && head -c 16 /dev/urandom | wc -c && head -c 4 /dev/zero | wc -c \
-             && python3 -c 'import os; m, s = os.openpty(); os.write(s, b\"pty\\n\"); print(os.read(m, 16))'",
+             && python3 -c 'import os; m, s = os.openpty(); os.write(s, b\"pty\\n\"); \
+             b = b\"\"\nwhile not b.endswith(b\"\\n\"): b += os.read(m, 16)\nprint(b)'",
         )
         .await;
         assert_eq!(code, 0, "{out}{err}");
