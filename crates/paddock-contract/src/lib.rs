@@ -12,7 +12,8 @@
 //!   layers both edit ([`users`]); the default user's name ([`DEFAULT_USER`]) always.
 //!
 //! * the capped log of a sandbox's init output and its relay process ([`caplog`]), which
-//!   the runtime binary runs for the embedded infra.
+//!   the runtime binary runs for the embedded infra;
+//! * the pipe on which the runtime says it listens, for the embedded infra ([`ready`]).
 //!
 //! The runtime links this crate without the `client` feature: types, constants and the
 //! standard-library-only [`caplog`].
@@ -20,6 +21,7 @@
 pub mod bootid;
 pub mod caplog;
 mod init;
+pub mod ready;
 mod signature;
 mod token;
 

@@ -14,7 +14,7 @@
 //! runtime) → ... → caller kills the processes through the cgroup → [`forget`] drops
 //! libcontainer's state.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::Container;
@@ -99,6 +99,9 @@ pub(crate) fn io<'a>(
 /// The first argument that turns a binary into the container helper.
 pub const HELPER_ARG: &str = "__paddock-container";
 
+/// The descriptor a sandbox's init gets its readiness pipe on (see [`paddock_contract::ready`]).
+pub const READY_FD: i32 = paddock_contract::ready::READY_FD;
+
 /// If this process was started as the container helper, does the job and returns the exit code
 /// for `main` to exit with. Call before anything starts a thread.
 pub fn run_helper_if_requested() -> Option<i32> {
@@ -152,14 +155,20 @@ const START_CMD: &str = "start";
 /// filesystem as a detached mount (the server's namespace has none of the sandboxes' mounts).
 pub(crate) fn served(a: &[&str], fds: Vec<OwnedFd>) -> Result<Vec<u8>, ContainerError> {
     match a {
-        [CREATE_CMD, root, id, bundle, log, relay_bin] => create_here(
-            Path::new(root),
-            id,
-            Path::new(bundle),
-            Path::new(log),
-            Path::new(relay_bin),
-            fds.into_iter().next(),
-        )
+        [CREATE_CMD, root, id, bundle, log, relay_bin] => {
+            // As `create` attaches them: the root filesystem, then the readiness pipe.
+            let mut fds = fds.into_iter();
+            let (rootfs, ready) = (fds.next(), fds.next());
+            create_here(
+                Path::new(root),
+                id,
+                Path::new(bundle),
+                Path::new(log),
+                Path::new(relay_bin),
+                rootfs,
+                ready,
+            )
+        }
         .map(|c| format!("{} {}\n", c.init_pid, c.relay_pid).into_bytes()),
         [START_CMD, root, id] => start_here(Path::new(root), id).map(|()| Vec::new()),
         _ => Err(ContainerError::HelperUsage(format!("{a:?}"))),
@@ -216,7 +225,9 @@ pub struct Created {
 /// `relay_bin` (the runtime binary) runs the relay. `rootfs` is the mounted root filesystem
 /// the bundle's spec names; it reaches the server's child as a detached copy (see
 /// [`crate::forkserver`]). The init is not our child (the server's child exits), so watch it
-/// through `/proc`.
+/// through `/proc`. `ready`, the write end of the sandbox's readiness pipe, reaches the init
+/// as [`READY_FD`] (see [`paddock_contract::ready`]; the bundle's spec names it).
+#[allow(clippy::too_many_arguments)]
 pub fn create(
     server: &ForkServer,
     state_root: &Path,
@@ -225,8 +236,11 @@ pub fn create(
     log: &Path,
     relay_bin: &Path,
     rootfs: &Path,
+    ready: Option<BorrowedFd<'_>>,
 ) -> Result<Created, ContainerError> {
     let tree = crate::mounts::clone_tree(rootfs).map_err(io(id, "take the root filesystem"))?;
+    let mut fds = vec![tree.as_fd()];
+    fds.extend(ready);
     let out = server.request(
         id,
         "create",
@@ -238,7 +252,7 @@ pub fn create(
             log.as_os_str(),
             relay_bin.as_os_str(),
         ],
-        &[tree.as_fd()],
+        &fds,
     )?;
     let text = String::from_utf8_lossy(&out);
     let mut pids = text.split_whitespace().map(str::parse::<i32>);
@@ -302,6 +316,7 @@ fn create_here(
     log: &Path,
     relay_bin: &Path,
     rootfs: Option<OwnedFd>,
+    ready: Option<OwnedFd>,
 ) -> Result<Created, ContainerError> {
     std::fs::create_dir_all(state_root).map_err(io(id, "create state root"))?;
     // A pipe, not the log file itself: sandbox root can write to `/proc/1/fd/1`, and a host
@@ -325,12 +340,26 @@ fn create_here(
         )
         .map_err(|e| io(id, "give the log pipe to sandbox root")(e.into()))?;
     }
+    // The readiness pipe goes to the init as READY_FD, open across its exec (libcontainer
+    // passes on what it is told to preserve and closes the rest). Placed only now, after the
+    // relay started: the relay must not hold it, or the host would see no EOF when the init
+    // dies. In a fork server's child READY_FD held the server's `/dev/null`, which the
+    // child no longer uses (see `crate::forkserver`).
+    let preserved = match ready {
+        Some(ready) => {
+            nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&ready), READY_FD)
+                .map_err(|e| io(id, "pass on the readiness pipe")(e.into()))?;
+            1
+        }
+        None => 0,
+    };
     let container = build_init(
         state_root,
         id,
         bundle,
         OwnedFd::from(out),
         OwnedFd::from(err),
+        preserved,
     )?;
     let init_pid = container.pid().map(|p| p.as_raw()).unwrap_or(0);
     Ok(Created {
@@ -353,6 +382,7 @@ fn build_init(
     bundle: &Path,
     out: OwnedFd,
     err: OwnedFd,
+    preserved: i32,
 ) -> Result<Container, ContainerError> {
     let text = std::fs::read(bundle.join("config.json")).map_err(io(id, "read config.json"))?;
     let program = crate::seccomp::Program::from_spec_json(&text)
@@ -369,6 +399,7 @@ fn build_init(
         .with_stdin(OwnedFd::from(null))
         .with_stdout(out)
         .with_stderr(err)
+        .with_preserved_fds(preserved)
         .validate_id()
         .map_err(rt(id, "validate id"))?
         .as_init(bundle)
@@ -548,7 +579,7 @@ fn run_here(state_root: &Path, id: &str, bundle: &Path) -> Result<(), ContainerE
         .map_err(io(id, "dup stdout"))?;
     let err = out.try_clone().map_err(io(id, "dup stdout"))?;
     // The init becomes our child (see `build_init`), so we get its exit status.
-    let mut container = build_init(state_root, id, bundle, out, err)?;
+    let mut container = build_init(state_root, id, bundle, out, err, 0)?;
     let result = (|| {
         let init = container
             .pid()

@@ -58,8 +58,9 @@ pub const SERVE_CMD: &str = "serve";
 const REPLY_OK: u8 = b'+';
 /// First byte of a failed reply.
 const REPLY_ERR: u8 = b'-';
-/// Most descriptors a request carries: its reply socket and a `create`'s root filesystem.
-const MAX_FDS: usize = 2;
+/// Most descriptors a request carries: its reply socket, a `create`'s root filesystem and its
+/// sandbox's readiness pipe.
+const MAX_FDS: usize = 3;
 /// Largest request or reply (arguments are a few paths; an error message a few lines).
 const MAX_MESSAGE: usize = 64 * 1024;
 /// How long a requester waits for its answer, in seconds. Only a child killed mid-request (the OOM
@@ -260,7 +261,10 @@ pub(crate) fn serve(state_root: &Path, keep: &[PathBuf]) -> Result<(), Container
     let _ = nix::unistd::setsid();
     private_mounts(state_root, keep).map_err(fail("make its mount namespace"))?;
     let parent = nix::unistd::getppid();
-    let null = std::fs::File::open("/dev/null").map_err(fail("open /dev/null"))?;
+    // A child hands its sandbox's init the readiness pipe as descriptor READY_FD (see
+    // `container::create_here`), replacing whatever is there. Here that is `null`, which a
+    // child uses only first thing (for `ctl`); anything received later lands above it.
+    let null = keep_null_at(crate::container::READY_FD).map_err(fail("open /dev/null"))?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         reap_children();
@@ -367,6 +371,20 @@ fn private_mounts(state_root: &Path, keep: &[PathBuf]) -> std::io::Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// Opens `/dev/null` as descriptor `fd` (close-on-exec). The server opened nothing else that
+/// stays open, so it is free unless the server inherited it by mistake (a descriptor its
+/// starter left open across exec), which this replaces.
+fn keep_null_at(fd: RawFd) -> std::io::Result<std::fs::File> {
+    let null = std::fs::File::open("/dev/null")?;
+    if null.as_raw_fd() == fd {
+        return Ok(null);
+    }
+    nix::unistd::dup3(null.as_raw_fd(), fd, nix::fcntl::OFlag::O_CLOEXEC)?;
+    // SAFETY: `dup3` just made `fd` a copy of `null`, replacing (and closing) whatever it
+    // was; nothing else in the server refers to it.
+    Ok(unsafe { std::fs::File::from_raw_fd(fd) })
 }
 
 /// Reaps every finished child of the server without blocking.

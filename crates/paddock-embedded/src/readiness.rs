@@ -1,4 +1,5 @@
-//! The first moments of a sandbox's readiness, polled finely from a blocking thread.
+//! A sandbox's readiness: the runtime's word on its readiness pipe ([`word`]), and the first
+//! moments polled finely from a blocking thread ([`wait_healthy`]) when no word comes.
 //!
 //! A runtime listens a few milliseconds after its container starts. The async timer ticks in
 //! whole milliseconds, so polling from it every 2 ms answered ~2.5 ms after the runtime was
@@ -30,6 +31,34 @@ pub enum Outcome {
     Died,
     /// `until` passed first.
     TimedOut,
+}
+
+/// What the runtime said on its readiness pipe (see [`paddock_contract::ready`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Word {
+    /// It listens.
+    Listening,
+    /// The pipe closed without the word: every process that held its write end is gone (or
+    /// closed it).
+    Closed,
+}
+
+/// Waits for the runtime's word on `pipe`, the read end of its readiness pipe. Cancel-safe: a
+/// byte read is a word returned.
+pub async fn word(pipe: &mut tokio::net::unix::pipe::Receiver) -> Word {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    loop {
+        match pipe.read(&mut byte).await {
+            Ok(0) => return Word::Closed,
+            Ok(_) if byte[0] == paddock_contract::ready::READY_BYTE => return Word::Listening,
+            // Not the runtime's word (nothing else writes there before it): wait on.
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // A pipe does not fail to read; if it did, it can say nothing more.
+            Err(_) => return Word::Closed,
+        }
+    }
 }
 
 /// Polls `GET /health` at `addr` until it answers 2xx, `alive()` is false, or `until` passes.
@@ -95,6 +124,37 @@ mod tests {
                 let _ = s.write_all(reply);
             }
         });
+    }
+
+    fn ready_pipe() -> (tokio::net::unix::pipe::Receiver, std::fs::File) {
+        let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
+        let rx = tokio::net::unix::pipe::Receiver::from_owned_fd(rx).expect("receiver");
+        (rx, std::fs::File::from(tx))
+    }
+
+    #[tokio::test]
+    async fn the_runtime_word_is_heard_and_other_bytes_are_not_it() {
+        let (mut rx, mut tx) = ready_pipe();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            tx.write_all(b"x").expect("write");
+            std::thread::sleep(Duration::from_millis(30));
+            tx.write_all(&[paddock_contract::ready::READY_BYTE])
+                .expect("write");
+            // Held open after the word, as the sandbox's init holds its copy.
+            std::thread::sleep(Duration::from_secs(5));
+        });
+        assert_eq!(word(&mut rx).await, Word::Listening);
+    }
+
+    #[tokio::test]
+    async fn a_pipe_closed_without_the_word_says_closed() {
+        let (mut rx, tx) = ready_pipe();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            drop(tx);
+        });
+        assert_eq!(word(&mut rx).await, Word::Closed);
     }
 
     #[test]

@@ -505,6 +505,99 @@ async fn an_idle_sandbox_runs_one_thread_per_process() {
     .await;
 }
 
+/// The runtime says it listens on a pipe the sandbox's init gets as descriptor 3 (see
+/// `paddock_contract::ready`), instead of being probed every few milliseconds. Only the init
+/// keeps its end: the runtime (whose commands would inherit it) closed its copy once it had
+/// spoken, the log relay never had one, and the host closed its read end once it heard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_says_it_listens_on_a_pipe_only_the_init_keeps() {
+    if support::skip_unless_root() {
+        return;
+    }
+    support::with_infra(28, |infra, env| async move {
+        if env.cfg.runtime_binary.ends_with("paddock-runtime-standin") {
+            eprintln!("skipped: the runtime is the stand-in (no paddock-runtime built)");
+            return;
+        }
+        let s = infra.create(req()).await.expect("create");
+        let cgroup = paddock_cgroups::Hierarchy::detect(&env.cfg.cgroup_parent)
+            .expect("cgroups")
+            .sandbox(s.id.as_str());
+        let fds = |pid: &str| -> Vec<(String, String)> {
+            std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter_map(|e| {
+                            let to = std::fs::read_link(e.path()).ok()?;
+                            Some((
+                                e.file_name().to_string_lossy().into_owned(),
+                                to.to_string_lossy().into_owned(),
+                            ))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        /// A process of the sandbox: pid, command line, and where each descriptor leads.
+        #[derive(Debug)]
+        struct Proc {
+            pid: String,
+            cmd: String,
+            fds: Vec<(String, String)>,
+        }
+        let procs: Vec<Proc> = cgroup
+            .pids()
+            .expect("the sandbox's processes")
+            .into_iter()
+            .map(|pid| {
+                let pid = pid.to_string();
+                let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+                let fds = fds(&pid);
+                Proc { pid, cmd, fds }
+            })
+            .collect();
+        let ours = fds("self");
+        infra.kill(&s.id).await.expect("kill");
+
+        let init = procs
+            .iter()
+            .find(|p| p.cmd.starts_with("/.paddock/init "))
+            .unwrap_or_else(|| panic!("the sandbox's init among {procs:?}"));
+        let pipe = init
+            .fds
+            .iter()
+            .find(|(n, _)| n == "3")
+            .map(|(_, to)| to.clone())
+            .unwrap_or_else(|| panic!("the init has no descriptor 3: {init:?}"));
+        assert!(
+            pipe.starts_with("pipe:"),
+            "descriptor 3 of the init: {pipe}"
+        );
+        for p in procs.iter().filter(|p| p.pid != init.pid) {
+            assert!(
+                p.fds.iter().all(|(_, to)| to != &pipe),
+                "{} ({}) holds the readiness pipe {pipe}: {:?}",
+                p.pid,
+                p.cmd,
+                p.fds
+            );
+        }
+        assert!(
+            procs
+                .iter()
+                .any(|p| p.cmd.starts_with("/.paddock/paddock-runtime")),
+            "the runtime among {procs:?}"
+        );
+        assert!(
+            ours.iter().all(|(_, to)| to != &pipe),
+            "the host kept its end of {pipe}"
+        );
+        assert_eq!(env.leaks().await, Vec::<String>::new());
+    })
+    .await;
+}
+
 /// A sandbox's log relay runs the relay's own small binary when it is beside the runtime
 /// binary (as a build of the `paddock-runtime` package puts it): a relay of the runtime
 /// binary kept its own ~296 KiB copy of the runtime's relocated pointer tables for the

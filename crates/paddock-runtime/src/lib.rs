@@ -21,13 +21,14 @@ pub mod interpreter;
 pub mod launch;
 mod paths;
 mod process;
+pub mod ready;
 mod server;
 mod state;
 pub mod sudo;
 use paddock_contract::users;
 
 pub use filesystem::DEFAULT_MAX_WATCHERS;
-pub use server::{app, interpreter_app, serve};
+pub use server::{app, interpreter_app, listen, serve, serve_on};
 pub use state::{Runtime, RuntimeOptions};
 
 // The contract with orchestrators (ports, advertised envd version, the /init body) is defined

@@ -102,6 +102,8 @@ fn main() -> anyhow::Result<()> {
         let args: Vec<String> = std::env::args().skip(1).collect();
         std::process::exit(paddock_runtime::sudo::client(&args));
     }
+    // Before anything else opens a descriptor (see `paddock_runtime::ready`).
+    let ready = paddock_runtime::ready::take();
     let args = Args::parse();
     // Both run before any thread exists: `--detach` re-executes this binary.
     if let Some(dir) = &args.install_to {
@@ -137,10 +139,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(args))
+        .block_on(serve(args, ready))
 }
 
-async fn serve(args: Args) -> anyhow::Result<()> {
+/// Serves the envd protocol and the code interpreter; says so on `ready` (the embedded host's
+/// pipe, if it gave one) once both listen.
+async fn serve(args: Args, ready: Option<std::os::fd::OwnedFd>) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?,
@@ -179,18 +183,41 @@ async fn serve(args: Args) -> anyhow::Result<()> {
         let _ = stop_tx.send(true);
     });
 
-    let envd = paddock_runtime::serve(paddock_runtime::app(rt.clone()), args.listen, stopped());
+    // Both ports listen before the host hears that the runtime does: a client may use either
+    // as soon as its create returns.
+    let envd_listener = paddock_runtime::listen(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    let interpreter_listener = if args.no_code_interpreter {
+        None
+    } else {
+        Some(
+            paddock_runtime::listen(args.code_interpreter_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "listening for the code interpreter on {}",
+                        args.code_interpreter_listen
+                    )
+                })?,
+        )
+    };
+    if let Some(fd) = ready {
+        paddock_runtime::ready::notify(fd);
+    }
+    let envd =
+        paddock_runtime::serve_on(envd_listener, paddock_runtime::app(rt.clone()), stopped());
     let interpreter = async {
-        if args.no_code_interpreter {
+        let Some(listener) = interpreter_listener else {
             return Ok(());
-        }
+        };
         let config = paddock_runtime::interpreter::KernelConfig {
             max_contexts: args.max_contexts,
             ..paddock_runtime::interpreter::KernelConfig::new(args.kernel_python.clone())
         };
-        paddock_runtime::serve(
+        paddock_runtime::serve_on(
+            listener,
             paddock_runtime::interpreter_app(rt.clone(), config),
-            args.code_interpreter_listen,
             stopped(),
         )
         .await

@@ -86,9 +86,24 @@ pub async fn serve(
     addr: SocketAddr,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+    serve_on(listen(addr).await?, router, shutdown).await
+}
+
+/// Listens on `addr`: connections are accepted (and wait in the backlog) from here on, before
+/// [`serve_on`] answers them.
+pub async fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
+    Ok(listener)
+}
+
+/// Serves `router` on `listener` (HTTP/1.1 and h2c) until `shutdown` resolves.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
     // Small responses must not wait for delayed ACKs (see DESIGN.md).
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);

@@ -152,7 +152,7 @@ fn detach_fails_when_the_runtime_cannot_start() {
     assert!(!out.status.success(), "{out:?}");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("exited") && err.contains("serving on"),
+        err.contains("exited") && err.contains("listening on 10.255.255.254"),
         "{err}"
     );
     assert!(Path::new(&log).exists());

@@ -389,6 +389,13 @@ impl EmbeddedInfra {
         if let Some(bytes) = rec.limits.disk_bytes {
             env.insert(RUNTIME_MAX_UPLOAD_ENV.to_owned(), bytes.to_string());
         }
+        // The runtime's word that it listens comes on a pipe (see `paddock_contract::ready`).
+        let (ready_rx, ready_tx) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(internal)?;
+        env.insert(
+            paddock_contract::ready::READY_FD_ENV.to_owned(),
+            container::READY_FD.to_string(),
+        );
         let boot_id = new_boot_id()?;
         let t = Instant::now();
         let pid = blocking(move || -> InfraResult<i32> {
@@ -427,8 +434,11 @@ impl EmbeddedInfra {
                 &paths.log(),
                 &cfg.relay_binary,
                 &paths.rootfs(),
+                Some(std::os::fd::AsFd::as_fd(&ready_tx)),
             )
             .map_err(internal)?;
+            // Only the sandbox's processes hold the write end now: EOF says they are gone.
+            drop(ready_tx);
             debug!(ms = ms_since(t), "phase: container create");
             // The relay goes with the sandbox: killed by its teardown, charged to its memory,
             // and out of Paddock's own cgroup, so a Paddock restart does not end it.
@@ -472,13 +482,21 @@ impl EmbeddedInfra {
             "phase: network attach and container start"
         );
         let t = Instant::now();
-        let r = self.wait_ready(rec).await;
-        debug!(ms = ms_since(t), "phase: readiness");
-        r
+        let r = self.wait_ready(rec, Some(ready_rx)).await;
+        debug!(ms = ms_since(t), by = ?r.as_ref().ok(), "phase: readiness");
+        r.map(drop)
     }
 
-    /// Polls `GET /health` until it answers 2xx, the init dies, or the timeout passes.
-    pub(super) async fn wait_ready(&self, rec: &SandboxRecord) -> InfraResult<()> {
+    /// Waits until the runtime answers `GET /health` with 2xx, the init dies, or the timeout
+    /// passes. `ready`, the read end of the sandbox's readiness pipe, says when to ask: the
+    /// runtime writes to it once it listens (see `paddock_contract::ready`), so one probe
+    /// usually does. Without a word from it in the first second (a runtime that gives none,
+    /// or a host too busy to start one sooner) the port is probed as it always was.
+    pub(super) async fn wait_ready(
+        &self,
+        rec: &SandboxRecord,
+        ready: Option<std::os::fd::OwnedFd>,
+    ) -> InfraResult<ReadyBy> {
         let addr = SocketAddr::new(rec.ip.into(), spec::RUNTIME_PORT);
         let started = Instant::now();
         let deadline = started + self.inner.cfg.ready_timeout;
@@ -489,26 +507,52 @@ impl EmbeddedInfra {
                 reason: format!("init exited while starting; output: {}", tail(&log, 800)),
             }
         };
-        // A runtime starts in a few milliseconds: the first second is polled finely from a
-        // blocking thread (see `crate::readiness`); one still starting after it is polled
-        // gently from here.
-        let fine_until = (started + Duration::from_secs(1)).min(deadline);
         let (pid, ticks) = (rec.init_pid, rec.init_start_ticks);
-        match blocking(move || {
-            readiness::wait_healthy(addr, fine_until, || proc::alive(pid, ticks))
-        })
-        .await?
-        {
-            readiness::Outcome::Healthy => return Ok(()),
-            readiness::Outcome::Died => return Err(died()),
-            readiness::Outcome::TimedOut => {}
+        let fine_until = (started + Duration::from_secs(1)).min(deadline);
+        let mut pipe = ready.and_then(|fd| {
+            tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
+                .inspect_err(|e| warn!(error = %e, "readiness pipe unusable; probing instead"))
+                .ok()
+        });
+        if let Some(p) = pipe.as_mut() {
+            match tokio::time::timeout_at(fine_until.into(), readiness::word(p)).await {
+                Ok(readiness::Word::Listening) => {
+                    if paddock_contract::client::probe_health(addr).await {
+                        return Ok(ReadyBy::Word);
+                    }
+                    // Listening but not answering yet (it answers within moments): probe.
+                    pipe = None;
+                }
+                Ok(readiness::Word::Closed) => {
+                    if !proc::alive(pid, ticks) {
+                        return Err(died());
+                    }
+                    pipe = None;
+                }
+                // No word yet: probe, and keep listening for it below.
+                Err(_) => {}
+            }
+        }
+        // Without the word, a runtime starts in a few milliseconds: the first second is polled
+        // finely from a blocking thread (see `crate::readiness`); one still starting after it
+        // is polled gently from here.
+        if Instant::now() < fine_until {
+            match blocking(move || {
+                readiness::wait_healthy(addr, fine_until, || proc::alive(pid, ticks))
+            })
+            .await?
+            {
+                readiness::Outcome::Healthy => return Ok(ReadyBy::Probes),
+                readiness::Outcome::Died => return Err(died()),
+                readiness::Outcome::TimedOut => {}
+            }
         }
         loop {
             if !proc::alive(pid, ticks) {
                 return Err(died());
             }
             if paddock_contract::client::probe_health(addr).await {
-                return Ok(());
+                return Ok(ReadyBy::Probes);
             }
             if Instant::now() >= deadline {
                 return Err(InfraError::SandboxFailed {
@@ -519,9 +563,26 @@ impl EmbeddedInfra {
                     ),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            // The next probe in 50 ms, or as soon as the runtime says it listens.
+            let gap = tokio::time::sleep(Duration::from_millis(50));
+            match pipe.as_mut() {
+                Some(p) => tokio::select! {
+                    _ = gap => {}
+                    _ = readiness::word(p) => pipe = None,
+                },
+                None => gap.await,
+            }
         }
     }
+}
+
+/// How [`EmbeddedInfra::wait_ready`] learnt that a runtime answers (for the phase timings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum ReadyBy {
+    /// Its word, then one probe.
+    Word,
+    /// Probing its port.
+    Probes,
 }
 
 /// Milliseconds since `t`, fractional, for the phase timings of a create (debug level).
