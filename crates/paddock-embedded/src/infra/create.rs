@@ -508,19 +508,28 @@ impl EmbeddedInfra {
             }
         };
         let (pid, ticks) = (rec.init_pid, rec.init_start_ticks);
-        let fine_until = (started + Duration::from_secs(1)).min(deadline);
+        // Fine polls from a blocking thread (see `crate::readiness`) until `until`: the first
+        // probe goes at once, and a SYN lost while the sandbox's network comes up costs a
+        // 20 ms retry there, not the half second an async connect would wait for it (5 of
+        // 200 cold creates lost one right after the word).
+        let fine = |until: Instant| {
+            blocking(move || readiness::wait_healthy(addr, until, || proc::alive(pid, ticks)))
+        };
         let mut pipe = ready.and_then(|fd| {
             tokio::net::unix::pipe::Receiver::from_owned_fd(fd)
                 .inspect_err(|e| warn!(error = %e, "readiness pipe unusable; probing instead"))
                 .ok()
         });
+        // Without a pipe, a runtime starts in a few milliseconds: the first second is polled
+        // finely; with one, the word says when.
+        let mut fine_until = Some((started + Duration::from_secs(1)).min(deadline));
+        let mut by = ReadyBy::Probes;
         if let Some(p) = pipe.as_mut() {
-            match tokio::time::timeout_at(fine_until.into(), readiness::word(p)).await {
+            let first_second = fine_until.take().unwrap_or(deadline);
+            match tokio::time::timeout_at(first_second.into(), readiness::word(p)).await {
                 Ok(readiness::Word::Listening) => {
-                    if paddock_contract::client::probe_health(addr).await {
-                        return Ok(ReadyBy::Word);
-                    }
-                    // Listening but not answering yet (it answers within moments): probe.
+                    by = ReadyBy::Word;
+                    fine_until = Some((Instant::now() + Duration::from_secs(1)).min(deadline));
                     pipe = None;
                 }
                 Ok(readiness::Word::Closed) => {
@@ -529,30 +538,23 @@ impl EmbeddedInfra {
                     }
                     pipe = None;
                 }
-                // No word yet: probe, and keep listening for it below.
+                // No word yet: probe gently, and keep listening for it below.
                 Err(_) => {}
             }
         }
-        // Without the word, a runtime starts in a few milliseconds: the first second is polled
-        // finely from a blocking thread (see `crate::readiness`); one still starting after it
-        // is polled gently from here.
-        if Instant::now() < fine_until {
-            match blocking(move || {
-                readiness::wait_healthy(addr, fine_until, || proc::alive(pid, ticks))
-            })
-            .await?
-            {
-                readiness::Outcome::Healthy => return Ok(ReadyBy::Probes),
-                readiness::Outcome::Died => return Err(died()),
-                readiness::Outcome::TimedOut => {}
-            }
-        }
         loop {
+            if let Some(until) = fine_until.take() {
+                match fine(until).await? {
+                    readiness::Outcome::Healthy => return Ok(by),
+                    readiness::Outcome::Died => return Err(died()),
+                    readiness::Outcome::TimedOut => {}
+                }
+            }
             if !proc::alive(pid, ticks) {
                 return Err(died());
             }
             if paddock_contract::client::probe_health(addr).await {
-                return Ok(ReadyBy::Probes);
+                return Ok(by);
             }
             if Instant::now() >= deadline {
                 return Err(InfraError::SandboxFailed {
@@ -563,12 +565,19 @@ impl EmbeddedInfra {
                     ),
                 });
             }
-            // The next probe in 50 ms, or as soon as the runtime says it listens.
+            // The next probe in 50 ms, or fine polls as soon as the runtime says it listens.
             let gap = tokio::time::sleep(Duration::from_millis(50));
             match pipe.as_mut() {
                 Some(p) => tokio::select! {
                     _ = gap => {}
-                    _ = readiness::word(p) => pipe = None,
+                    w = readiness::word(p) => {
+                        pipe = None;
+                        if w == readiness::Word::Listening {
+                            by = ReadyBy::Word;
+                            fine_until =
+                                Some((Instant::now() + Duration::from_secs(1)).min(deadline));
+                        }
+                    }
                 },
                 None => gap.await,
             }
@@ -579,7 +588,7 @@ impl EmbeddedInfra {
 /// How [`EmbeddedInfra::wait_ready`] learnt that a runtime answers (for the phase timings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum ReadyBy {
-    /// Its word, then one probe.
+    /// Its word, then probes (one, unless its first SYN was lost).
     Word,
     /// Probing its port.
     Probes,
