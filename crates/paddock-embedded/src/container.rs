@@ -22,6 +22,7 @@ use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
+use paddock_contract::ready::READY_FD;
 
 use crate::forkserver::ForkServer;
 
@@ -98,9 +99,6 @@ pub(crate) fn io<'a>(
 
 /// The first argument that turns a binary into the container helper.
 pub const HELPER_ARG: &str = "__paddock-container";
-
-/// The descriptor a sandbox's init gets its readiness pipe on (see [`paddock_contract::ready`]).
-pub const READY_FD: i32 = paddock_contract::ready::READY_FD;
 
 /// If this process was started as the container helper, does the job and returns the exit code
 /// for `main` to exit with. Call before anything starts a thread.

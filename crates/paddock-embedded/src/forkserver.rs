@@ -264,7 +264,7 @@ pub(crate) fn serve(state_root: &Path, keep: &[PathBuf]) -> Result<(), Container
     // A child hands its sandbox's init the readiness pipe as descriptor READY_FD (see
     // `container::create_here`), replacing whatever is there. Here that is `null`, which a
     // child uses only first thing (for `ctl`); anything received later lands above it.
-    let null = keep_null_at(crate::container::READY_FD).map_err(fail("open /dev/null"))?;
+    let null = keep_null_at(paddock_contract::ready::READY_FD).map_err(fail("open /dev/null"))?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
         reap_children();

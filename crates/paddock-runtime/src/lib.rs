@@ -28,7 +28,7 @@ pub mod sudo;
 use paddock_contract::users;
 
 pub use filesystem::DEFAULT_MAX_WATCHERS;
-pub use server::{app, interpreter_app, listen, serve, serve_on};
+pub use server::{app, interpreter_app, listen, serve_on};
 pub use state::{Runtime, RuntimeOptions};
 
 // The contract with orchestrators (ports, advertised envd version, the /init body) is defined

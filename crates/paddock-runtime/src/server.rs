@@ -80,15 +80,6 @@ pub fn app(rt: Arc<Runtime>) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Serves `router` on `addr` (HTTP/1.1 and h2c) until `shutdown` resolves.
-pub async fn serve(
-    router: Router,
-    addr: SocketAddr,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    serve_on(listen(addr).await?, router, shutdown).await
-}
-
 /// Listens on `addr`: connections are accepted (and wait in the backlog) from here on, before
 /// [`serve_on`] answers them.
 pub async fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {

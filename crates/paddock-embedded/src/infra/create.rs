@@ -394,7 +394,7 @@ impl EmbeddedInfra {
             nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(internal)?;
         env.insert(
             paddock_contract::ready::READY_FD_ENV.to_owned(),
-            container::READY_FD.to_string(),
+            paddock_contract::ready::READY_FD.to_string(),
         );
         let boot_id = new_boot_id()?;
         let t = Instant::now();
@@ -520,29 +520,33 @@ impl EmbeddedInfra {
                 .inspect_err(|e| warn!(error = %e, "readiness pipe unusable; probing instead"))
                 .ok()
         });
+        let first_second = (started + Duration::from_secs(1)).min(deadline);
         // Without a pipe, a runtime starts in a few milliseconds: the first second is polled
-        // finely; with one, the word says when.
-        let mut fine_until = Some((started + Duration::from_secs(1)).min(deadline));
+        // finely. With one, nothing is probed until the word comes or the first second has
+        // passed; then the port is probed gently while the host still listens for the word.
+        let mut fine_until = pipe.is_none().then_some(first_second);
+        let mut wait = pipe.is_some().then_some(first_second);
         let mut by = ReadyBy::Probes;
-        if let Some(p) = pipe.as_mut() {
-            let first_second = fine_until.take().unwrap_or(deadline);
-            match tokio::time::timeout_at(first_second.into(), readiness::word(p)).await {
-                Ok(readiness::Word::Listening) => {
+        loop {
+            let heard = match (wait.take(), pipe.as_mut()) {
+                (None, _) => None,
+                (Some(until), Some(p)) => tokio::time::timeout_at(until.into(), readiness::word(p))
+                    .await
+                    .ok(),
+                (Some(until), None) => {
+                    tokio::time::sleep_until(until.into()).await;
+                    None
+                }
+            };
+            if let Some(w) = heard {
+                // Closed without the word: the init is gone (found below) or the runtime
+                // gave none; either way the pipe says nothing more.
+                pipe = None;
+                if w == readiness::Word::Listening {
                     by = ReadyBy::Word;
                     fine_until = Some((Instant::now() + Duration::from_secs(1)).min(deadline));
-                    pipe = None;
                 }
-                Ok(readiness::Word::Closed) => {
-                    if !proc::alive(pid, ticks) {
-                        return Err(died());
-                    }
-                    pipe = None;
-                }
-                // No word yet: probe gently, and keep listening for it below.
-                Err(_) => {}
             }
-        }
-        loop {
             if let Some(until) = fine_until.take() {
                 match fine(until).await? {
                     readiness::Outcome::Healthy => return Ok(by),
@@ -566,21 +570,7 @@ impl EmbeddedInfra {
                 });
             }
             // The next probe in 50 ms, or fine polls as soon as the runtime says it listens.
-            let gap = tokio::time::sleep(Duration::from_millis(50));
-            match pipe.as_mut() {
-                Some(p) => tokio::select! {
-                    _ = gap => {}
-                    w = readiness::word(p) => {
-                        pipe = None;
-                        if w == readiness::Word::Listening {
-                            by = ReadyBy::Word;
-                            fine_until =
-                                Some((Instant::now() + Duration::from_secs(1)).min(deadline));
-                        }
-                    }
-                },
-                None => gap.await,
-            }
+            wait = Some(Instant::now() + Duration::from_millis(50));
         }
     }
 }
